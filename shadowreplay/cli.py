@@ -1,0 +1,44 @@
+"""The one console script, `shadowreplay`, with verbs. Each verb lives in shadowreplay/verbs/<verb>.py
+and exposes `add_parser(subparsers)` (which sets `func`) ; errors meant for the user are raised as
+`UserError` and printed as one line, without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shadowreplay import __version__
+from shadowreplay.errors import UserError
+
+VERBS = ("ingest", "inspect", "replay", "report", "sweep", "locust", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadowreplay",
+        description="Replay captured production LLM traffic against candidate models and measure them.",
+    )
+    parser.add_argument("--version", action="version", version=f"shadowreplay {__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        module = importlib.import_module(f"shadowreplay.verbs.{verb}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"shadowreplay {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"shadowreplay {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
