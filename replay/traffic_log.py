@@ -1,0 +1,90 @@
+"""The canonical traffic log: one row per production request (shared/DESIGN.md, schema_version 1).
+
+This module is the single definition of the contract. Every writer (ingest, capture proxy) and
+every reader (replay, inspect, shadow comparison) goes through it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+KIND = "traffic_log"
+METADATA_VERSION_KEY = b"shadowreplay.schema_version"
+METADATA_KIND_KEY = b"shadowreplay.kind"
+
+API_VALUES = ("chat", "completions")
+
+TRAFFIC_LOG_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("arrival_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("session_id", pa.string()),
+        pa.field("api", pa.string(), nullable=False),
+        pa.field("messages", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("params", pa.string()),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("prefix_block_ids", pa.list_(pa.int64())),
+        pa.field("tag", pa.string()),
+        pa.field("response_text", pa.string()),
+        pa.field("reference", pa.string()),
+    ],
+    metadata={METADATA_VERSION_KEY: str(SCHEMA_VERSION).encode(), METADATA_KIND_KEY: KIND.encode()},
+)
+
+COLUMNS = tuple(TRAFFIC_LOG_SCHEMA.names)
+
+
+class TrafficLogError(ValueError):
+    """A file that is not a readable traffic log of a schema version we know."""
+
+
+def check_schema(path: str | Path, schema: pa.Schema) -> None:
+    """Raise TrafficLogError unless `schema` (read from `path`) is a traffic log we can read."""
+    meta = schema.metadata or {}
+    version = meta.get(METADATA_VERSION_KEY)
+    if meta.get(METADATA_KIND_KEY, KIND.encode()) != KIND.encode():
+        raise TrafficLogError(f"{path}: not a traffic log (kind {meta.get(METADATA_KIND_KEY)!r})")
+    if version is None:
+        raise TrafficLogError(f"{path}: no {METADATA_VERSION_KEY.decode()} in the file metadata; ingest it first")
+    if int(version) != SCHEMA_VERSION:
+        raise TrafficLogError(f"{path}: traffic log schema_version {int(version)}, this shadowreplay reads {SCHEMA_VERSION}")
+    missing = [name for name in COLUMNS if name not in schema.names]
+    if missing:
+        raise TrafficLogError(f"{path}: traffic log lacks columns {missing}")
+
+
+def open_traffic_log(path: str | Path) -> pq.ParquetFile:
+    """Open a traffic log for streaming reads, after checking its schema."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TrafficLogError(f"{path}: cannot read as Parquet: {exc}") from None
+    check_schema(path, pf.schema_arrow)
+    return pf
+
+
+def read_traffic_log(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole traffic log (or some columns of it) after checking its schema."""
+    pf = open_traffic_log(path)
+    return pf.read(columns=columns)
+
+
+def parse_messages(messages: str | None) -> list[dict] | None:
+    """The chat messages of a row as Python objects (None when the row has none)."""
+    if messages is None:
+        return None
+    return json.loads(messages)
+
+
+def parse_params(params: str | None) -> dict:
+    """The other request fields of a row (max_tokens, temperature, ...) as a dict."""
+    if not params:
+        return {}
+    return json.loads(params)

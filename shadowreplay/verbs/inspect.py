@@ -1,0 +1,81 @@
+"""`shadowreplay inspect`: what a traffic log holds: volume, rates, burstiness, lengths, reuse."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shadowreplay.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="summarise a traffic log: rate, peak-to-average, token percentiles, monthly volume",
+        description=(
+            "Rows, time span, mean request rate, peak-to-average request rate over 1 s and 60 s windows "
+            "(largest count in windows aligned at the first arrival / (rows x w / span)), prompt and output "
+            "token percentiles, tokens per second, the monthly token volume this rate implies (30-day month), "
+            "the share of requests reusing a prefix block, and a per-tag breakdown when tags exist."
+        ),
+    )
+    parser.add_argument("log", type=Path, metavar="LOG.parquet")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.set_defaults(func=run)
+
+
+def _fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from analysis.traffic_stats import traffic_stats
+    from replay.traffic_log import TrafficLogError
+
+    if not args.log.exists():
+        raise UserError(f"{args.log}: no such file")
+    try:
+        stats = traffic_stats(args.log)
+    except TrafficLogError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(stats, indent=2, default=str))
+        return 0
+    console = Console() if Console().is_terminal else Console(width=120)
+    overview = Table(title=f"Traffic log {args.log}", show_header=False)
+    overview.add_column("", style="bold")
+    overview.add_column("", justify="right")
+    for label, value in (
+        ("rows", _fmt(stats["rows"])),
+        ("span", f"{_fmt(stats['span_s'], 1)} s ({stats['first_arrival']} .. {stats['last_arrival']})"),
+        ("mean rate", f"{_fmt(stats['rate_rps'], 2)} req/s"),
+        ("peak-to-average, 1 s windows", _fmt(stats["peak_to_average_1s"], 2)),
+        ("peak-to-average, 60 s windows", _fmt(stats["peak_to_average_60s"], 2)),
+        ("tokens per second", _fmt(stats["tokens_per_s"], 0)),
+        ("monthly tokens at this rate (30 days)", _fmt(stats["monthly_tokens"], 0)),
+        ("requests reusing a prefix block", "-" if stats["prefix_reuse_share"] is None else f"{stats['prefix_reuse_share']:.1%}"),
+    ):
+        overview.add_row(label, value)
+    console.print(overview)
+    lengths = Table(title="Token lengths")
+    for column in ("", "p50", "p90", "p99", "max", "rows with a count"):
+        lengths.add_column(column, justify="right")
+    for label, key in (("prompt", "prompt_tokens"), ("output", "completion_tokens")):
+        d = stats[key]
+        lengths.add_row(label, *(_fmt(d[k]) for k in ("p50", "p90", "p99", "max", "count")))
+    console.print(lengths)
+    if stats["tags"]:
+        tags = Table(title="Per tag")
+        for column in ("tag", "rows", "req/s", "prompt p50", "output p50", "monthly tokens"):
+            tags.add_column(column, justify="right")
+        for tag, t in stats["tags"].items():
+            tags.add_row(tag, _fmt(t["rows"]), _fmt(t["rate_rps"], 2), _fmt(t["prompt_tokens"]["p50"]),
+                         _fmt(t["completion_tokens"]["p50"]), _fmt(t["monthly_tokens"]))
+        console.print(tags)
+    return 0
