@@ -1,0 +1,289 @@
+"""One replay worker: its own event loop (uvloop where available) and HTTP sessions, sending its
+share of the plan at the scheduled moments of one shared timeline and writing one result row per
+request, target and attempt.
+
+Clocks: every timing is taken with time.perf_counter() and mapped onto the run's timeline with one
+offset measured when the worker starts (`ClockMapping`), so all workers of a run, on any host whose
+wall clock is synchronised, share the same `*_s` axis: seconds since the run's start epoch.
+This module has no Ray in it; replay/runner.py wraps it in a Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import pyarrow as pa
+
+from replay.rate_limiter import RateLimiter, estimated_tokens
+from replay.request_builder import RequestBuilder
+from replay.result_writer import ResultShardWriter
+from replay.result_rows import result_row
+from replay.results import StreamOutcome
+from replay.retry_policy import BUDGET_EXHAUSTED, RetryBudget
+from replay.running_sketch import RunningSketch
+from replay.stream_client import StreamingClient
+from replay.targets import TargetConfig
+
+try:  # uvloop is optional (not on Windows); plain asyncio works the same, a little slower.
+    import uvloop
+except ImportError:  # pragma: no cover - depends on the platform
+    uvloop = None
+
+SPIN_BEFORE_SEND_S = 0.001  # the last millisecond before a send is waited by yielding, not sleeping
+
+
+@dataclass(frozen=True)
+class ClockMapping:
+    """perf_counter -> seconds on the run's timeline: t_run = perf + offset - epoch."""
+
+    wall_minus_perf: float  # time.time() - time.perf_counter(), taken where the read pair was tightest
+    epoch: float  # wall-clock second at which the run's timeline starts
+
+    @staticmethod
+    def measure_wall_minus_perf(samples: int = 25) -> float:
+        best_gap, best = float("inf"), 0.0
+        for _ in range(samples):
+            p0 = time.perf_counter()
+            wall = time.time()
+            p1 = time.perf_counter()
+            if p1 - p0 < best_gap:
+                best_gap, best = p1 - p0, wall - (p0 + p1) / 2
+        return best
+
+    def to_run_s(self, perf: float | None) -> float | None:
+        return None if perf is None else perf + self.wall_minus_perf - self.epoch
+
+    def to_perf(self, run_s: float) -> float:
+        return run_s + self.epoch - self.wall_minus_perf
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    run_id: str
+    worker: str
+    results_dir: str
+    keep_output_text: bool = False
+    block_size: int = 512
+    flush_rows: int = 1000
+    flush_age_s: float = 5.0
+    concurrency: int | None = None  # closed loop with this many users; None: open loop at scheduled_s
+    duration_s: float | None = None  # closed loop: stop taking rows after this many seconds
+    worker_count: int = 1  # workers in the run: each enforces this share of a target's rate limits and retry budget
+
+
+def _forget(last_of_session: dict, key: tuple[str, str], task: asyncio.Task) -> None:
+    """Drop a session's entry once its last request is done (nothing left to wait for)."""
+    if last_of_session.get(key) is task:
+        del last_of_session[key]
+
+
+class ReplayWorker:
+    """Sends one shard of a plan to every target and records the outcomes."""
+
+    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
+        self.settings = settings
+        self.targets = targets
+        self.shard = shard
+        self.builders = {t.name: RequestBuilder(t, block_size=settings.block_size) for t in targets}
+        for builder in self.builders.values():
+            builder.prepare()  # load tokenizers now, not on the first send (it would show as lateness)
+        self.sketch = RunningSketch(scheduled=shard.num_rows * len(targets))
+        share = 1.0 / max(1, settings.worker_count)
+        self.limiters = {t.name: RateLimiter(t.rate_limits, share) for t in targets}
+        self.retry_budgets = {t.name: RetryBudget(t.retry.budget, share) for t in targets}
+        self.wall_minus_perf = ClockMapping.measure_wall_minus_perf()
+        self._cancel = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer = ResultShardWriter(
+            settings.results_dir, settings.worker, settings.flush_rows, settings.flush_age_s
+        )
+
+    # -- called from other threads (the Ray actor's control methods) --------------------------
+    def cancel(self) -> None:
+        """Stop sending; requests in flight end as `cancelled`, unsent ones get `cancelled` rows."""
+        self._cancel.set()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: None)  # wake the dispatcher
+
+    def progress(self):
+        return self.sketch.snapshot()
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, epoch: float) -> dict:
+        """Run the shard on a fresh event loop in this thread; returns counts of rows by status."""
+        clock = ClockMapping(self.wall_minus_perf, epoch)
+        if uvloop is not None:
+            loop = uvloop.new_event_loop()
+        else:  # pragma: no cover
+            loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            return loop.run_until_complete(self._run(clock))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _run(self, clock: ClockMapping) -> dict:
+        connector_kwargs = dict(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        sessions = {t.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(**connector_kwargs)) for t in self.targets}
+        clients = {
+            t.name: StreamingClient(
+                sessions[t.name],
+                t,
+                token_counter=self.builders[t.name].count_tokens if t.tokenizer else None,
+                keep_output_text=self.settings.keep_output_text,
+            )
+            for t in self.targets
+        }
+        flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            if self.settings.concurrency:
+                await self._dispatch_closed_loop(clients, clock)
+            else:
+                await self._dispatch_open_loop(clients, clock)
+        finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            for session in sessions.values():
+                await session.close()
+            self._writer.close()
+        return dict(self.sketch.by_status)
+
+    async def _dispatch_open_loop(self, clients: dict, clock: ClockMapping) -> None:
+        """Send each row at its scheduled moment, whatever is still in flight (open loop)."""
+        in_flight: set[asyncio.Task] = set()  # only unfinished tasks are held: memory stays bounded
+        last_of_session: dict[tuple[str, str], asyncio.Task] = {}
+        rows = self._iter_rows()
+        for row in rows:
+            if not await self._wait_until(clock.to_perf(row["scheduled_s"])):
+                self._record_unsent(row, clock)
+                break
+            for target in self.targets:
+                key = (target.name, row["session_id"]) if row["session_id"] is not None else None
+                predecessor = last_of_session.get(key) if key else None
+                task = asyncio.create_task(self._one(clients[target.name], target, row, clock, predecessor))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                if key:
+                    last_of_session[key] = task
+                    task.add_done_callback(lambda done, key=key: _forget(last_of_session, key, done))
+        await self._settle(in_flight)
+        # Rows never sent (cancelled before their time) still get their one final row.
+        for row in rows:
+            self._record_unsent(row, clock)
+
+    async def _dispatch_closed_loop(self, clients: dict, clock: ClockMapping) -> None:
+        """`concurrency` users, each taking the next row as soon as its previous request is done
+        (closed loop), until the rows run out or `duration_s` has passed. A row is scheduled when a
+        user takes it: `scheduled_s` is that moment, so lateness measures only our own dispatch.
+        Rows no user took were never scheduled and get no result row."""
+        rows = self._iter_rows()
+        end = clock.to_perf(self.settings.duration_s) if self.settings.duration_s else None
+
+        async def user() -> None:
+            for row in rows:
+                if self._cancel.is_set() or (end is not None and time.perf_counter() >= end):
+                    return
+                row = {**row, "scheduled_s": clock.to_run_s(time.perf_counter())}
+                await asyncio.gather(*(self._one(clients[t.name], t, row, clock, None) for t in self.targets))
+
+        if not await self._wait_until(clock.to_perf(0.0)):
+            return
+        users = {asyncio.create_task(user()) for _ in range(self.settings.concurrency)}
+        await self._settle(users)
+
+    async def _settle(self, tasks: set[asyncio.Task]) -> None:
+        """Wait for `tasks`; a cancel (now or later) cancels what is left."""
+        while tasks:
+            if self._cancel.is_set():
+                for task in tasks:
+                    task.cancel()
+            done, _ = await asyncio.wait(set(tasks), timeout=0.2)
+            tasks -= done
+
+    def _iter_rows(self):
+        """The shard's rows as dicts, converted a batch at a time (a long plan never sits in memory
+        as Python objects all at once)."""
+        for batch in self.shard.to_batches(max_chunksize=1024):
+            yield from batch.to_pylist()
+
+    def _record_unsent(self, row: dict, clock: ClockMapping) -> None:
+        for target in self.targets:
+            self._record(row, target, StreamOutcome(status="cancelled", error="run cancelled before send"), clock, 1)
+
+    async def _wait_until(self, perf_deadline: float) -> bool:
+        """Sleep until the deadline (the last millisecond by yielding); False if cancelled meanwhile."""
+        while True:
+            if self._cancel.is_set():
+                return False
+            remaining = perf_deadline - time.perf_counter()
+            if remaining <= 0:
+                return True
+            if remaining > SPIN_BEFORE_SEND_S:
+                await asyncio.sleep(min(remaining - SPIN_BEFORE_SEND_S, 0.1))
+            else:
+                await asyncio.sleep(0)
+
+    async def _one(self, client, target: TargetConfig, row: dict, clock: ClockMapping, predecessor) -> None:
+        """Send one row to one target, with retries; exactly one final row whatever happens."""
+        attempt = 1
+        try:
+            if predecessor is not None:
+                await asyncio.wait([predecessor])  # a session's requests replay in order
+            try:
+                built = self.builders[target.name].build(row)
+            except Exception as exc:  # a row the target cannot take: its own row, never a crash
+                self._record(row, target, StreamOutcome(status="http_error", error=f"request not built: {exc}"), clock, 1)
+                return
+            row = built.recorded_row(row)
+            limiter, budget = self.limiters[target.name], self.retry_budgets[target.name]
+            tokens = estimated_tokens(row["expected_prompt_tokens"], row["expected_completion_tokens"])
+            self.sketch.on_sent()
+            budget.on_request()
+            while True:
+                await limiter.acquire(tokens)  # client-side rate limits: `sent` is taken after the wait
+                outcome = await client.send(built.body)
+                delay = None if outcome.status == "cancelled" else target.retry.delay_before_retry(outcome, attempt)
+                if delay is not None and not budget.allow_retry():
+                    delay = None
+                    outcome.error = f"{outcome.error} ({BUDGET_EXHAUSTED})"
+                self._record(row, target, outcome, clock, attempt, final=delay is None)
+                if delay is None:
+                    return
+                attempt += 1
+                resume = time.perf_counter() + delay
+                while (left := resume - time.perf_counter()) > 0:  # the event loop's timer may wake early
+                    await asyncio.sleep(left)
+        except asyncio.CancelledError:
+            # Cancelled before sending (waiting for its session or the rate limiter) or while waiting to retry.
+            self._record(row, target, StreamOutcome(status="cancelled", error="run cancelled before this attempt"), clock, attempt)
+
+    def _record(
+        self, row: dict, target: TargetConfig, outcome: StreamOutcome, clock: ClockMapping, attempt: int, final: bool = True
+    ) -> None:
+        self._writer.add(
+            result_row(
+                run_id=self.settings.run_id,
+                target=target.name,
+                worker=self.settings.worker,
+                row=row,
+                outcome=outcome,
+                attempt=attempt,
+                final=final,
+                to_run_s=clock.to_run_s,
+                keep_output_text=self.settings.keep_output_text,
+            )
+        )
+        if final:
+            ttft = (outcome.first_token - outcome.sent) * 1000.0 if outcome.first_token and outcome.sent else None
+            self.sketch.on_done(outcome.status, ttft)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._writer.flush_if_due()

@@ -1,0 +1,77 @@
+"""Result rows: one per request per target per attempt (shared/DESIGN.md, results schema_version 1).
+
+Times are seconds from the run's start epoch (`*_s`) or milliseconds after send (`*_ms`).
+Columns past DESIGN.md's list, added with the replay engine and documented in the README:
+`expected_prompt_tokens` and `expected_completion_tokens` (what the replay asked for, after any
+clamp), `clamped` (lengths were cut by --max-prompt-tokens), `final` (the last attempt for this
+request and target), `scheduled_latency_ms` is derived in analysis, not stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+KIND = "results"
+METADATA_VERSION_KEY = b"shadowreplay.schema_version"
+METADATA_KIND_KEY = b"shadowreplay.kind"
+
+STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled")
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("final", pa.bool_(), nullable=False),
+        pa.field("worker", pa.string()),
+        pa.field("scheduled_s", pa.float64()),
+        pa.field("sent_s", pa.float64()),
+        pa.field("first_token_s", pa.float64()),
+        pa.field("last_token_s", pa.float64()),
+        pa.field("done_s", pa.float64()),
+        pa.field("lateness_ms", pa.float64()),
+        pa.field("ttft_ms", pa.float64()),
+        pa.field("e2e_ms", pa.float64()),
+        pa.field("token_times_ms", pa.list_(pa.float64())),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("client_tokens", pa.int32()),
+        pa.field("expected_prompt_tokens", pa.int32()),
+        pa.field("expected_completion_tokens", pa.int32()),
+        pa.field("clamped", pa.bool_()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("http_status", pa.int32()),
+        pa.field("error", pa.string()),
+        pa.field("output_text", pa.string()),
+        pa.field("tag", pa.string()),
+    ],
+    metadata={METADATA_VERSION_KEY: str(SCHEMA_VERSION).encode(), METADATA_KIND_KEY: KIND.encode()},
+)
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """What one streamed request did, on the worker's monotonic clock (seconds, time.perf_counter).
+
+    Produced by the streaming client; the runner maps it onto a result row.
+    """
+
+    status: str = "ok"
+    sent: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    done: float | None = None
+    token_times: list[float] = field(default_factory=list)  # absolute monotonic time of each output token
+    prompt_tokens: int | None = None  # server usage
+    completion_tokens: int | None = None  # server usage
+    client_tokens: int | None = None  # tokens counted by the client (chunks, or tokenizer)
+    finish_reason: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    output_text: str | None = None
+    retry_after_s: float | None = None  # from a 429/503 Retry-After header, when given

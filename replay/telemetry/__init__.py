@@ -1,0 +1,20 @@
+"""Telemetry taken beside a replay: GPU counters through NVML and server metrics from Prometheus
+endpoints, written to RUN_DIR/telemetry/ as long-form rows (replay/telemetry/schema.py).
+
+Both samplers are plain classes with `start(clock)`, `flush()`, `stop()` and `stats()`, sampling on
+a thread of their own, so the runner can use them in its own process or wrap them in a Ray actor.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class RunClock(Protocol):
+    """Maps a time.perf_counter() reading of this process to seconds on the run's timeline.
+
+    replay.replay_worker.ClockMapping is one; build it in the process that samples (perf_counter
+    readings do not travel between hosts).
+    """
+
+    def to_run_s(self, perf: float) -> float: ...

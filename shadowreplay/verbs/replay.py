@@ -1,0 +1,78 @@
+"""`shadowreplay replay`: open-loop replay of a traffic log against one or more targets on Ray."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shadowreplay.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="replay a traffic log open-loop against targets, recording every token's arrival",
+        description=(
+            "Send every request of LOG at its recorded moment (relative to the first arrival, divided by "
+            "--speed) to every target, on Ray workers sharing one timeline. Sessions replay in order. Rows "
+            "without text get synthesized prompts of their recorded length in each target's tokenizer and "
+            "ask for exactly their recorded output length. One result row per request, target and attempt "
+            "lands in RUN_DIR/results/*.parquet; RUN_DIR/manifest.json records what ran."
+        ),
+    )
+    parser.add_argument("log", type=Path, help="traffic log (Parquet, from `shadowreplay ingest`)")
+    parser.add_argument("--target", "-t", action="append", required=True, type=Path, metavar="T.yaml",
+                        help="target file (repeat for several targets; see configs/targets/)")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
+    parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
+    parser.add_argument("--window", metavar="START..END", help="replay only arrivals in this slice, in seconds from the first arrival (e.g. 60..120, ..5m)")
+    parser.add_argument("--limit", type=int, metavar="N", help="replay at most the first N requests (after --window)")
+    parser.add_argument("--duration", metavar="D", help="stop scheduling sends after D of replay time (e.g. 60s, 5m)")
+    parser.add_argument("--workers", type=int, metavar="N", help="replay worker processes (default: one per CPU)")
+    parser.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance")
+    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp synthesized prompt lengths (recorded per row)")
+    parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths (recorded per row)")
+    parser.add_argument("--keep-output-text", action="store_true", help="store each response's text in the results")
+    parser.add_argument("--block-size", type=int, default=512, help="tokens per prefix block for synthesized prompts (default 512, as Mooncake)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from loadgen.shapes import TraceScaled
+    from replay.replay_session import ReplayRequest, replay_log
+
+    def trace_scaled(offsets: np.ndarray) -> np.ndarray:
+        return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
+
+    if args.speed <= 0:
+        raise UserError("--speed must be positive")
+    for name in ("limit", "workers", "max_prompt_tokens", "max_completion_tokens"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    request = ReplayRequest(
+        log=args.log,
+        target_files=args.target,
+        run_dir=args.output,
+        window=args.window,
+        limit=args.limit,
+        duration=args.duration,
+        workers=args.workers,
+        address=args.address,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_completion_tokens=args.max_completion_tokens,
+        keep_output_text=args.keep_output_text,
+        block_size=args.block_size,
+        send_times=trace_scaled,
+        schedule=f"TraceScaled(speed={args.speed:g})",
+    )
+    try:
+        outcome = replay_log(request)
+    except (ValueError, FileExistsError, RuntimeError) as exc:  # config, log, plan and server errors
+        raise UserError(str(exc)) from None
+    print(f"replay: {sum(outcome.by_status.values())} result rows in {args.output}/results "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(outcome.by_status.items()))}); "
+          f"next: shadowreplay report {args.output}")
+    return 130 if outcome.cancelled else 0

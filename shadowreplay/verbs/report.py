@@ -1,0 +1,203 @@
+"""`shadowreplay report RUN_DIR`: latency, throughput, goodput, errors, cost and GPU use per target and tag.
+
+Reads only RUN_DIR's Parquet results, telemetry and manifest (analysis/) and a price file, writes
+RUN_DIR/summary.json (keys documented in analysis/summary.py) and RUN_DIR/report.html (analysis/
+html_report.py), and prints the summary as tables, or as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from analysis import metrics
+from analysis.cost import RUN_SPAN, CostError, MonthlyVolume
+from analysis.html_report import write_run_report
+from analysis.prices import DEFAULT_PRICES_PATH, PriceBook, PriceError, load_prices
+from analysis.run_data import RunDataError, load_run
+from analysis.slo import EXAMPLE, SLO_METRICS, SloError, parse_slos
+from analysis.summary import summarize, write_summary
+from analysis.summary_tables import SummaryTable, summary_tables
+from analysis.telemetry_data import TelemetryDataError, load_telemetry
+from analysis.traffic_stats import traffic_stats
+from replay.traffic_log import TrafficLogError
+from shadowreplay.errors import UserError
+
+MET_STYLES = {"yes": "[green]yes[/green]", "no": "[red]no[/red]"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="summarize a run: latency, throughput, goodput, errors, cost and GPU use per target and tag",
+        description=(
+            "Summarize the results of RUN_DIR per target and per tag: requests, errors by status, "
+            "TTFT / ITL / TPOT / e2e percentiles, latency from the scheduled send time, output tokens/s, "
+            "requests/s, goodput under the SLOs and client-vs-server token-count mismatches; the cost of the run "
+            "per target from a price file, per million tokens and per month; and, when RUN_DIR/telemetry holds "
+            "NVML samples, GPU utilisation, memory high-water mark, power and joules per output token. "
+            "Writes RUN_DIR/summary.json and RUN_DIR/report.html (one self-contained page with charts, no network "
+            "needed). Percentiles use linear interpolation (numpy's default); latency counts final attempts with "
+            "status ok; rates and energy count the steady window."
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `shadowreplay replay`")
+    parser.add_argument(
+        "--slo",
+        action="append",
+        metavar="SPEC",
+        help=(
+            f"service-level objectives, comma-separated <metric>_p<percentile>=<number>ms|s, e.g. {EXAMPLE}; "
+            f"metrics: {', '.join(SLO_METRICS)}; may be repeated"
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    parser.add_argument(
+        "--steady-warmup",
+        type=float,
+        metavar="S",
+        help=(
+            "seconds after the first scheduled send excluded from throughput as warm-up "
+            f"(default: {metrics.DEFAULT_WARMUP_FRACTION * 100:g}%% of the schedule span); the window ends at the last "
+            "scheduled send"
+        ),
+    )
+    parser.add_argument(
+        "--prices",
+        metavar="FILE",
+        help=(
+            f"price file (format: configs/prices.yaml) for the cost section; default: {DEFAULT_PRICES_PATH} in the "
+            "current directory when it exists, else no cost section; 'none' leaves costs out. Targets are matched "
+            "by the file's `targets:` map, else by base_url host and model; an unmatched target shows 'no price'"
+        ),
+    )
+    volume = parser.add_mutually_exclusive_group()
+    volume.add_argument(
+        "--monthly-requests",
+        type=float,
+        metavar="N",
+        help="project costs to N requests per month (at the run's mean tokens per request)",
+    )
+    volume.add_argument(
+        "--monthly-tokens",
+        type=float,
+        metavar="N",
+        help="project costs to N tokens (input + output) per month, in the run's input/output mix",
+    )
+    volume.add_argument(
+        "--monthly-from-log",
+        metavar="LOG",
+        type=Path,
+        help="project costs to the monthly tokens of this traffic log (its tokens / its arrival span x 30 days)",
+    )
+    parser.epilog = (
+        "Without a --monthly-* option, costs are projected from the run itself: its billed tokens per second of "
+        "its schedule span x 30 days. Failed requests are not billed unless the price file says so."
+    )
+    parser.set_defaults(func=run)
+
+
+def _price_book(option: str | None) -> PriceBook | None:
+    if option is not None and option.lower() == "none":
+        return None
+    if option is None:
+        return load_prices(DEFAULT_PRICES_PATH) if DEFAULT_PRICES_PATH.is_file() else None
+    return load_prices(option)
+
+
+def _monthly_volume(args: argparse.Namespace) -> MonthlyVolume:
+    if args.monthly_requests is not None:
+        return MonthlyVolume("requests", args.monthly_requests)
+    if args.monthly_tokens is not None:
+        return MonthlyVolume("tokens", args.monthly_tokens)
+    if args.monthly_from_log is not None:
+        monthly = traffic_stats(args.monthly_from_log)["monthly_tokens"]
+        if not monthly:
+            raise CostError(
+                f"{args.monthly_from_log}: the traffic log has no token counts or no arrival span "
+                "to project a month from"
+            )
+        return MonthlyVolume("traffic_log", monthly)
+    return RUN_SPAN
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        slos = parse_slos(",".join(args.slo)) if args.slo else ()
+        prices = _price_book(args.prices)
+        monthly = _monthly_volume(args)
+        data = load_run(args.run_dir)
+        telemetry = load_telemetry(args.run_dir)
+        summary = summarize(
+            data, slos, warmup_s=args.steady_warmup, prices=prices, monthly=monthly, telemetry=telemetry
+        )
+    except (
+        RunDataError,
+        SloError,
+        metrics.WindowError,
+        PriceError,
+        CostError,
+        TelemetryDataError,
+        TrafficLogError,
+    ) as exc:
+        raise UserError(str(exc)) from None
+    path = write_summary(args.run_dir, summary)
+    html = write_run_report(args.run_dir, summary, data, telemetry)
+    if args.json:
+        print(json.dumps(summary, indent=2, allow_nan=False))
+    else:
+        print_summary(summary, _console())
+        Console(stderr=True).print(f"[dim]wrote {path} and {html}[/dim]")
+    return 0
+
+
+def _console() -> Console:
+    """A console for stdout: the terminal's width, or 120 columns when writing to a file or pipe."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console
+
+
+def rich_table(table: SummaryTable) -> Table:
+    """A SummaryTable as a rich Table: numeric columns right-aligned, a rule between groups, verdicts coloured."""
+    rendered = Table(title=table.title, title_justify="left")
+    for column in table.columns:
+        rendered.add_column(column, justify="right" if column in table.numeric else "left")
+    met = table.columns.index("Met") if "Met" in table.columns else None
+    for index, row in enumerate(table.rows):
+        if index in table.group_starts and index > 0:
+            rendered.add_section()
+        cells = [MET_STYLES.get(cell, cell) if column == met else cell for column, cell in enumerate(row)]
+        rendered.add_row(*cells)
+    return rendered
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """The summary as rich tables: requests and rates, errors, latency per target, SLOs, cost, GPU."""
+    source, window = summary["source"], summary["window"]
+    console.print(f"[bold]Run {summary['run_id'] or '?'}[/bold]  {summary['run_dir']}")
+    console.print(
+        f"{source['rows']} result rows ({source['final_rows']} final) in {source['results_files']} shard(s); "
+        f"{window['kind']} window {window['start_s']:.2f}-{window['end_s']:.2f} s "
+        f"({window['duration_s']:.2f} s, warm-up {window['warmup_s']:.2f} s); percentiles: linear interpolation"
+    )
+    if source["requests_without_final_row"]:
+        console.print(f"[yellow]{source['requests_without_final_row']} request(s) have no final row[/yellow]")
+    if summary["slos"]:
+        console.print(f"SLOs: {', '.join(summary['slos'])}")
+    for table in summary_tables(summary):
+        console.print(rich_table(table))
+        if table.note:
+            style = "yellow" if table.note.startswith("EXAMPLE") else "dim"
+            console.print(f"[{style}]{table.note}[/{style}]", highlight=False)
+    for block, label in (("cost", "Cost"), ("gpu", "GPU telemetry")):
+        part = summary.get(block) or {}
+        if part.get("status") == "absent":
+            console.print(f"[dim]{label}: {part['reason']}[/dim]")

@@ -1,0 +1,227 @@
+"""The Ray runner end to end against a local server that misbehaves on purpose (tests/faulty_server.py):
+real Ray workers, real HTTP over 127.0.0.1, every scheduled request ending in exactly one final row
+with the right status, sessions in order, retries as their own rows, the schedule kept."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from replay.replay_session import ReplayRequest, replay_log
+from replay.traffic_log import TRAFFIC_LOG_SCHEMA
+from tests.faulty_server import FaultyServerThread
+
+MESSAGES = json.dumps([{"role": "user", "content": "Say something."}])
+
+
+def log_row(i: int, offset_s: float, faulty: dict | None = None, session: str | None = None, max_tokens: int = 6) -> dict:
+    params = {"max_tokens": max_tokens}
+    if faulty:
+        params["faulty"] = faulty
+    return {
+        "request_id": f"req-{i:03d}",
+        "arrival_time": datetime(2024, 5, 1, tzinfo=timezone.utc) + timedelta(seconds=offset_s),
+        "session_id": session,
+        "api": "chat",
+        "messages": MESSAGES,
+        "prompt": None,
+        "params": json.dumps(params),
+        "prompt_tokens": 5,
+        "completion_tokens": max_tokens,
+        "prefix_block_ids": None,
+        "tag": "faulty" if faulty else "normal",
+        "response_text": None,
+        "reference": None,
+    }
+
+
+def write_log(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA), path)
+    return path
+
+
+def write_target(path: Path, base_url: str, **extra) -> Path:
+    lines = [
+        "name: faulty",
+        "kind: openai",
+        f"base_url: {base_url}",
+        "model: scripted",
+        "timeouts: {connect_s: 2, first_token_s: 1.5, total_s: 3}",
+    ]
+    lines += [f"{key}: {json.dumps(value)}" for key, value in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "results").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def faulty_server():
+    with FaultyServerThread() as server:
+        yield server
+
+
+EXPECTED = {
+    "none": "ok",
+    "reset": "connection_error",
+    "stall": "timeout",
+    "invalid_json": "stream_error",
+    "malformed_sse": "stream_error",
+    "stream_error": "stream_error",
+    "eof": "stream_error",
+}
+
+
+def test_every_request_gets_one_final_row_with_the_right_status(tmp_path, faulty_server):
+    rows, expected = [], {}
+    i = 0
+    for repeat in range(3):
+        for fault, status in EXPECTED.items():
+            faulty = {"ttft_ms": 20, "itl_ms": 5, "fault": fault, "fault_after_tokens": 2}
+            if fault == "stall":
+                faulty["stall_ms"] = 5000  # past the 3 s total limit
+            rows.append(log_row(i, 0.05 * i, faulty))
+            expected[f"req-{i:03d}"] = status
+            i += 1
+        rows.append(log_row(i, 0.05 * i, {"status": 500}))
+        expected[f"req-{i:03d}"] = "http_error"
+        i += 1
+    log = write_log(tmp_path / "log.parquet", rows)
+    target = write_target(tmp_path / "t.yaml", faulty_server.base_url)
+    run_dir = tmp_path / "run"
+    outcome = replay_log(ReplayRequest(log=log, target_files=[target], run_dir=run_dir, workers=2))
+
+    results = read_results(run_dir)
+    finals = [r for r in results if r["final"]]
+    assert sorted(r["request_id"] for r in finals) == sorted(expected)  # one each, none lost
+    for row in finals:
+        assert row["status"] == expected[row["request_id"]], row
+    assert {r["worker"] for r in finals} == {"w000", "w001"}
+    assert sum(outcome.by_status.values()) == len(expected)
+
+    ok = [r for r in finals if r["status"] == "ok"]
+    for row in ok:
+        assert row["completion_tokens"] == 6 and len(row["token_times_ms"]) == 6
+        assert row["token_times_ms"] == sorted(row["token_times_ms"])
+        assert 20.0 <= row["ttft_ms"] < row["e2e_ms"]
+        assert row["sent_s"] >= row["scheduled_s"] and row["lateness_ms"] >= 0
+        assert row["first_token_s"] <= row["last_token_s"] <= row["done_s"]
+    http = [r for r in finals if r["status"] == "http_error"]
+    assert all(r["http_status"] == 500 for r in http)
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["scheduled"] == len(expected)
+    assert manifest["counts"]["rows_by_status"] == outcome.by_status
+    assert set(manifest["clock_offsets"]) == {"w000", "w001"}
+
+
+def test_sessions_replay_in_order_and_the_schedule_is_kept(tmp_path, faulty_server):
+    # Three requests of one session arrive 10 ms apart but each takes ~200 ms: each must wait
+    # for the previous one to finish. An unrelated request keeps its own time.
+    slow = {"ttft_ms": 100, "itl_ms": 20}
+    rows = [log_row(i, 0.01 * i, slow, session="s1") for i in range(3)]
+    rows.append(log_row(3, 0.5, {"ttft_ms": 10}))
+    log = write_log(tmp_path / "log.parquet", rows)
+    target = write_target(tmp_path / "t.yaml", faulty_server.base_url)
+    run_dir = tmp_path / "run"
+    replay_log(ReplayRequest(log=log, target_files=[target], run_dir=run_dir, workers=2))
+    by_id = {r["request_id"]: r for r in read_results(run_dir)}
+    assert all(r["status"] == "ok" for r in by_id.values())
+    for earlier, later in (("req-000", "req-001"), ("req-001", "req-002")):
+        assert by_id[later]["sent_s"] >= by_id[earlier]["done_s"]
+    assert by_id["req-002"]["lateness_ms"] > 300  # it waited for its session, and says so
+    assert by_id["req-003"]["scheduled_s"] == pytest.approx(0.5)
+    assert by_id["req-003"]["sent_s"] >= 0.5
+
+
+def test_retries_are_rows_of_their_own_and_honour_retry_after(tmp_path, faulty_server):
+    rows = [log_row(0, 0.0, {"status": 429, "retry_after": "0.3"}), log_row(1, 0.0, {"ttft_ms": 5})]
+    log = write_log(tmp_path / "log.parquet", rows)
+    target = write_target(tmp_path / "t.yaml", faulty_server.base_url, retry={"max_attempts": 3})
+    run_dir = tmp_path / "run"
+    replay_log(ReplayRequest(log=log, target_files=[target], run_dir=run_dir, workers=1))
+    attempts = sorted((r for r in read_results(run_dir) if r["request_id"] == "req-000"), key=lambda r: r["attempt"])
+    assert [r["attempt"] for r in attempts] == [1, 2, 3]
+    assert [r["final"] for r in attempts] == [False, False, True]
+    assert all(r["http_status"] == 429 for r in attempts)
+    for first, second in zip(attempts, attempts[1:]):
+        assert second["sent_s"] - first["done_s"] >= 0.3
+    other = [r for r in read_results(run_dir) if r["request_id"] == "req-001"]
+    assert len(other) == 1 and other[0]["final"] and other[0]["status"] == "ok"
+
+
+def test_speed_compresses_the_schedule(tmp_path, faulty_server):
+    rows = [log_row(i, 1.0 * i, {"ttft_ms": 1}) for i in range(4)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    target = write_target(tmp_path / "t.yaml", faulty_server.base_url)
+    run_dir = tmp_path / "run"
+    from shadowreplay.cli import main
+
+    assert main(["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", "1", "--speed", "4"]) == 0
+    scheduled = sorted(r["scheduled_s"] for r in read_results(run_dir))
+    assert scheduled == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert json.loads((run_dir / "manifest.json").read_text())["selection"]["schedule"] == "TraceScaled(speed=4)"
+
+
+def test_cancel_gives_every_unfinished_request_a_cancelled_row(tmp_path, faulty_server):
+    import threading
+    import time as _time
+
+    from replay.replay_plan import arrival_offsets_s, build_plan, select_rows
+    from replay.replay_worker import ReplayWorker, WorkerSettings
+    from replay.targets import load_target
+
+    # 2 quick requests, 2 that stream slowly (in flight at the cancel), 4 scheduled far later.
+    rows = [log_row(i, 0.0, {"ttft_ms": 1}) for i in range(2)]
+    rows += [log_row(i, 0.0, {"ttft_ms": 10, "itl_ms": 1000}) for i in range(2, 4)]
+    rows += [log_row(i, 30.0, {"ttft_ms": 1}) for i in range(4, 8)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    selected = select_rows(log)
+    plan = build_plan(selected, arrival_offsets_s(selected))
+    target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
+    worker = ReplayWorker(WorkerSettings(run_id="r", worker="w0", results_dir=str(tmp_path / "results")), [target], plan)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(worker.run(_time.time() + 0.2)))
+    thread.start()
+    _time.sleep(1.5)
+    worker.cancel()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    finals = {r["request_id"]: r for r in pq.read_table(tmp_path / "results").to_pylist() if r["final"]}
+    assert len(finals) == 8
+    assert [finals[f"req-{i:03d}"]["status"] for i in range(8)] == ["ok"] * 2 + ["cancelled"] * 6
+    assert all(finals[f"req-{i:03d}"]["sent_s"] is None for i in range(4, 8))  # never sent
+    assert finals["req-002"]["first_token_s"] is not None  # partial timings are kept
+    assert result == {"ok": 2, "cancelled": 6}
+
+
+def test_closed_loop_keeps_exactly_n_requests_in_flight_and_stops_at_the_duration(tmp_path, faulty_server):
+    from replay.replay_plan import build_plan, select_rows
+    from replay.runner import RunSettings, run_plan, start_ray
+    from replay.targets import load_target
+
+    rows = [log_row(i, 0.0, {"ttft_ms": 50, "itl_ms": 10}) for i in range(200)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    selected = select_rows(log)
+    plan = build_plan(selected, [0.0] * selected.num_rows)
+    target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
+    start_ray(None)
+    run_dir = tmp_path / "run"
+    outcome = run_plan(plan, [target], RunSettings(run_dir=run_dir, workers=2, concurrency=3, duration_s=1.5))
+    results = pq.read_table(run_dir / "results").to_pylist()
+    assert 6 <= len(results) < 200 and all(r["status"] == "ok" for r in results)
+    assert outcome.lost_rows == 0 and sum(outcome.by_status.values()) == len(results)
+    assert max(r["scheduled_s"] for r in results) < 1.5  # no request taken after the duration
+    events = sorted([(r["sent_s"], 1) for r in results] + [(r["done_s"], -1) for r in results])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    assert peak == 3
