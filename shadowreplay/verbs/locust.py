@@ -1,0 +1,185 @@
+"""`shadowreplay locust`: an interactive load test with Locust and our streaming user.
+
+Starts Locust (`python -m locust`) on loadgen/locust_user.py, which reports TTFT, ITL and e2e into
+Locust's statistics and writes our result rows to RUN_DIR, so `shadowreplay report RUN_DIR` works
+on the run. The locustfile is located, never imported here: importing Locust monkey-patches the
+standard library for gevent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from shadowreplay.errors import UserError
+
+WEB_HOST = "127.0.0.1"
+LOCUST_STOP_WAIT_S = 30.0  # after Ctrl-C, how long Locust gets to stop its users and write its files
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "locust",
+        help="interactive load test of one target with Locust (web UI or headless), writing our result rows",
+        description=(
+            "Start Locust with shadowreplay's streaming user (loadgen/locust_user.py) against the target of "
+            "--target: each user sends one request after another (closed loop), drawn at random from LOG's own "
+            "prompt/output mix, or with synthesized lengths (--prompt-tokens/--completion-tokens, which need "
+            "the target's tokenizer) without --log. Locust's statistics show `ttft` (time to first token), "
+            "`itl` (one sample per gap between output tokens) and `e2e` (send to last token, with failures "
+            "grouped by status: http_error, timeout, connection_error, stream_error). One result row per "
+            "request attempt goes to RUN_DIR/results, and RUN_DIR/manifest.json describes the run: "
+            "`shadowreplay report RUN_DIR` summarizes it. Without --headless, Locust's web UI is served on "
+            f"http://{WEB_HOST}:PORT only; start and stop tests there (every test of the session adds rows "
+            "to RUN_DIR). A kind vllm target is started first and stopped at the end."
+        ),
+        epilog=(
+            "Arguments after `--` go to Locust unchanged, e.g. `-- --csv RUN_DIR/locust --stop-timeout 10`. "
+            "The exit status is Locust's (1 when a request failed, unless `-- --exit-code-on-error 0`)."
+        ),
+    )
+    parser.add_argument("--target", required=True, type=Path, metavar="T.yaml", help="the target to load")
+    parser.add_argument("--log", type=Path, metavar="LOG.parquet", help="traffic log whose rows are drawn at random")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory for result rows")
+    parser.add_argument("--headless", action="store_true", help="no web UI: run -u users for -t, print Locust's summary")
+    parser.add_argument("-u", "--users", type=int, metavar="N", help="peak number of concurrent users (Locust -u)")
+    parser.add_argument("-r", "--spawn-rate", type=float, metavar="R", help="users started per second (Locust -r)")
+    parser.add_argument("-t", "--run-time", metavar="D", help="stop after D, e.g. 30s, 5m, 1h30m (Locust -t; with --headless)")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="Locust worker processes under one master (Locust --processes; -1: one per core)")
+    parser.add_argument("--web-port", type=int, default=8089, metavar="PORT", help="web UI port on 127.0.0.1 (default 8089)")
+    parser.add_argument("--csv", metavar="PREFIX", help="Locust's CSV statistics: PREFIX_stats.csv, PREFIX_failures.csv, ...")
+    parser.add_argument("--prompt-tokens", type=int, default=256, metavar="P", help="without --log: prompt tokens (default 256)")
+    parser.add_argument("--completion-tokens", type=int, default=128, metavar="C", help="without --log: output tokens (default 128)")
+    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp the log's synthesized prompt lengths")
+    parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp the log's output lengths")
+    parser.add_argument("--keep-output-text", action="store_true", help="keep answer texts in the result rows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws from the log (default 0)")
+    parser.add_argument("locust_args", nargs="*", metavar="-- LOCUST_ARG", help="further Locust arguments, after `--`")
+    parser.set_defaults(func=run)
+
+
+def locustfile() -> Path:
+    """Where loadgen/locust_user.py is, found without importing it (that would import Locust)."""
+    spec = importlib.util.find_spec("loadgen.locust_user")
+    if spec is None or spec.origin is None:
+        raise UserError("loadgen/locust_user.py is not importable; is shadowreplay installed?")
+    return Path(spec.origin)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the Locust master's worker port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((WEB_HOST, 0))
+        return sock.getsockname()[1]
+
+
+def locust_command(args: argparse.Namespace, base_url: str | None) -> list[str]:
+    """The Locust command line for `args` (everything bound to 127.0.0.1)."""
+    command = [
+        sys.executable, "-m", "locust", "-f", str(locustfile()),
+        "--target-file", str(args.target),
+        "--run-dir", str(args.output),
+        "--prompt-tokens", str(args.prompt_tokens),
+        "--completion-tokens", str(args.completion_tokens),
+        "--mix-seed", str(args.seed),
+    ]
+    if args.log:
+        command += ["--traffic-log", str(args.log)]
+    if base_url:
+        command += ["--target-base-url", base_url]
+    if args.max_prompt_tokens:
+        command += ["--max-prompt-tokens", str(args.max_prompt_tokens)]
+    if args.max_completion_tokens:
+        command += ["--max-completion-tokens", str(args.max_completion_tokens)]
+    if args.keep_output_text:
+        command.append("--keep-output-text")
+    if args.headless:
+        command.append("--headless")
+    else:
+        command += ["--web-host", WEB_HOST, "--web-port", str(args.web_port)]
+    for flag, value in (("-u", args.users), ("-r", args.spawn_rate), ("-t", args.run_time), ("--csv", args.csv)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.processes:
+        port = free_port()
+        command += ["--processes", str(args.processes), "--master-bind-host", WEB_HOST,
+                    "--master-bind-port", str(port), "--master-host", WEB_HOST, "--master-port", str(port)]
+    return command + list(args.locust_args)
+
+
+def _check_inputs(args: argparse.Namespace):
+    """The target, checked, and the log's schema; one clear line for each mistake."""
+    from replay.targets import TargetConfigError, load_target
+    from replay.traffic_log import TrafficLogError, open_traffic_log
+
+    try:
+        target = load_target(args.target)
+        target.api_key()
+        if args.log:
+            open_traffic_log(args.log)
+    except (TargetConfigError, TrafficLogError) as exc:
+        raise UserError(str(exc)) from None
+    if not args.log and not target.tokenizer:
+        raise UserError(f"{args.target}: without --log, prompts are synthesized and need the target's `tokenizer`")
+    if args.run_time and not args.headless:
+        raise UserError("-t/--run-time needs --headless (in the web UI, stop the test there)")
+    if args.processes is not None and args.processes == 0:
+        raise UserError("--processes must be positive, or -1 for one per core")
+    if any((args.output / "results").glob("*.parquet")):
+        raise UserError(f"{args.output} already holds results; choose a new run directory")
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    target = _check_inputs(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        base_url, servers = None, []
+        if target.kind == "vllm":
+            from replay.replay_session import start_local_servers  # imports Ray: only where a server is started
+
+            try:
+                (live,), servers = start_local_servers([target], args.output, stack)
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise UserError(f"{args.target}: the vLLM server did not start: {exc}") from None
+            base_url = live.base_url
+        code = _run_locust(locust_command(args, base_url))
+    if servers:
+        _add_to_manifest(args.output, {"servers": servers})
+    results = sorted((args.output / "results").glob("*.parquet"))
+    if results:
+        print(f"shadowreplay locust: {len(results)} result shard(s) in {args.output / 'results'}; "
+              f"summarize with `shadowreplay report {args.output}`", file=sys.stderr)
+    else:
+        print("shadowreplay locust: no result rows were written (no test ran?)", file=sys.stderr)
+    return code
+
+
+def _run_locust(command: list[str]) -> int:
+    """Run Locust in the foreground; Ctrl-C reaches it too (same process group), and it is waited
+    for while it stops its users and writes its files."""
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            return process.wait(timeout=LOCUST_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(timeout=10)
+            raise
+
+
+def _add_to_manifest(run_dir: Path, fields: dict) -> None:
+    path = run_dir / "manifest.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        manifest.update(fields)
+        path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
