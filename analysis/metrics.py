@@ -69,6 +69,16 @@ def itl_ms() -> pl.Expr:
     return itl_gaps_ms().explode().drop_nulls().alias("itl_ms")
 
 
+def token_arrivals_s() -> pl.Expr:
+    """Token arrivals on the run's timeline = [sent_s + t / 1000 for t in token_times_ms], in s (a list)."""
+    return (pl.col("sent_s") + pl.col("token_times_ms") / 1000.0).alias("token_arrivals_s")
+
+
+def itl_gap_ends_s() -> pl.Expr:
+    """When each ITL gap ends = token_arrivals_s without its first entry, in run s (a list aligned with itl_gaps_ms)."""
+    return token_arrivals_s().list.slice(1).alias("itl_gap_ends_s")
+
+
 def output_tokens() -> pl.Expr:
     """Output tokens = completion_tokens (server usage) when given, else client_tokens (client count)."""
     return pl.coalesce(pl.col("completion_tokens"), pl.col("client_tokens")).alias("output_tokens")

@@ -29,6 +29,17 @@ was computed from. Keys (summary `schema_version` 1; new keys may be added, none
                          devices [{host, device, samples, gpu_util_pct, mem_util_pct,
                          mem_used_high_water_bytes, mem_total_bytes, power_w {mean, p95}, energy_j,
                          energy_method, energy_covered_s}]
+    server_histograms    {"status": "absent", "reason"} without scraped vLLM histograms, else
+                         (analysis/server_histograms.py): status "compared", definitions, quantiles,
+                         targets {name: {scrapes {first_send_s, baseline_t_s, end_t_s, baseline
+                         (before_first_send | after_first_send)}, metrics {ttft, itl: {status
+                         (compared | absent | counter_reset), vllm_family, counts {vllm, ours, ours_ok_total,
+                         ours_outside_scrape_span, vllm_minus_ours, equal}, mean_ms {vllm, ours,
+                         ours_minus_vllm}, higher (by mean: ours | vllm | equal), quantiles [{quantile, q,
+                         vllm_bucket_ms [lower, upper], vllm_estimate_ms, ours_ms, ours_bucket_ms,
+                         bucket_offset, higher (by bucket: ours | vllm | same_bucket), agree}], agree,
+                         buckets [{le_ms (null: +Inf), vllm, ours}] (cumulative)}}}},
+                         targets_not_scraped, disagreements, count_differences (one line each)
 
 STATS (one slice: a target, or a target and tag):
     requests             final rows (one per scheduled request)
@@ -80,6 +91,7 @@ from analysis.cost import RUN_SPAN, MonthlyVolume, cost_summary
 from analysis.energy import gpu_summary
 from analysis.prices import PriceBook
 from analysis.run_data import MANIFEST_NAME, RunData
+from analysis.server_histograms import server_histogram_summary
 from analysis.slo import Slo
 from analysis.telemetry_data import Telemetry
 from replay.results import STATUSES
@@ -246,7 +258,7 @@ def summarize(
     """The summary object of a run (keys in this module's docstring); raises metrics.WindowError.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/telemetry_data.py
-    load_telemetry) the gpu block does.
+    load_telemetry) the gpu and server_histograms blocks do.
     """
     final = run.final_rows
     window = metrics.steady_window(final, warmup_s=warmup_s, warmup_fraction=warmup_fraction)
@@ -294,6 +306,7 @@ def summarize(
             monthly,
         ),
         "gpu": gpu_summary(telemetry, final, window, run.target_configs),
+        "server_histograms": server_histogram_summary(telemetry, run.rows),
     }
 
 

@@ -295,6 +295,84 @@ def gpu_table(summary: dict[str, Any]) -> SummaryTable | None:
     )
 
 
+def _bucket_cell(bounds: list[float | None] | None) -> str:
+    """`20-40` (ms) for a bucket's [lower, upper] bounds, `2,560,000-+Inf` for the top one; NO_VALUE for none."""
+    if bounds is None:
+        return NO_VALUE
+    lower, upper = bounds
+    return f"{lower:,.10g}-{'+Inf' if upper is None else f'{upper:,.10g}'}"
+
+
+VERDICTS = {True: "agree", False: "DISAGREE", None: NO_VALUE}
+
+
+def server_histogram_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """vLLM's own TTFT/ITL histograms against our client-side values, per target, metric and quantile;
+    None without scraped histograms. The note starts with a DISAGREE (or COUNTS DIFFER) line when one applies."""
+    block = summary.get("server_histograms") or {}
+    if block.get("status") != "compared":
+        return None
+    rows: list[list[str]] = []
+    starts = set()
+    for target, entry in block["targets"].items():
+        starts.add(len(rows))
+        for metric, result in entry["metrics"].items():
+            label = METRIC_LABELS.get(metric, metric)
+            if result["status"] != "compared":
+                rows.append([target, label, NO_VALUE, NO_VALUE, NO_VALUE, result["status"], "", "", "", "", ""])
+                continue
+            counts = result["counts"]
+            for index, row in enumerate(result["quantiles"]):
+                first = index == 0
+                rows.append(
+                    [
+                        target,
+                        label,
+                        f"{counts['vllm']:,}" if first else "",
+                        f"{counts['ours']:,}" if first else "",
+                        row["quantile"],
+                        _bucket_cell(row["vllm_bucket_ms"]),
+                        number(row["vllm_estimate_ms"]),
+                        number(row["ours_ms"]),
+                        _bucket_cell(row["ours_bucket_ms"]),
+                        row["higher"] or NO_VALUE,
+                        VERDICTS[row["agree"]],
+                    ]
+                )
+    columns = [
+        "Target",
+        "Metric",
+        "vLLM N",
+        "Our N",
+        "Quantile",
+        "vLLM bucket ms",
+        "vLLM est ms",
+        "Ours ms",
+        "Our bucket ms",
+        "Higher",
+        "Verdict",
+    ]
+    flags = []
+    if block["disagreements"]:
+        flags.append("DISAGREE: " + "; ".join(block["disagreements"]) + ".")
+    if block["count_differences"]:
+        flags.append("COUNTS DIFFER: " + "; ".join(block["count_differences"]) + ".")
+    note = (
+        "vLLM's histograms (server side: request arrival to first token; gaps between output steps) over the run "
+        "(last scrape - the scrape before the first send) against ours (client side, final ok requests observed "
+        "between those scrapes, so normally a little higher); vLLM est: interpolated inside its bucket; agree: ours "
+        "within vLLM's bucket widened by one neighbour either side, or within one bucket width of vLLM est."
+    )
+    return SummaryTable(
+        "Server histograms (vLLM /metrics) vs ours",
+        columns,
+        rows,
+        frozenset({"vLLM N", "Our N", "vLLM est ms", "Ours ms"}),
+        frozenset(starts),
+        " ".join([*flags, note]),
+    )
+
+
 def _gib(value: float | None) -> float | None:
     return None if value is None else value / GIB
 
@@ -308,5 +386,6 @@ def summary_tables(summary: dict[str, Any]) -> list[SummaryTable]:
         slo_table(summary),
         cost_table(summary),
         gpu_table(summary),
+        server_histogram_table(summary),
     ]
     return [table for table in tables if table is not None]

@@ -195,6 +195,10 @@ class PrometheusSampler:
                     await asyncio.wait_for(self._stop.wait(), next_tick - now)
                 except TimeoutError:
                     pass
+            # A last round at stop: requests that finished after the previous scrape are in the
+            # server's counters too, so the run's histograms cover every request (analysis/server_histograms.py).
+            await asyncio.gather(*(self.scrape_once(session, t) for t in self.targets), return_exceptions=True)
+            self.rounds += 1
 
     async def scrape_once(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> int:
         """Scrape one target once and queue its rows; returns the rows queued. Never raises for

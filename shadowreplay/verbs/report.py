@@ -195,9 +195,12 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     for table in summary_tables(summary):
         console.print(rich_table(table))
         if table.note:
-            style = "yellow" if table.note.startswith("EXAMPLE") else "dim"
+            if table.note.startswith(("DISAGREE", "COUNTS DIFFER")):
+                style = "bold red"
+            else:
+                style = "yellow" if table.note.startswith("EXAMPLE") else "dim"
             console.print(f"[{style}]{table.note}[/{style}]", highlight=False)
-    for block, label in (("cost", "Cost"), ("gpu", "GPU telemetry")):
+    for block, label in (("cost", "Cost"), ("gpu", "GPU telemetry"), ("server_histograms", "Server histograms")):
         part = summary.get(block) or {}
         if part.get("status") == "absent":
             console.print(f"[dim]{label}: {part['reason']}[/dim]")
