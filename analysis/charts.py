@@ -32,6 +32,7 @@ class Series:
     colour: str | None = None
     dash: str | None = None  # plotly dash style: "dot", "dash", ...
     mode: str = "lines"
+    hover: Sequence[str] | None = None  # a text per point, shown on hover (e.g. which load point it is)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Threshold:
 
     y: float
     label: str
+
+
+@dataclass(frozen=True)
+class XMarker:
+    """A vertical line at `x` labelled `label` (a sweep's saturation point or SLO capacity)."""
+
+    x: float
+    label: str
+    colour: str = "#52606d"
+    side: str = "right"  # of the line where the label goes: "right" or "left"
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ def _trace(series: Series, show_legend: bool) -> go.Scatter:
         mode=series.mode,
         line={"color": series.colour, "dash": series.dash},
         connectgaps=False,
+        hovertext=None if series.hover is None else list(series.hover),
     )
 
 
@@ -100,8 +112,15 @@ def _style(fig: go.Figure, height: int) -> go.Figure:
     return fig
 
 
-def stacked_panels(panels: Sequence[Panel], x_title: str, bands: Sequence[Band] = ()) -> go.Figure:
-    """Panels stacked on one shared x axis; a name's first series shows in the legend, later ones follow it."""
+def stacked_panels(
+    panels: Sequence[Panel],
+    x_title: str,
+    bands: Sequence[Band] = (),
+    markers: Sequence[XMarker] = (),
+    log_x: bool = False,
+) -> go.Figure:
+    """Panels stacked on one shared x axis; a name's first series shows in the legend, later ones follow it.
+    `markers` are vertical lines across every panel, labelled above the top one; `log_x` makes x logarithmic."""
     fig = make_subplots(
         rows=len(panels),
         cols=1,
@@ -115,8 +134,24 @@ def stacked_panels(panels: Sequence[Panel], x_title: str, bands: Sequence[Band] 
             fig.add_trace(_trace(series, series.name not in seen), row=row, col=1)
             seen.add(series.name)
         for threshold in panel.thresholds:
-            fig.add_hline(
-                y=threshold.y, line_dash="dash", line_color="crimson", annotation_text=threshold.label, row=row, col=1
+            if not panel.log_y:
+                fig.add_hline(
+                    y=threshold.y, line_dash="dash", line_color="crimson", annotation_text=threshold.label, row=row, col=1
+                )
+                continue
+            # plotly places a shape on a log axis by its value but an annotation by log10(value): label it by hand.
+            fig.add_hline(y=threshold.y, line_dash="dash", line_color="crimson", row=row, col=1)
+            y_axis = fig.get_subplot(row, 1).yaxis.plotly_name.replace("axis", "")
+            x_axis = fig.get_subplot(row, 1).xaxis.plotly_name.replace("axis", "")
+            fig.add_annotation(
+                x=1.0,
+                xref=f"{x_axis} domain",
+                xanchor="right",
+                y=math.log10(threshold.y),
+                yref=y_axis,
+                yanchor="bottom",
+                showarrow=False,
+                text=threshold.label,
             )
         fig.update_yaxes(title_text=panel.y_title, type="log" if panel.log_y else "linear", row=row, col=1)
     for band in bands:
@@ -132,13 +167,30 @@ def stacked_panels(panels: Sequence[Panel], x_title: str, bands: Sequence[Band] 
             text=bands[0].label,
             font={"size": 10, "color": "seagreen"},
         )
+    for index, marker in enumerate(markers):
+        fig.add_vline(x=marker.x, line_dash="dashdot", line_color=marker.colour, line_width=1.5, row="all", col=1)
+        fig.add_annotation(
+            x=math.log10(marker.x) if log_x else marker.x,  # plotly places annotations on a log axis by log10(x)
+            y=1.0,
+            xref="x",
+            yref="paper",
+            xanchor="left" if marker.side == "right" else "right",
+            yanchor="top",
+            yshift=-16 * index,  # one label under the other where markers are close
+            showarrow=False,
+            text=marker.label,
+            bgcolor="rgba(255, 255, 255, 0.8)",
+            font={"size": 10, "color": marker.colour},
+        )
     fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
+    if log_x:
+        fig.update_xaxes(type="log")
     return _style(fig, PANEL_HEIGHT_PX * len(panels) + 80)
 
 
-def line_chart(panel: Panel, x_title: str, log_x: bool = False) -> go.Figure:
+def line_chart(panel: Panel, x_title: str, log_x: bool = False, markers: Sequence[XMarker] = ()) -> go.Figure:
     """One panel as its own figure (e.g. a sweep's TTFT p95 against offered rate, with the SLO line)."""
-    fig = stacked_panels([panel], x_title)
+    fig = stacked_panels([panel], x_title, markers=markers, log_x=log_x)
     fig.update_xaxes(type="log" if log_x else "linear")
     return _style(fig, PANEL_HEIGHT_PX + 160)
 

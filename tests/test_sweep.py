@@ -28,6 +28,9 @@ def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_lo
     printed = capsys.readouterr().out
     summary = json.loads((sweep_dir / "summary.json").read_text())
     curve = pq.read_table(sweep_dir / "curve.parquet").to_pylist()
+    report = sweep_dir / "report.html"
+    assert report.is_file() and f"report: {report}" in printed
+    assert all(p["run_dir"] in report.read_text(encoding="utf-8") for p in curve)
     assert summary["saturation"] is not None, printed  # 48 req/s x 64 tokens is beyond a 2-core CPU
     # 1 req/s of <=128-token prompts meets a 2 s TTFT p95 even on a loaded 2-core CI machine.
     assert summary["slo_capacity_rps"] is not None and summary["slo_capacity_rps"] >= 1, printed

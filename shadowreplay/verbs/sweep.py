@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
             "closed-loop users), each request drawn from LOG's own prompt/output mix, until throughput stops "
             "rising or errors explode; then bisect for the highest load that meets every --slo (the "
             "replica's SLO capacity). Each point is a run directory under SWEEP_DIR/points/; the curve is "
-            "SWEEP_DIR/curve.parquet and SWEEP_DIR/summary.json holds saturation and slo_capacity."
+            "SWEEP_DIR/curve.parquet, SWEEP_DIR/summary.json holds saturation and slo_capacity, and "
+            "SWEEP_DIR/report.html draws the curve (a self-contained page that opens with no network)."
         ),
     )
     parser.add_argument("log", type=Path, help="traffic log (Parquet) whose prompt/output mix is replayed")
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from analysis.slo import SloError, parse_slos
+    from analysis.sweep_report import write_sweep_report
     from loadgen.sweep import LoadSweep, SweepSettings
     from replay.replay_plan import LengthClamp, parse_duration_s, select_rows
     from replay.replay_session import start_local_servers
@@ -116,5 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if slos:
         capacity = f"{outcome.slo_capacity:.3g} {unit}" if outcome.slo_capacity is not None else "none (no load point met every SLO)"
         console.print(f"SLO capacity: {capacity}")
-    console.print(f"curve: {args.output / 'curve.parquet'}; summary: {args.output / 'summary.json'}")
+    report = write_sweep_report(args.output)
+    console.print(
+        f"curve: {args.output / 'curve.parquet'}; summary: {args.output / 'summary.json'}; report: {report}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
