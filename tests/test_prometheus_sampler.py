@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from replay.replay_worker import ClockMapping
-from replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget, parse_metrics
+from replay.telemetry.prometheus_sampler import MetricsPageParser, PrometheusSampler, ScrapeTarget, parse_metrics
 from replay.telemetry.schema import TELEMETRY_SCHEMA, parse_bucket_metric
 
 SAMPLE = (Path(__file__).parent / "data" / "vllm_metrics_sample.txt").read_text()
@@ -78,6 +78,21 @@ def test_parse_sums_over_engines_and_averages_usage_fractions():
         'vllm:time_to_first_token_seconds_bucket{le="0.1"}': 3.0,
         'vllm:time_to_first_token_seconds_bucket{le="+Inf"}': 11.0,
     }
+
+
+def test_a_parser_remembers_series_but_reads_every_value_again():
+    parser = MetricsPageParser()
+    first = dict(parser.parse(SAMPLE))
+    assert first == dict(parse_metrics(SAMPLE))
+    bumped = SAMPLE.replace('le="+Inf",model_name="tiny"} ', 'le="+Inf",model_name="tiny"} 1000')
+    assert bumped != SAMPLE
+    second = dict(parser.parse(bumped))
+    changed = {m for m in first if first[m] != second[m]}
+    assert changed and all(m.endswith('{le="+Inf"}') for m in changed)
+    with pytest.raises(ValueError):  # a series seen before with a value that is no number
+        parser.parse('vllm:num_requests_running{engine="0",model_name="tiny"} n/a\n')
+    page = 'vllm:num_requests_running{engine="0",model_name="a b}c"} 2 1700000000000\n'  # brace in a label, timestamp
+    assert parser.parse(page) == parser.parse(page) == [("vllm:num_requests_running", 2.0)]
 
 
 def test_parse_rejects_a_malformed_page():

@@ -7,8 +7,9 @@ bucket names); labels other than `le` (engine, model_name) are summed over, exce
 which are averaged (several engines of one server). Each scrape also gives Prometheus's own
 synthetic series: `up` (1: scraped, 0: failed) and `scrape_duration_seconds`.
 
-Parsing is prometheus_client's (`text_string_to_metric_families`); only the lines of the kept
-families are handed to it, which cuts its work about tenfold on vLLM's ~600-line page.
+Parsing is prometheus_client's (`text_string_to_metric_families`): only the lines of the kept
+families are handed to it, each series once per sampler (MetricsPageParser); later scrapes read
+only the values of the series already parsed.
 A failed scrape (connection refused, HTTP error, timeout, unparsable page) is counted per target,
 logged when a target goes down and when it comes back, and never stops the sampler.
 """
@@ -81,24 +82,77 @@ def _line_name(line: str) -> str | None:
     return line[:end]
 
 
-def parse_metrics(text: str, families: Iterable[str] = VLLM_FAMILIES) -> list[tuple[str, float]]:
+def _split_sample(line: str) -> tuple[str, str]:
+    """A sample line -> (series: the name and its labels as written, the rest: value [timestamp])."""
+    brace, space = line.find("{"), line.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        close = line.rfind("}")
+        if close < brace:
+            raise ValueError(f"no closing brace in sample line {line[:120]!r}")
+        return line[: close + 1], line[close + 1 :]
+    if space == -1:
+        raise ValueError(f"no value in sample line {line[:120]!r}")
+    return line[:space], line[space:]
+
+
+def _series_metric(line: str) -> str | None:
+    """The row metric of one sample line (parsed by prometheus_client); None for `_created` samples."""
+    samples = [sample for family in text_string_to_metric_families(line + "\n") for sample in family.samples]
+    if len(samples) != 1:
+        raise ValueError(f"not one sample in line {line[:120]!r}")
+    sample = samples[0]
+    if sample.name.endswith("_created"):
+        return None
+    le = sample.labels.get("le")
+    return bucket_metric(sample.name, le) if sample.name.endswith("_bucket") and le is not None else sample.name
+
+
+_UNSEEN = object()
+
+
+class MetricsPageParser:
     """(metric, value) pairs for the kept families of a Prometheus text page, labels folded as the
-    module says. Raises ValueError when prometheus_client cannot parse the kept lines."""
-    wanted = _sample_names(families)
-    kept = "\n".join(line for line in text.splitlines() if _line_name(line) in wanted)
-    totals: dict[str, float] = {}
-    counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(kept + "\n"):
-        for sample in family.samples:
-            if sample.name.endswith("_created") or math.isnan(sample.value):
+    module says.
+
+    A series (a sample's name and labels, e.g. `vllm:time_to_first_token_seconds_bucket{engine="0",
+    le="0.1",model_name="m"}`) is parsed by prometheus_client the first time it appears; a page
+    repeats the same series every scrape, so later scrapes only read each kept line's value (the
+    first field after the series, a float in the text format's spelling: 3, 1e-3, NaN, +Inf). This
+    memory makes a scrape of vLLM's page about 5x cheaper than parsing it whole every second.
+    One parser per sampler thread (not thread-safe)."""
+
+    def __init__(self, families: Iterable[str] = VLLM_FAMILIES):
+        self.families = tuple(families)
+        self._wanted = _sample_names(self.families)
+        self._series: dict[str, str | None] = {}
+
+    def parse(self, text: str) -> list[tuple[str, float]]:
+        """Raises ValueError for a kept line that is not a valid sample."""
+        totals: dict[str, float] = {}
+        counts: Counter[str] = Counter()
+        for line in text.splitlines():
+            if not line.startswith(self.families) or _line_name(line) not in self._wanted:
+                continue  # comments, blanks and other families (a cheap prefix test first)
+            series, rest = _split_sample(line)
+            metric = self._series.get(series, _UNSEEN)
+            if metric is _UNSEEN:
+                metric = self._series[series] = _series_metric(line)
+            fields = rest.split()
+            if not fields:
+                raise ValueError(f"no value in sample line {line[:120]!r}")
+            value = float(fields[0])
+            if metric is None or math.isnan(value):
                 continue
-            le = sample.labels.get("le")
-            metric = bucket_metric(sample.name, le) if sample.name.endswith("_bucket") and le is not None else sample.name
-            totals[metric] = totals.get(metric, 0.0) + sample.value
+            totals[metric] = totals.get(metric, 0.0) + value
             counts[metric] += 1
-    return [
-        (metric, total / counts[metric] if metric.endswith("_perc") else total) for metric, total in totals.items()
-    ]
+        return [
+            (metric, total / counts[metric] if metric.endswith("_perc") else total) for metric, total in totals.items()
+        ]
+
+
+def parse_metrics(text: str, families: Iterable[str] = VLLM_FAMILIES) -> list[tuple[str, float]]:
+    """One page parsed with a fresh MetricsPageParser (no memory between calls)."""
+    return MetricsPageParser(families).parse(text)
 
 
 @dataclass(frozen=True)
@@ -137,6 +191,7 @@ class PrometheusSampler:
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else min(interval_s, 2.0)
         self.families = tuple(families)
+        self._parser = MetricsPageParser(self.families)
         self.host = host or socket.gethostname()
         self._writer = TelemetryShardWriter(
             telemetry_dir, run_id, self.host, f"{SOURCE_PROMETHEUS}-{self.host}-{os.getpid()}", max_rows, max_age_s
@@ -218,7 +273,7 @@ class PrometheusSampler:
         received = time.perf_counter()
         if outcome == "ok":
             try:
-                pairs = parse_metrics(body, self.families)
+                pairs = self._parser.parse(body)
             except ValueError as exc:
                 outcome, detail = "parse_error", f"unparsable metrics page: {exc}"
         t_s = self._clock.to_run_s((sent + received) / 2)
