@@ -56,7 +56,7 @@ from loadgen.gevent_stream_client import GeventStreamingClient, StreamCancelled,
 from loadgen.request_mix import RequestMix, SynthesizedLengths
 from replay.manifest import write_manifest
 from replay.replay_plan import LengthClamp, PlanError
-from replay.replay_worker import ClockMapping
+from replay.clock_mapping import ClockMapping
 from replay.request_builder import RequestBuilder
 from replay.result_rows import result_row
 from replay.result_writer import ResultShardWriter

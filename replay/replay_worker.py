@@ -3,21 +3,38 @@ share of the plan at the scheduled moments of one shared timeline and writing on
 request, target and attempt.
 
 Clocks: every timing is taken with time.perf_counter() and mapped onto the run's timeline with one
-offset measured when the worker starts (`ClockMapping`), so all workers of a run, on any host whose
-wall clock is synchronised, share the same `*_s` axis: seconds since the run's start epoch.
+offset measured when the worker starts (`replay.clock_mapping.ClockMapping`), so all workers of a
+run, on any host whose wall clock is synchronised, share the same `*_s` axis: seconds since the
+run's start epoch.
 This module has no Ray in it; replay/runner.py wraps it in a Ray actor.
+
+Keeping the loop free (a late wake-up shows as send lateness and as late token stamps):
+- A send is waited for by sleeping until `SPIN_BEFORE_SEND_S` before it, then yielding to the loop
+  until the moment comes (uvloop's timers have millisecond resolution, and a wake-up on a busy
+  host comes up to about a millisecond late).
+- Result shards are encoded and written by the result writer's own thread (background mode).
+- The plan's rows become dicts `ROWS_PER_CONVERSION` at a time (a conversion never stalls the loop
+  for long).
+- While a run lasts, the garbage collector leaves the objects made before it alone (`gc.freeze`:
+  a full collection over the imported modules and tokenizers takes tens of milliseconds), and the
+  GIL switch interval is `GIL_SWITCH_INTERVAL_S` (the default 5 ms would let the writer thread
+  keep the loop waiting that long).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
 import pyarrow as pa
 
+from replay.clock_mapping import ClockMapping
 from replay.rate_limiter import RateLimiter, estimated_tokens
 from replay.request_builder import RequestBuilder
 from replay.result_writer import ResultShardWriter
@@ -33,32 +50,9 @@ try:  # uvloop is optional (not on Windows); plain asyncio works the same, a lit
 except ImportError:  # pragma: no cover - depends on the platform
     uvloop = None
 
-SPIN_BEFORE_SEND_S = 0.001  # the last millisecond before a send is waited by yielding, not sleeping
-
-
-@dataclass(frozen=True)
-class ClockMapping:
-    """perf_counter -> seconds on the run's timeline: t_run = perf + offset - epoch."""
-
-    wall_minus_perf: float  # time.time() - time.perf_counter(), taken where the read pair was tightest
-    epoch: float  # wall-clock second at which the run's timeline starts
-
-    @staticmethod
-    def measure_wall_minus_perf(samples: int = 25) -> float:
-        best_gap, best = float("inf"), 0.0
-        for _ in range(samples):
-            p0 = time.perf_counter()
-            wall = time.time()
-            p1 = time.perf_counter()
-            if p1 - p0 < best_gap:
-                best_gap, best = p1 - p0, wall - (p0 + p1) / 2
-        return best
-
-    def to_run_s(self, perf: float | None) -> float | None:
-        return None if perf is None else perf + self.wall_minus_perf - self.epoch
-
-    def to_perf(self, run_s: float) -> float:
-        return run_s + self.epoch - self.wall_minus_perf
+SPIN_BEFORE_SEND_S = 0.002  # the last 2 ms before a send are waited by yielding, not sleeping
+ROWS_PER_CONVERSION = 16  # plan rows turned into dicts at a time
+GIL_SWITCH_INTERVAL_S = 0.0005  # while a run lasts (sys.setswitchinterval)
 
 
 @dataclass(frozen=True)
@@ -99,7 +93,7 @@ class ReplayWorker:
         self._cancel = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = ResultShardWriter(
-            settings.results_dir, settings.worker, settings.flush_rows, settings.flush_age_s
+            settings.results_dir, settings.worker, settings.flush_rows, settings.flush_age_s, background=True
         )
 
     # -- called from other threads (the Ray actor's control methods) --------------------------
@@ -122,9 +116,15 @@ class ReplayWorker:
         else:  # pragma: no cover
             loop = asyncio.new_event_loop()
         self._loop = loop
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        gc.collect()
+        gc.freeze()  # what exists now lives as long as the run: no collection needs to walk it again
         try:
             return loop.run_until_complete(self._run(clock))
         finally:
+            gc.unfreeze()
+            sys.setswitchinterval(switch_interval)
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
@@ -206,10 +206,11 @@ class ReplayWorker:
             done, _ = await asyncio.wait(set(tasks), timeout=0.2)
             tasks -= done
 
-    def _iter_rows(self):
-        """The shard's rows as dicts, converted a batch at a time (a long plan never sits in memory
-        as Python objects all at once)."""
-        for batch in self.shard.to_batches(max_chunksize=1024):
+    def _iter_rows(self) -> Iterator[dict]:
+        """The shard's rows as dicts, converted `ROWS_PER_CONVERSION` at a time: a long plan never
+        sits in memory as Python objects all at once, and no conversion holds the loop for long
+        (about 20 us a row: 1024 rows at once held it for about 20 ms)."""
+        for batch in self.shard.to_batches(max_chunksize=ROWS_PER_CONVERSION):
             yield from batch.to_pylist()
 
     def _record_unsent(self, row: dict, clock: ClockMapping) -> None:

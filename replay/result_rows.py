@@ -5,7 +5,7 @@ Locust run directory and a replay run directory mean the same thing column by co
 
 Clock: a StreamOutcome holds perf_counter seconds of the process that sent the request; `to_run_s`
 maps one of them onto the run's timeline (seconds since the run's start epoch), e.g.
-`replay.replay_worker.ClockMapping.to_run_s`. `token_times_ms` are milliseconds after send.
+`replay.clock_mapping.ClockMapping.to_run_s`. `token_times_ms` are milliseconds after send.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ uvloop event loop, aiohttp session, streaming client and Parquet result shards),
 this one process, so the benchmark can pin it to one core and call the figures "per process".
 The plan is N completions requests of a fixed prompt asking for T tokens, the i-th scheduled at
 i / R seconds after a start epoch a little in the future (the worker sets up its session first).
-Result rows go to DIR/results/*.parquet (the results schema of shared/DESIGN.md).
+Result rows go to DIR/results/*.parquet (the results schema of shared/DESIGN.md). The last line
+of stdout is JSON: `by_status` (final rows by status), `run_cpu_s` (the process's CPU seconds
+during the run, every thread, the result writer's included) and `cpu_ms_per_request`.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = WorkerSettings(run_id=args.out.name, worker="w0", results_dir=str(args.out / "results"))
     worker = ReplayWorker(settings, [scripted_target(args.base_url)], constant_rate_plan(args.rate, args.count, args.tokens))
+    cpu_before = time.process_time()
     by_status = worker.run(epoch=time.time() + START_LEAD_S)
-    print(json.dumps({"by_status": by_status}), flush=True)
+    cpu_s = time.process_time() - cpu_before
+    print(json.dumps({"by_status": by_status, "run_cpu_s": cpu_s, "cpu_ms_per_request": cpu_s / max(1, args.count) * 1000.0}), flush=True)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
-from replay.replay_worker import ClockMapping  # noqa: E402
+from replay.clock_mapping import ClockMapping  # noqa: E402
 from replay.telemetry.nvml_sampler import NvmlSampler  # noqa: E402
 from replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget  # noqa: E402
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from replay.replay_worker import ClockMapping
+from replay.clock_mapping import ClockMapping
 from replay.telemetry.prometheus_sampler import MetricsPageParser, PrometheusSampler, ScrapeTarget, parse_metrics
 from replay.telemetry.schema import TELEMETRY_SCHEMA, parse_bucket_metric
 
