@@ -17,6 +17,7 @@ from replay.progress_display import ProgressDisplay
 from replay.replay_plan import LengthClamp, Window, arrival_offsets_s, build_plan, parse_duration_s, select_rows
 from replay.runner import RunOutcome, RunSettings, run_plan, start_ray
 from replay.targets import TargetConfig, load_targets
+from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
 
 @dataclass
@@ -69,23 +70,12 @@ def start_local_servers(targets: list[TargetConfig], run_dir: Path, stack: conte
 
 
 def telemetry_samplers(run_id: str, run_dir: Path, servers: list[dict]) -> list:
-    """The samplers of a run: vLLM's /metrics of every server we started (1 Hz), and NVML on this
-    node (10 Hz). Without a GPU or NVML, one line says telemetry is off and the run goes on.
-    (GPUs of other Ray nodes are not sampled yet.)"""
-    from replay.telemetry.nvml_sampler import NvmlSampler, check_nvml
+    """The samplers that run in this process: vLLM's /metrics of every server we started (1 Hz).
+    GPUs are sampled by GpuNodeSamplers, on their own nodes."""
     from replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget
 
-    telemetry_dir = run_dir / "telemetry"
-    samplers: list = []
     scrape = [ScrapeTarget(s["target"], s["url"] + "/metrics") for s in servers if s.get("url")]
-    if scrape:
-        samplers.append(PrometheusSampler(run_id, telemetry_dir, scrape))
-    status = check_nvml()
-    if status.available:
-        samplers.append(NvmlSampler(run_id, telemetry_dir))
-    else:
-        print(f"replay: GPU telemetry off: {status.reason}", flush=True)
-    return samplers
+    return [PrometheusSampler(run_id, run_dir / "telemetry", scrape)] if scrape else []
 
 
 def replay_log(request: ReplayRequest) -> RunOutcome:
@@ -119,8 +109,14 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
                 secrets.append(target.api_key())
         cluster = start_ray(request.address)
         samplers = telemetry_samplers(settings.run_id, run_dir, servers)
+        # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has
+        # GPUs, or a node has no NVML, one line says so (before the live display) and the run goes on.
+        gpu_samplers = stack.enter_context(GpuNodeSamplers(settings.run_id, run_dir / "telemetry"))
+        gpu_samplers.place()
         with ProgressDisplay(f"replay {settings.run_id}") as display:
-            outcome = run_plan(plan, live_targets, settings, on_progress=display.update, samplers=samplers)
+            outcome = run_plan(
+                plan, live_targets, settings, on_progress=display.update, samplers=samplers, gpu_samplers=gpu_samplers
+            )
     write_manifest(
         run_dir,
         {

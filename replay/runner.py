@@ -18,10 +18,12 @@ import pyarrow.parquet as pq
 import ray
 
 from replay.replay_plan import split_plan
-from replay.replay_worker import ClockMapping, ReplayWorker, WorkerSettings
+from replay.clock_mapping import ClockMapping
+from replay.replay_worker import ReplayWorker, WorkerSettings
 from replay.result_writer import ResultShardWriter
 from replay.running_sketch import ProgressSnapshot
 from replay.targets import TargetConfig
+from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
 START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
 
@@ -107,10 +109,13 @@ def run_plan(
     on_progress: Callable[[ProgressSnapshot], None] | None = None,
     progress_interval_s: float = 0.5,
     samplers: list | None = None,
+    gpu_samplers: GpuNodeSamplers | None = None,
 ) -> RunOutcome:
     """Replay `plan` against `targets` on Ray workers; results land in settings.run_dir/results.
     `samplers` (telemetry: objects with start(clock) and stop() -> stats) run on this process
-    from the shared epoch until the last worker is done."""
+    from the shared epoch until the last worker is done. `gpu_samplers` (NVML actors, one on every
+    GPU node of the cluster) are placed while the workers start, then sample over the same span on
+    the same timeline; every sampler's stats end up in RunOutcome.telemetry."""
     results_dir = settings.run_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -133,38 +138,47 @@ def run_plan(
             worker_count=n_workers,
         )
         actors.append(ReplayWorkerActor.options(num_cpus=0).remote(worker_settings, targets, shard))
-    workers = ray.get([a.ready.remote() for a in actors])
-    epoch = time.time() + START_LEAD_S
-    started = time.monotonic()
-    clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), epoch)
-    for sampler in samplers or []:
-        sampler.start(clock)
-    run_refs = {a.run.remote(epoch): a for a in actors}
+    if gpu_samplers is not None:
+        gpu_samplers.place()  # their processes start beside the workers'
     by_status: dict[str, int] = {}
     cancelled = False
-    pending = list(run_refs)
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_interval_s)
-            for ref in done:
+        workers = ray.get([a.ready.remote() for a in actors])
+        if gpu_samplers is not None:
+            gpu_samplers.wait_ready()  # so that they sample from before the epoch on
+        epoch = time.time() + START_LEAD_S
+        started = time.monotonic()
+        clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), epoch)
+        for sampler in samplers or []:
+            sampler.start(clock)
+        if gpu_samplers is not None:
+            gpu_samplers.start(epoch)  # each actor maps its own clock to this epoch
+        run_refs = {a.run.remote(epoch): a for a in actors}
+        pending = list(run_refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_interval_s)
+                for ref in done:
+                    try:
+                        for status, count in ray.get(ref).items():
+                            by_status[status] = by_status.get(status, 0) + count
+                    except ray.exceptions.RayError as exc:  # a worker died: its missing rows are filled below
+                        print(f"replay: worker {run_refs[ref]} failed: {type(exc).__name__}", flush=True)
+                if on_progress is not None:
+                    on_progress(_progress_of(actors))
+        except KeyboardInterrupt:
+            cancelled = True
+            ray.get([a.cancel.remote() for a in actors])
+            for ref in pending:
                 try:
                     for status, count in ray.get(ref).items():
                         by_status[status] = by_status.get(status, 0) + count
-                except ray.exceptions.RayError as exc:  # a worker died: its missing rows are filled below
-                    print(f"replay: worker {run_refs[ref]} failed: {type(exc).__name__}", flush=True)
-            if on_progress is not None:
-                on_progress(_progress_of(actors))
-    except KeyboardInterrupt:
-        cancelled = True
-        ray.get([a.cancel.remote() for a in actors])
-        for ref in pending:
-            try:
-                for status, count in ray.get(ref).items():
-                    by_status[status] = by_status.get(status, 0) + count
-            except ray.exceptions.RayError:
-                pass
-    finally:
+                except ray.exceptions.RayError:
+                    pass
+    finally:  # also when the workers never got ready: no sampler outlives the run
         telemetry = [sampler.stop() for sampler in samplers or []]
+        if gpu_samplers is not None:
+            telemetry += gpu_samplers.stop()
     # Open loop: every planned request was scheduled and must have its final row. Closed loop: only
     # the requests users took were scheduled, and each worker writes theirs.
     lost = 0 if settings.concurrency else fill_missing_rows(plan, targets, settings.run_id, results_dir)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import replay.telemetry.nvml_sampler as nvml_sampler
-from replay.replay_worker import ClockMapping
+from replay.clock_mapping import ClockMapping
 from replay.telemetry.nvml_sampler import NvmlSampler, check_nvml
 from replay.telemetry.schema import TELEMETRY_SCHEMA
 
@@ -243,8 +243,8 @@ def test_without_a_driver_or_a_gpu_it_says_why_and_samples_nothing(tmp_path, nvm
 
 
 def test_without_nvidia_ml_py_it_says_how_to_get_it(tmp_path, monkeypatch):
-    def no_pynvml():
-        raise ImportError("No module named 'pynvml'")
+    def no_pynvml(spec: str = "pynvml"):
+        raise ImportError(f"No module named {spec!r}")
 
     monkeypatch.setattr(nvml_sampler, "load_nvml", no_pynvml)
     assert check_nvml().reason == "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
@@ -281,3 +281,20 @@ def test_real_gpu(tmp_path):
         assert 0 < metrics["sm_clock_mhz"][-1] < 5000 and 0 < metrics["temperature_c"][-1] < 120
         if "energy_j" in metrics:
             assert metrics["energy_j"][-1] >= metrics["energy_j"][0]
+
+
+ONE_GPU = StandInNvml(gpus=1)  # named by an import spec below
+
+
+def test_the_nvml_module_can_be_named_by_an_import_spec(tmp_path):
+    spec = f"{__name__}:ONE_GPU"
+    assert nvml_sampler.load_nvml(spec) is ONE_GPU
+    assert nvml_sampler.load_nvml("pynvml").__name__ == "pynvml"
+    sampler = NvmlSampler("r", tmp_path, nvml=spec, interval_s=3600)
+    status = sampler.start(clock())
+    assert status.available and [g["uuid"] for g in status.gpus] == ["GPU-00000000"]
+    assert {r["device"] for r in read_rows(sampler.stop()["files"])} == {"0"}
+    for bad in ("tests.no_such_nvml_module", f"{__name__}:NO_SUCH_ATTRIBUTE"):
+        status = NvmlSampler("r", tmp_path / bad, nvml=bad).start(clock())
+        assert not status.available and status.reason.startswith(f"cannot load the NVML module {bad}: ")
+        assert check_nvml(bad).reason == status.reason

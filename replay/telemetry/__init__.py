@@ -2,7 +2,8 @@
 endpoints, written to RUN_DIR/telemetry/ as long-form rows (replay/telemetry/schema.py).
 
 Both samplers are plain classes with `start(clock)`, `flush()`, `stop()` and `stats()`, sampling on
-a thread of their own, so the runner can use them in its own process or wrap them in a Ray actor.
+a thread of their own. The runner runs the Prometheus sampler in its own process; NVML runs in one
+Ray actor on every node with GPUs (gpu_node_samplers.py), each mapping its own clock to the run's epoch.
 """
 
 from __future__ import annotations

@@ -7,12 +7,15 @@ does not support (NVML_ERROR_NOT_SUPPORTED) is dropped for that GPU after the fi
 NVML error is counted and the reading is tried again next time. Nothing a GPU does stops the sampler.
 
 With no nvidia-ml-py, no NVML library (no driver) or no GPU, `check_nvml()` says why in one line and
-`NvmlSampler.start()` samples nothing: the caller prints `telemetry off: <reason>` and goes on.
-The NVML module is a constructor argument, so tests drive the sampler with a stand-in.
+`NvmlSampler.start()` samples nothing: the caller says telemetry is off and why, and goes on.
+The NVML module is a constructor argument (an object, or an import spec `module[:attribute]` that
+the sampling process resolves, e.g. inside a Ray actor), so tests drive the sampler with a stand-in.
+NVML ignores CUDA_VISIBLE_DEVICES: a sampler sees every GPU of its host, whatever its process was given.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -42,6 +45,7 @@ from replay.telemetry.schema import (
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 0.1  # 10 Hz
+DEFAULT_NVML_MODULE = "pynvml"  # nvidia-ml-py
 NOT_INSTALLED = "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
 
 # One NVML call each; a reading gives one or more (metric, value) pairs in the schema's units.
@@ -93,11 +97,23 @@ class NvmlStatus:
     gpus: tuple[dict, ...] = ()  # {"index", "name", "uuid"} per GPU
 
 
-def load_nvml() -> ModuleType:
-    """The pynvml module of nvidia-ml-py (ImportError when it is not installed)."""
-    import pynvml
+def load_nvml(spec: str = DEFAULT_NVML_MODULE) -> ModuleType | Any:
+    """The NVML module named by `spec`: `module` or `module:attribute` (an object with pynvml's
+    functions, e.g. a test's stand-in). The default is nvidia-ml-py's pynvml. ImportError when the
+    module cannot be imported or has no such attribute."""
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if not attribute:
+        return module
+    try:
+        return getattr(module, attribute)
+    except AttributeError as exc:
+        raise ImportError(f"{module_name} has no attribute {attribute!r}") from exc
 
-    return pynvml
+
+def load_failure_reason(spec: str, exc: ImportError) -> str:
+    """The one-line reason telemetry is off when `spec` cannot be loaded."""
+    return NOT_INSTALLED if spec == DEFAULT_NVML_MODULE else f"cannot load the NVML module {spec}: {exc}"
 
 
 def _text(value: Any) -> str:
@@ -105,12 +121,14 @@ def _text(value: Any) -> str:
 
 
 def check_nvml(nvml: Any | None = None) -> NvmlStatus:
-    """Can this process sample NVML? One call to nvmlInit and nvmlShutdown; never raises."""
-    if nvml is None:
+    """Can this process sample NVML? One call to nvmlInit and nvmlShutdown; never raises for an
+    NVML error. `nvml`: the module object, or an import spec for load_nvml (default pynvml)."""
+    if nvml is None or isinstance(nvml, str):
+        spec = nvml or DEFAULT_NVML_MODULE
         try:
-            nvml = load_nvml()
-        except ImportError:
-            return NvmlStatus(False, NOT_INSTALLED)
+            nvml = load_nvml(spec)
+        except ImportError as exc:
+            return NvmlStatus(False, load_failure_reason(spec, exc))
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:
@@ -150,8 +168,10 @@ class _Device:
 
 class NvmlSampler:
     """Samples every GPU of this host (or `devices`) every `interval_s` on a thread of its own and
-    writes long-form rows to `telemetry_dir`. Plain class: wrap it with ray.remote to place it on a
-    GPU node. Call start(clock), then stop() (flush() any time to write what is buffered)."""
+    writes long-form rows to `telemetry_dir`. Plain class: replay/telemetry/gpu_node_samplers.py
+    wraps it in a Ray actor on every GPU node. Call start(clock), then stop() (flush() any time to
+    write what is buffered). `nvml`: the NVML module object, or an import spec resolved at start()
+    in this process (default: pynvml)."""
 
     def __init__(
         self,
@@ -161,7 +181,7 @@ class NvmlSampler:
         interval_s: float = DEFAULT_INTERVAL_S,
         devices: Sequence[int] | None = None,
         host: str | None = None,
-        nvml: Any | None = None,
+        nvml: Any | str | None = None,
         max_rows: int = 50_000,
         max_age_s: float = 30.0,
     ):
@@ -193,11 +213,12 @@ class NvmlSampler:
         """Open NVML and start sampling; with NVML unavailable, sample nothing and say why."""
         if self._thread is not None:
             raise RuntimeError("NvmlSampler already started")
-        if self._nvml is None:
+        if self._nvml is None or isinstance(self._nvml, str):
+            spec = self._nvml or DEFAULT_NVML_MODULE
             try:
-                self._nvml = load_nvml()
-            except ImportError:
-                self.status = NvmlStatus(False, NOT_INSTALLED)
+                self._nvml = load_nvml(spec)
+            except ImportError as exc:
+                self.status = NvmlStatus(False, load_failure_reason(spec, exc))
                 return self.status
         self.status = check_nvml(self._nvml)
         if not self.status.available:
