@@ -214,6 +214,9 @@ def load_panels(view: SweepView) -> list[Panel]:
     )
     errors = view.series(x, "error_rate", "error rate", "crimson", scale=100.0)
     panels.append(Panel("Error rate", "% of requests", [errors]))
+    if "gpu_util_mean_pct" in view.points.columns and any(v is not None for v in view.column("gpu_util_mean_pct")):
+        gpu = view.series(x, "gpu_util_mean_pct", "GPU utilisation (mean)", "#2f855a")
+        panels.append(Panel("GPU utilisation (NVML, steady window)", "%", [gpu]))
     return panels
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,14 +19,18 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from analysis.run_data import load_run
 from analysis.slo import Slo, format_slos
 from analysis.summary import summarize
+from analysis.telemetry_data import load_telemetry
 from loadgen.shapes import FixedConcurrency, LoadShape, Poisson
 from replay.manifest import write_manifest
 from replay.replay_plan import LengthClamp, build_plan
+from replay.replay_session import telemetry_samplers
 from replay.runner import RunSettings, run_plan
+from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 from replay.targets import TargetConfig
 
 CURVE_SCHEMA = pa.schema(
@@ -44,6 +48,8 @@ CURVE_SCHEMA = pa.schema(
         ("tpot_p95_ms", pa.float64()),
         ("e2e_p95_ms", pa.float64()),
         ("error_rate", pa.float64()),
+        ("gpu_util_mean_pct", pa.float64()),  # NVML, over the point's steady window (null without GPUs)
+        ("joules_per_output_token", pa.float64()),
         ("slo_met", pa.bool_()),
         ("run_dir", pa.string()),
     ]
@@ -94,9 +100,13 @@ class LoadSweep:
     """Runs the sweep; `run_point` is the runner (injectable for tests of the search logic)."""
 
     def __init__(self, rows: pa.Table, targets: list[TargetConfig], settings: SweepSettings, sweep_dir: Path,
-                 on_point: Callable[[dict], None] | None = None):
+                 on_point: Callable[[dict], None] | None = None, servers: Sequence[dict] = ()):
+        """`servers`: identities of the vLLM servers the sweep started (replay_session.start_local_servers),
+        whose /metrics every load point scrapes; GPUs are sampled on every GPU node of the Ray cluster."""
         if len(targets) != 1:
             raise ValueError("a sweep measures one target at a time")
+        self.servers = list(servers)
+        self._gpu_lines: set[str] = set()
         self.rows = rows
         self.targets = targets
         self.settings = settings
@@ -181,7 +191,7 @@ class LoadSweep:
             raise ValueError(f"load point {label}: the shape yields no request in {s.duration_s:g} s")
         mix = sample_mix(self.rows, len(times), rng, prefix=f"p{index:02d}")
         plan = build_plan(mix, times, s.clamp)
-        outcome = run_plan(plan, self.targets, settings)
+        outcome = self._run_with_telemetry(plan, settings)
         write_manifest(
             run_dir,
             {
@@ -191,12 +201,16 @@ class LoadSweep:
                 "targets": [t.public_dict() for t in self.targets],
                 "workers": outcome.workers,
                 "counts": {"requests": plan.num_rows, "rows_by_status": outcome.by_status},
+                "telemetry": outcome.telemetry,
             },
             secrets=[],
         )
-        summary = summarize(load_run(run_dir), slos=s.slos, warmup_fraction=s.warmup_fraction)
+        summary = summarize(
+            load_run(run_dir), slos=s.slos, warmup_fraction=s.warmup_fraction, telemetry=load_telemetry(run_dir)
+        )
         stats = summary["targets"][self.targets[0].name]["all"]
         latency = stats["latency_ms"]
+        gpu = summary["gpu"]
         point = {
             "point": index,
             "phase": phase,
@@ -211,6 +225,10 @@ class LoadSweep:
             "tpot_p95_ms": latency["tpot"]["p95"],
             "e2e_p95_ms": latency["e2e"]["p95"],
             "error_rate": stats["error_rate"],
+            "gpu_util_mean_pct": gpu["gpu_util_pct"]["mean"] if gpu.get("status") == "measured" else None,
+            "joules_per_output_token": (
+                gpu["energy"]["joules_per_output_token"] if gpu.get("status") == "measured" else None
+            ),
             "slo_met": bool(stats["slos_met"]) if s.slos else None,
             "run_dir": str(run_dir.relative_to(self.sweep_dir)),
         }
@@ -218,6 +236,20 @@ class LoadSweep:
         if self.on_point:
             self.on_point(point)
         return point
+
+    def _run_with_telemetry(self, plan: pa.Table, settings: RunSettings):
+        """One load point's run with the same telemetry a replay has: vLLM's /metrics of the started
+        servers, and NVML on every GPU node of the Ray cluster (a line saying it is off, once)."""
+        samplers = telemetry_samplers(settings.run_id, settings.run_dir, self.servers)
+        if not ray.is_initialized():
+            return run_plan(plan, self.targets, settings, samplers=samplers)
+        with GpuNodeSamplers(settings.run_id, settings.run_dir / "telemetry", report=self._report_once) as gpus:
+            return run_plan(plan, self.targets, settings, samplers=samplers, gpu_samplers=gpus)
+
+    def _report_once(self, line: str) -> None:
+        if line not in self._gpu_lines:
+            self._gpu_lines.add(line)
+            print(line, flush=True)
 
     def _write(self, saturation: dict | None, capacity: float | None) -> None:
         pq.write_table(pa.Table.from_pylist(self.curve, schema=CURVE_SCHEMA), self.sweep_dir / "curve.parquet")

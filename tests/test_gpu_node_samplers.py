@@ -251,3 +251,23 @@ def test_real_nvml_in_the_actor(tmp_path, request):
     rows = telemetry_rows(tmp_path / "telemetry")
     assert {r["device"] for r in rows} == {str(g["index"]) for g in status.gpus}
     assert {r["host"] for r in rows} == {HOST} and NVML_POWER in {r["metric"] for r in rows}
+
+
+def test_each_sweep_point_samples_the_gpu_nodes(tmp_path, fake_gpu_ray, faulty_server, monkeypatch):
+    import functools
+
+    from loadgen import sweep as load_sweep
+
+    monkeypatch.setattr(load_sweep, "GpuNodeSamplers", functools.partial(GpuNodeSamplers, nvml_module=TWO_GPUS_SPEC))
+    rows = select_rows(write_log(tmp_path / "log.parquet", [log_row(i, 0.1 * i, {"ttft_ms": 5, "itl_ms": 5}) for i in range(8)]))
+    target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
+    settings = load_sweep.SweepSettings(shape="poisson", start=4, stop=8, points=2, duration_s=2.0, saturation_gain=-1.0)
+    outcome = load_sweep.LoadSweep(rows, [target], settings, tmp_path / "sweep").run()
+    assert len(outcome.curve) == 2
+    for point in outcome.curve:
+        telemetry = telemetry_rows(tmp_path / "sweep" / point["run_dir"] / "telemetry")
+        utils = [r["value"] for r in telemetry if r["metric"] == NVML_GPU_UTIL]
+        assert utils and point["gpu_util_mean_pct"] is not None
+        assert min(utils) <= point["gpu_util_mean_pct"] <= max(utils)
+        assert point["joules_per_output_token"] is not None and point["joules_per_output_token"] > 0
+    assert sampler_actors() == []

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             live_targets, servers = start_local_servers(targets, args.output, stack)
             start_ray(args.address)
-            outcome = LoadSweep(rows, live_targets, settings, args.output, on_point=show).run()
+            outcome = LoadSweep(rows, live_targets, settings, args.output, on_point=show, servers=servers).run()
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
     if servers:
