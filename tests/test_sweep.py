@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadowreplay.cli import main
+from tests.test_html_report import _rendered, chromium_dom
 from tests.test_replay_vllm import azure_log, openai_target  # noqa: F401 - the module's fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,11 @@ def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_lo
     # 1 req/s of <=128-token prompts meets a 2 s TTFT p95 even on a loaded 2-core CI machine.
     assert summary["slo_capacity_rps"] is not None and summary["slo_capacity_rps"] >= 1, printed
     assert "SLO capacity" in printed
+    dom, _ = chromium_dom(report, tmp_path / "profile")  # the real sweep's page renders offline
+    rendered = _rendered(dom)
+    assert len(rendered.figure_classes) == 3 and all("js-plotly-plot" in c for c in rendered.figure_classes.values())
+    assert "SLO ttft_p95=2000ms" in rendered.svg_texts
+    assert f"SLO capacity {summary['slo_capacity_rps']:.3g} req/s" in rendered.svg_texts
     ramp = [p for p in curve if p["phase"] == "ramp"]
     assert [p["offered_rps"] for p in ramp] == pytest.approx(list(np.geomspace(1, 48, 4))[: len(ramp)])
     met = [p["offered_rps"] for p in curve if p["slo_met"]]
