@@ -16,7 +16,7 @@ from replay.manifest import write_manifest
 from replay.progress_display import ProgressDisplay
 from replay.replay_plan import LengthClamp, Window, arrival_offsets_s, build_plan, parse_duration_s, select_rows
 from replay.runner import RunOutcome, RunSettings, run_plan, start_ray
-from replay.targets import TargetConfig, load_targets
+from replay.targets import TargetConfig, load_targets, read_keys
 from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
 
@@ -100,13 +100,10 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         keep_output_text=request.keep_output_text,
         block_size=request.block_size,
     )
-    secrets = []
+    secrets = read_keys(targets)
     started_at = time.time()
     with contextlib.ExitStack() as stack:
         live_targets, servers = start_local_servers(targets, run_dir, stack)
-        for target in live_targets:
-            with contextlib.suppress(Exception):
-                secrets.append(target.api_key())
         cluster = start_ray(request.address)
         samplers = telemetry_samplers(settings.run_id, run_dir, servers)
         # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has

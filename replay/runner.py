@@ -22,7 +22,7 @@ from replay.clock_mapping import ClockMapping
 from replay.replay_worker import ReplayWorker, WorkerSettings
 from replay.result_writer import ResultShardWriter
 from replay.running_sketch import ProgressSnapshot
-from replay.targets import TargetConfig
+from replay.targets import TargetConfig, TargetConfigError
 from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
 START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
@@ -65,6 +65,16 @@ class RunSettings:
     block_size: int = 512
     concurrency: int | None = None  # closed loop with this many users in all; None: open loop
     duration_s: float | None = None  # closed loop: stop taking new requests after this long
+
+
+def worker_failure(exc: BaseException) -> str:
+    """What to print of a worker's failure: the exception type, and the message only for a target
+    configuration error (which names a file and a variable, never a secret). Other messages may
+    hold request details, so they stay out of the console."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TargetConfigError):
+        return f"{type(exc).__name__}: {cause}"
+    return type(exc).__name__
 
 
 @dataclass
@@ -163,7 +173,7 @@ def run_plan(
                         for status, count in ray.get(ref).items():
                             by_status[status] = by_status.get(status, 0) + count
                     except ray.exceptions.RayError as exc:  # a worker died: its missing rows are filled below
-                        print(f"replay: worker {run_refs[ref]} failed: {type(exc).__name__}", flush=True)
+                        print(f"replay: worker {run_refs[ref]} failed: {worker_failure(exc)}", flush=True)
                 if on_progress is not None:
                     on_progress(_progress_of(actors))
         except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -315,3 +316,12 @@ def load_targets(paths: list[str | Path]) -> list[TargetConfig]:
     if duplicated:
         raise TargetConfigError(f"target names must be distinct; repeated: {', '.join(duplicated)}")
     return targets
+
+
+def read_keys(targets: Sequence[TargetConfig]) -> list[str]:
+    """Every target's API key, read once in the driver before any server or worker starts, so a key
+    that cannot be read is one clear error naming the target file and the variable or key file
+    (TargetConfigError), not a failed worker. The keys are returned only to be scrubbed from what
+    the run writes. Workers read their keys again in their own processes: on a multi-node cluster
+    the variable must be set on every node, or the key given as `api_key_file` on a shared path."""
+    return [key for target in targets if (key := target.api_key())]

@@ -141,3 +141,31 @@ def test_bundled_example_targets_load(monkeypatch):
     for name in ("anthropic.example.yaml", "azure-openai.example.yaml", "groq.example.yaml", "candidate-from-env.example.yaml"):
         target = load_target(REPO / "configs" / "targets" / name)
         assert target.api_key_env and target.base_url.startswith("https://")
+
+
+def test_an_unreadable_key_stops_a_replay_before_any_server_or_worker_starts(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from shadowreplay.cli import main
+    from tests.test_replay_runner import log_row, write_log
+
+    monkeypatch.delenv("SHADOWREPLAY_TEST_UNSET_KEY", raising=False)
+    target = write(tmp_path, "name: c\nkind: anthropic\nbase_url: http://127.0.0.1:9\nmodel: claude-x\n"
+                             "api_key_env: SHADOWREPLAY_TEST_UNSET_KEY\n")
+    log = write_log(tmp_path / "log.parquet", [log_row(0, 0.0)])
+    was_running = ray.is_initialized()
+    code = main(["replay", str(log), "--target", str(target), "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "SHADOWREPLAY_TEST_UNSET_KEY, which is not set" in err and str(target) in err
+    assert ray.is_initialized() == was_running and not (tmp_path / "run" / "results").exists()
+
+
+def test_a_worker_failure_shows_a_target_error_but_no_other_message():
+    import ray
+
+    from replay.runner import worker_failure
+
+    config_error = ray.exceptions.RayTaskError("run", "traceback", TargetConfigError("t.yaml: api_key_env names K, which is not set"))
+    assert worker_failure(config_error).endswith("t.yaml: api_key_env names K, which is not set")
+    other = ray.exceptions.RayTaskError("run", "traceback", RuntimeError("POST http://h/v1 Authorization: Bearer sk-x"))
+    assert "sk-x" not in worker_failure(other) and worker_failure(other).startswith("RayTaskError")

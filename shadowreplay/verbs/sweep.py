@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from replay.replay_plan import LengthClamp, parse_duration_s, select_rows
     from replay.replay_session import start_local_servers
     from replay.runner import start_ray
-    from replay.targets import load_targets
+    from replay.targets import load_targets, read_keys
 
     if not 0 < args.start <= args.stop:
         raise UserError("--from must be positive and not above --to")
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     try:
+        read_keys(targets)  # a key that cannot be read is one clear line, before any server starts
         with contextlib.ExitStack() as stack:
             live_targets, servers = start_local_servers(targets, args.output, stack)
             start_ray(args.address)
