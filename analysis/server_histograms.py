@@ -369,8 +369,8 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
     if scraped.height == 0:
         return {
             "status": "absent",
-            "reason": "no vLLM /metrics scrapes in the telemetry (only `kind: vllm` targets started by the replay are "
-            "scraped)",
+            "reason": "no vLLM /metrics scrapes in the telemetry (scraped: `kind: vllm` targets started by the replay, "
+            "and targets with a `metrics_url`)",
         }
     targets: dict[str, Any] = {}
     for device in sorted(scraped.get_column("device").unique().to_list()):

@@ -240,7 +240,7 @@ class LoadSweep:
     def _run_with_telemetry(self, plan: pa.Table, settings: RunSettings):
         """One load point's run with the same telemetry a replay has: vLLM's /metrics of the started
         servers, and NVML on every GPU node of the Ray cluster (a line saying it is off, once)."""
-        samplers = telemetry_samplers(settings.run_id, settings.run_dir, self.servers)
+        samplers = telemetry_samplers(settings.run_id, settings.run_dir, self.servers, self.targets)
         if not ray.is_initialized():
             return run_plan(plan, self.targets, settings, samplers=samplers)
         with GpuNodeSamplers(settings.run_id, settings.run_dir / "telemetry", report=self._report_once) as gpus:

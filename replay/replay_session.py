@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +69,14 @@ def start_local_servers(targets: list[TargetConfig], run_dir: Path, stack: conte
     return ready, identities
 
 
-def telemetry_samplers(run_id: str, run_dir: Path, servers: list[dict]) -> list:
-    """The samplers that run in this process: vLLM's /metrics of every server we started (1 Hz).
-    GPUs are sampled by GpuNodeSamplers, on their own nodes."""
+def telemetry_samplers(run_id: str, run_dir: Path, servers: list[dict], targets: Sequence[TargetConfig] = ()) -> list:
+    """The samplers that run in this process: the Prometheus /metrics (1 Hz) of every server we
+    started and of every target that names a `metrics_url`. GPUs are sampled by GpuNodeSamplers,
+    on their own nodes."""
     from replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget
 
     scrape = [ScrapeTarget(s["target"], s["url"] + "/metrics") for s in servers if s.get("url")]
+    scrape += [ScrapeTarget(t.name, t.metrics_url) for t in targets if t.metrics_url]
     return [PrometheusSampler(run_id, run_dir / "telemetry", scrape)] if scrape else []
 
 
@@ -105,7 +107,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
     with contextlib.ExitStack() as stack:
         live_targets, servers = start_local_servers(targets, run_dir, stack)
         cluster = start_ray(request.address)
-        samplers = telemetry_samplers(settings.run_id, run_dir, servers)
+        samplers = telemetry_samplers(settings.run_id, run_dir, servers, live_targets)
         # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has
         # GPUs, or a node has no NVML, one line says so (before the live display) and the run goes on.
         gpu_samplers = stack.enter_context(GpuNodeSamplers(settings.run_id, run_dir / "telemetry"))

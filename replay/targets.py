@@ -115,6 +115,9 @@ class TargetConfig(BaseModel):
     provider: str | None = None  # who serves it (openai, anthropic, groq, ...), for prices and reports
     price: str | None = None  # the price-book entry of this target (configs/prices.yaml), if not matched by provider
     base_url: str | None = None  # kind vllm: filled in once the server is up
+    # An already running server's Prometheus page (vLLM: http://host:port/metrics), scraped at 1 Hz
+    # during runs as the servers shadowreplay starts are; kind vllm is scraped without it.
+    metrics_url: str | None = None
     model: str
     api: Literal["chat", "completions"] = "chat"
     api_key_env: str | None = None
@@ -144,7 +147,7 @@ class TargetConfig(BaseModel):
             data = {**data, "kind": PROVIDER_KINDS[provider]}
         return data
 
-    @field_validator("base_url")
+    @field_validator("base_url", "metrics_url")
     @classmethod
     def _base_url_shape(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -159,6 +162,8 @@ class TargetConfig(BaseModel):
             raise ValueError(f"kind {self.kind} needs base_url")
         if self.kind != "vllm" and self.vllm is not None:
             raise ValueError("a `vllm:` section is only for kind vllm")
+        if self.kind == "vllm" and self.metrics_url is not None:
+            raise ValueError("metrics_url is for servers already running; a kind vllm server is scraped at its own /metrics")
         if self.kind != "anthropic" and self.anthropic is not None:
             raise ValueError("an `anthropic:` section is only for kind anthropic")
         if self.kind != "azure_openai" and self.azure is not None:

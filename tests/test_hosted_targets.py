@@ -169,3 +169,13 @@ def test_a_worker_failure_shows_a_target_error_but_no_other_message():
     assert worker_failure(config_error).endswith("t.yaml: api_key_env names K, which is not set")
     other = ray.exceptions.RayTaskError("run", "traceback", RuntimeError("POST http://h/v1 Authorization: Bearer sk-x"))
     assert "sk-x" not in worker_failure(other) and worker_failure(other).startswith("RayTaskError")
+
+
+def test_metrics_url_is_a_running_servers_page_and_not_for_kind_vllm(tmp_path):
+    base = "name: s\nkind: openai\nbase_url: http://127.0.0.1:8000/v1\nmodel: m\n"
+    target = load_target(write(tmp_path, base + "metrics_url: http://127.0.0.1:8000/metrics/\n"))
+    assert target.metrics_url == "http://127.0.0.1:8000/metrics"
+    with pytest.raises(TargetConfigError, match="metrics_url"):
+        load_target(write(tmp_path, base + "metrics_url: 127.0.0.1:8000/metrics\n"))
+    with pytest.raises(TargetConfigError, match="metrics_url"):
+        load_target(write(tmp_path, "name: v\nkind: vllm\nmodel: m\nmetrics_url: http://h/metrics\nvllm: {model: m}\n"))

