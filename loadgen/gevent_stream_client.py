@@ -3,9 +3,10 @@
 The same contract as replay/stream_client.py's StreamingClient, over geventhttpclient instead of
 aiohttp (Locust runs users as greenlets; an asyncio client would block its hub): `send(body)`
 returns a `replay.results.StreamOutcome` whose `status` is one of `replay.results.STATUSES`, with
-the same clocks, the same token accounting (`replay.stream_client.TokenTimeline`), the same wire
-protocols (`replay.protocols`: request bodies and event interpretation) and the same SSE parser
-(`replay.sse.SSEParser`), so a Locust run's result rows mean what a replay's do.
+the same clocks, the same events-to-outcome logic (`replay.stream_client.StreamAttempt`: token
+accounting, status rules, error texts), the same wire protocols (`replay.protocols`) and the same
+SSE parser (`replay.sse.SSEParser`), so a Locust run's result rows mean what a replay's do; only
+the I/O and the timeouts are gevent's here.
 
 Reading: the body is read a line at a time with geventhttpclient's `readline(b"\\n")`, which returns
 each line as soon as it has arrived (a line already buffered returns at once), and each line is
@@ -14,7 +15,8 @@ lines end with a bare CR (allowed by the SSE spec, sent by no LLM server we know
 correctly, but only once the body ends, so its token times are all the end of the stream.
 
 Status rules (as StreamingClient's): HTTP status >= 300 -> `http_error` (the body's error message,
-`retry_after_s` from Retry-After, else from the provider's rate-limit reset headers); a JSON answer instead of an event stream, an error object in the stream, an event
+`retry_after_s` from Retry-After, else from the provider's rate-limit reset headers); a JSON
+answer instead of an event stream, an error object in the stream, an event
 that is not valid JSON, or a body that ends without [DONE] and without a finish reason ->
 `stream_error`; no connection within `connect_s`, no output token within `first_token_s` of `sent`,
 or no end within `total_s` of `sent` -> `timeout`; refused, reset or broken connections ->
@@ -37,12 +39,10 @@ from geventhttpclient.url import URL
 
 from replay.protocols import (
     RequestNotTranslatable,
-    StreamEvent,
     WireProtocol,
     WireProtocolError,
     protocol_for_target,
 )
-from replay.rate_limit_headers import rate_limit_wait_s
 from replay.results import StreamOutcome
 from replay.sse import SSEParser
 from replay.stream_client import (
@@ -50,10 +50,9 @@ from replay.stream_client import (
     ERROR_BODY_LIMIT,
     ERROR_TEXT_LIMIT,
     REDACTED,
+    StreamAttempt,
     StreamLimits,
     TokenCounter,
-    TokenTimeline,
-    parse_retry_after,
 )
 from replay.targets import TargetConfig
 
@@ -175,90 +174,47 @@ class GeventStreamingClient:
         return text
 
 
-class _Exchange:
-    """The state of one request while it runs (not shared between requests)."""
+class _Exchange(StreamAttempt):
+    """One request on geventhttpclient: its response, its first-token timeout and its reads (not
+    shared between requests)."""
 
-    __slots__ = ("client", "outcome", "timeline", "response", "first_token_timeout", "settled", "ended", "content")
+    __slots__ = ("response", "first_token_timeout")
 
     def __init__(self, client: GeventStreamingClient, outcome: StreamOutcome):
-        self.client = client
-        self.outcome = outcome
-        self.timeline = TokenTimeline(client.token_counter)
+        super().__init__(
+            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrub, client.scrub_all
+        )
         self.response: HTTPSocketPoolResponse | None = None
         self.first_token_timeout: gevent.Timeout | None = None
-        self.settled = False  # the status is decided; later failures (e.g. while draining) do not change it
-        self.ended = False  # [DONE] seen
-        self.content: list[str] | None = [] if client.keep_output_text else None
 
-    def fail(self, status: str, error: str) -> None:
-        if self.settled:
-            return
-        self.outcome.status = status
-        self.outcome.error = self.client.scrub(error)
-        self.settled = True
+    def first_output_arrived(self) -> None:
+        """From the first output token on, only `total` applies."""
+        if self.first_token_timeout is not None:
+            self.first_token_timeout.cancel()
 
     def follow(self) -> None:
         """Check the response's status and type, then read its events to the end."""
-        response, outcome = self.response, self.outcome
-        outcome.http_status = response.status_code
+        response = self.response
+        self.outcome.http_status = response.status_code
         if response.status_code >= 300:
-            self._http_error(response)
+            self.http_error(response.status_code, response.status_message, response)
+            self.http_error_body(response.status_code, response.read(ERROR_BODY_LIMIT))
             return
         if "json" in (response.get("content-type") or ""):
-            body = response.read(ERROR_BODY_LIMIT)
-            message = self.client.protocol.error_message(body)
-            self.fail("stream_error", f"server answered JSON, not an event stream: {message}")
+            self.not_an_event_stream(response.read(ERROR_BODY_LIMIT))
             return
         parser = SSEParser()
         while not self.settled:
             line = response.readline(LINE_END)
+            at = time.perf_counter()  # the read's arrival, before any parsing
             if not line:  # the body ended; a last line without LF is still in the buffer
-                self._events(parser.feed(response.read()), time.perf_counter())
+                self.take(parser.feed(response.read()), at)
                 break
-            self._events(parser.feed(line), time.perf_counter())
+            self.take(parser.feed(line), at)
         if self.ended:
             self._drain(response)
-        elif outcome.finish_reason is not None and not self.settled:
-            outcome.status = "ok"  # a clean end of the body after a finish reason, without [DONE]
-            outcome.done = time.perf_counter()
-            self.settled = True
-        elif not self.settled:
-            where = " (inside an unterminated event)" if parser.pending else ""
-            self.fail("stream_error", f"stream ended without [DONE] or a finish reason{where}")
-
-    def _events(self, events: list, at: float) -> None:
-        """Take the events completed by one read, all stamped `at`."""
-        protocol, outcome, timeline = self.client.protocol, self.outcome, self.timeline
-        for sse in events:
-            if self.settled:
-                return
-            event: StreamEvent | None = protocol.interpret(sse)
-            if event is None:
-                continue
-            if event.error is not None:
-                self.fail("stream_error", f"error in stream: {event.error}")
-                return
-            if event.usage is not None:
-                if event.usage.prompt_tokens is not None:
-                    outcome.prompt_tokens = event.usage.prompt_tokens
-                if event.usage.completion_tokens is not None:
-                    outcome.completion_tokens = event.usage.completion_tokens
-            if event.finish_reason is not None:
-                outcome.finish_reason = event.finish_reason
-            if event.carries_output:
-                had_output = timeline.first_output_at is not None
-                timeline.add(at, event)
-                if not had_output and timeline.first_output_at is not None:
-                    self.first_token_timeout.cancel()  # from the first output token on, only `total` applies
-                if self.content is not None and event.content:
-                    self.content.append(event.content)
-            elif event.usage is not None:
-                timeline.add(at, event)
-            if event.done:
-                self.ended = True
-                outcome.done = at
-                outcome.status = "ok"
-                self.settled = True
+        else:
+            self.body_ended(parser.pending)
 
     def _drain(self, response: HTTPSocketPoolResponse) -> None:
         """Read what follows [DONE] (normally just the body's end) so the connection can go back to
@@ -270,26 +226,3 @@ class _Exchange:
         except (OSError, HTTPConnectionClosed, ValueError):
             pass
 
-    def _http_error(self, response: HTTPSocketPoolResponse) -> None:
-        outcome, client = self.outcome, self.client
-        retry_after = parse_retry_after(response)
-        outcome.retry_after_s = retry_after if retry_after is not None else rate_limit_wait_s(response)
-        self.fail("http_error", f"HTTP {response.status_code} {response.status_message or ''}".rstrip())
-        body = response.read(ERROR_BODY_LIMIT)
-        message = client.protocol.error_message(body)
-        if message:
-            outcome.error = client.scrub(f"HTTP {response.status_code}: {message}")
-
-    def finish(self) -> None:
-        """Fill in the token timings (whatever the status) and the end time."""
-        outcome = self.outcome
-        if outcome.done is None:
-            outcome.done = time.perf_counter()
-        token_times, client_tokens = self.timeline.resolve(outcome.completion_tokens)
-        outcome.token_times = token_times
-        outcome.client_tokens = client_tokens
-        if token_times:
-            outcome.first_token = token_times[0]
-            outcome.last_token = token_times[-1]
-        if self.content is not None:
-            outcome.output_text = self.client.scrub_all("".join(self.content))

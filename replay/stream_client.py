@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -291,126 +291,108 @@ class StreamingClient:
         return text
 
 
-class _Exchange:
-    """The state of one request while it runs (not shared between requests)."""
+class StreamAttempt:
+    """What one request's stream has shown so far, whatever does the I/O (this module's asyncio
+    client; loadgen/gevent_stream_client.py's gevent client for Locust): the events taken in, the
+    status once decided (`settled`: later failures, e.g. while draining, do not change it), and the
+    outcome's token timings filled in at the end. Subclasses add their I/O and may override
+    `first_output_arrived` (where the first-token timeout ends)."""
 
-    __slots__ = (
-        "client", "outcome", "timeline", "deadline", "total_deadline_loop", "settled", "ended", "content",
-    )
+    __slots__ = ("protocol", "outcome", "timeline", "settled", "ended", "content", "_scrub", "_scrub_all")
 
-    def __init__(self, client: StreamingClient, outcome: StreamOutcome):
-        self.client = client
+    def __init__(
+        self,
+        outcome: StreamOutcome,
+        protocol: WireProtocol,
+        token_counter: TokenCounter | None,
+        keep_output_text: bool,
+        scrub: Callable[[str], str],
+        scrub_all: Callable[[str], str],
+    ):
+        self.protocol = protocol
         self.outcome = outcome
-        self.timeline = TokenTimeline(client.token_counter)
-        self.deadline: asyncio.Timeout | None = None
-        self.total_deadline_loop = 0.0
-        self.settled = False  # the status is decided; later failures (e.g. while draining) do not change it
-        self.ended = False  # [DONE] or the end of a stream that gave a finish reason
-        self.content: list[str] | None = [] if client.keep_output_text else None
+        self.timeline = TokenTimeline(token_counter)
+        self.settled = False
+        self.ended = False  # [DONE] seen
+        self.content: list[str] | None = [] if keep_output_text else None
+        self._scrub = scrub  # error texts: the key removed, cut to length
+        self._scrub_all = scrub_all  # answer text: the key removed
 
     @property
     def first_output_at(self) -> float | None:
         return self.timeline.first_output_at
 
+    def first_output_arrived(self) -> None:
+        """Called once, when the first output token arrives."""
+
     def fail(self, status: str, error: str) -> None:
         if self.settled:
             return
         self.outcome.status = status
-        self.outcome.error = self.client._scrub(error)
+        self.outcome.error = self._scrub(error)
         self.settled = True
 
-    def settle_ok(self) -> None:
-        self.outcome.status = "ok"
-        self.outcome.done = time.perf_counter()
-        self.settled = True
-
-    async def run(self, url: str, headers: dict[str, str], payload: bytes) -> None:
-        client, outcome = self.client, self.outcome
-        async with client._session.post(
-            url, data=payload, headers=headers, timeout=client._http_timeout, allow_redirects=False
-        ) as response:
-            outcome.http_status = response.status
-            if response.status >= 300:
-                await self._http_error(response)
+    def take(self, events: Iterable, at: float) -> None:
+        """Take the SSE events completed by one read, all stamped `at`; stops at the first event
+        that settles the outcome ([DONE], or an error in the stream)."""
+        protocol, outcome, timeline = self.protocol, self.outcome, self.timeline
+        for sse in events:
+            if self.settled:
                 return
-            if "json" in response.headers.get("Content-Type", ""):
-                body = await _read_bounded(response.content, ERROR_BODY_LIMIT)
-                self.fail("stream_error", f"server answered JSON, not an event stream: {client.protocol.error_message(body)}")
+            event: StreamEvent | None = protocol.interpret(sse)
+            if event is None:
+                continue
+            if event.error is not None:
+                self.fail("stream_error", f"error in stream: {event.error}")
                 return
-            parser = SSEParser()
-            await self._follow(response.content, parser)
-            if self.ended:
-                await self._drain(response.content)
-            elif outcome.finish_reason is not None:
-                self.settle_ok()  # a clean end of the body after a finish reason, without [DONE]
-            elif not self.settled:
-                where = " (inside an unterminated event)" if parser.pending else ""
-                self.fail("stream_error", f"stream ended without [DONE] or a finish reason{where}")
+            if event.usage is not None:
+                if event.usage.prompt_tokens is not None:
+                    outcome.prompt_tokens = event.usage.prompt_tokens
+                if event.usage.completion_tokens is not None:
+                    outcome.completion_tokens = event.usage.completion_tokens
+            if event.finish_reason is not None:
+                outcome.finish_reason = event.finish_reason
+            if event.carries_output:
+                had_output = timeline.first_output_at is not None
+                timeline.add(at, event)
+                if not had_output and timeline.first_output_at is not None:
+                    self.first_output_arrived()
+                if self.content is not None and event.content:
+                    self.content.append(event.content)
+            elif event.usage is not None:
+                timeline.add(at, event)
+            if event.done:
+                self.ended = True
+                outcome.done = at
+                outcome.status = "ok"
+                self.settled = True
 
-    async def _follow(self, content: aiohttp.StreamReader, parser: SSEParser) -> None:
-        """Read events until the end marker, an error event, or the end of the body."""
-        protocol, outcome, timeline = self.client.protocol, self.outcome, self.timeline
-        while True:
-            data = await content.readany()
-            if not data:
-                return
-            at = time.perf_counter()
-            for sse in parser.feed(data):
-                event = protocol.interpret(sse)
-                if event is None:
-                    continue
-                if event.error is not None:
-                    self.fail("stream_error", f"error in stream: {event.error}")
-                    return
-                if event.usage is not None:
-                    if event.usage.prompt_tokens is not None:
-                        outcome.prompt_tokens = event.usage.prompt_tokens
-                    if event.usage.completion_tokens is not None:
-                        outcome.completion_tokens = event.usage.completion_tokens
-                if event.finish_reason is not None:
-                    outcome.finish_reason = event.finish_reason
-                if event.carries_output:
-                    had_output = timeline.first_output_at is not None
-                    timeline.add(at, event)
-                    if not had_output and timeline.first_output_at is not None:
-                        self._first_output_arrived()
-                    if self.content is not None and event.content:
-                        self.content.append(event.content)
-                elif event.usage is not None:
-                    timeline.add(at, event)
-                if event.done:
-                    self.ended = True
-                    self.outcome.done = at
-                    self.outcome.status = "ok"
-                    self.settled = True
-                    return
-
-    def _first_output_arrived(self) -> None:
-        """From the first output token on, only the total limit applies."""
-        if self.deadline is not None:
-            self.deadline.reschedule(self.total_deadline_loop)
-
-    async def _drain(self, content: aiohttp.StreamReader) -> None:
-        """Read what follows [DONE] (normally just the body's end) so the connection can be reused;
-        bounded, and nothing that happens here changes the outcome."""
-        if content.at_eof():
+    def body_ended(self, inside_event: bool) -> None:
+        """The body ended without [DONE]: ok after a finish reason, else a broken stream."""
+        if self.settled:
             return
-        try:
-            async with asyncio.timeout(DRAIN_AFTER_DONE_S):
-                while await content.readany():
-                    pass
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass
+        if self.outcome.finish_reason is not None:
+            self.outcome.status = "ok"
+            self.outcome.done = time.perf_counter()
+            self.settled = True
+        else:
+            where = " (inside an unterminated event)" if inside_event else ""
+            self.fail("stream_error", f"stream ended without [DONE] or a finish reason{where}")
 
-    async def _http_error(self, response: aiohttp.ClientResponse) -> None:
-        outcome, client = self.outcome, self.client
-        retry_after = parse_retry_after(response.headers)
-        outcome.retry_after_s = retry_after if retry_after is not None else rate_limit_wait_s(response.headers)
-        self.fail("http_error", f"HTTP {response.status} {response.reason or ''}".rstrip())
-        body = await _read_bounded(response.content, ERROR_BODY_LIMIT)
-        message = client.protocol.error_message(body)
+    def not_an_event_stream(self, body: bytes) -> None:
+        self.fail("stream_error", f"server answered JSON, not an event stream: {self.protocol.error_message(body)}")
+
+    def http_error(self, status: int, reason: str | None, headers: Mapping[str, str]) -> None:
+        """An HTTP error status: the outcome and the wait the server asked for (Retry-After, else
+        the provider's rate-limit headers). `http_error_body` adds the server's message."""
+        retry_after = parse_retry_after(headers)
+        self.outcome.retry_after_s = retry_after if retry_after is not None else rate_limit_wait_s(headers)
+        self.fail("http_error", f"HTTP {status} {reason or ''}".rstrip())
+
+    def http_error_body(self, status: int, body: bytes) -> None:
+        message = self.protocol.error_message(body)
         if message:
-            outcome.error = client._scrub(f"HTTP {response.status}: {message}")
+            self.outcome.error = self._scrub(f"HTTP {status}: {message}")
 
     def finish(self) -> None:
         """Fill in the token timings (whatever the status) and the end time."""
@@ -424,7 +406,64 @@ class _Exchange:
             outcome.first_token = token_times[0]
             outcome.last_token = token_times[-1]
         if self.content is not None:
-            outcome.output_text = self.client._scrub_all("".join(self.content))
+            outcome.output_text = self._scrub_all("".join(self.content))
+
+
+class _Exchange(StreamAttempt):
+    """One request on aiohttp: its deadlines and its reads (not shared between requests)."""
+
+    __slots__ = ("client", "deadline", "total_deadline_loop")
+
+    def __init__(self, client: StreamingClient, outcome: StreamOutcome):
+        super().__init__(
+            outcome, client.protocol, client.token_counter, client.keep_output_text, client._scrub, client._scrub_all
+        )
+        self.client = client
+        self.deadline: asyncio.Timeout | None = None
+        self.total_deadline_loop = 0.0
+
+    def first_output_arrived(self) -> None:
+        """From the first output token on, only the total limit applies."""
+        if self.deadline is not None:
+            self.deadline.reschedule(self.total_deadline_loop)
+
+    async def run(self, url: str, headers: dict[str, str], payload: bytes) -> None:
+        client = self.client
+        async with client._session.post(
+            url, data=payload, headers=headers, timeout=client._http_timeout, allow_redirects=False
+        ) as response:
+            self.outcome.http_status = response.status
+            if response.status >= 300:
+                self.http_error(response.status, response.reason, response.headers)
+                self.http_error_body(response.status, await _read_bounded(response.content, ERROR_BODY_LIMIT))
+                return
+            if "json" in response.headers.get("Content-Type", ""):
+                self.not_an_event_stream(await _read_bounded(response.content, ERROR_BODY_LIMIT))
+                return
+            parser = SSEParser()
+            content = response.content
+            while not self.settled:
+                data = await content.readany()
+                if not data:
+                    break
+                at = time.perf_counter()  # the read's arrival, before any parsing
+                self.take(parser.feed(data), at)
+            if self.ended:
+                await self._drain(content)
+            else:
+                self.body_ended(parser.pending)
+
+    async def _drain(self, content: aiohttp.StreamReader) -> None:
+        """Read what follows [DONE] (normally just the body's end) so the connection can be reused;
+        bounded, and nothing that happens here changes the outcome."""
+        if content.at_eof():
+            return
+        try:
+            async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+                while await content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass
 
 
 async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -269,6 +269,12 @@ def test_error_object_inside_the_stream(server):
     assert len(outcome.token_times) == 3
 
 
+def test_an_error_after_the_finish_reason_is_still_an_error(server):
+    outcome = send(target(server.base_url), body(tokens=4, finish_in_last_chunk=True, fault="stream_error", fault_after_tokens=4))
+    assert outcome.finish_reason is not None and len(outcome.token_times) == 4
+    assert outcome.status == "stream_error" and outcome.error.startswith("error in stream:")
+
+
 def test_clean_end_without_done_or_finish_reason(server):
     outcome = send(target(server.base_url), body(tokens=4, fault="eof", fault_after_tokens=2))
     assert outcome.status == "stream_error"
