@@ -48,8 +48,7 @@ from replay.sse import SSEParser
 from replay.stream_client import (
     DRAIN_AFTER_DONE_S,
     ERROR_BODY_LIMIT,
-    ERROR_TEXT_LIMIT,
-    REDACTED,
+    KeyScrubber,
     StreamAttempt,
     StreamLimits,
     TokenCounter,
@@ -104,6 +103,7 @@ class GeventStreamingClient:
         self.token_counter = token_counter
         self.keep_output_text = keep_output_text
         self._api_key = target.api_key()
+        self.scrubber = KeyScrubber(self._api_key)
 
     def send(self, body: dict) -> StreamOutcome:
         """Send one canonical (OpenAI-shaped) request body and follow its stream to the end.
@@ -114,7 +114,7 @@ class GeventStreamingClient:
             payload = json.dumps(request.body).encode()
         except (RequestNotTranslatable, TypeError, ValueError) as exc:
             outcome.status = "http_error"
-            outcome.error = self.scrub(f"request not sent: {exc}")
+            outcome.error = self.scrubber.error(f"request not sent: {exc}")
             return outcome
         url = URL(self.base_url + request.path)
         exchange = _Exchange(self, outcome)
@@ -162,17 +162,6 @@ class GeventStreamingClient:
         exchange.finish()
         return outcome
 
-    def scrub_all(self, text: str) -> str:
-        """`text` with the API key removed (a server may echo anything back, even in its answer)."""
-        return text.replace(self._api_key, REDACTED) if self._api_key else text
-
-    def scrub(self, text: str) -> str:
-        """`text` with the API key removed, cut to ERROR_TEXT_LIMIT characters."""
-        text = self.scrub_all(text)
-        if len(text) > ERROR_TEXT_LIMIT:
-            text = text[: ERROR_TEXT_LIMIT - 3] + "..."
-        return text
-
 
 class _Exchange(StreamAttempt):
     """One request on geventhttpclient: its response, its first-token timeout and its reads (not
@@ -182,7 +171,7 @@ class _Exchange(StreamAttempt):
 
     def __init__(self, client: GeventStreamingClient, outcome: StreamOutcome):
         super().__init__(
-            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrub, client.scrub_all
+            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber
         )
         self.response: HTTPSocketPoolResponse | None = None
         self.first_token_timeout: gevent.Timeout | None = None

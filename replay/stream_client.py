@@ -231,6 +231,7 @@ class StreamingClient:
         self.token_counter = token_counter
         self.keep_output_text = keep_output_text
         self._api_key = target.api_key()
+        self.scrubber = KeyScrubber(self._api_key)
         self._http_timeout = aiohttp.ClientTimeout(
             total=None, connect=self.limits.connect_s, sock_connect=self.limits.connect_s
         )
@@ -243,7 +244,7 @@ class StreamingClient:
             payload = json.dumps(request.body).encode()
         except (RequestNotTranslatable, TypeError, ValueError) as exc:
             outcome.status = "http_error"
-            outcome.error = self._scrub(f"request not sent: {exc}")
+            outcome.error = self.scrubber.error(f"request not sent: {exc}")
             return outcome
         exchange = _Exchange(self, outcome)
         loop = asyncio.get_running_loop()
@@ -279,13 +280,21 @@ class StreamingClient:
         exchange.finish()
         return outcome
 
-    def _scrub_all(self, text: str) -> str:
-        """`text` with the API key removed (a server may echo anything back, even in its answer)."""
-        return text.replace(self._api_key, REDACTED) if self._api_key else text
 
-    def _scrub(self, text: str) -> str:
-        """`text` with the API key removed, cut to ERROR_TEXT_LIMIT characters."""
-        text = self._scrub_all(text)
+@dataclass(frozen=True)
+class KeyScrubber:
+    """Takes an API key out of texts that leave the client (a server may echo anything back, even
+    in its answer)."""
+
+    key: str | None
+
+    def all(self, text: str) -> str:
+        """`text` with the key replaced by REDACTED."""
+        return text.replace(self.key, REDACTED) if self.key else text
+
+    def error(self, text: str) -> str:
+        """An error text: the key removed, cut to ERROR_TEXT_LIMIT characters."""
+        text = self.all(text)
         if len(text) > ERROR_TEXT_LIMIT:
             text = text[: ERROR_TEXT_LIMIT - 3] + "..."
         return text
@@ -298,7 +307,7 @@ class StreamAttempt:
     outcome's token timings filled in at the end. Subclasses add their I/O and may override
     `first_output_arrived` (where the first-token timeout ends)."""
 
-    __slots__ = ("protocol", "outcome", "timeline", "settled", "ended", "content", "_scrub", "_scrub_all")
+    __slots__ = ("protocol", "outcome", "timeline", "settled", "ended", "content", "scrubber")
 
     def __init__(
         self,
@@ -306,8 +315,7 @@ class StreamAttempt:
         protocol: WireProtocol,
         token_counter: TokenCounter | None,
         keep_output_text: bool,
-        scrub: Callable[[str], str],
-        scrub_all: Callable[[str], str],
+        scrubber: KeyScrubber,
     ):
         self.protocol = protocol
         self.outcome = outcome
@@ -315,8 +323,7 @@ class StreamAttempt:
         self.settled = False
         self.ended = False  # [DONE] seen
         self.content: list[str] | None = [] if keep_output_text else None
-        self._scrub = scrub  # error texts: the key removed, cut to length
-        self._scrub_all = scrub_all  # answer text: the key removed
+        self.scrubber = scrubber
 
     @property
     def first_output_at(self) -> float | None:
@@ -329,7 +336,7 @@ class StreamAttempt:
         if self.settled:
             return
         self.outcome.status = status
-        self.outcome.error = self._scrub(error)
+        self.outcome.error = self.scrubber.error(error)
         self.settled = True
 
     def take(self, events: Iterable, at: float) -> None:
@@ -392,7 +399,7 @@ class StreamAttempt:
     def http_error_body(self, status: int, body: bytes) -> None:
         message = self.protocol.error_message(body)
         if message:
-            self.outcome.error = self._scrub(f"HTTP {status}: {message}")
+            self.outcome.error = self.scrubber.error(f"HTTP {status}: {message}")
 
     def finish(self) -> None:
         """Fill in the token timings (whatever the status) and the end time."""
@@ -406,7 +413,7 @@ class StreamAttempt:
             outcome.first_token = token_times[0]
             outcome.last_token = token_times[-1]
         if self.content is not None:
-            outcome.output_text = self._scrub_all("".join(self.content))
+            outcome.output_text = self.scrubber.all("".join(self.content))
 
 
 class _Exchange(StreamAttempt):
@@ -416,7 +423,7 @@ class _Exchange(StreamAttempt):
 
     def __init__(self, client: StreamingClient, outcome: StreamOutcome):
         super().__init__(
-            outcome, client.protocol, client.token_counter, client.keep_output_text, client._scrub, client._scrub_all
+            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber
         )
         self.client = client
         self.deadline: asyncio.Timeout | None = None

@@ -26,13 +26,14 @@ import dataclasses
 import json
 import socket
 import struct
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
+
+from tests.server_thread import ServerThread
 
 HOST = "127.0.0.1"
 Fault = Literal["none", "reset", "stall", "invalid_json", "malformed_sse", "stream_error", "eof"]
@@ -311,41 +312,12 @@ async def _sleep_until(deadline: float) -> None:
         await asyncio.sleep(delay)
 
 
-class FaultyServerThread:
+class FaultyServerThread(ServerThread[FaultyServer]):
     """The server on its own event loop in a daemon thread (for synchronous tests):
     `with FaultyServerThread(script) as server: server.base_url`."""
 
     def __init__(self, script: Script | None = None, port: int = 0, start_timeout_s: float = 10.0):
-        self.server = FaultyServer(script, port)
-        self.start_timeout_s = start_timeout_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="faulty-server", daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url
-
-    async def _shutdown(self) -> None:
-        """Stop the server, then end the handlers still sleeping in a scripted stall."""
-        await self.server.stop()
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-
-    def __enter__(self) -> "FaultyServerThread":
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(self.start_timeout_s)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(self.start_timeout_s)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(self.start_timeout_s)
-            if not self._thread.is_alive():
-                self._loop.close()
+        super().__init__(FaultyServer(script, port), start_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> None:
