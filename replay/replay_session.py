@@ -34,6 +34,7 @@ class ReplayRequest:
     max_completion_tokens: int | None = None
     keep_output_text: bool = False
     block_size: int = 512
+    busy_poll: bool = False  # workers poll without sleeping (RunSettings.busy_poll)
     # Maps the selected rows' arrival offsets (s) to send times (s): a loadgen shape (the CLI passes
     # loadgen.shapes.TraceScaled with --speed); None sends at the recorded offsets.
     send_times: Callable[[np.ndarray], np.ndarray] | None = None
@@ -101,6 +102,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         address=request.address,
         keep_output_text=request.keep_output_text,
         block_size=request.block_size,
+        busy_poll=request.busy_poll,
     )
     secrets = read_keys(targets)
     started_at = time.time()
@@ -137,6 +139,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             "servers": servers,
             "cluster": cluster,
             "workers": outcome.workers,
+            "busy_poll": request.busy_poll,
             "clock_offsets": {w["worker"]: w["wall_minus_perf"] for w in outcome.workers},
             "counts": {
                 "requests": plan.num_rows,

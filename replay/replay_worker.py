@@ -12,7 +12,18 @@ Keeping the loop free (a late wake-up shows as send lateness and as late token s
 - A send is waited for by sleeping until `SPIN_BEFORE_SEND_S` before it, then yielding to the loop
   until the moment comes (uvloop's timers have millisecond resolution, and a wake-up on a busy
   host comes up to about a millisecond late).
-- Result shards are encoded and written by the result writer's own thread (background mode).
+- Token arrivals are stamped when the connection reads them (`replay.read_stamps`), not when the
+  request's reader gets its turn.
+- `busy_poll` (opt-in; `replay --busy-poll`): the loop never sleeps in the kernel for the whole run,
+  as it does anyway in the last `SPIN_BEFORE_SEND_S` before a send. A sleeping CPU, above all a
+  virtual one, wakes up late when a read arrives: on the 2-core VM this was measured on, at half
+  the scripted server's capacity, our ITL error against the server's real send times had a p99
+  of 1.1-1.6 ms with the loop sleeping between events and 0.4-0.5 ms with it polling, in the
+  quieter rounds of scripts/bench_loadgen.py. The price is one core per worker at 100%, taken from
+  anything else on the node (a local server included).
+- Result shards are encoded and written by the result writer's own thread (background mode), and
+  the writer is warmed up before the run (pyarrow's first Parquet write in a process costs several
+  times a later one).
 - The plan's rows become dicts `ROWS_PER_CONVERSION` at a time (a conversion never stalls the loop
   for long).
 - While a run lasts, the garbage collector leaves the objects made before it alone (`gc.freeze`:
@@ -36,6 +47,7 @@ import pyarrow as pa
 
 from replay.clock_mapping import ClockMapping
 from replay.rate_limiter import RateLimiter, estimated_tokens
+from replay.read_stamps import StampingConnector
 from replay.request_builder import RequestBuilder
 from replay.result_writer import ResultShardWriter
 from replay.result_rows import result_row
@@ -52,6 +64,8 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 SPIN_BEFORE_SEND_S = 0.002  # the last 2 ms before a send are waited by yielding, not sleeping
 ROWS_PER_CONVERSION = 16  # plan rows turned into dicts at a time
+UNREAD_PLAN_COLUMNS = ("arrival_time", "response_text", "reference")  # plan columns no worker reads
+WARM_UP_ROWS = 8  # plan rows whose sample result rows warm the result writer up before a run
 GIL_SWITCH_INTERVAL_S = 0.0005  # while a run lasts (sys.setswitchinterval)
 
 
@@ -67,6 +81,13 @@ class WorkerSettings:
     concurrency: int | None = None  # closed loop with this many users; None: open loop at scheduled_s
     duration_s: float | None = None  # closed loop: stop taking rows after this many seconds
     worker_count: int = 1  # workers in the run: each enforces this share of a target's rate limits and retry budget
+    busy_poll: bool = False  # keep the event loop polling for the whole run (a full core): see the module docstring
+
+
+async def _poll_forever() -> None:
+    """Always one callback ready: the loop polls its sockets without a timeout and never sleeps."""
+    while True:
+        await asyncio.sleep(0)
 
 
 def _forget(last_of_session: dict, key: tuple[str, str], task: asyncio.Task) -> None:
@@ -116,6 +137,7 @@ class ReplayWorker:
         else:  # pragma: no cover
             loop = asyncio.new_event_loop()
         self._loop = loop
+        self._warm_up_writer(clock)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         gc.collect()
@@ -128,9 +150,31 @@ class ReplayWorker:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    def _warm_up_writer(self, clock: ClockMapping) -> None:
+        """Encode a few result rows shaped like the run's (in memory, nothing written) before the
+        run starts, so that its first shard does not pay pyarrow's first-use costs mid-run."""
+        plan_rows = self.shard.slice(0, WARM_UP_ROWS).drop_columns(
+            [c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names]
+        ).to_pylist()
+        token_times = [0.001 * (i + 1) for i in range(16)]
+        outcome = StreamOutcome(
+            sent=0.0, first_token=token_times[0], last_token=token_times[-1], done=token_times[-1], token_times=token_times,
+            prompt_tokens=1, completion_tokens=16, client_tokens=16, finish_reason="length", http_status=200,
+        )
+        sample = [
+            result_row(
+                run_id=self.settings.run_id, target=target.name, worker=self.settings.worker, row=row, outcome=outcome,
+                attempt=1, final=True, to_run_s=clock.to_run_s, keep_output_text=self.settings.keep_output_text,
+            )
+            for row in plan_rows
+            for target in self.targets
+        ]
+        if sample:
+            self._writer.warm_up(sample)
+
     async def _run(self, clock: ClockMapping) -> dict:
         connector_kwargs = dict(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        sessions = {t.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(**connector_kwargs)) for t in self.targets}
+        sessions = {t.name: aiohttp.ClientSession(connector=StampingConnector(**connector_kwargs)) for t in self.targets}
         clients = {
             t.name: StreamingClient(
                 sessions[t.name],
@@ -141,14 +185,17 @@ class ReplayWorker:
             for t in self.targets
         }
         flusher = asyncio.create_task(self._flush_periodically())
+        poller = asyncio.create_task(_poll_forever()) if self.settings.busy_poll else None
         try:
             if self.settings.concurrency:
                 await self._dispatch_closed_loop(clients, clock)
             else:
                 await self._dispatch_open_loop(clients, clock)
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            background = [task for task in (flusher, poller) if task is not None]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             for session in sessions.values():
                 await session.close()
             self._writer.close()
@@ -209,8 +256,11 @@ class ReplayWorker:
     def _iter_rows(self) -> Iterator[dict]:
         """The shard's rows as dicts, converted `ROWS_PER_CONVERSION` at a time: a long plan never
         sits in memory as Python objects all at once, and no conversion holds the loop for long
-        (about 20 us a row: 1024 rows at once held it for about 20 ms)."""
-        for batch in self.shard.to_batches(max_chunksize=ROWS_PER_CONVERSION):
+        (about 6 us a row here: 1024 rows at once would hold it for several milliseconds). The
+        columns the worker never reads are left in Arrow (`arrival_time` alone, as timezone-aware
+        datetimes, cost more than all the others together: the worker times by `scheduled_s`)."""
+        shard = self.shard.drop_columns([c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names])
+        for batch in shard.to_batches(max_chunksize=ROWS_PER_CONVERSION):
             yield from batch.to_pylist()
 
     def _record_unsent(self, row: dict, clock: ClockMapping) -> None:

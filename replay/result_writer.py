@@ -10,11 +10,13 @@ Two ways to write, one file format:
 - background (`background=True`, what a replay worker uses): a full or old buffer is handed to one
   writer thread through a bounded queue (at most `MAX_PENDING_SHARDS` buffers wait), so the
   caller (an event loop sending on a schedule) never stalls for the encoding, compression and
-  file write (tens of milliseconds per 1000 rows). The thread turns rows into Arrow in slices of
-  `CONVERT_SLICE_ROWS` rows (each slice holds the GIL for well under a millisecond, and the thread
-  yields the GIL between slices), and pyarrow's Parquet writer releases the GIL while it
-  compresses and writes. A full queue makes the caller wait (back-pressure: memory stays
-  bounded when the disk cannot keep up). A crash loses at most the buffers not yet written
+  file write (5-50 milliseconds per 1000 rows). The thread works in pieces of about a millisecond
+  (`CONVERT_SLICE_ROWS` rows into Arrow, then `PACED_ROW_GROUP_ROWS` rows per Parquet row group)
+  and sleeps `PACE_PAUSE_S` after each: a piece holds the GIL, or the CPU, only that long. Where
+  the worker has one core to itself, a thread that computed without pausing would keep the event
+  loop off the CPU for whole scheduler ticks (4 ms here), and the loop would stamp tokens late.
+  A full queue makes the caller wait (back-pressure: memory stays bounded when the disk cannot
+  keep up). A crash loses at most the buffers not yet written
   (`MAX_PENDING_SHARDS` + 1), never a file.
 A failed write keeps its rows (inline: the error is raised to the caller too); `flush()` and
 `close()` write them again in the caller's thread and raise `ResultWriteError` if that fails.
@@ -36,23 +38,40 @@ import pyarrow.parquet as pq
 from replay.results import RESULTS_SCHEMA
 
 MAX_PENDING_SHARDS = 4  # background mode: full buffers waiting for the writer thread, at most
-CONVERT_SLICE_ROWS = 64  # background mode: rows turned into Arrow per GIL-holding call
+CONVERT_SLICE_ROWS = 64  # background mode: rows turned into Arrow per GIL-holding call (about 0.5 ms)
+PACED_ROW_GROUP_ROWS = 256  # background mode: rows encoded and written per call (about 1 ms)
+PACE_PAUSE_S = 0.001  # background mode: the writer thread sleeps this long between two such calls
+COMPRESSION = "zstd"
 
 
 class ResultWriteError(RuntimeError):
     """Writing a shard failed (and failed again when retried); its rows are kept in memory."""
 
 
-def rows_to_table(rows: list[dict], slice_rows: int | None = None) -> pa.Table:
+def rows_to_table(rows: list[dict], slice_rows: int | None = None, pause_s: float = 0.0) -> pa.Table:
     """RESULTS_SCHEMA table of `rows` (dicts keyed by its names). With `slice_rows`, converted that
-    many rows per call, yielding the GIL between calls (the table then has one chunk per slice)."""
+    many rows per call, sleeping `pause_s` between calls (0: just yielding the GIL) so that another
+    thread (the event loop) gets the GIL, and the CPU, between them; the table then has one chunk
+    per slice."""
     if slice_rows is None or len(rows) <= slice_rows:
         return pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
     batches = []
     for start in range(0, len(rows), slice_rows):
         batches.append(pa.RecordBatch.from_pylist(rows[start : start + slice_rows], schema=RESULTS_SCHEMA))
-        time.sleep(0)  # let a waiting thread (the event loop) have the GIL now, not at the switch interval
+        time.sleep(pause_s)
     return pa.Table.from_batches(batches, schema=RESULTS_SCHEMA)
+
+
+def write_parquet(path: Path, rows: list[dict], paced: bool = False) -> None:
+    """`rows` as one Parquet file; `paced`: in pieces with pauses (see the module docstring)."""
+    if not paced:
+        pq.write_table(rows_to_table(rows), path, compression=COMPRESSION)
+        return
+    table = rows_to_table(rows, CONVERT_SLICE_ROWS, PACE_PAUSE_S)
+    with pq.ParquetWriter(path, RESULTS_SCHEMA, compression=COMPRESSION) as parquet:
+        for start in range(0, table.num_rows, PACED_ROW_GROUP_ROWS):
+            parquet.write_table(table.slice(start, PACED_ROW_GROUP_ROWS))
+            time.sleep(PACE_PAUSE_S)
 
 
 class ResultShardWriter:
@@ -87,6 +106,12 @@ class ResultShardWriter:
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[int, list[dict]] | None] = queue.Queue(maxsize=MAX_PENDING_SHARDS)
         self._thread: threading.Thread | None = None
+
+    def warm_up(self, sample_rows: list[dict]) -> None:
+        """Encode `sample_rows` into a Parquet file in memory and drop it: the first shard of a
+        process otherwise pays pyarrow's first-use costs (measured: 22 ms for 300 rows, against
+        5 ms once warm), in the middle of a run, on the core the event loop needs."""
+        pq.write_table(rows_to_table(sample_rows), pa.BufferOutputStream(), compression=COMPRESSION)
 
     def add(self, row: dict) -> None:
         """Queue one row; hands the buffer on (or writes it, inline) when it is full."""
@@ -128,7 +153,7 @@ class ResultShardWriter:
         self._seq += 1
         if not self.background:
             try:
-                self._write(seq, rows, slice_rows=None)
+                self._write(seq, rows)
             except Exception:
                 with self._lock:
                     self._failed.append((seq, rows))  # kept for the next flush()
@@ -148,7 +173,7 @@ class ResultShardWriter:
                     return
                 seq, rows = item
                 try:
-                    self._write(seq, rows, slice_rows=CONVERT_SLICE_ROWS)
+                    self._write(seq, rows, paced=True)
                 except Exception as exc:  # kept for a retry in flush()/close(), never lost
                     with self._lock:
                         self._failed.append((seq, rows))
@@ -156,12 +181,13 @@ class ResultShardWriter:
             finally:
                 self._queue.task_done()
 
-    def _write(self, seq: int, rows: list[dict], slice_rows: int | None) -> None:
-        """One closed shard: encode, write under a temporary name, rename into place."""
-        table = rows_to_table(rows, slice_rows)
+    def _write(self, seq: int, rows: list[dict], paced: bool = False) -> None:
+        """One closed shard: encode, write under a temporary name, rename into place. `paced` (the
+        writer thread): in pieces of about a millisecond with a pause after each, see the module
+        docstring."""
         name = f"part-{self.worker}-{seq:05d}.parquet"
         tmp = self.results_dir / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        write_parquet(tmp, rows, paced)
         final = self.results_dir / name
         os.replace(tmp, final)
         with self._lock:
@@ -176,7 +202,7 @@ class ResultShardWriter:
             first_error, self._error = self._error, None
         for index, (seq, rows) in enumerate(failed):
             try:
-                self._write(seq, rows, slice_rows=None)
+                self._write(seq, rows)
             except Exception as exc:
                 with self._lock:
                     self._failed.extend(failed[index:])

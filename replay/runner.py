@@ -65,6 +65,7 @@ class RunSettings:
     block_size: int = 512
     concurrency: int | None = None  # closed loop with this many users in all; None: open loop
     duration_s: float | None = None  # closed loop: stop taking new requests after this long
+    busy_poll: bool = False  # every worker's event loop polls without sleeping (a core each; see replay_worker)
 
 
 def worker_failure(exc: BaseException) -> str:
@@ -146,6 +147,7 @@ def run_plan(
             concurrency=users[i],
             duration_s=settings.duration_s,
             worker_count=n_workers,
+            busy_poll=settings.busy_poll,
         )
         actors.append(ReplayWorkerActor.options(num_cpus=0).remote(worker_settings, targets, shard))
     if gpu_samplers is not None:

@@ -8,6 +8,9 @@ Clocks: every time is `time.perf_counter()` of the calling process.
 - `sent` is read immediately before the request is handed to aiohttp (the body is serialized
   before), so TTFT includes connection set-up when a new connection is needed, as a user's would.
 - Each read from the socket is stamped once on arrival; all events in that read share the stamp.
+  With a `replay.read_stamps.StampingConnector` session (what replay workers use) the stamp is
+  taken in the connection's `data_received`, before the event loop gets round to this request's
+  reader; with any other session, when the reader takes the bytes.
 - `done` is the arrival of the end of the stream ([DONE], or the end of the body), or the moment
   the request failed.
 
@@ -69,6 +72,7 @@ from replay.protocols import (
     protocol_for_target,
 )
 from replay.rate_limit_headers import rate_limit_wait_s
+from replay.read_stamps import read_stamp
 from replay.results import StreamOutcome
 from replay.sse import SSEParser
 from replay.targets import TargetConfig
@@ -449,12 +453,12 @@ class _Exchange(StreamAttempt):
                 return
             parser = SSEParser()
             content = response.content
+            stamp = read_stamp(response)
             while not self.settled:
                 data = await content.readany()
                 if not data:
                     break
-                at = time.perf_counter()  # the read's arrival, before any parsing
-                self.take(parser.feed(data), at)
+                self.take(parser.feed(data), stamp.now())  # the read's arrival, before any parsing
             if self.ended:
                 await self._drain(content)
             else:

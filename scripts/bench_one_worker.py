@@ -8,7 +8,8 @@ The plan is N completions requests of a fixed prompt asking for T tokens, the i-
 i / R seconds after a start epoch a little in the future (the worker sets up its session first).
 Result rows go to DIR/results/*.parquet (the results schema of shared/DESIGN.md). The last line
 of stdout is JSON: `by_status` (final rows by status), `run_cpu_s` (the process's CPU seconds
-during the run, every thread, the result writer's included) and `cpu_ms_per_request`.
+during the run, every thread, the result writer's included), `cpu_ms_per_request` and `epoch`
+(the wall-clock second the rows' `*_s` times count from).
 """
 
 from __future__ import annotations
@@ -78,13 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, required=True, help="requests to send")
     parser.add_argument("--tokens", type=int, required=True, help="output tokens asked per request")
     parser.add_argument("--out", type=Path, required=True, help="directory for results/*.parquet")
+    parser.add_argument("--busy-poll", action="store_true", help="the worker's busy_poll setting (replay --busy-poll)")
     args = parser.parse_args(argv)
-    settings = WorkerSettings(run_id=args.out.name, worker="w0", results_dir=str(args.out / "results"))
+    settings = WorkerSettings(run_id=args.out.name, worker="w0", results_dir=str(args.out / "results"), busy_poll=args.busy_poll)
     worker = ReplayWorker(settings, [scripted_target(args.base_url)], constant_rate_plan(args.rate, args.count, args.tokens))
     cpu_before = time.process_time()
-    by_status = worker.run(epoch=time.time() + START_LEAD_S)
+    epoch = time.time() + START_LEAD_S
+    by_status = worker.run(epoch=epoch)
     cpu_s = time.process_time() - cpu_before
-    print(json.dumps({"by_status": by_status, "run_cpu_s": cpu_s, "cpu_ms_per_request": cpu_s / max(1, args.count) * 1000.0}), flush=True)
+    answer = {"by_status": by_status, "run_cpu_s": cpu_s, "cpu_ms_per_request": cpu_s / max(1, args.count) * 1000.0, "epoch": epoch}
+    print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

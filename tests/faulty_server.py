@@ -198,8 +198,12 @@ class FaultyServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "completions")
 
+    def _arrival(self, request: web.Request) -> float:
+        """The moment the script's clock starts for `request` (perf_counter): when its handler starts."""
+        return time.perf_counter()
+
     async def _serve(self, request: web.Request, api: str) -> web.StreamResponse:
-        arrived = time.perf_counter()
+        arrived = self._arrival(request)
         self.requests_seen += 1
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.client_ports.append(peer[1] if peer else -1)

@@ -257,7 +257,9 @@ def test_plan_rows_are_converted_in_small_batches_and_equal_pyarrows_rows(tmp_pa
 
     rows = replay_worker.ROWS_PER_CONVERSION * 3 + 2
     worker, plan = worker_for(tmp_path, "http://127.0.0.1:9/v1", rows)
-    assert list(worker._iter_rows()) == plan.to_pylist()
+    unread = set(replay_worker.UNREAD_PLAN_COLUMNS)
+    expected = [{k: v for k, v in row.items() if k not in unread} for row in plan.to_pylist()]
+    assert list(worker._iter_rows()) == expected, "every column a worker reads, as pyarrow gives it"
 
 
 def test_a_run_cancelled_before_its_start_writes_every_row_and_restores_the_process(tmp_path):
@@ -293,3 +295,23 @@ def test_a_worker_run_keeps_one_connection_per_concurrent_stream(tmp_path, fault
     assert worker.run(epoch=time.time() + 0.3) == {"ok": 12}
     ports = faulty_server.server.client_ports[ports_before:]
     assert len(ports) == 12 and len(set(ports)) == 1
+
+
+@pytest.mark.parametrize("busy_poll", [False, True])
+def test_busy_poll_keeps_the_loop_polling_for_the_whole_run(tmp_path, faulty_server, busy_poll):
+    """With busy_poll the event loop never sleeps: the process uses about a core for as long as the
+    run lasts; without it, a sparse run leaves the CPU nearly idle. Every row is written either way."""
+    import time
+
+    worker, plan = worker_for(tmp_path, faulty_server.base_url, 6, busy_poll=busy_poll)
+    worker.shard = plan.set_column(
+        plan.schema.get_field_index("scheduled_s"), "scheduled_s", pa.array([i * 0.2 for i in range(6)], pa.float64())
+    )
+    cpu, wall = time.process_time(), time.perf_counter()
+    assert worker.run(epoch=time.time() + 0.2) == {"ok": 6}
+    share = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    if busy_poll:
+        assert share > 0.3, f"the loop polled only {share:.0%} of the run's wall time"
+    else:
+        assert share < 0.3, f"a sparse run without busy_poll kept the CPU {share:.0%} busy"
+    assert sorted(r["request_id"] for r in read_results(tmp_path)) == sorted(plan.column("request_id").to_pylist())

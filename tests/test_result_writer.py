@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from replay import result_writer
-from replay.result_writer import CONVERT_SLICE_ROWS, MAX_PENDING_SHARDS, ResultShardWriter, ResultWriteError, rows_to_table
+from replay.result_writer import (
+    CONVERT_SLICE_ROWS,
+    MAX_PENDING_SHARDS,
+    PACED_ROW_GROUP_ROWS,
+    ResultShardWriter,
+    ResultWriteError,
+    rows_to_table,
+)
 from replay.results import RESULTS_SCHEMA
 
 
@@ -51,16 +58,16 @@ def test_background_mode_encodes_and_writes_in_its_own_thread(tmp_path, monkeypa
     threads: list[str] = []
     original = ResultShardWriter._write
 
-    def spy(self, seq, rows, slice_rows):
-        threads.append(threading.current_thread().name)
-        return original(self, seq, rows, slice_rows)
+    def spy(self, seq, rows, paced=False):
+        threads.append((threading.current_thread().name, paced))
+        return original(self, seq, rows, paced)
 
     monkeypatch.setattr(ResultShardWriter, "_write", spy)
     writer = ResultShardWriter(tmp_path, "w7", max_rows=10, background=True)
     for i in range(30):
         writer.add(result(i))
     writer.close()
-    assert threads == ["result-writer-w7"] * 3
+    assert threads == [("result-writer-w7", True)] * 3
     assert len(read_rows(tmp_path)) == 30
 
 
@@ -96,16 +103,16 @@ def test_sliced_conversion_gives_the_same_table():
 
 @pytest.mark.parametrize("background", [False, True])
 def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypatch, background):
-    real_write_table = pq.write_table
+    real_write = result_writer.write_parquet
     failures = {"left": 1}
 
-    def flaky(table, where, **kwargs):
+    def flaky(path, rows, paced=False):
         if failures["left"]:
             failures["left"] -= 1
             raise OSError("disk full (simulated)")
-        return real_write_table(table, where, **kwargs)
+        return real_write(path, rows, paced)
 
-    monkeypatch.setattr(result_writer.pq, "write_table", flaky)
+    monkeypatch.setattr(result_writer, "write_parquet", flaky)
     writer = ResultShardWriter(tmp_path, "w0", max_rows=10, background=background)
     rows = [result(i) for i in range(25)]
     for row in rows:
@@ -119,10 +126,10 @@ def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypat
 
 
 def test_a_write_that_keeps_failing_is_raised_and_its_rows_kept(tmp_path, monkeypatch):
-    def broken(table, where, **kwargs):
+    def broken(path, rows, paced=False):
         raise OSError("read-only file system (simulated)")
 
-    monkeypatch.setattr(result_writer.pq, "write_table", broken)
+    monkeypatch.setattr(result_writer, "write_parquet", broken)
     writer = ResultShardWriter(tmp_path, "w0", max_rows=10, background=True)
     for i in range(10):
         writer.add(result(i))
@@ -139,9 +146,9 @@ def test_a_full_queue_makes_the_adder_wait(tmp_path, monkeypatch):
     release = threading.Event()
     original = ResultShardWriter._write
 
-    def slow(self, seq, rows, slice_rows):
+    def slow(self, seq, rows, paced=False):
         release.wait(10)
-        return original(self, seq, rows, slice_rows)
+        return original(self, seq, rows, paced)
 
     monkeypatch.setattr(ResultShardWriter, "_write", slow)
     writer = ResultShardWriter(tmp_path, "w0", max_rows=1, background=True)
@@ -160,3 +167,22 @@ def test_a_full_queue_makes_the_adder_wait(tmp_path, monkeypatch):
     thread.join(10)
     writer.close()
     assert len(read_rows(tmp_path)) == MAX_PENDING_SHARDS + 3
+
+
+def test_the_writer_thread_writes_a_shard_in_row_groups_with_every_row_kept(tmp_path):
+    count = PACED_ROW_GROUP_ROWS * 2 + 7
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=count, background=True)
+    rows = [result(i) for i in range(count)]
+    for row in rows:
+        writer.add(row)
+    writer.close()
+    (shard,) = writer.files
+    assert pq.ParquetFile(shard).metadata.num_row_groups == 3, "paced: one row group per piece"
+    assert pq.read_table(shard).to_pylist() == rows
+
+
+def test_warm_up_writes_no_file(tmp_path):
+    writer = ResultShardWriter(tmp_path, "w0", background=True)
+    writer.warm_up([result(i) for i in range(3)])
+    writer.close()
+    assert list(tmp_path.iterdir()) == [] and writer.rows_written == 0
