@@ -70,6 +70,7 @@ class SweepSettings:
     saturation_gain: float = 0.05  # throughput rising by less than this fraction: saturated
     max_error_rate: float = 0.10  # errors above this fraction: saturated
     warmup_fraction: float = 0.10
+    busy_poll: bool = False  # the workers' event loops poll without sleeping (replay_worker.WorkerSettings)
 
     def levels(self) -> list[float]:
         if self.points == 1:
@@ -183,10 +184,10 @@ class LoadSweep:
             # Enough requests for the users to stay busy for the whole duration, at any speed.
             count = max(shape.users * 4, int(len(self.rows) if len(self.rows) < 10_000 else 10_000))
             times = np.zeros(count)
-            settings = RunSettings(run_dir=run_dir, concurrency=shape.users, duration_s=s.duration_s)
+            settings = RunSettings(run_dir=run_dir, concurrency=shape.users, duration_s=s.duration_s, busy_poll=s.busy_poll)
         else:
             times = np.fromiter(shape.send_times(), dtype=float)
-            settings = RunSettings(run_dir=run_dir)
+            settings = RunSettings(run_dir=run_dir, busy_poll=s.busy_poll)
         if len(times) == 0:
             raise ValueError(f"load point {label}: the shape yields no request in {s.duration_s:g} s")
         mix = sample_mix(self.rows, len(times), rng, prefix=f"p{index:02d}")
@@ -200,6 +201,7 @@ class LoadSweep:
                 "sweep_point": {"index": index, "phase": phase, "shape": asdict(shape) | {"kind": type(shape).__name__}},
                 "targets": [t.public_dict() for t in self.targets],
                 "workers": outcome.workers,
+                "busy_poll": s.busy_poll,
                 "counts": {"requests": plan.num_rows, "rows_by_status": outcome.by_status},
                 "telemetry": outcome.telemetry,
             },

@@ -14,8 +14,8 @@ one connection arrived before the reader ran, both reads' events get the later r
 (never earlier than the truth). The loop resumes a reader before it reads the same socket again,
 so this happens only when the reader itself was held up.
 
-aiohttp builds a connection's protocol with the connector's `_factory` (aiohttp 3.9 to 3.14 at
-least); tests/test_read_stamps.py fails if an aiohttp release stops using it.
+aiohttp builds a connection's protocol with the connector's private `_factory` (checked on the
+installed 3.14); tests/test_read_stamps.py fails if a release stops using it.
 """
 
 from __future__ import annotations

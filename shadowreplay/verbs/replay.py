@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from shadowreplay.errors import UserError
+from shadowreplay.verbs.worker_options import add_busy_poll
 
 
 def add_parser(subparsers) -> None:
@@ -34,11 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths (recorded per row)")
     parser.add_argument("--keep-output-text", action="store_true", help="store each response's text in the results")
     parser.add_argument("--block-size", type=int, default=512, help="tokens per prefix block for synthesized prompts (default 512, as Mooncake)")
-    parser.add_argument(
-        "--busy-poll", action="store_true",
-        help="workers' event loops poll without sleeping: token times exact to about 0.1 ms on a VM, "
-        "at the price of one busy core per worker (leave off when a local server shares the cores)",
-    )
+    add_busy_poll(parser)
     parser.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from shadowreplay.errors import UserError
+from shadowreplay.verbs.worker_options import add_busy_poll
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths")
     parser.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="SWEEP_DIR")
+    add_busy_poll(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             bisect_steps=args.bisect_steps,
             seed=args.seed,
             clamp=LengthClamp(args.max_prompt_tokens, args.max_completion_tokens),
+            busy_poll=args.busy_poll,
         )
         targets = load_targets([args.target])
         rows = select_rows(args.log)
