@@ -2,6 +2,7 @@
 """How exact and how fast is shadowreplay's load generator, next to its peers, on this machine?
 
     .venv/bin/python scripts/bench_loadgen.py [--quick] [--peers vllm,aiperf,guidellm] [--workdir DIR]
+        [--phases noise,timing,sustained] [--capacity-rps R]
 
 Everything runs on 127.0.0.1, each run bounded in requests and time. The scripted server
 (scripts/bench_scripted_server.py: tests/faulty_server.py with sub-millisecond token timing and a
@@ -19,11 +20,18 @@ ReplayWorker on its own event loop, without Ray).
 3. Timing error (a): TTFT error = measured TTFT - X and ITL error = each measured gap - Y, against
    the scripted truth (first token X ms after the request, then one every Y ms), at a low rate and
    at half capacity, for every tool. p50/p99/max of the absolute errors, the first tenth of each
-   run (warm-up: new connections) left out.
+   run (warm-up: new connections) left out. Ours runs as is and with `--busy-poll`, beside a
+   raw-socket floor client (scripts/bench_floor_client.py, also both ways), alternating for
+   several rounds: the platform's noise comes and goes, and the floor shows how much of a round's
+   error is the platform's. For ours and the floor, the error is also split into the server's part
+   and the client's own (scripts/bench_timing_split.py), against the server's record of when each
+   request arrived and each token was really written. The target is judged on the median round.
 4. Sustained rate (b): the highest constant rate a tool keeps its schedule at, lateness p99 <= 1 ms
    by its own record (its schedule where it keeps one, else the ideal grid i / rate from its send
    times) and no failed request, with short outputs so the server is no bottleneck: a doubling
    ladder, then bisection (ours) or one step (peers, whose runs cost 15-30 s of start-up each).
+   A peer that keeps p99 <= 1 ms at none of its rates sustains less than the lowest it ran: the
+   ratio is then printed as a bound.
 """
 
 from __future__ import annotations
@@ -129,8 +137,8 @@ def free_port() -> int:
 class ScriptedServer:
     """scripts/bench_scripted_server.py in its own process, pinned to `cpu`."""
 
-    def __init__(self, scenario: Scenario, cpu: int, log: Path, spin_ms: float | None = None, busy_poll: bool = False):
-        self.scenario, self.cpu, self.log, self.spin_ms, self.busy_poll = scenario, cpu, log, spin_ms, busy_poll
+    def __init__(self, scenario: Scenario, cpu: int, log: Path, spin_ms: float | None = None):
+        self.scenario, self.cpu, self.log, self.spin_ms = scenario, cpu, log, spin_ms
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -146,8 +154,6 @@ class ScriptedServer:
         ]
         if self.spin_ms is not None:
             command += ["--spin-ms", f"{self.spin_ms:g}"]
-        if self.busy_poll:
-            command.append("--busy-poll")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -591,7 +597,7 @@ class LoadgenBenchmark:
             print(f"\n== 3. timing error against the scripted truth (server on core {self.server_cpu}, spin on) ==")
             print(
                 f"  ours and the floor client, each as is and with --busy-poll, alternate for {self.budget.timing_rounds} "
-                "rounds per load (the platform's noise comes and goes); the server polls without sleeping"
+                "rounds per load (the platform's noise comes and goes)"
             )
             loads = [("low", self.budget.low_rate), ("half", half)]
             with ScriptedServer(TIMING, self.server_cpu, self.workdir / "server-timing.log") as server:

@@ -16,9 +16,9 @@ Three things are added to the faulty server, without changing its code:
   comes a further 0.2-0.3 ms late. This process runs the server on a `select(2)` event loop
   (microsecond timeouts) and waits the last `--spin-ms` (default 1 ms) before each token by
   yielding to the loop instead of sleeping. select() takes file descriptors below 1024 only,
-  which bounds the number of open connections; the benchmark stays far below it. With
-  `--busy-poll` the loop never sleeps at all (a full core): a sleeping virtual CPU wakes up late
-  when a request lands, which would delay the request's arrival stamp and so its whole script.
+  which bounds the number of open connections; the benchmark stays far below it. (Polling without
+  ever sleeping, as `replay --busy-poll` does, made things worse here: with both of the VM's
+  cores at 100%, the kernel's own work preempted one of the two processes for milliseconds.)
 - **Self-measurement.** Each token's send is stamped against its scripted moment (`lateness`) and
   again when its write returned; each request's arrival and the process's CPU time are kept.
   `GET /bench/stats` answers them as JSON (`?per_request=1`: every request's arrival and token
@@ -182,10 +182,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--itl-ms", type=float, required=True, help="then one token every this many ms")
     parser.add_argument("--tokens", type=int, default=16, help="output tokens when a request gives no max_tokens")
     parser.add_argument(
-        "--busy-poll", action="store_true",
-        help="the event loop polls without sleeping (a full core): requests are seen, and stamped, the moment they land",
-    )
-    parser.add_argument(
         "--spin-ms", type=float, default=DEFAULT_SPIN_MS,
         help="yield instead of sleeping for this long before each token (0: timers only, as the faulty server does)",
     )
@@ -195,15 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     web_server.RequestHandler = StampingRequestHandler  # what aiohttp's Server builds per connection
     script = Script(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens, finish_in_last_chunk=True)
 
-    async def poll_forever() -> None:
-        while True:
-            await asyncio.sleep(0)
-
     async def serve() -> None:
         server = BenchScriptedServer(script, args.port)
         await server.start()
-        if args.busy_poll:
-            asyncio.get_running_loop().create_task(poll_forever())
         gc.collect()
         gc.freeze()  # no full collection walks the imported modules while the server runs
         print(f"scripted server listening on {server.base_url}", flush=True)
