@@ -153,9 +153,7 @@ class ReplayWorker:
     def _warm_up_writer(self, clock: ClockMapping) -> None:
         """Encode a few result rows shaped like the run's (in memory, nothing written) before the
         run starts, so that its first shard does not pay pyarrow's first-use costs mid-run."""
-        plan_rows = self.shard.slice(0, WARM_UP_ROWS).drop_columns(
-            [c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names]
-        ).to_pylist()
+        plan_rows = self._read_columns().slice(0, WARM_UP_ROWS).to_pylist()
         token_times = [0.001 * (i + 1) for i in range(16)]
         outcome = StreamOutcome(
             sent=0.0, first_token=token_times[0], last_token=token_times[-1], done=token_times[-1], token_times=token_times,
@@ -259,9 +257,12 @@ class ReplayWorker:
         (about 6 us a row here: 1024 rows at once would hold it for several milliseconds). The
         columns the worker never reads are left in Arrow (`arrival_time` alone, as timezone-aware
         datetimes, cost more than all the others together: the worker times by `scheduled_s`)."""
-        shard = self.shard.drop_columns([c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names])
-        for batch in shard.to_batches(max_chunksize=ROWS_PER_CONVERSION):
+        for batch in self._read_columns().to_batches(max_chunksize=ROWS_PER_CONVERSION):
             yield from batch.to_pylist()
+
+    def _read_columns(self) -> pa.Table:
+        """The shard without the columns no worker reads (`UNREAD_PLAN_COLUMNS`)."""
+        return self.shard.drop_columns([c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names])
 
     def _record_unsent(self, row: dict, clock: ClockMapping) -> None:
         for target in self.targets:

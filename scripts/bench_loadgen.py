@@ -196,71 +196,67 @@ class ScriptedServer:
         self.stop()
 
 
-# -- our worker -------------------------------------------------------------------------------
+# -- our worker, and the floor client ----------------------------------------------------------
+def run_pinned(cpu: int, script: str, arguments: list[str], timeout_s: float, log: Path) -> dict:
+    """`scripts/<script>` pinned to `cpu`; its output goes to `log`, the JSON of its last stdout
+    line is returned (a failed run raises PeerRunFailed)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = ["taskset", "-c", str(cpu), sys.executable, str(SCRIPTS / script), *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise PeerRunFailed(f"{script} exited with {done.returncode}: {done.stderr.strip()[-400:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stamped_run(
+    tool: str, rate: float, count: int, send_s: np.ndarray, tokens_s: list[np.ndarray], wall_offset_s: float,
+    own_lateness_ms: np.ndarray,
+) -> tuple[ToolRun, ClientStamps]:
+    """A client's completed requests (send and token moments, seconds on its own clock, sorted by
+    send) as a ToolRun, and on the wall clock (+ `wall_offset_s`) to match with the server's record."""
+    run = ToolRun(
+        tool=tool,
+        offered_rps=rate,
+        scheduled=count,
+        send_s=send_s,
+        own_lateness_ms=own_lateness_ms,
+        ttft_ms=np.array([(t[0] - sent) * 1000.0 if len(t) else np.nan for t, sent in zip(tokens_s, send_s)]),
+        itl_ms=[np.diff(t) * 1000.0 for t in tokens_s],
+        failed=count - len(send_s),
+    )
+    return run, ClientStamps(send_s + wall_offset_s, [t + wall_offset_s for t in tokens_s])
+
+
 def run_ours(
     cpu: int, base_url: str, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
 ) -> tuple[ToolRun, ClientStamps]:
     """One shadowreplay worker process pinned to `cpu`, read back from its Parquet results: the run,
     and its send and token moments on the wall clock (to match with the server's record)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        "taskset", "-c", str(cpu), sys.executable, str(SCRIPTS / "bench_one_worker.py"), "--base-url", base_url,
-        "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens), "--out", str(workdir),
+    arguments = [
+        "--base-url", base_url, "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens), "--out", str(workdir),
     ] + (["--busy-poll"] if busy_poll else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=count / rate + 120)
-    (workdir / "worker.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise PeerRunFailed(f"worker exited with {done.returncode}: {done.stderr.strip()[-400:]}")
-    epoch = json.loads(done.stdout.strip().splitlines()[-1])["epoch"]
+    answer = run_pinned(cpu, "bench_one_worker.py", arguments, count / rate + 120, workdir / "worker.log")
     rows = pq.read_table(workdir / "results").to_pylist()
     ok = sorted((r for r in rows if r["status"] == "ok" and r["final"]), key=lambda r: r["sent_s"])
-    stamps = ClientStamps(
-        np.array([epoch + r["sent_s"] for r in ok]),
-        [epoch + r["sent_s"] + np.asarray(r["token_times_ms"], dtype=float) / 1000.0 for r in ok],
-    )
-    run = ToolRun(
-        tool=OURS_BUSY if busy_poll else OURS,
-        offered_rps=rate,
-        scheduled=count,
-        send_s=np.array([r["sent_s"] for r in ok]),
-        own_lateness_ms=np.array([r["lateness_ms"] for r in ok]),
-        ttft_ms=np.array([r["ttft_ms"] for r in ok]),
-        itl_ms=[np.diff(r["token_times_ms"]) for r in ok],
-        failed=count - len(ok),
-        achieved_rps=None,
-    )
-    return run, stamps
+    send_s = np.array([r["sent_s"] for r in ok])
+    tokens_s = [sent + np.asarray(r["token_times_ms"], dtype=float) / 1000.0 for sent, r in zip(send_s, ok)]
+    lateness = np.array([r["lateness_ms"] for r in ok])
+    return stamped_run(OURS_BUSY if busy_poll else OURS, rate, count, send_s, tokens_s, answer["epoch"], lateness)
 
 
 def run_floor(
     cpu: int, port: int, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
 ) -> tuple[ToolRun, ClientStamps]:
     """scripts/bench_floor_client.py pinned to `cpu`: the platform's floor under any client's timing."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        "taskset", "-c", str(cpu), sys.executable, str(SCRIPTS / "bench_floor_client.py"), "--port", str(port),
-        "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens),
-    ] + (["--busy-poll"] if busy_poll else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=count / rate + 120)
-    (workdir / "floor.log").write_text(done.stderr)
-    if done.returncode != 0:
-        raise PeerRunFailed(f"floor client exited with {done.returncode}: {done.stderr.strip()[-400:]}")
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    arguments = ["--port", str(port), "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens)]
+    arguments += ["--busy-poll"] if busy_poll else []
+    answer = run_pinned(cpu, "bench_floor_client.py", arguments, count / rate + 120, workdir / "floor.log")
     requests = sorted(answer["requests"], key=lambda r: r["sent"])
     send_s = np.array([r["sent"] for r in requests])
     tokens_s = [np.asarray(r["tokens"], dtype=float) for r in requests]
-    run = ToolRun(
-        tool=FLOOR_BUSY if busy_poll else FLOOR,
-        offered_rps=rate,
-        scheduled=count,
-        send_s=send_s,
-        own_lateness_ms=np.full(len(requests), np.nan),
-        ttft_ms=np.array([(t[0] - s0) * 1000.0 if len(t) else np.nan for t, s0 in zip(tokens_s, send_s)]),
-        itl_ms=[np.diff(t) * 1000.0 for t in tokens_s],
-        failed=count - len(requests),
-    )
-    offset = answer["wall_minus_perf"]
-    return run, ClientStamps(send_s + offset, [t + offset for t in tokens_s])
+    no_schedule = np.full(len(requests), np.nan)  # lateness by the ideal grid (ToolRun.lateness_ms)
+    return stamped_run(FLOOR_BUSY if busy_poll else FLOOR, rate, count, send_s, tokens_s, answer["wall_minus_perf"], no_schedule)
 
 
 # -- statistics ---------------------------------------------------------------------------------

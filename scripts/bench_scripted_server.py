@@ -145,15 +145,14 @@ class BenchScriptedServer(FaultyServer):
     the time aiohttp takes to parse and dispatch it is the server's, not the client's."""
 
     def _arrival(self, request: web.Request) -> float:
+        """The read's stamp, recorded with a fresh list for the request's token writes."""
         stamped = getattr(request.protocol, "last_read_at", None)
-        return stamped if stamped is not None else time.perf_counter()
-
-    async def _serve(self, request: web.Request, api: str) -> web.StreamResponse:
-        RECORD.arrivals_s.append(self._arrival(request))
+        arrived = stamped if stamped is not None else time.perf_counter()
+        RECORD.arrivals_s.append(arrived)
         writes: list[float] = []
         RECORD.token_writes_s.append(writes)
-        CURRENT_WRITES.set(writes)  # the handler runs in its own task, so in its own context
-        return await super()._serve(request, api)
+        CURRENT_WRITES.set(writes)  # called in the handler's own task, so in its own context
+        return arrived
 
     def app(self) -> web.Application:
         app = super().app()

@@ -199,7 +199,8 @@ class FaultyServer:
         return await self._serve(request, "completions")
 
     def _arrival(self, request: web.Request) -> float:
-        """The moment the script's clock starts for `request` (perf_counter): when its handler starts."""
+        """The moment the script's clock starts for `request` (perf_counter): when its handler starts.
+        Called once per request, first thing in its handler."""
         return time.perf_counter()
 
     async def _serve(self, request: web.Request, api: str) -> web.StreamResponse:
