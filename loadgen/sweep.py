@@ -4,7 +4,7 @@ every SLO (the replica's SLO capacity).
 
 Each load point is a complete run directory (results, manifest) under SWEEP_DIR/points/, so every
 figure of the curve is traceable to its rows and can be recomputed with `shadowreplay report`.
-The curve's figures come from analysis/summary.py, the one place metrics are defined.
+The curve's figures come from analysis/summary/run_summary.py, the one place metrics are defined.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from analysis.run_data import load_run
-from analysis.slo import Slo, format_slos
-from analysis.summary import summarize
-from analysis.telemetry_data import load_telemetry
-from loadgen.shapes import FixedConcurrency, LoadShape, Poisson
-from replay.manifest import write_manifest
-from replay.replay_plan import LengthClamp, build_plan
-from replay.replay_session import telemetry_samplers
-from replay.runner import RunSettings, run_plan
-from replay.telemetry.gpu_node_samplers import GpuNodeSamplers
-from replay.targets import TargetConfig
+from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.metrics.slo import Slo, format_slos
+from shadowreplay.analysis.summary.run_summary import summarize
+from shadowreplay.analysis.data.telemetry_data import load_telemetry
+from shadowreplay.loadgen.shapes import FixedConcurrency, LoadShape, Poisson
+from shadowreplay.replay.schemas.manifest import write_manifest
+from shadowreplay.replay.run.plan import LengthClamp, build_plan
+from shadowreplay.replay.run.replay_session import telemetry_samplers
+from shadowreplay.replay.run.runner import RunSettings, run_plan
+from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
+from shadowreplay.replay.targets.config import TargetConfig
 
 CURVE_SCHEMA = pa.schema(
     [

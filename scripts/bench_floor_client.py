@@ -32,7 +32,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from replay.clock_mapping import ClockMapping  # noqa: E402
+from shadowreplay.replay.clock import ClockMapping  # noqa: E402
 
 SPIN_BEFORE_SEND_S = 0.002
 START_LEAD_S = 0.5

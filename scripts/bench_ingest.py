@@ -42,7 +42,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "rows": table.num_ro
 
 OURS = """
 import json, sys, time
-from replay.ingest import IngestOptions, ingest
+from shadowreplay.replay.ingest import IngestOptions, ingest
 started = time.perf_counter()
 summary = ingest(sys.argv[1], sys.argv[2], IngestOptions(format="azure"))
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": summary.kept,

@@ -5,10 +5,10 @@
         [--phases noise,timing,sustained] [--capacity-rps R]
 
 Everything runs on 127.0.0.1, each run bounded in requests and time. The scripted server
-(scripts/bench_scripted_server.py: tests/faulty_server.py with sub-millisecond token timing and a
+(scripts/bench_scripted_server.py: tests/support/faulty_server.py with sub-millisecond token timing and a
 record of its own lateness) runs in its own process pinned to one core (`--server-cpu`); every load
 generator, ours and the peers', is pinned to the other (`--client-cpu`), one tool at a time.
-"Ours" is one shadowreplay worker process (scripts/bench_one_worker.py: replay/replay_worker.py's
+"Ours" is one shadowreplay worker process (scripts/bench_one_worker.py: replay/run/worker.py's
 ReplayWorker on its own event loop, without Ray).
 
 1. Platform noise: a pure spin loop on each core, counting stalls (the VM's own hiccups set a floor

@@ -1,7 +1,7 @@
 """One shadowreplay worker process sending a constant request rate to an OpenAI-compatible server.
 
 `python scripts/bench_one_worker.py --base-url URL --rate R --count N --tokens T --out DIR`
-runs exactly what a Ray replay worker runs (replay/replay_worker.py's `ReplayWorker`: its own
+runs exactly what a Ray replay worker runs (replay/run/worker.py's `ReplayWorker`: its own
 uvloop event loop, aiohttp session, streaming client and Parquet result shards), without Ray, in
 this one process, so the benchmark can pin it to one core and call the figures "per process".
 The plan is N completions requests of a fixed prompt asking for T tokens, the i-th scheduled at
@@ -26,10 +26,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from replay.replay_plan import build_plan  # noqa: E402
-from replay.replay_worker import ReplayWorker, WorkerSettings  # noqa: E402
-from replay.targets import TargetConfig, Timeouts  # noqa: E402
-from replay.traffic_log import TRAFFIC_LOG_SCHEMA  # noqa: E402
+from shadowreplay.replay.run.plan import build_plan  # noqa: E402
+from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings  # noqa: E402
+from shadowreplay.replay.targets.config import TargetConfig, Timeouts  # noqa: E402
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA  # noqa: E402
 
 START_LEAD_S = 0.5  # the first send is this long after the worker was built
 PROMPT = "Count slowly from one to one hundred, one number per line, and say nothing else."

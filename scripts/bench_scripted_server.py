@@ -1,4 +1,4 @@
-"""The benchmark's scripted truth: tests/faulty_server.py's server, run so that its timing is exact
+"""The benchmark's scripted truth: tests/support/faulty_server.py's server, run so that its timing is exact
 to well under a millisecond, and able to say how exact it was.
 
 Run as its own process (the benchmark pins it to its own core with `taskset`):
@@ -45,8 +45,8 @@ from aiohttp import web, web_protocol, web_server
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
 
 from tests import faulty_server  # noqa: E402  (needs the path above)
-from replay.clock_mapping import ClockMapping  # noqa: E402
-from tests.faulty_server import FaultyServer, Script  # noqa: E402
+from shadowreplay.replay.clock import ClockMapping  # noqa: E402
+from tests.support.faulty_server import FaultyServer, Script  # noqa: E402
 
 
 class ServerTimingRecord:

@@ -21,7 +21,7 @@ Three phases, everything on 127.0.0.1 and bounded in time:
      platform, GC and HTTP families a vLLM server exposes: about 600 lines, the size of a real vLLM
      0.32 page). `--metrics-page FILE` serves a captured page instead. The M endpoints are M URLs of
      that one server.
-3. A replay beside it: one replay worker process (replay/replay_worker.py's ReplayWorker, as
+3. A replay beside it: one replay worker process (replay/run/worker.py's ReplayWorker, as
    scripts/bench_one_worker.py runs it: its own event loop, aiohttp session, streaming client and
    Parquet result shards) sends `--replay-rate` requests/s for `--replay-tokens` tokens each to the
    scripted server (scripts/bench_scripted_server.py, another process) for `--replay-seconds`.
@@ -57,9 +57,9 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
-from replay.clock_mapping import ClockMapping  # noqa: E402
-from replay.telemetry.nvml_sampler import NvmlSampler  # noqa: E402
-from replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget  # noqa: E402
+from shadowreplay.replay.clock import ClockMapping  # noqa: E402
+from shadowreplay.replay.telemetry.nvml_sampler import NvmlSampler  # noqa: E402
+from shadowreplay.replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget  # noqa: E402
 
 TARGET_PCT_OF_CORE = 1.0
 NVML_HZ = 10.0
@@ -345,7 +345,7 @@ def replay_worker(args: argparse.Namespace) -> None:
     spec = importlib.util.spec_from_file_location("bench_one_worker", SCRIPTS / "bench_one_worker.py")
     one_worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(one_worker)
-    from replay.replay_worker import ReplayWorker, WorkerSettings
+    from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
 
     count = max(1, round(args.replay_rate * args.replay_seconds))
     out = Path(args.out)

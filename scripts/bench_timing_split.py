@@ -3,7 +3,7 @@
 The scripted server (scripts/bench_scripted_server.py) records, per request, when the request
 arrived and when each token chunk's write had returned; one worker (scripts/bench_one_worker.py)
 records when it sent each request and when each token arrived. Both stamp with perf_counter and map
-it to the wall clock by an offset each measured once (replay/clock_mapping.py); on one host both
+it to the wall clock by an offset each measured once (replay/clock.py); on one host both
 clocks are the same kernel clocks, so the two records share one timeline to about a microsecond.
 
 For each request (matched by order: the k-th request the client sent is the k-th the server saw,

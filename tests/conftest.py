@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from replay.vllm_server import (
+from shadowreplay.replay.targets.vllm_server import (
     EMBEDDED_DEFAULT_ARGS,
     EMBEDDED_DEFAULT_ENV,
     PROJECT_ROOT,

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.ingest.problems import QuarantineRecord, RowProblems
-from replay.traffic_log import TRAFFIC_LOG_SCHEMA
+from shadowreplay.replay.ingest.problems import QuarantineRecord, RowProblems
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 
 @dataclass

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from replay.ingest.errors import IngestError
-from replay.ingest.problems import QuarantineRecord
-from replay.ingest.source_files import READ_BYTES, one_line, open_source, read_blocks
+from shadowreplay.replay.ingest.errors import IngestError
+from shadowreplay.replay.ingest.problems import QuarantineRecord
+from shadowreplay.replay.ingest.source_files import READ_BYTES, one_line, open_source, read_blocks
 
 _QUOTE = ord('"')
 _NEWLINE = ord("\n")

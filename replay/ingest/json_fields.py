@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.ingest.casting import cast_locating_failures
-from replay.ingest.problems import RowProblems
+from shadowreplay.replay.ingest.casting import cast_locating_failures
+from shadowreplay.replay.ingest.problems import RowProblems
 
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PREFIX_BLOCK_IDS_TYPE = pa.list_(pa.int64())

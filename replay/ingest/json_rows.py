@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from replay.ingest.json_fields import to_json_text
-from replay.ingest.problems import QuarantineRecord, RowProblems
+from shadowreplay.replay.ingest.json_fields import to_json_text
+from shadowreplay.replay.ingest.problems import QuarantineRecord, RowProblems
 
 
 def scalar_text(value: Any) -> str | None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from replay.ingest.source_files import open_source, read_blocks
+from shadowreplay.replay.ingest.source_files import open_source, read_blocks
 
 JSONL_BLOCK_BYTES = 8 << 20
 

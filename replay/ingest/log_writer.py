@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from replay.ingest.parquet_output import arrival_micros, open_log_writer, stable_order
-from replay.ingest.run_merge import merge_runs
-from replay.traffic_log import TRAFFIC_LOG_SCHEMA
+from shadowreplay.replay.ingest.parquet_output import arrival_micros, open_log_writer, stable_order
+from shadowreplay.replay.ingest.run_merge import merge_runs
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 DEFAULT_RUN_ROWS = 1 << 20
 DEFAULT_RUN_BYTES = 64 << 20

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from replay.traffic_log import TRAFFIC_LOG_SCHEMA
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 ARRIVAL_COLUMN_INDEX = TRAFFIC_LOG_SCHEMA.get_field_index("arrival_time")
 # Low-cardinality columns get dictionary pages; ids and free text do not (it would only cost time).

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from replay.ingest.batch import SourceBatch
-from replay.ingest.detect import open_reader
-from replay.ingest.duplicates import DuplicateIds
-from replay.ingest.log_writer import TrafficLogWriter
-from replay.ingest.options import IngestOptions, IngestSummary
-from replay.ingest.prefetch import prefetch
-from replay.ingest.problems import QuarantineRecord
-from replay.ingest.quarantine import QuarantineWriter, quarantine_path
+from shadowreplay.replay.ingest.batch import SourceBatch
+from shadowreplay.replay.ingest.formats.detect import open_reader
+from shadowreplay.replay.ingest.duplicates import DuplicateIds
+from shadowreplay.replay.ingest.log_writer import TrafficLogWriter
+from shadowreplay.replay.ingest.options import IngestOptions, IngestSummary
+from shadowreplay.replay.ingest.prefetch import prefetch
+from shadowreplay.replay.ingest.problems import QuarantineRecord
+from shadowreplay.replay.ingest.quarantine import QuarantineWriter, quarantine_path
 
 
 def ingest(source: Path | str, output: Path | str, options: IngestOptions | None = None, *, run_rows: int | None = None) -> IngestSummary:

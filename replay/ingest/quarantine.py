@@ -19,7 +19,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from replay.ingest.problems import QuarantineRecord
+from shadowreplay.replay.ingest.problems import QuarantineRecord
 
 QUARANTINE_SCHEMA_VERSION = 1
 QUARANTINE_SCHEMA = pa.schema(

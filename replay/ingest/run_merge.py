@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from replay.ingest.parquet_output import arrival_micros, open_log_writer
+from shadowreplay.replay.ingest.parquet_output import arrival_micros, open_log_writer
 
 MIN_CHUNK_ROWS = 1024
 # A row takes about twice its Parquet size in Arrow's memory, and each chunk is held about twice

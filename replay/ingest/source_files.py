@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from replay.ingest.errors import IngestError
+from shadowreplay.replay.ingest.errors import IngestError
 
 READ_BYTES = 16 << 20
 

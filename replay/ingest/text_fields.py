@@ -7,9 +7,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.ingest.casting import cast_locating_failures
-from replay.ingest.problems import RowProblems
-from replay.traffic_log import API_VALUES
+from shadowreplay.replay.ingest.casting import cast_locating_failures
+from shadowreplay.replay.ingest.problems import RowProblems
+from shadowreplay.replay.schemas.traffic_log import API_VALUES
 
 
 def text_column(values: pa.Array, field: str, problems: RowProblems, *, reason: str = "invalid_value") -> pa.Array:

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.ingest.casting import cast_locating_failures
-from replay.ingest.problems import RowProblems
+from shadowreplay.replay.ingest.casting import cast_locating_failures
+from shadowreplay.replay.ingest.problems import RowProblems
 
 ARRIVAL_TYPE = pa.timestamp("us", tz="UTC")
 EPOCH_MS_FROM = 1e11

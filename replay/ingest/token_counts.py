@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.ingest.casting import cast_locating_failures
-from replay.ingest.problems import RowProblems
+from shadowreplay.replay.ingest.casting import cast_locating_failures
+from shadowreplay.replay.ingest.problems import RowProblems
 
 INT32_MAX = 2**31 - 1
 _INTEGER_TEXT = r"^-?[0-9]+$"

@@ -1,5 +1,5 @@
 """Telemetry taken beside a replay: GPU counters through NVML and server metrics from Prometheus
-endpoints, written to RUN_DIR/telemetry/ as long-form rows (replay/telemetry/schema.py).
+endpoints, written to RUN_DIR/telemetry/ as long-form rows (replay/schemas/telemetry.py).
 
 Both samplers are plain classes with `start(clock)`, `flush()`, `stop()` and `stats()`, sampling on
 a thread of their own. The runner runs the Prometheus sampler in its own process; NVML runs in one
@@ -14,7 +14,7 @@ from typing import Protocol
 class RunClock(Protocol):
     """Maps a time.perf_counter() reading of this process to seconds on the run's timeline.
 
-    replay.replay_worker.ClockMapping is one; build it in the process that samples (perf_counter
+    shadowreplay.replay.run.worker.ClockMapping is one; build it in the process that samples (perf_counter
     readings do not travel between hosts).
     """
 

@@ -33,9 +33,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from replay.clock_mapping import ClockMapping
-from replay.telemetry.nvml_sampler import DEFAULT_INTERVAL_S, DEFAULT_NVML_MODULE, NvmlSampler, load_nvml
-from replay.telemetry.schema import SOURCE_NVML
+from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.telemetry.nvml_sampler import DEFAULT_INTERVAL_S, DEFAULT_NVML_MODULE, NvmlSampler, load_nvml
+from shadowreplay.replay.schemas.telemetry import SOURCE_NVML
 
 log = logging.getLogger(__name__)
 

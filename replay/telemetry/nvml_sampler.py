@@ -1,6 +1,6 @@
 """GPU telemetry through NVML (nvidia-ml-py, `import pynvml`): every GPU of this host at 10 Hz.
 
-Each sample of each GPU gives the NVML_* metrics of replay/telemetry/schema.py: GPU and memory
+Each sample of each GPU gives the NVML_* metrics of replay/schemas/telemetry.py: GPU and memory
 utilisation (percent), memory used and total (bytes), power (watts), the total energy counter
 (joules since the driver loaded), SM clock (MHz) and temperature (degrees C). A reading the GPU
 does not support (NVML_ERROR_NOT_SUPPORTED) is dropped for that GPU after the first try; any other
@@ -28,8 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from replay.telemetry import RunClock
-from replay.telemetry.schema import (
+from shadowreplay.replay.telemetry import RunClock
+from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
     NVML_GPU_UTIL,
     NVML_MEM_TOTAL,

@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from replay.telemetry import RunClock
-from replay.telemetry.schema import SOURCE_PROMETHEUS, TelemetryShardWriter, bucket_metric
+from shadowreplay.replay.telemetry import RunClock
+from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, TelemetryShardWriter, bucket_metric
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class PrometheusSampler:
                 except TimeoutError:
                     pass
             # A last round at stop: requests that finished after the previous scrape are in the
-            # server's counters too, so the run's histograms cover every request (analysis/server_histograms.py).
+            # server's counters too, so the run's histograms cover every request (analysis/telemetry/server_histograms.py).
             await asyncio.gather(*(self.scrape_once(session, t) for t in self.targets), return_exceptions=True)
             self.rounds += 1
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or PROJECT_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if args.target == DEFAULT_TARGET:
-        from replay.vllm_server import default_tiny_model_dir
+        from shadowreplay.replay.targets.vllm_server import default_tiny_model_dir
 
         default_tiny_model_dir(build=True)  # built by scripts/setup.sh; built here if it is missing
     trace = resources.files("shadowreplay") / "data" / "azure_conv_first5min.csv"

@@ -1,14 +1,14 @@
 """`shadowreplay ingest SRC -o LOG.parquet`: a trace or request log into the canonical traffic log
-(replay/traffic_log.py), streaming; bad rows go to LOG.quarantine.parquet (replay/ingest/)."""
+(replay/schemas/traffic_log.py), streaming; bad rows go to LOG.quarantine.parquet (replay/ingest/)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from replay.ingest import DEFAULT_RELATIVE_START, FORMATS, IngestError, IngestOptions, IngestSummary, ingest
-from replay.ingest.times import parse_origin
-from replay.traffic_log import API_VALUES, COLUMNS
+from shadowreplay.replay.ingest import DEFAULT_RELATIVE_START, FORMATS, IngestError, IngestOptions, IngestSummary, ingest
+from shadowreplay.replay.ingest.times import parse_origin
+from shadowreplay.replay.schemas.traffic_log import API_VALUES, COLUMNS
 from shadowreplay.errors import UserError
 
 DESCRIPTION = f"""\

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.traffic_stats import traffic_stats
-    from replay.traffic_log import TrafficLogError
+    from shadowreplay.analysis.summary.traffic_stats import traffic_stats
+    from shadowreplay.replay.schemas.traffic_log import TrafficLogError
 
     if not args.log.exists():
         raise UserError(f"{args.log}: no such file")

@@ -1,6 +1,6 @@
 """`shadowreplay locust`: an interactive load test with Locust and our streaming user.
 
-Starts Locust (`python -m locust`) on loadgen/locust_user.py, which reports TTFT, ITL and e2e into
+Starts Locust (`python -m locust`) on loadgen/locust/user.py, which reports TTFT, ITL and e2e into
 Locust's statistics and writes our result rows to RUN_DIR, so `shadowreplay report RUN_DIR` works
 on the run. The locustfile is located, never imported here: importing Locust monkey-patches the
 standard library for gevent.
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
         "locust",
         help="interactive load test of one target with Locust (web UI or headless), writing our result rows",
         description=(
-            "Start Locust with shadowreplay's streaming user (loadgen/locust_user.py) against the target of "
+            "Start Locust with shadowreplay's streaming user (loadgen/locust/user.py) against the target of "
             "--target: each user sends one request after another (closed loop), drawn at random from LOG's own "
             "prompt/output mix, or with synthesized lengths (--prompt-tokens/--completion-tokens, which need "
             "the target's tokenizer) without --log. Locust's statistics show `ttft` (time to first token), "
@@ -66,10 +66,10 @@ def add_parser(subparsers) -> None:
 
 
 def locustfile() -> Path:
-    """Where loadgen/locust_user.py is, found without importing it (that would import Locust)."""
-    spec = importlib.util.find_spec("loadgen.locust_user")
+    """Where loadgen/locust/user.py is, found without importing it (that would import Locust)."""
+    spec = importlib.util.find_spec("shadowreplay.loadgen.locust.user")
     if spec is None or spec.origin is None:
-        raise UserError("loadgen/locust_user.py is not importable; is shadowreplay installed?")
+        raise UserError("loadgen/locust/user.py is not importable; is shadowreplay installed?")
     return Path(spec.origin)
 
 
@@ -116,8 +116,8 @@ def locust_command(args: argparse.Namespace, base_url: str | None) -> list[str]:
 
 def _check_inputs(args: argparse.Namespace):
     """The target, checked, and the log's schema; one clear line for each mistake."""
-    from replay.targets import TargetConfigError, load_target
-    from replay.traffic_log import TrafficLogError, open_traffic_log
+    from shadowreplay.replay.targets.config import TargetConfigError, load_target
+    from shadowreplay.replay.schemas.traffic_log import TrafficLogError, open_traffic_log
 
     try:
         target = load_target(args.target)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         base_url, servers = None, []
         if target.kind == "vllm":
-            from replay.replay_session import start_local_servers  # imports Ray: only where a server is started
+            from shadowreplay.replay.run.replay_session import start_local_servers  # imports Ray: only where a server is started
 
             try:
                 (live,), servers = start_local_servers([target], args.output, stack)

@@ -42,8 +42,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from loadgen.shapes import TraceScaled
-    from replay.replay_session import ReplayRequest, replay_log
+    from shadowreplay.loadgen.shapes import TraceScaled
+    from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 
     def trace_scaled(offsets: np.ndarray) -> np.ndarray:
         return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))

@@ -1,7 +1,7 @@
 """`shadowreplay report RUN_DIR`: latency, throughput, goodput, errors, cost and GPU use per target and tag.
 
 Reads only RUN_DIR's Parquet results, telemetry and manifest (analysis/) and a price file, writes
-RUN_DIR/summary.json (keys documented in analysis/summary.py) and RUN_DIR/report.html (analysis/
+RUN_DIR/summary.json (keys documented in analysis/summary/run_summary.py) and RUN_DIR/report.html (analysis/
 html_report.py), and prints the summary as tables, or as JSON with --json.
 """
 
@@ -16,17 +16,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from analysis import metrics
-from analysis.cost import RUN_SPAN, CostError, MonthlyVolume
-from analysis.html_report import write_run_report
-from analysis.prices import DEFAULT_PRICES_PATH, PriceBook, PriceError, load_prices
-from analysis.run_data import RunDataError, load_run
-from analysis.slo import EXAMPLE, SLO_METRICS, SloError, parse_slos
-from analysis.summary import summarize, write_summary
-from analysis.summary_tables import SummaryTable, summary_tables
-from analysis.telemetry_data import TelemetryDataError, load_telemetry
-from analysis.traffic_stats import traffic_stats
-from replay.traffic_log import TrafficLogError
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.cost.model import RUN_SPAN, CostError, MonthlyVolume
+from shadowreplay.analysis.report.run_page import write_run_report
+from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, PriceBook, PriceError, load_prices
+from shadowreplay.analysis.data.run_data import RunDataError, load_run
+from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, SloError, parse_slos
+from shadowreplay.analysis.summary.run_summary import summarize, write_summary
+from shadowreplay.analysis.summary.tables import SummaryTable, summary_tables
+from shadowreplay.analysis.data.telemetry_data import TelemetryDataError, load_telemetry
+from shadowreplay.analysis.summary.traffic_stats import traffic_stats
+from shadowreplay.replay.schemas.traffic_log import TrafficLogError
 from shadowreplay.errors import UserError
 
 MET_STYLES = {"yes": "[green]yes[/green]", "no": "[red]no[/red]"}

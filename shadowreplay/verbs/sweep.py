@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.slo import SloError, parse_slos
-    from analysis.sweep_report import write_sweep_report
-    from loadgen.sweep import LoadSweep, SweepSettings
-    from replay.replay_plan import LengthClamp, parse_duration_s, select_rows
-    from replay.replay_session import start_local_servers
-    from replay.runner import start_ray
-    from replay.targets import load_targets, read_keys
+    from shadowreplay.analysis.metrics.slo import SloError, parse_slos
+    from shadowreplay.analysis.report.sweep_page import write_sweep_report
+    from shadowreplay.loadgen.sweep import LoadSweep, SweepSettings
+    from shadowreplay.replay.run.plan import LengthClamp, parse_duration_s, select_rows
+    from shadowreplay.replay.run.replay_session import start_local_servers
+    from shadowreplay.replay.run.runner import start_ray
+    from shadowreplay.replay.targets.config import load_targets, read_keys
 
     if not 0 < args.start <= args.stop:
         raise UserError("--from must be positive and not above --to")

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_busy_poll(parser: argparse.ArgumentParser) -> None:
-    """`--busy-poll`: replay/replay_worker.py's `busy_poll` setting."""
+    """`--busy-poll`: replay/run/worker.py's `busy_poll` setting."""
     parser.add_argument(
         "--busy-poll", action="store_true",
         help="workers' event loops poll without sleeping, so a token is stamped without waiting for a "

@@ -1,0 +1,330 @@
+"""The metric vocabulary of shared/DESIGN.md, each metric defined once as a polars expression.
+
+Every report, sweep curve, capacity plan and shadow comparison computes its figures through this
+module; nothing else restates a formula. The expressions read result rows (replay/schemas/results.py
+columns) and are meant for a frame of *final* rows (`RunData.final_rows`): a non-final row is an
+attempt that was retried, and counts only in the attempt figures.
+
+Conventions, stated once:
+- Populations. Latency metrics (TTFT, ITL, TPOT, e2e and the from-scheduled latencies) are taken
+  over final rows with status `ok`; lateness over final rows that were sent (any status); errors
+  are final rows whose status is not `ok`; throughput and goodput count final `ok` rows whose
+  `done_s` falls in the steady window.
+- Percentiles: `PERCENTILE_METHOD`, linear interpolation between the two nearest ranks (numpy's
+  default `linear`, Hyndman & Fan type 7): for sorted values x[0..n-1], the p-th percentile is
+  x[i] + (x[i+1] - x[i]) * f where i + f = (n - 1) * p / 100. Nulls are ignored; no values -> null.
+- The steady window (`steady_window`): from the first scheduled send plus a warm-up to the last
+  scheduled send (the drain after it is excluded). The warm-up defaults to
+  `DEFAULT_WARMUP_FRACTION` of the schedule span and can be given in seconds instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+from shadowreplay.analysis.metrics.slo import SLO_METRICS, Slo
+
+PERCENTILE_METHOD: Literal["linear"] = "linear"
+REPORTED_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
+MISMATCH_TOLERANCE = 0.02
+DEFAULT_WARMUP_FRACTION = 0.10
+
+
+class WindowError(ValueError):
+    """A steady-window request that leaves no window (e.g. a warm-up longer than the schedule)."""
+
+
+# ---- row populations ------------------------------------------------------------------------
+
+
+def is_ok() -> pl.Expr:
+    """A request that completed: status == "ok"."""
+    return pl.col("status") == "ok"
+
+
+def is_error() -> pl.Expr:
+    """A request that failed: status != "ok" (on final rows: the request's outcome)."""
+    return pl.col("status") != "ok"
+
+
+# ---- per-request metrics --------------------------------------------------------------------
+
+
+def ttft_ms() -> pl.Expr:
+    """TTFT = first output token (content or reasoning) - send, in ms (`ttft_ms` as the client stamped it)."""
+    return pl.col("ttft_ms").alias("ttft_ms")
+
+
+def itl_gaps_ms() -> pl.Expr:
+    """ITL of one request = [t[i] - t[i-1] for consecutive entries of token_times_ms], in ms (a list)."""
+    return pl.col("token_times_ms").list.diff(null_behavior="drop").alias("itl_gaps_ms")
+
+
+def itl_ms() -> pl.Expr:
+    """ITL = every gap between consecutive output tokens, all requests' gaps exploded into one column, ms."""
+    return itl_gaps_ms().explode().drop_nulls().alias("itl_ms")
+
+
+def token_arrivals_s() -> pl.Expr:
+    """Token arrivals on the run's timeline = [sent_s + t / 1000 for t in token_times_ms], in s (a list)."""
+    return (pl.col("sent_s") + pl.col("token_times_ms") / 1000.0).alias("token_arrivals_s")
+
+
+def itl_gap_ends_s() -> pl.Expr:
+    """When each ITL gap ends = token_arrivals_s without its first entry, in run s (a list aligned with itl_gaps_ms)."""
+    return token_arrivals_s().list.slice(1).alias("itl_gap_ends_s")
+
+
+def output_tokens() -> pl.Expr:
+    """Output tokens = completion_tokens (server usage) when given, else client_tokens (client count)."""
+    return pl.coalesce(pl.col("completion_tokens"), pl.col("client_tokens")).alias("output_tokens")
+
+
+def e2e_ms() -> pl.Expr:
+    """e2e = last output token - send, in ms (`e2e_ms` as the client stamped it)."""
+    return pl.col("e2e_ms").alias("e2e_ms")
+
+
+def tpot_ms() -> pl.Expr:
+    """TPOT = (e2e - TTFT) / (output tokens - 1), ms; null when output tokens <= 1."""
+    tokens = output_tokens()
+    return (
+        pl.when(tokens > 1)
+        .then((pl.col("e2e_ms") - pl.col("ttft_ms")) / (tokens - 1))
+        .otherwise(None)
+        .alias("tpot_ms")
+    )
+
+
+def sched_ttft_ms() -> pl.Expr:
+    """TTFT from the schedule = (first_token_s - scheduled_s) * 1000: counts client queueing (coordinated omission)."""
+    return ((pl.col("first_token_s") - pl.col("scheduled_s")) * 1000.0).alias("sched_ttft_ms")
+
+
+def sched_e2e_ms() -> pl.Expr:
+    """e2e from the schedule = (done_s - scheduled_s) * 1000: includes client queueing and retries' waits."""
+    return ((pl.col("done_s") - pl.col("scheduled_s")) * 1000.0).alias("sched_e2e_ms")
+
+
+def lateness_ms() -> pl.Expr:
+    """Lateness = send - scheduled send, in ms (`lateness_ms`): how far the load generator fell behind."""
+    return pl.col("lateness_ms").alias("lateness_ms")
+
+
+def token_mismatch() -> pl.Expr:
+    """Mismatch = |completion_tokens - client_tokens| / completion_tokens > 2%; null unless both counts are given."""
+    server = pl.col("completion_tokens").cast(pl.Float64)
+    client = pl.col("client_tokens").cast(pl.Float64)
+    # Written without the division so that a server count of 0 compares cleanly (0 vs 0 is no mismatch).
+    return ((server - client).abs() > MISMATCH_TOLERANCE * server).alias("token_mismatch")
+
+
+# ---- latency samples and percentiles --------------------------------------------------------
+
+LATENCY_METRICS: dict[str, str] = {
+    **SLO_METRICS,
+    "lateness": "send after the scheduled send time (load generator health)",
+}
+"""Every latency metric the summary reports, by name; the SLO metrics are a subset."""
+
+
+def latency_values(metric: str) -> pl.Expr:
+    """The values a latency metric's statistics are taken over, for use in `select`/`agg` on final rows.
+
+    TTFT, TPOT, e2e, sched_ttft, sched_e2e: one value per final `ok` row; ITL: every gap of those
+    rows; lateness: one value per final row that was sent. Nulls dropped.
+    """
+    if metric == "itl":
+        return itl_gaps_ms().filter(is_ok()).explode().drop_nulls().alias("itl_ms")
+    if metric == "lateness":
+        return lateness_ms().drop_nulls()
+    return _PER_REQUEST[metric]().filter(is_ok()).drop_nulls()
+
+
+def percentile(values: pl.Expr, p: float) -> pl.Expr:
+    """The p-th percentile (0 < p <= 100) of `values` by PERCENTILE_METHOD (linear interpolation)."""
+    return values.quantile(p / 100.0, interpolation=PERCENTILE_METHOD)
+
+
+def percentile_key(p: float) -> str:
+    """The key naming a percentile in summaries: 50 -> `p50`, 99.9 -> `p99.9`."""
+    text = repr(float(p))
+    return "p" + (text[:-2] if text.endswith(".0") else text)
+
+
+# ---- SLOs and goodput -----------------------------------------------------------------------
+
+_PER_REQUEST = {
+    "ttft": ttft_ms,
+    "tpot": tpot_ms,
+    "e2e": e2e_ms,
+    "sched_ttft": sched_ttft_ms,
+    "sched_e2e": sched_e2e_ms,
+}
+# Metrics whose absence on an ok request means "nothing to violate" (fewer than two tokens).
+_NULL_MEETS = {"tpot", "itl"}
+assert set(_PER_REQUEST) | {"itl"} == set(SLO_METRICS), "every SLO metric needs a per-request expression"
+
+
+def request_value(slo: Slo) -> pl.Expr:
+    """A request's own value for an SLO: its metric (for ITL: the SLO's percentile of its own gaps), ms."""
+    if slo.metric == "itl":
+        within = pl.element().quantile(slo.percentile / 100.0, interpolation=PERCENTILE_METHOD)
+        return itl_gaps_ms().list.eval(within).list.first()
+    return _PER_REQUEST[slo.metric]()
+
+
+def meets_slo(slo: Slo) -> pl.Expr:
+    """Per request: request_value(slo) <= threshold_ms; a missing TPOT/ITL (< 2 tokens) meets it, other gaps fail."""
+    value = request_value(slo)
+    missing = pl.lit(slo.metric in _NULL_MEETS)
+    return pl.when(value.is_null()).then(missing).otherwise(value <= slo.threshold_ms).alias(f"meets_{slo.name}")
+
+
+def meets_all_slos(slos: Sequence[Slo]) -> pl.Expr:
+    """Per request: status ok and meets_slo for every SLO (just status ok when there are none)."""
+    good = is_ok()
+    for slo in slos:
+        good = good & meets_slo(slo)
+    return good.alias("meets_all_slos")
+
+
+# ---- the steady window and rates ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The interval, in run seconds, over which throughput and goodput are measured.
+
+    kind `steady`: [first scheduled send + warm-up, last scheduled send]. kind `whole_run`
+    (used when that interval is empty and no warm-up was asked for, e.g. every request scheduled
+    at once): [first scheduled send, last done]. A request counts when its `done_s` is inside,
+    both ends included.
+    """
+
+    kind: Literal["steady", "whole_run"]
+    start_s: float
+    end_s: float
+    warmup_s: float
+    schedule_start_s: float
+    schedule_end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.end_s - self.start_s, 0.0)
+
+    def contains_done(self) -> pl.Expr:
+        """start_s <= done_s <= end_s."""
+        return pl.col("done_s").is_between(self.start_s, self.end_s, closed="both")
+
+    def rate(self, count: float) -> float | None:
+        """count / duration_s, or None for an empty window."""
+        return count / self.duration_s if self.duration_s > 0 else None
+
+
+def steady_window(
+    final_rows: pl.DataFrame,
+    warmup_s: float | None = None,
+    warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+) -> Window:
+    """The steady window of a run from its final rows (all targets share one schedule).
+
+    warm-up = `warmup_s` if given, else `warmup_fraction` x (last - first scheduled send).
+    Raises WindowError when an explicit warm-up leaves nothing, or when no row has a schedule.
+    """
+    if warmup_s is not None and warmup_s < 0:
+        raise WindowError(f"warm-up {warmup_s} s is negative")
+    bounds = final_rows.select(
+        pl.col("scheduled_s").min().alias("first"),
+        pl.col("scheduled_s").max().alias("last"),
+        pl.col("done_s").max().alias("done"),
+    ).row(0, named=True)
+    first, last, done = bounds["first"], bounds["last"], bounds["done"]
+    if first is None or last is None:
+        raise WindowError("no result row has a scheduled_s; cannot place a steady window")
+    span = last - first
+    warmup = warmup_s if warmup_s is not None else warmup_fraction * span
+    start = first + warmup
+    if start < last:
+        return Window("steady", start, last, warmup, first, last)
+    if warmup_s is not None and warmup_s > 0:
+        raise WindowError(f"a warm-up of {warmup_s:g} s leaves no steady window: the schedule spans {span:g} s")
+    end = done if done is not None and done > first else first
+    return Window("whole_run", first, end, 0.0, first, last)
+
+
+def completed_in_window(window: Window) -> pl.Expr:
+    """Per request: status ok and start_s <= done_s <= end_s (what throughput counts)."""
+    return (is_ok() & window.contains_done()).alias("completed_in_window")
+
+
+def _per_window_second(count: pl.Expr, window: Window) -> pl.Expr:
+    if window.duration_s <= 0:
+        return pl.lit(None, dtype=pl.Float64)
+    return count.cast(pl.Float64) / window.duration_s
+
+
+def requests_per_s(window: Window) -> pl.Expr:
+    """Requests/s = (final ok rows with done_s in the window) / window duration (aggregate)."""
+    return _per_window_second(completed_in_window(window).sum(), window).alias("requests_per_s")
+
+
+def output_tokens_per_s(window: Window) -> pl.Expr:
+    """Output tokens/s = sum of output_tokens over final ok rows done in the window / window duration (aggregate)."""
+    tokens = output_tokens().filter(completed_in_window(window)).sum()
+    return _per_window_second(tokens, window).alias("output_tokens_per_s")
+
+
+def goodput_rps(window: Window, slos: Sequence[Slo]) -> pl.Expr:
+    """Goodput = (final ok rows done in the window that meet every SLO) / window duration, requests/s (aggregate)."""
+    good = (completed_in_window(window) & meets_all_slos(slos)).sum()
+    return _per_window_second(good, window).alias("goodput_rps")
+
+
+def error_rate() -> pl.Expr:
+    """Error rate = final rows with status != ok / final rows (aggregate; null when there are none)."""
+    return (
+        pl.when(pl.len() > 0).then(is_error().sum().cast(pl.Float64) / pl.len()).otherwise(None).alias("error_rate")
+    )
+
+
+# ---- billed tokens (the cost model's inputs) --------------------------------------------------
+
+
+def is_billed(bill_failed: bool = False) -> pl.Expr:
+    """Billed = final row with status ok; with bill_failed, every final row (failed ones pay for what they got)."""
+    return pl.col("final") if bill_failed else pl.col("final") & is_ok()
+
+
+def input_tokens() -> pl.Expr:
+    """Input tokens = prompt_tokens (server usage) when given, else expected_prompt_tokens (what the replay sent)."""
+    return pl.coalesce(pl.col("prompt_tokens"), pl.col("expected_prompt_tokens")).alias("input_tokens")
+
+
+def cached_input_tokens() -> pl.Expr:
+    """Cached input tokens = 0: results schema v1 has no cached-prompt-token column (all input bills as uncached)."""
+    return pl.lit(0, dtype=pl.Int64).alias("cached_input_tokens")
+
+
+# ---- GPU telemetry (long-form samples: run_id, source, host, device, t_s, metric, value) -------
+
+
+def telemetry_values(metric: str) -> pl.Expr:
+    """The sample values of one telemetry metric (e.g. gpu_util_pct), nulls dropped."""
+    return pl.col("value").filter(pl.col("metric") == metric).drop_nulls()
+
+
+def counter_delta() -> pl.Expr:
+    """Counter increase = value at the last t_s - value at the first t_s (samples of one counter on one device)."""
+    ordered = pl.col("value").sort_by("t_s")
+    return (ordered.last() - ordered.first()).alias("counter_delta")
+
+
+def trapezoid_integral() -> pl.Expr:
+    """Integral over time = sum of (v[i] + v[i-1]) / 2 x (t[i] - t[i-1]) over consecutive samples sorted by t_s."""
+    value, t = pl.col("value").sort_by("t_s"), pl.col("t_s").sort()
+    return ((value + value.shift(1)) / 2 * t.diff()).sum().alias("trapezoid_integral")

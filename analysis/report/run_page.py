@@ -1,0 +1,274 @@
+"""RUN_DIR/report.html: a run's load, latency, GPU and server telemetry, tables and cost in one offline page.
+
+Contents, top to bottom:
+- Over time (one shared time axis, run seconds, the steady window shaded): offered request rate
+  (scheduled sends) and completions and errors per target; TTFT p50 and p95 per target by send
+  time; when telemetry exists, GPU utilisation and power per GPU (NVML) and vLLM's KV-cache usage
+  and running/waiting requests per target (Prometheus).
+- Latency distributions per target: TTFT, ITL, TPOT and e2e as percentile curves.
+- The summary's tables (analysis/summary/tables.py), with the cost and GPU tables when present,
+  and the definitions behind every figure.
+Time series are binned (`time_bin_s`: about 60 bins across the run) and distributions drawn at
+fixed percentiles, so the page's size does not grow with the number of requests or samples.
+Every statistic is computed by analysis/metrics/table.py; this module only bins, draws and lays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.report.charts import Band, ColourMap, Panel, Series, quantile_grid, stacked_panels
+from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
+from shadowreplay.analysis.data.run_data import RunData
+from shadowreplay.analysis.summary.tables import summary_tables
+from shadowreplay.analysis.data.telemetry_data import VLLM_KV_CACHE_USAGE, VLLM_RUNNING, VLLM_WAITING, Telemetry
+from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
+
+REPORT_NAME = "report.html"
+SeriesLabel = Callable[[str | None, str | None], str]
+"""Names a telemetry series from its (host, device)."""
+TARGET_BINS = 60
+NICE_BIN_STEPS_S = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+DISTRIBUTION_PERCENTILES = (
+    *(float(p) for p in range(0, 90)),
+    *(90 + 0.5 * i for i in range(18)),
+    99.5,
+    99.9,
+    100.0,
+)
+DISTRIBUTION_METRICS = ("ttft", "itl", "tpot", "e2e")
+DISTRIBUTION_LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "e2e"}
+
+
+def time_bin_s(span_s: float) -> float:
+    """The smallest step of NICE_BIN_STEPS_S that cuts `span_s` into at most TARGET_BINS bins."""
+    return next((step for step in NICE_BIN_STEPS_S if span_s / step <= TARGET_BINS), NICE_BIN_STEPS_S[-1])
+
+
+def _bin(column: str, bin_s: float) -> pl.Expr:
+    """The index of the `bin_s`-wide time bin holding `column`'s value (bin i spans [i, i + 1) x bin_s)."""
+    return (pl.col(column) / bin_s).floor().cast(pl.Int64).alias("bin")
+
+
+def _series(frame: pl.DataFrame, name: str, value: str, bin_s: float, **style: Any) -> Series:
+    """A line through the bins' centres."""
+    ordered = frame.sort("bin")
+    centres = (ordered.get_column("bin") * bin_s + bin_s / 2).to_list()
+    return Series(name, centres, ordered.get_column(value).to_list(), **style)
+
+
+def _on_grid(binned: pl.DataFrame, grid: pl.DataFrame, fill: float | None) -> pl.DataFrame:
+    """`binned` on every bin of `grid`: an empty bin is `fill` (0 for a count, None, a gap, for a statistic)."""
+    joined = grid.join(binned, on="bin", how="left")
+    return joined if fill is None else joined.fill_null(fill)
+
+
+def load_panels(final_rows: pl.DataFrame, bin_s: float, colours: ColourMap) -> list[Panel]:
+    """Request rate (offered, completed, errors) and TTFT p50/p95 over time, binned by `bin_s`.
+
+    Rates are drawn on every bin from the first scheduled send to the last request done, so a stall
+    shows as zero; a bin without a TTFT is a gap in its line.
+    """
+    first, last = final_rows.select(
+        _bin("scheduled_s", bin_s).min().alias("first"),
+        pl.max_horizontal(_bin("done_s", bin_s).max(), _bin("scheduled_s", bin_s).max()).alias("last"),
+    ).row(0)
+    grid = pl.DataFrame({"bin": range(first, last + 1) if first is not None else []}, schema={"bin": pl.Int64})
+    offered = _on_grid(
+        final_rows.unique("request_id")
+        .filter(pl.col("scheduled_s").is_not_null())
+        .group_by(_bin("scheduled_s", bin_s))
+        .agg((pl.len() / bin_s).alias("rate")),
+        grid,
+        0.0,
+    )
+    rate_series = [_series(offered, "offered (scheduled)", "rate", bin_s, colour="#52606d", dash="dot")]
+    ttft_series = []
+    for target in sorted(final_rows.get_column("target").unique().to_list()):
+        rows = final_rows.filter(pl.col("target") == target)
+        done = (
+            rows.filter(pl.col("done_s").is_not_null())
+            .group_by(_bin("done_s", bin_s))
+            .agg((metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors"))
+            .pipe(_on_grid, grid, 0.0)
+        )
+        rate_series.append(_series(done, target, "completed", bin_s, colour=colours(target)))
+        if done.get_column("errors").sum() > 0:
+            rate_series.append(
+                _series(
+                    done, f"{target} errors", "errors", bin_s, colour=colours(target), dash="dash", mode="lines+markers"
+                )
+            )
+        ttft = (
+            rows.filter(pl.col("sent_s").is_not_null())
+            .group_by(_bin("sent_s", bin_s))
+            .agg(
+                metrics.percentile(metrics.latency_values("ttft"), 50.0).alias("p50"),
+                metrics.percentile(metrics.latency_values("ttft"), 95.0).alias("p95"),
+            )
+            .pipe(_on_grid, grid, None)
+        )
+        ttft_series.append(_series(ttft, target, "p95", bin_s, colour=colours(target)))
+        ttft_series.append(_series(ttft, f"{target} p50", "p50", bin_s, colour=colours(target), dash="dot"))
+    return [
+        Panel(f"Request rate (per {bin_s:g} s bin)", "requests/s", rate_series),
+        Panel("TTFT by send time: p95 (solid), p50 (dotted)", "ms", ttft_series),
+    ]
+
+
+def _telemetry_series(
+    samples: pl.DataFrame,
+    metric: str | tuple[str, ...],
+    bin_s: float,
+    label: SeriesLabel,
+    colours: ColourMap,
+    scale: float = 1.0,
+    **style: Any,
+) -> list[Series]:
+    """One line per (host, device): the bins' mean of `metric` (the first name of a tuple that has samples) x scale."""
+    names = (metric,) if isinstance(metric, str) else metric
+    chosen = next((name for name in names if (samples.get_column("metric") == name).any()), None)
+    if chosen is None:
+        return []
+    binned = (
+        samples.filter(pl.col("metric") == chosen)
+        .group_by("host", "device", _bin("t_s", bin_s))
+        .agg((pl.col("value").mean() * scale).alias("value"))
+    )
+    series = []
+    for (host, device), rows in sorted(binned.group_by("host", "device"), key=lambda item: str(item[0])):
+        name = label(host, device)
+        series.append(_series(rows, name, "value", bin_s, colour=colours(name), **style))
+    return series
+
+
+def telemetry_panels(telemetry: Telemetry | None, bin_s: float, colours: ColourMap) -> list[Panel]:
+    """GPU utilisation and power per GPU, KV-cache usage and the server's queue per target; only those with data."""
+    if telemetry is None:
+        return []
+    panels = []
+    nvml = telemetry.source(SOURCE_NVML)
+    if nvml.height:
+        hosts = nvml.get_column("host").n_unique()
+
+        def gpu_label(host: str | None, device: str | None) -> str:
+            return f"GPU {host}:{device}" if hosts > 1 else f"GPU {device}"
+
+        util = _telemetry_series(nvml, NVML_GPU_UTIL, bin_s, gpu_label, colours)
+        power = _telemetry_series(nvml, NVML_POWER, bin_s, gpu_label, colours)
+        if util:
+            panels.append(Panel("GPU utilisation (NVML)", "%", util))
+        if power:
+            panels.append(Panel("GPU power (NVML)", "W", power))
+    server = telemetry.source(SOURCE_PROMETHEUS)
+    if server.height:
+        kv = _telemetry_series(server, VLLM_KV_CACHE_USAGE, bin_s, lambda _, device: device, colours, scale=100.0)
+        if kv:
+            panels.append(Panel("KV-cache usage (vLLM /metrics)", "%", kv))
+        queue = _telemetry_series(server, VLLM_RUNNING, bin_s, lambda _, device: f"{device} running", colours)
+        queue += _telemetry_series(
+            server, VLLM_WAITING, bin_s, lambda _, device: f"{device} waiting", colours, dash="dot"
+        )
+        if queue:
+            panels.append(Panel("Requests in the server (vLLM /metrics)", "requests", queue))
+    return panels
+
+
+def distribution_panels(final_rows: pl.DataFrame, colours: ColourMap) -> list[Panel]:
+    """Percentile curves of TTFT, ITL, TPOT and e2e per target (metrics.latency_values populations)."""
+    targets = sorted(final_rows.get_column("target").unique().to_list())
+    panels = []
+    for name in DISTRIBUTION_METRICS:
+        # The population once per target, then every percentile over that plain column.
+        values = final_rows.group_by("target").agg(metrics.latency_values(name).alias("v")).explode("v")
+        quantiles = values.group_by("target").agg(
+            *(metrics.percentile(pl.col("v"), p).alias(str(i)) for i, p in enumerate(DISTRIBUTION_PERCENTILES))
+        )
+        by_target = {row["target"]: row for row in quantiles.iter_rows(named=True)}
+        series = []
+        for target in targets:
+            row = by_target.get(target) or {}
+            points = [(row[str(i)], p) for i, p in enumerate(DISTRIBUTION_PERCENTILES) if row.get(str(i)) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                series.append(Series(target, xs, ys, colour=colours(target)))
+        panels.append(Panel(DISTRIBUTION_LABELS[name], "ms", series))
+    return panels
+
+
+def _subtitle(summary: dict[str, Any]) -> str:
+    source, window = summary["source"], summary["window"]
+    targets = len(summary["targets"])
+    text = (
+        f"{summary['run_dir']} · {targets} target{'s' if targets != 1 else ''}, {source['final_rows']} final rows "
+        f"({source['rows']} attempts) · {window['kind']} window {window['start_s']:.2f}–{window['end_s']:.2f} s"
+    )
+    if summary["slos"]:
+        text += " · SLOs: " + ", ".join(summary["slos"])
+    return text
+
+
+def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry | None) -> ReportPage:
+    """The run report's page from its summary (analysis/summary/run_summary.py), result rows and telemetry."""
+    page = ReportPage(
+        f"shadowreplay run {summary['run_id'] or '?'}", _subtitle(summary), summary.get("shadowreplay_version")
+    )
+    final = run.final_rows
+    window = summary["window"]
+    colours = ColourMap()
+    for target in summary["targets"]:
+        colours(target)
+    end = final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max())).item() or 0.0
+    bin_s = time_bin_s(max(end - (final.get_column("scheduled_s").min() or 0.0), 0.0))
+
+    over_time = page.section("Over time")
+    panels = load_panels(final, bin_s, colours) + telemetry_panels(telemetry, bin_s, colours)
+    band = Band(window["start_s"], window["end_s"], f"{window['kind']} window")
+    over_time.add(
+        Figure(
+            "Load, latency and resources on one time axis (run seconds)",
+            stacked_panels(panels, "run time (s)", [band]),
+            "Shaded: the window throughput and energy are measured over. Rates and TTFT are per "
+            f"{bin_s:g} s bin; telemetry is the bin's mean.",
+        )
+    )
+    if telemetry is None:
+        over_time.add(Text("No telemetry in this run (RUN_DIR/telemetry/): GPU and server panels are left out."))
+
+    distributions = page.section("Latency distributions")
+    distributions.add(
+        Figure(
+            "Percentile curves per target (log scale)",
+            quantile_grid(distribution_panels(final, colours)),
+            "Final ok requests (ITL: every gap between their tokens); y = percentile. The x axes are logarithmic, "
+            "so zero values (e.g. tokens that arrived in one chunk) start a curve above 0.",
+        )
+    )
+
+    tables = page.section("Summary tables")
+    cost = summary.get("cost") or {}
+    if cost.get("example_prices"):
+        tables.add(Text("Costs use EXAMPLE prices from the price file, not a contract.", tone="warning"))
+    for table in summary_tables(summary):
+        tables.add(table)
+    for block in ("cost", "gpu"):
+        part = summary.get(block) or {}
+        if part.get("status") == "absent":
+            tables.add(Text(f"{'Cost' if block == 'cost' else 'GPU telemetry'}: {part['reason']}."))
+    definitions = {
+        **summary["definitions"],
+        **cost.get("definitions", {}),
+        **(summary.get("gpu") or {}).get("definitions", {}),
+    }
+    tables.add(Definitions("How every figure is computed", definitions))
+    return page
+
+
+def write_run_report(run_dir: str | Path, summary: dict[str, Any], run: RunData, telemetry: Telemetry | None) -> Path:
+    """Write RUN_DIR/report.html; returns its path."""
+    return build_run_page(summary, run, telemetry).write(Path(run_dir) / REPORT_NAME)

@@ -1,0 +1,319 @@
+"""The summary of a run, per target and per tag: the object `report` prints and writes as summary.json.
+
+Every figure comes from analysis/metrics/table.py over the run's Parquet rows and carries the counts it
+was computed from. Keys (summary `schema_version` 1; new keys may be added, none renamed):
+
+    kind                 "shadowreplay.summary"
+    schema_version       1
+    shadowreplay_version version of the code that wrote it
+    run_dir, run_id      where the rows came from (run_id null if the shards carry none)
+    source               results_files, rows (every attempt), final_rows,
+                         requests_without_final_row (attempted, never finished: an interrupted run),
+                         manifest (file name, or null when the run has none)
+    definitions          percentile_method, populations, window rule, mismatch tolerance (text)
+    window               kind ("steady" | "whole_run"), start_s, end_s, duration_s, warmup_s,
+                         schedule_start_s, schedule_end_s (run seconds; see metrics.Window)
+    slos                 the SLOs applied, canonical text (e.g. "ttft_p95=500ms")
+    targets              {target name: {"all": STATS, "tags": [{"tag": name or null, **STATS}, ...]}}
+                         "tags" is empty when no row has a tag.
+    cost                 {"status": "absent", "reason"} without a price file, else (analysis/cost/model.py):
+                         status "computed", prices_file, currency, billing {failed_requests},
+                         monthly_volume {basis (run_span | requests | tokens | traffic_log), per_month,
+                         description, schedule_span_s}, example_prices (any entry used is an example),
+                         definitions, targets {name: COST}
+    gpu                  {"status": "absent", "reason"} without NVML telemetry, else (analysis/telemetry/energy.py):
+                         status "measured", source, definitions, devices_count, gpu_util_pct {mean, p95},
+                         mem_util_pct {mean, p95}, mem_used_high_water_bytes, power_w {mean_per_gpu,
+                         mean_total}, energy {joules, method (counter | power_integral | mixed), devices_measured,
+                         window_s, covered_s, targets, output_tokens, joules_per_output_token},
+                         devices [{host, device, samples, gpu_util_pct, mem_util_pct,
+                         mem_used_high_water_bytes, mem_total_bytes, power_w {mean, p95}, energy_j,
+                         energy_method, energy_covered_s}]
+    server_histograms    {"status": "absent", "reason"} without scraped vLLM histograms, else
+                         (analysis/telemetry/server_histograms.py): status "compared", definitions, quantiles,
+                         targets {name: {scrapes {first_send_s, baseline_t_s, end_t_s, baseline
+                         (before_first_send | after_first_send)}, metrics {ttft, itl: {status
+                         (compared | absent | counter_reset), vllm_family, counts {vllm, ours, ours_ok_total,
+                         ours_outside_scrape_span, vllm_minus_ours, equal}, mean_ms {vllm, ours,
+                         ours_minus_vllm}, higher (by mean: ours | vllm | equal), quantiles [{quantile, q,
+                         vllm_bucket_ms [lower, upper], vllm_estimate_ms, ours_ms, ours_bucket_ms,
+                         bucket_offset, higher (by bucket: ours | vllm | same_bucket), agree}], agree,
+                         buckets [{le_ms (null: +Inf), vllm, ours}] (cumulative)}}}},
+                         targets_not_scraped, disagreements, count_differences (one line each)
+
+STATS (one slice: a target, or a target and tag):
+    requests             final rows (one per scheduled request)
+    ok, errors           final rows with status ok / any other status
+    error_rate           errors / requests (null with no requests)
+    errors_by_status     {status: final rows} for every non-ok status of shadowreplay.replay.schemas.results.STATUSES
+    http_statuses        {"200": n, "429": n, ...} final rows by HTTP status (rows without one left out)
+    attempts, retries    every row (attempt) / rows that were not final
+    latency_ms           {metric: {count, mean, p50, p90, p95, p99, max}} for ttft, itl, tpot, e2e,
+                         sched_ttft, sched_e2e, lateness (populations: definitions.populations)
+    output_tokens        {total, from_server, from_client}: over final ok rows; from_client counts
+                         rows with no server usage, whose client count was used
+    token_mismatch       {compared (final ok rows with both counts), mismatched}
+    window               {completed (final ok rows done in the window), output_tokens (theirs),
+                         good (of those, meeting every SLO)}
+    throughput           {requests_per_s, output_tokens_per_s, goodput_rps}: window counts / duration_s
+                         (goodput_rps null when no SLO is given)
+    slo                  [{slo, metric, percentile, threshold_ms, value_ms (the slice's percentile),
+                         met (value_ms <= threshold_ms; null with no data), requests_meeting
+                         (final ok rows meeting it on their own value), requests_checked}]
+    slos_met             every SLO met at the percentile level (null with no SLOs or no data)
+
+COST (one target; money in USD, null where the target has no price):
+    price, matched_by    the price entry (`provider/model` or `self_hosted/name`) and the rule that chose it
+    no_price_reason      why there is none (null when priced)
+    billed               {requests, input_tokens, cached_input_tokens, output_tokens} of the run
+    input_tokens_from_sent_length  billed rows without server prompt_tokens
+    kind                 "tokens" (hosted) | "self_hosted"; as_of, example: the entry's date and example flag
+    run_duration_s, usd_per_hour   self-hosted only
+    run_cost_usd, cost_per_mtok_output_usd, cost_per_mtok_total_usd
+    monthly              {usage {requests, input_tokens, cached_input_tokens, output_tokens}, cost_usd, reason
+                         (why no projection); self-hosted also capacity_output_tokens_per_s, capacity_from,
+                         deployments}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.cost.model import RUN_SPAN, MonthlyVolume, cost_summary
+from shadowreplay.analysis.telemetry.energy import gpu_summary
+from shadowreplay.analysis.cost.prices import PriceBook
+from shadowreplay.analysis.data.run_data import MANIFEST_NAME, RunData
+from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
+from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.analysis.data.telemetry_data import Telemetry
+from shadowreplay.replay.schemas.results import STATUSES
+
+SUMMARY_KIND = "shadowreplay.summary"
+SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_NAME = "summary.json"
+ERROR_STATUSES = tuple(status for status in STATUSES if status != "ok")
+STAT_KEYS = ("count", "mean", *(metrics.percentile_key(p) for p in metrics.REPORTED_PERCENTILES), "max")
+
+DEFINITIONS = {
+    "percentile_method": (
+        "linear interpolation between the nearest ranks (numpy 'linear', Hyndman-Fan type 7); nulls ignored"
+    ),
+    "populations": (
+        "latency metrics over final rows with status ok (ITL: all their gaps); lateness over final rows "
+        "that were sent; errors over final rows; non-final rows (retried attempts) count only in attempts/retries"
+    ),
+    "window": (
+        "steady: [first scheduled send + warm-up, last scheduled send], warm-up "
+        f"{metrics.DEFAULT_WARMUP_FRACTION:.0%} of the schedule span "
+        "unless given; whole_run: [first scheduled send, last done] when the steady window is empty; "
+        "a request counts when done_s is inside"
+    ),
+    "token_mismatch": f"|server - client| / server > {metrics.MISMATCH_TOLERANCE:.0%}",
+    "slo_per_request": (
+        "a request meets an SLO when its own value is within the threshold (ITL: the SLO's percentile of its "
+        "own gaps); a missing TPOT/ITL (fewer than 2 tokens) meets it, a missing TTFT/e2e does not"
+    ),
+}
+
+
+def _package_version() -> str | None:
+    try:
+        return version("shadowreplay")
+    except PackageNotFoundError:
+        return None
+
+
+def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.Expr]:
+    """Aggregations over the final rows of one slice, flat-named `a.b.c` (nested by `_nest`)."""
+    exprs: list[pl.Expr] = [
+        pl.len().alias("requests"),
+        metrics.is_ok().sum().alias("ok"),
+        metrics.is_error().sum().alias("errors"),
+        metrics.error_rate().alias("error_rate"),
+    ]
+    exprs += [(pl.col("status") == status).sum().alias(f"errors_by_status.{status}") for status in ERROR_STATUSES]
+    for name in metrics.LATENCY_METRICS:
+        values = metrics.latency_values(name)
+        exprs += [
+            values.len().alias(f"latency_ms.{name}.count"),
+            values.mean().alias(f"latency_ms.{name}.mean"),
+            values.max().alias(f"latency_ms.{name}.max"),
+        ]
+        exprs += [
+            metrics.percentile(values, p).alias(f"latency_ms.{name}.{metrics.percentile_key(p)}")
+            for p in metrics.REPORTED_PERCENTILES
+        ]
+    ok_tokens = metrics.output_tokens().filter(metrics.is_ok())
+    exprs += [
+        ok_tokens.sum().alias("output_tokens.total"),
+        (metrics.is_ok() & pl.col("completion_tokens").is_not_null()).sum().alias("output_tokens.from_server"),
+        (metrics.is_ok() & pl.col("completion_tokens").is_null() & pl.col("client_tokens").is_not_null())
+        .sum()
+        .alias("output_tokens.from_client"),
+        metrics.token_mismatch().filter(metrics.is_ok()).is_not_null().sum().alias("token_mismatch.compared"),
+        metrics.token_mismatch().filter(metrics.is_ok()).sum().alias("token_mismatch.mismatched"),
+        metrics.completed_in_window(window).sum().alias("window.completed"),
+        metrics.output_tokens().filter(metrics.completed_in_window(window)).sum().alias("window.output_tokens"),
+        (metrics.completed_in_window(window) & metrics.meets_all_slos(slos)).sum().alias("window.good"),
+        metrics.requests_per_s(window).alias("throughput.requests_per_s"),
+        metrics.output_tokens_per_s(window).alias("throughput.output_tokens_per_s"),
+        (metrics.goodput_rps(window, slos) if slos else pl.lit(None, dtype=pl.Float64)).alias("throughput.goodput_rps"),
+    ]
+    for index, slo in enumerate(slos):
+        meets = metrics.meets_slo(slo).filter(metrics.is_ok())
+        exprs += [
+            metrics.percentile(metrics.latency_values(slo.metric), slo.percentile).alias(f"slo.{index}.value_ms"),
+            meets.sum().alias(f"slo.{index}.requests_meeting"),
+            metrics.is_ok().sum().alias(f"slo.{index}.requests_checked"),
+        ]
+    return exprs
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, int], slos: Sequence[Slo]) -> dict:
+    """One slice's STATS from its aggregation row, attempt count and HTTP status counts."""
+    stats = _nest(flat)
+    slo_rows = stats.pop("slo", {})
+    results = []
+    for index, slo in enumerate(slos):
+        row = slo_rows[str(index)]
+        value = row["value_ms"]
+        results.append(
+            {
+                "slo": str(slo),
+                "metric": slo.metric,
+                "percentile": slo.percentile,
+                "threshold_ms": slo.threshold_ms,
+                "value_ms": value,
+                "met": None if value is None else bool(value <= slo.threshold_ms),
+                "requests_meeting": row["requests_meeting"],
+                "requests_checked": row["requests_checked"],
+            }
+        )
+    verdicts = [result["met"] for result in results]
+    return {
+        "requests": stats["requests"],
+        "ok": stats["ok"],
+        "errors": stats["errors"],
+        "error_rate": stats["error_rate"],
+        "errors_by_status": stats["errors_by_status"],
+        "http_statuses": http_statuses,
+        "attempts": attempts,
+        "retries": attempts - stats["requests"],
+        "latency_ms": {
+            name: {key: stats["latency_ms"][name][key] for key in STAT_KEYS} for name in metrics.LATENCY_METRICS
+        },
+        "output_tokens": stats["output_tokens"],
+        "token_mismatch": stats["token_mismatch"],
+        "window": stats["window"],
+        "throughput": stats["throughput"],
+        "slo": results,
+        "slos_met": None if not verdicts or None in verdicts else all(verdicts),
+    }
+
+
+def _slices(run: RunData, keys: list[str], window: metrics.Window, slos: Sequence[Slo]) -> dict[tuple, dict]:
+    """STATS for every group of `keys` (["target"] or ["target", "tag"]), keyed by the group values."""
+    final = run.final_rows
+    aggregated = final.lazy().group_by(keys).agg(_slice_aggregations(window, slos)).collect()
+    attempts = {tuple(row[:-1]): row[-1] for row in run.rows.group_by(keys).agg(pl.len()).iter_rows()}
+    http: dict[tuple, dict[str, int]] = {}
+    http_rows = final.filter(pl.col("http_status").is_not_null()).group_by([*keys, "http_status"]).agg(pl.len())
+    for row in http_rows.sort("http_status").iter_rows():
+        http.setdefault(tuple(row[:-2]), {})[str(row[-2])] = row[-1]
+    result = {}
+    for row in aggregated.iter_rows(named=True):
+        group = tuple(row.pop(key) for key in keys)
+        result[group] = _slice_stats(row, attempts.get(group, 0), http.get(group, {}), slos)
+    return result
+
+
+def summarize(
+    run: RunData,
+    slos: Sequence[Slo] = (),
+    warmup_s: float | None = None,
+    warmup_fraction: float = metrics.DEFAULT_WARMUP_FRACTION,
+    prices: PriceBook | None = None,
+    monthly: MonthlyVolume = RUN_SPAN,
+    telemetry: Telemetry | None = None,
+) -> dict[str, Any]:
+    """The summary object of a run (keys in this module's docstring); raises metrics.WindowError.
+
+    Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
+    load_telemetry) the gpu and server_histograms blocks do.
+    """
+    final = run.final_rows
+    window = metrics.steady_window(final, warmup_s=warmup_s, warmup_fraction=warmup_fraction)
+    by_target = _slices(run, ["target"], window, slos)
+    by_tag = _slices(run, ["target", "tag"], window, slos)
+    has_tags = run.rows.get_column("tag").is_not_null().any()
+    targets: dict[str, Any] = {}
+    for (target,) in sorted(by_target):
+        tags = sorted((tag for (t, tag) in by_tag if t == target), key=lambda tag: (tag is None, tag or ""))
+        targets[target] = {
+            "all": by_target[(target,)],
+            "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags] if has_tags else [],
+        }
+    return {
+        "kind": SUMMARY_KIND,
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "shadowreplay_version": _package_version(),
+        "run_dir": str(run.run_dir),
+        "run_id": run.run_id,
+        "source": {
+            "results_files": len(run.files),
+            "rows": run.rows.height,
+            "final_rows": final.height,
+            "requests_without_final_row": run.requests_without_final_row,
+            "manifest": MANIFEST_NAME if run.manifest is not None else None,
+        },
+        "definitions": DEFINITIONS,
+        "window": {
+            "kind": window.kind,
+            "start_s": window.start_s,
+            "end_s": window.end_s,
+            "duration_s": window.duration_s,
+            "warmup_s": window.warmup_s,
+            "schedule_start_s": window.schedule_start_s,
+            "schedule_end_s": window.schedule_end_s,
+        },
+        "slos": [str(slo) for slo in slos],
+        "targets": targets,
+        "cost": cost_summary(
+            final,
+            window,
+            prices,
+            run.target_configs,
+            {name: entry["all"]["throughput"]["output_tokens_per_s"] for name, entry in targets.items()},
+            monthly,
+        ),
+        "gpu": gpu_summary(telemetry, final, window, run.target_configs),
+        "server_histograms": server_histogram_summary(telemetry, run.rows),
+    }
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write RUN_DIR/summary.json atomically (temporary file, then rename); returns its path."""
+    path = Path(run_dir) / SUMMARY_NAME
+    tmp = path.with_name(f".{SUMMARY_NAME}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,391 @@
+"""The summary's tables as formatted cells, for both the terminal (rich) and report.html.
+
+Each function reads a summary object (analysis/summary/run_summary.py) and returns a `SummaryTable` (or None
+when it would be empty): a title, column names, rows of text cells, the rows where a new group
+(target) starts, and a note saying how the figures were counted. No figure is computed here;
+cells only format what the summary holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shadowreplay.analysis.metrics import table as metrics
+
+METRIC_LABELS = {
+    "ttft": "TTFT",
+    "itl": "ITL",
+    "tpot": "TPOT",
+    "e2e": "e2e",
+    "sched_ttft": "TTFT from schedule",
+    "sched_e2e": "e2e from schedule",
+    "lateness": "send lateness",
+}
+SHOWN_PERCENTILES = (50.0, 90.0, 99.0)
+NO_VALUE = "–"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """Formatted cells; `numeric` columns are right-aligned; `group_starts` are row indices opening a group."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    numeric: frozenset[str] = frozenset()
+    group_starts: frozenset[int] = field(default_factory=frozenset)
+    note: str | None = None
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    """`1,234.5`, or NO_VALUE for None."""
+    return NO_VALUE if value is None else f"{value:,.{digits}f}"
+
+
+def money(value: float | None) -> str:
+    """USD: `$12,345` from 100 up, `$12.35` from 1, three significant digits below (`$0.00423`)."""
+    if value is None:
+        return NO_VALUE
+    if abs(value) >= 100:
+        return f"${value:,.0f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.3g}"
+
+
+def tag_label(tag: str | None) -> str:
+    return "(untagged)" if tag is None else tag
+
+
+def slices(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, STATS) for a target: the whole target, then each tag (none when one tag is the whole)."""
+    tags = entry["tags"] if len(entry["tags"]) > 1 else []
+    return [("all", entry["all"]), *((tag_label(tagged["tag"]), tagged) for tagged in tags)]
+
+
+def _grouped(
+    summary: dict[str, Any], rows_of: Callable[[str, dict[str, Any]], list[list[str]]]
+) -> tuple[list[list[str]], frozenset[int]]:
+    rows: list[list[str]] = []
+    starts = set()
+    for target, entry in summary["targets"].items():
+        starts.add(len(rows))
+        rows += rows_of(target, entry)
+    return rows, frozenset(starts)
+
+
+def overview_table(summary: dict[str, Any]) -> SummaryTable:
+    """Requests, errors, retries, rates and token mismatches per target and tag."""
+
+    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+        rows = []
+        for label, stats in slices(entry):
+            throughput, mismatch = stats["throughput"], stats["token_mismatch"]
+            rows.append(
+                [
+                    target,
+                    label,
+                    str(stats["requests"]),
+                    str(stats["ok"]),
+                    str(stats["errors"]),
+                    str(stats["retries"]),
+                    number(throughput["requests_per_s"], 2),
+                    number(throughput["output_tokens_per_s"], 1),
+                    number(throughput["goodput_rps"], 2),
+                    f"{mismatch['mismatched']}/{mismatch['compared']}",
+                ]
+            )
+        return rows
+
+    rows, starts = _grouped(summary, rows_of)
+    columns = ["Target", "Tag", "Requests", "OK", "Errors", "Retries", "Req/s", "Tok/s", "Goodput", "Mismatch"]
+    return SummaryTable(
+        "Requests and throughput (steady window)",
+        columns,
+        rows,
+        frozenset(columns[2:]),
+        starts,
+        "Req/s, Tok/s (output tokens/s) and Goodput (req/s meeting every SLO) count ok requests done in the window; "
+        "Mismatch: client vs server token counts differing by more than 2%.",
+    )
+
+
+def errors_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """Final attempts by error status, per target and tag; None when nothing failed."""
+
+    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+        return [
+            [target, label, status, str(count)]
+            for label, stats in slices(entry)
+            for status, count in stats["errors_by_status"].items()
+            if count
+        ]
+
+    rows, starts = _grouped(summary, rows_of)
+    if not rows:
+        return None
+    return SummaryTable(
+        "Errors (final attempts)", ["Target", "Tag", "Status", "Requests"], rows, frozenset({"Requests"}), starts
+    )
+
+
+def latency_tables(summary: dict[str, Any]) -> list[SummaryTable]:
+    """One latency table per target: count and percentiles of every latency metric, per tag."""
+    keys = [metrics.percentile_key(p) for p in SHOWN_PERCENTILES]
+    tables = []
+    for target, entry in summary["targets"].items():
+        rows: list[list[str]] = []
+        starts = set()
+        for label, stats in slices(entry):
+            starts.add(len(rows))
+            for name, values in stats["latency_ms"].items():
+                rows.append(
+                    [label, METRIC_LABELS.get(name, name), str(values["count"]), *(number(values[key]) for key in keys)]
+                )
+        tables.append(
+            SummaryTable(
+                f"Latency (ms): {target}",
+                ["Tag", "Metric", "N", *keys],
+                rows,
+                frozenset(["N", *keys]),
+                frozenset(starts),
+            )
+        )
+    return tables
+
+
+def slo_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """SLO verdicts per target and tag; None without SLOs."""
+    if not summary["slos"]:
+        return None
+
+    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+        return [
+            [
+                target,
+                label,
+                result["slo"],
+                number(result["value_ms"]),
+                {True: "yes", False: "no", None: NO_VALUE}[result["met"]],
+                f"{result['requests_meeting']}/{result['requests_checked']}",
+            ]
+            for label, stats in slices(entry)
+            for result in stats["slo"]
+        ]
+
+    rows, starts = _grouped(summary, rows_of)
+    return SummaryTable(
+        "SLOs (percentile level; requests meeting each on their own value)",
+        ["Target", "Tag", "SLO", "Value ms", "Met", "Requests meeting"],
+        rows,
+        frozenset({"Value ms", "Requests meeting"}),
+        starts,
+    )
+
+
+def _monthly_cell(monthly: dict[str, Any] | None) -> str:
+    """`$9,400`, with `x3` for the deployments a self-hosted month needs; NO_VALUE without a projection."""
+    if monthly is None or monthly["cost_usd"] is None:
+        return NO_VALUE
+    deployments = monthly.get("deployments")
+    return money(monthly["cost_usd"]) + (f" x{deployments}" if deployments is not None else "")
+
+
+def cost_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """Run cost, cost per million tokens and the monthly projection per target; None without a price file."""
+    cost = summary.get("cost") or {}
+    if cost.get("status") != "computed":
+        return None
+    rows = []
+    remarks = []
+    for target, entry in cost["targets"].items():
+        billed = entry["billed"]
+        rows.append(
+            [
+                target,
+                (entry["price"] or "no price") + ("*" if entry["example"] else ""),
+                f"{billed['requests']:,}",
+                f"{billed['input_tokens']:,}",
+                f"{billed['output_tokens']:,}",
+                money(entry["run_cost_usd"]),
+                money(entry["cost_per_mtok_output_usd"]),
+                money(entry["cost_per_mtok_total_usd"]),
+                _monthly_cell(entry["monthly"]),
+            ]
+        )
+        if entry["no_price_reason"]:
+            remarks.append(f"no price for {target}: {entry['no_price_reason']}")
+        elif entry["monthly"] and entry["monthly"]["reason"]:
+            remarks.append(f"no monthly figure for {target}: {entry['monthly']['reason']}")
+    columns = ["Target", "Price entry", "Requests", "In tok", "Out tok", "Run cost", "$/1M out", "$/1M tok", "Monthly"]
+    billing = "failed requests billed" if cost["billing"]["failed_requests"] else "failed requests not billed"
+    note = (
+        f"Prices from {cost['prices_file']} ({cost['currency']}); requests and tokens billed ({billing}); "
+        "$/1M out = run cost / output tokens (input cost included), $/1M tok = run cost / (input + output tokens); "
+        f"monthly: {cost['monthly_volume']['description']}; xN: self-hosted deployments needed."
+    )
+    if remarks:
+        text = "; ".join(remarks)
+        note += f" {text[0].upper()}{text[1:]}."
+    if cost["example_prices"]:
+        note = "EXAMPLE PRICES (*), not a contract: replace them in the price file. " + note
+    return SummaryTable("Cost", columns, rows, frozenset(columns[2:9]), frozenset(), note)
+
+
+def gpu_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """GPU utilisation, memory, power and energy per device and in total; None without NVML telemetry."""
+    gpu = summary.get("gpu") or {}
+    if gpu.get("status") != "measured":
+        return None
+    rows = []
+    for device in gpu["devices"]:
+        rows.append(
+            [
+                f"{device['host']}:{device['device']}",
+                str(device["samples"]),
+                number(device["gpu_util_pct"]["mean"]),
+                number(device["gpu_util_pct"]["p95"]),
+                number(_gib(device["mem_used_high_water_bytes"]), 2),
+                number(device["power_w"]["mean"]),
+                number(device["energy_j"], 0),
+                device["energy_method"] or NO_VALUE,
+                "",
+            ]
+        )
+    energy = gpu["energy"]
+    rows.append(
+        [
+            f"all ({gpu['devices_count']} GPU{'s' if gpu['devices_count'] != 1 else ''})",
+            "",
+            number(gpu["gpu_util_pct"]["mean"]),
+            number(gpu["gpu_util_pct"]["p95"]),
+            number(_gib(gpu["mem_used_high_water_bytes"]), 2),
+            number(gpu["power_w"]["mean_total"]),
+            number(energy["joules"], 0),
+            energy["method"] or NO_VALUE,
+            number(energy["joules_per_output_token"], 4),
+        ]
+    )
+    columns = [
+        "GPU",
+        "Samples",
+        "Util mean %",
+        "Util p95 %",
+        "Mem peak GiB",
+        "Power mean W",
+        "Energy J",
+        "Method",
+        "J/output token",
+    ]
+    note = (
+        f"Steady window ({energy['window_s']:.1f} s, energy measured over {energy['covered_s']:.1f} s); "
+        f"J/output token over the {energy['output_tokens']:,} output tokens of {', '.join(energy['targets'])} "
+        "completed in the window; memory peak over the whole run; total power = sum of the GPUs' means."
+    )
+    return SummaryTable(
+        "GPU utilisation and energy",
+        columns,
+        rows,
+        frozenset(columns[1:7] + columns[8:]),
+        frozenset({len(rows) - 1}),
+        note,
+    )
+
+
+def _bucket_cell(bounds: list[float | None] | None) -> str:
+    """`20-40` (ms) for a bucket's [lower, upper] bounds, `2,560,000-+Inf` for the top one; NO_VALUE for none."""
+    if bounds is None:
+        return NO_VALUE
+    lower, upper = bounds
+    return f"{lower:,.10g}-{'+Inf' if upper is None else f'{upper:,.10g}'}"
+
+
+VERDICTS = {True: "agree", False: "DISAGREE", None: NO_VALUE}
+
+
+def server_histogram_table(summary: dict[str, Any]) -> SummaryTable | None:
+    """vLLM's own TTFT/ITL histograms against our client-side values, per target, metric and quantile;
+    None without scraped histograms. The note starts with a DISAGREE (or COUNTS DIFFER) line when one applies."""
+    block = summary.get("server_histograms") or {}
+    if block.get("status") != "compared":
+        return None
+    rows: list[list[str]] = []
+    starts = set()
+    for target, entry in block["targets"].items():
+        starts.add(len(rows))
+        for metric, result in entry["metrics"].items():
+            label = METRIC_LABELS.get(metric, metric)
+            if result["status"] != "compared":
+                rows.append([target, label, NO_VALUE, NO_VALUE, NO_VALUE, result["status"], "", "", "", "", ""])
+                continue
+            counts = result["counts"]
+            for index, row in enumerate(result["quantiles"]):
+                first = index == 0
+                rows.append(
+                    [
+                        target,
+                        label,
+                        f"{counts['vllm']:,}" if first else "",
+                        f"{counts['ours']:,}" if first else "",
+                        row["quantile"],
+                        _bucket_cell(row["vllm_bucket_ms"]),
+                        number(row["vllm_estimate_ms"]),
+                        number(row["ours_ms"]),
+                        _bucket_cell(row["ours_bucket_ms"]),
+                        row["higher"] or NO_VALUE,
+                        VERDICTS[row["agree"]],
+                    ]
+                )
+    columns = [
+        "Target",
+        "Metric",
+        "vLLM N",
+        "Our N",
+        "Quantile",
+        "vLLM bucket ms",
+        "vLLM est ms",
+        "Ours ms",
+        "Our bucket ms",
+        "Higher",
+        "Verdict",
+    ]
+    flags = []
+    if block["disagreements"]:
+        flags.append("DISAGREE: " + "; ".join(block["disagreements"]) + ".")
+    if block["count_differences"]:
+        flags.append("COUNTS DIFFER: " + "; ".join(block["count_differences"]) + ".")
+    note = (
+        "vLLM's histograms (server side: request arrival to first token; gaps between output steps) over the run "
+        "(last scrape - the scrape before the first send) against ours (client side, final ok requests observed "
+        "between those scrapes, so normally a little higher); vLLM est: interpolated inside its bucket; agree: ours "
+        "within vLLM's bucket widened by one neighbour either side, or within one bucket width of vLLM est."
+    )
+    return SummaryTable(
+        "Server histograms (vLLM /metrics) vs ours",
+        columns,
+        rows,
+        frozenset({"vLLM N", "Our N", "vLLM est ms", "Ours ms"}),
+        frozenset(starts),
+        " ".join([*flags, note]),
+    )
+
+
+def _gib(value: float | None) -> float | None:
+    return None if value is None else value / GIB
+
+
+def summary_tables(summary: dict[str, Any]) -> list[SummaryTable]:
+    """Every table of the summary, in reading order, leaving out the empty ones."""
+    tables = [
+        overview_table(summary),
+        errors_table(summary),
+        *latency_tables(summary),
+        slo_table(summary),
+        cost_table(summary),
+        gpu_table(summary),
+        server_histogram_table(summary),
+    ]
+    return [table for table in tables if table is not None]

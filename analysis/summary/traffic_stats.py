@@ -1,0 +1,98 @@
+"""The statistics of a traffic log behind `shadowreplay inspect`, computed lazily with polars.
+
+Definitions
+- span: last arrival - first arrival (s); rate: rows / span.
+- peak-to-average at w seconds: the largest count of requests in windows of w seconds aligned at
+  the first arrival, divided by rows * w / span.
+- percentiles: linear interpolation (as analysis/metrics/table.py), of the non-null counts.
+- monthly tokens: (prompt + completion tokens) / span x 30 days (a 30-day month).
+- prefix reuse: the share of requests with at least one prefix block id seen in an earlier request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from shadowreplay.replay.schemas.traffic_log import open_traffic_log
+
+SECONDS_PER_MONTH = 30 * 24 * 3600
+PERCENTILES = (50, 90, 99)
+
+
+def _distribution(frame: pl.LazyFrame, column: str) -> dict:
+    values = pl.col(column).drop_nulls().cast(pl.Float64)
+    exprs = [values.quantile(p / 100, interpolation="linear").alias(f"p{p}") for p in PERCENTILES]
+    row = frame.select(*exprs, values.max().alias("max"), values.sum().alias("total"), values.count().alias("count")).collect().row(0, named=True)
+    return row
+
+
+def peak_to_average(frame: pl.LazyFrame, rows: int, span_s: float, window_s: float) -> float | None:
+    """Largest count in w-second windows aligned at the first arrival / (rows * w / span)."""
+    if rows < 2 or span_s <= 0:
+        return None
+    offset = (pl.col("arrival_time") - pl.col("arrival_time").min()).dt.total_microseconds() / 1e6
+    peak = frame.select((offset // window_s).alias("window")).group_by("window").len().select(pl.col("len").max()).collect().item()
+    return peak / (rows * window_s / span_s)
+
+
+def prefix_reuse_share(frame: pl.LazyFrame, rows: int) -> float | None:
+    """Share of requests with a prefix block id seen in an earlier request (arrival order)."""
+    blocks = (
+        frame.with_row_index("position")
+        .select("position", "prefix_block_ids")
+        .drop_nulls("prefix_block_ids")
+        .explode("prefix_block_ids")
+        .drop_nulls("prefix_block_ids")
+    )
+    if blocks.select(pl.len()).collect().item() == 0:
+        return None
+    first_use = blocks.group_by("prefix_block_ids").agg(pl.col("position").min().alias("first"))
+    reusing = (
+        blocks.join(first_use, on="prefix_block_ids")
+        .filter(pl.col("position") > pl.col("first"))
+        .select(pl.col("position").n_unique())
+        .collect()
+        .item()
+    )
+    return reusing / rows
+
+
+def _stats(frame: pl.LazyFrame) -> dict:
+    head = frame.select(
+        pl.len().alias("rows"),
+        pl.col("arrival_time").min().alias("first"),
+        pl.col("arrival_time").max().alias("last"),
+    ).collect().row(0, named=True)
+    rows = head["rows"]
+    span_s = (head["last"] - head["first"]).total_seconds() if rows else 0.0
+    prompt = _distribution(frame, "prompt_tokens")
+    completion = _distribution(frame, "completion_tokens")
+    tokens = (prompt["total"] or 0) + (completion["total"] or 0)
+    return {
+        "rows": rows,
+        "first_arrival": head["first"].isoformat() if head["first"] else None,
+        "last_arrival": head["last"].isoformat() if head["last"] else None,
+        "span_s": span_s,
+        "rate_rps": rows / span_s if span_s > 0 else None,
+        "peak_to_average_1s": peak_to_average(frame, rows, span_s, 1.0),
+        "peak_to_average_60s": peak_to_average(frame, rows, span_s, 60.0),
+        "prompt_tokens": {k: prompt[k] for k in ("p50", "p90", "p99", "max", "total", "count")},
+        "completion_tokens": {k: completion[k] for k in ("p50", "p90", "p99", "max", "total", "count")},
+        "tokens_per_s": tokens / span_s if span_s > 0 else None,
+        "monthly_tokens": tokens / span_s * SECONDS_PER_MONTH if span_s > 0 else None,
+        "prefix_reuse_share": prefix_reuse_share(frame, rows) if rows else None,
+    }
+
+
+def traffic_stats(path: str | Path) -> dict:
+    """Statistics of the traffic log at `path` (checked for its schema first), with a per-tag
+    breakdown when any row has a tag."""
+    open_traffic_log(path)  # raises TrafficLogError for a file that is not a traffic log
+    frame = pl.scan_parquet(path).sort("arrival_time")
+    stats = _stats(frame)
+    stats["definitions"] = __doc__.split("Definitions\n", 1)[1].strip()
+    tags = frame.select(pl.col("tag").drop_nulls().unique()).collect().to_series().sort().to_list()
+    stats["tags"] = {tag: _stats(frame.filter(pl.col("tag") == tag)) for tag in tags}
+    return stats

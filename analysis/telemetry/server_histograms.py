@@ -1,0 +1,392 @@
+"""vLLM's own latency histograms, scraped from its /metrics during the run, against our client-side figures.
+
+vLLM measures on the server (TTFT: from the request's arrival at the API server to its first token
+out; ITL: between a request's consecutive output steps); we measure on the client (analysis/metrics/table.py:
+TTFT from send to first token, ITL between token arrivals), so ours is normally a little higher (the
+network, HTTP and SSE parsing). The comparison tells whether the two sides see the same latency within
+the histogram's resolution, and which side is higher. Definitions (`DEFINITIONS` carries them into
+summary.json), per target (the telemetry `device` of source `prometheus`) and compared metric:
+
+- Histogram over the run: for every bucket, cumulative count over the run = its counter at the last
+  scrape - at the baseline scrape (metrics.counter_delta over the samples from the baseline on). The
+  baseline is the last scrape at or before the target's first send, so counts from before the run
+  (an earlier run, a warm-up) are subtracted; when every scrape came after the first send, the first
+  scrape is the baseline (`baseline`: "after_first_send"). N_vllm = the delta of `<family>_count`.
+  A counter that goes down between scrapes (a server restart) voids the comparison (status
+  "counter_reset").
+- Our values: the metric over final ok rows (metrics.ttft_ms per row; metrics.itl_gaps_ms per gap),
+  kept when observed inside the scrape span (baseline t_s, last t_s]: a TTFT at first_token_s, an
+  ITL gap at its end (metrics.itl_gap_ends_s). N_ours counts them; values outside the span (the server
+  had not been scraped since) are counted apart.
+- Quantiles q in QUANTILES: vLLM's bucket b = the first bucket whose cumulative count >= q x N_vllm;
+  vLLM's estimate vllm_q = linear interpolation inside b (Prometheus histogram_quantile: the first
+  bucket's lower bound is 0; in the +Inf bucket the estimate is the largest finite bound); ours_q =
+  metrics.percentile (linear interpolation) of our values.
+- Verdict, in one line: agree(q) = lower[b-1] <= ours_q <= upper[b+1]  or  |ours_q - vllm_q| <= upper[b] - lower[b]
+  (b's bounds widened by one neighbouring bucket either side, or a gap within b's width; the +Inf
+  bucket has no width, so only the first test applies there; lower[-1] = 0, upper[last+1] = +Inf).
+  Per quantile, `bucket_offset` = how many buckets ours_q lies above (+) or below (-) vLLM's bucket,
+  and `higher` its side ("same_bucket" at 0): inside one bucket the interpolated vllm_q cannot say
+  which side is higher. Per metric, `higher` compares the exact means (vLLM: delta of `_sum` / N_vllm;
+  ours: the mean of our values), `mean_ms.ours_minus_vllm` the gap.
+A +Inf bound is written as null in summary.json (JSON has no infinity). No Prometheus telemetry, or
+no histogram in it: the block says absent, with the reason; nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.data.telemetry_data import Telemetry
+from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, parse_bucket_metric
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
+MS_PER_S = 1000.0
+
+DEFINITIONS = {
+    "server_histogram": "per bucket: cumulative count at the last scrape - at the baseline scrape (the last one at "
+    "or before the target's first send, else the first scrape); N_vllm = delta of <family>_count",
+    "server_histogram_ours": "our metric (analysis/metrics/table.py) over final ok rows, values observed inside the scrape "
+    "span (TTFT at first_token_s, an ITL gap at its end)",
+    "server_histogram_quantile": "vLLM's bucket b = first bucket with cumulative >= q x N_vllm; vllm_q = linear "
+    "interpolation inside b (Prometheus histogram_quantile); ours_q = linear-interpolation percentile of ours",
+    "server_histogram_agree": "lower[b-1] <= ours_q <= upper[b+1] or |ours_q - vllm_q| <= upper[b] - lower[b] "
+    "(no width in the +Inf bucket)",
+}
+
+Baseline = Literal["before_first_send", "after_first_send"]
+
+
+# ---- our side: values and when each was observed ----------------------------------------------
+
+
+def ttft_observations(final_rows: pl.DataFrame) -> pl.DataFrame:
+    """(value_ms, at_s): metrics.ttft_ms of every final ok row, observed at its first_token_s."""
+    return (
+        final_rows.filter(metrics.is_ok())
+        .select(metrics.ttft_ms().alias("value_ms"), pl.col("first_token_s").alias("at_s"))
+        .drop_nulls()
+    )
+
+
+def itl_observations(final_rows: pl.DataFrame) -> pl.DataFrame:
+    """(value_ms, at_s): every metrics.itl_gaps_ms gap of the final ok rows, observed when the gap ends."""
+    return (
+        final_rows.filter(metrics.is_ok())
+        .select(metrics.itl_gaps_ms().alias("value_ms"), metrics.itl_gap_ends_s().alias("at_s"))
+        .explode("value_ms", "at_s")
+        .drop_nulls()
+    )
+
+
+@dataclass(frozen=True)
+class ComparedMetric:
+    """One of our metrics and the vLLM histogram measuring the same thing (`families`: the names vLLM
+    versions give it, the first one scraped is used)."""
+
+    metric: str
+    families: tuple[str, ...]
+    observations: Callable[[pl.DataFrame], pl.DataFrame]
+
+
+COMPARED_METRICS: tuple[ComparedMetric, ...] = (
+    ComparedMetric("ttft", ("vllm:time_to_first_token_seconds",), ttft_observations),
+    ComparedMetric(
+        "itl", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"), itl_observations
+    ),
+)
+
+
+# ---- vLLM's side: a histogram's counts over the run ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistogramDelta:
+    """One vLLM histogram's cumulative bucket counts over the run (upper bounds in ms, the last +Inf)."""
+
+    family: str
+    upper_ms: tuple[float, ...]
+    cumulative: tuple[float, ...]
+    count: float
+    sum_ms: float | None
+    baseline_t_s: float
+    end_t_s: float
+    baseline: Baseline
+    counter_reset: bool
+
+    def lower_ms(self, bucket: int) -> float:
+        """The lower bound of a bucket (0 below the first one)."""
+        return 0.0 if bucket <= 0 else self.upper_ms[min(bucket, len(self.upper_ms)) - 1]
+
+    def upper_of(self, bucket: int) -> float:
+        """The upper bound of a bucket (+Inf past the last one)."""
+        return self.upper_ms[bucket] if bucket < len(self.upper_ms) else math.inf
+
+    def quantile_bucket(self, q: float) -> int | None:
+        """The first bucket whose cumulative count >= q x count; None when the histogram is empty."""
+        if self.count <= 0:
+            return None
+        rank = q * self.count
+        for index, cumulative in enumerate(self.cumulative):
+            if cumulative >= rank:
+                return index
+        return len(self.cumulative) - 1
+
+    def quantile_estimate_ms(self, q: float) -> float | None:
+        """vllm_q: linear interpolation inside the quantile's bucket (Prometheus histogram_quantile)."""
+        bucket = self.quantile_bucket(q)
+        if bucket is None:
+            return None
+        upper = self.upper_ms[bucket]
+        if math.isinf(upper):
+            finite = [bound for bound in self.upper_ms if not math.isinf(bound)]
+            return finite[-1] if finite else None
+        below = self.cumulative[bucket - 1] if bucket > 0 else 0.0
+        inside = self.cumulative[bucket] - below
+        lower = self.lower_ms(bucket)
+        if inside <= 0:
+            return upper
+        return lower + (upper - lower) * (q * self.count - below) / inside
+
+    def bucket_of(self, value_ms: float) -> int:
+        """The bucket a value falls in: the first whose upper bound >= value (Prometheus `le`)."""
+        return min(bisect_left(self.upper_ms, value_ms), len(self.upper_ms) - 1)
+
+
+def _bucket_bounds(samples: pl.DataFrame, family: str) -> dict[str, float]:
+    """Bucket metric name -> upper bound in s, for the family's buckets among the samples."""
+    prefix = f"{family}_bucket"
+    names = samples.filter(pl.col("metric").str.starts_with(prefix + "{")).get_column("metric").unique().to_list()
+    bounds = {}
+    for name in names:
+        parsed = parse_bucket_metric(name)
+        if parsed is not None and parsed[0] == prefix:
+            bounds[name] = parsed[1]
+    return bounds
+
+
+def histogram_delta(device_samples: pl.DataFrame, family: str, first_send_s: float) -> HistogramDelta | None:
+    """The histogram `family` over the run from one device's Prometheus samples (module docstring:
+    baseline = last scrape at or before `first_send_s`, else the first); None without its buckets."""
+    bounds = _bucket_bounds(device_samples, family)
+    if not bounds:
+        return None
+    count_metric, sum_metric = f"{family}_count", f"{family}_sum"
+    series = device_samples.filter(pl.col("metric").is_in([*bounds, count_metric, sum_metric]))
+    times = series.get_column("t_s")
+    before = times.filter(times <= first_send_s)
+    baseline_t = float(before.max()) if len(before) else float(times.min())  # type: ignore[arg-type]
+    kept = series.filter(pl.col("t_s") >= baseline_t)
+    per_metric = (
+        kept.group_by("metric")
+        .agg(
+            metrics.counter_delta(),
+            (pl.col("value").sort_by("t_s").diff() < 0).any().alias("went_down"),
+            pl.col("t_s").max().alias("end_t_s"),
+        )
+        .with_columns(pl.col("went_down").fill_null(False))
+    )
+    delta = {row["metric"]: row["counter_delta"] for row in per_metric.iter_rows(named=True)}
+    ordered = sorted(bounds, key=bounds.__getitem__)
+    # rounded to the nanosecond, so that 0.06 s reads 60 ms, not 60.00000000000001
+    upper_ms = [round(bounds[name] * MS_PER_S, 6) if not math.isinf(bounds[name]) else math.inf for name in ordered]
+    cumulative = [delta[name] for name in ordered]
+    count = delta.get(count_metric, cumulative[-1] if math.isinf(upper_ms[-1]) else None)
+    if count is None:  # no +Inf bucket and no _count: the top bucket is all we know
+        count = cumulative[-1]
+    if not math.isinf(upper_ms[-1]):
+        upper_ms.append(math.inf)
+        cumulative.append(count)
+    sum_s = delta.get(sum_metric)
+    return HistogramDelta(
+        family=family,
+        upper_ms=tuple(upper_ms),
+        cumulative=tuple(cumulative),
+        count=count,
+        sum_ms=None if sum_s is None else sum_s * MS_PER_S,
+        baseline_t_s=baseline_t,
+        end_t_s=float(per_metric.get_column("end_t_s").max()),  # type: ignore[arg-type]
+        baseline="before_first_send" if len(before) else "after_first_send",
+        counter_reset=bool(per_metric.get_column("went_down").any()),
+    )
+
+
+# ---- the comparison ----------------------------------------------------------------------------
+
+
+def _bound(value: float) -> float | None:
+    """A bound for JSON: +Inf as null."""
+    return None if math.isinf(value) else value
+
+
+def agrees(histogram: HistogramDelta, bucket: int, vllm_q: float, ours_q: float) -> bool:
+    """agree = lower[b-1] <= ours_q <= upper[b+1] or |ours_q - vllm_q| <= upper[b] - lower[b] (b: vLLM's bucket)."""
+    if histogram.lower_ms(bucket - 1) <= ours_q <= histogram.upper_of(bucket + 1):
+        return True
+    width = histogram.upper_of(bucket) - histogram.lower_ms(bucket)
+    return not math.isinf(width) and abs(ours_q - vllm_q) <= width
+
+
+def _higher(ours: float, vllm: float) -> Literal["ours", "vllm", "equal"]:
+    return "ours" if ours > vllm else "vllm" if ours < vllm else "equal"
+
+
+def _higher_bucket(offset: int) -> Literal["ours", "vllm", "same_bucket"]:
+    return "ours" if offset > 0 else "vllm" if offset < 0 else "same_bucket"
+
+
+def _quantile_row(histogram: HistogramDelta, values: pl.Series, q: float) -> dict[str, Any]:
+    bucket = histogram.quantile_bucket(q)
+    vllm_q = histogram.quantile_estimate_ms(q)
+    ours_q = values.to_frame("v").select(metrics.percentile(pl.col("v"), q * 100.0)).item() if len(values) else None
+    row: dict[str, Any] = {
+        "quantile": metrics.percentile_key(q * 100.0),
+        "q": q,
+        "vllm_bucket_ms": None,
+        "vllm_estimate_ms": vllm_q,
+        "ours_ms": ours_q,
+        "ours_bucket_ms": None,
+        "bucket_offset": None,
+        "higher": None,
+        "agree": None,
+    }
+    if bucket is not None:
+        row["vllm_bucket_ms"] = [histogram.lower_ms(bucket), _bound(histogram.upper_of(bucket))]
+    if ours_q is not None:
+        ours_bucket = histogram.bucket_of(ours_q)
+        row["ours_bucket_ms"] = [histogram.lower_ms(ours_bucket), _bound(histogram.upper_of(ours_bucket))]
+        if bucket is not None and vllm_q is not None:
+            row["bucket_offset"] = ours_bucket - bucket
+            row["higher"] = _higher_bucket(ours_bucket - bucket)
+            row["agree"] = agrees(histogram, bucket, vllm_q, ours_q)
+    return row
+
+
+def compare_metric(
+    histogram: HistogramDelta, observations: pl.DataFrame, quantiles: tuple[float, ...] = QUANTILES
+) -> dict[str, Any]:
+    """One metric of one target: counts, means, quantile verdicts and both cumulative histograms."""
+    if histogram.counter_reset:
+        return {
+            "status": "counter_reset",
+            "reason": f"{histogram.family} went down between scrapes (a server restart?); counts over the run unknown",
+            "vllm_family": histogram.family,
+        }
+    in_span = observations.filter(pl.col("at_s").is_between(histogram.baseline_t_s, histogram.end_t_s, closed="right"))
+    values = in_span.get_column("value_ms")
+    vllm_count = int(round(histogram.count))
+    ours_count = len(values)
+    rows = [_quantile_row(histogram, values, q) for q in quantiles]
+    verdicts = [row["agree"] for row in rows if row["agree"] is not None]
+    vllm_mean = histogram.sum_ms / histogram.count if histogram.sum_ms is not None and histogram.count > 0 else None
+    ours_mean = float(values.mean()) if ours_count else None  # type: ignore[arg-type]
+    gap = None if vllm_mean is None or ours_mean is None else ours_mean - vllm_mean
+    ours_cumulative = [int((values <= bound).sum()) for bound in histogram.upper_ms]
+    return {
+        "status": "compared",
+        "vllm_family": histogram.family,
+        "counts": {
+            "vllm": vllm_count,
+            "ours": ours_count,
+            "ours_ok_total": observations.height,
+            "ours_outside_scrape_span": observations.height - ours_count,
+            "vllm_minus_ours": vllm_count - ours_count,
+            "equal": vllm_count == ours_count,
+        },
+        "mean_ms": {
+            "vllm": vllm_mean,
+            "ours": ours_mean,
+            "ours_minus_vllm": gap,
+        },
+        "higher": None if vllm_mean is None or ours_mean is None else _higher(ours_mean, vllm_mean),
+        "quantiles": rows,
+        "agree": all(verdicts) if verdicts else None,
+        "buckets": [
+            {"le_ms": _bound(upper), "vllm": int(round(cumulative)), "ours": ours}
+            for upper, cumulative, ours in zip(histogram.upper_ms, histogram.cumulative, ours_cumulative, strict=True)
+        ],
+    }
+
+
+def _target_block(device_samples: pl.DataFrame, target_rows: pl.DataFrame) -> dict[str, Any]:
+    sent = target_rows.get_column("sent_s").drop_nulls()
+    first_send_s = float(sent.min()) if len(sent) else 0.0  # type: ignore[arg-type]
+    final = target_rows.filter(pl.col("final"))
+    compared: dict[str, Any] = {}
+    scrape: dict[str, Any] | None = None
+    for spec in COMPARED_METRICS:
+        histogram = next(
+            (h for h in (histogram_delta(device_samples, family, first_send_s) for family in spec.families) if h),
+            None,
+        )
+        if histogram is None:
+            compared[spec.metric] = {"status": "absent", "reason": f"no {' or '.join(spec.families)} buckets scraped"}
+            continue
+        if scrape is None:
+            scrape = {
+                "first_send_s": first_send_s if len(sent) else None,
+                "baseline_t_s": histogram.baseline_t_s,
+                "end_t_s": histogram.end_t_s,
+                "baseline": histogram.baseline,
+            }
+        compared[spec.metric] = compare_metric(histogram, spec.observations(final))
+    return {"scrapes": scrape, "metrics": compared}
+
+
+def _flags(targets: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """One line per disagreeing quantile and per count difference."""
+    disagreements, count_differences = [], []
+    for target, block in targets.items():
+        for metric, result in block["metrics"].items():
+            if result["status"] != "compared":
+                continue
+            for row in result["quantiles"]:
+                if row["agree"] is False:
+                    low, high = row["vllm_bucket_ms"]
+                    disagreements.append(
+                        f"{target} {metric} {row['quantile']}: ours {row['ours_ms']:.1f} ms vs vLLM bucket "
+                        f"{low:,.10g}-{'+Inf' if high is None else f'{high:,.10g}'} ms ({row['higher']} higher)"
+                    )
+            counts = result["counts"]
+            if not counts["equal"]:
+                count_differences.append(f"{target} {metric}: vLLM counted {counts['vllm']}, we {counts['ours']}")
+    return disagreements, count_differences
+
+
+def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) -> dict[str, Any]:
+    """The `server_histograms` block of summary.json from a run's telemetry and its result rows (every
+    attempt, with the `final` column); `{"status": "absent", "reason"}` without scraped histograms."""
+    if telemetry is None:
+        return {"status": "absent", "reason": "the run has no telemetry (RUN_DIR/telemetry)"}
+    scraped = telemetry.source(SOURCE_PROMETHEUS)
+    if scraped.height == 0:
+        return {
+            "status": "absent",
+            "reason": "no vLLM /metrics scrapes in the telemetry (scraped: `kind: vllm` targets started by the replay, "
+            "and targets with a `metrics_url`)",
+        }
+    targets: dict[str, Any] = {}
+    for device in sorted(scraped.get_column("device").unique().to_list()):
+        block = _target_block(scraped.filter(pl.col("device") == device), rows.filter(pl.col("target") == device))
+        if block["scrapes"] is not None:
+            targets[device] = block
+    if not targets:
+        families = ", ".join(family for spec in COMPARED_METRICS for family in spec.families)
+        return {"status": "absent", "reason": f"the /metrics scrapes hold none of these histograms: {families}"}
+    disagreements, count_differences = _flags(targets)
+    return {
+        "status": "compared",
+        "definitions": DEFINITIONS,
+        "quantiles": list(QUANTILES),
+        "targets": targets,
+        "targets_not_scraped": sorted(set(rows.get_column("target").unique().to_list()) - set(targets)),
+        "disagreements": disagreements,
+        "count_differences": count_differences,
+    }

@@ -1,0 +1,490 @@
+"""One streamed request to a target, timed token by token; every outcome becomes a status.
+
+`StreamingClient.send(body)` never raises: whatever happens (an HTTP error, a timeout, a refused or
+reset connection, a broken stream, cancellation) it returns a `shadowreplay.replay.schemas.results.StreamOutcome`
+whose `status` is one of `shadowreplay.replay.schemas.results.STATUSES`.
+
+Clocks: every time is `time.perf_counter()` of the calling process.
+- `sent` is read immediately before the request is handed to aiohttp (the body is serialized
+  before), so TTFT includes connection set-up when a new connection is needed, as a user's would.
+- Each read from the socket is stamped once on arrival; all events in that read share the stamp.
+  With a `shadowreplay.replay.clients.read_stamps.StampingConnector` session (what replay workers use) the stamp is
+  taken in the connection's `data_received`, before the event loop gets round to this request's
+  reader; with any other session, when the reader takes the bytes.
+- `done` is the arrival of the end of the stream ([DONE], or the end of the body), or the moment
+  the request failed.
+
+Which chunks are output tokens (shared/DESIGN.md: TTFT to the first content or reasoning token,
+never to a role-only or empty chunk; a chunk carrying k tokens counts k times; tokens counted from
+usage, not from chunk text). An *output chunk* is an event that carries an output field (content,
+reasoning or tool-call text), even as "": role-only openings, finish-only chunks without an output
+field and the usage-only final chunk are not output chunks. At the end of the stream:
+1. If the server's usage gives `completion_tokens` equal to the number of output chunks (or to it
+   minus a trailing empty chunk that carries the finish reason), the server streamed one token per
+   chunk, as vLLM does: every output chunk is one token, *including* empty-text ones (vLLM sends ""
+   for a token whose bytes end inside a UTF-8 character, about 3% of tokens). Then
+   `len(token_times) == completion_tokens` exactly.
+2. Otherwise each output chunk counts k tokens: k as the wire says where it does (logprobs entries,
+   or the step in cumulative usage when the server reports usage in every chunk, vLLM's
+   `continuous_usage_stats`); else k = the token counter's count of the chunk's text (at least 1)
+   when a counter is given; else 1 per non-empty chunk. Empty chunks count 0 here: nothing proves
+   they carried a token. Where such estimated counts do not add up to the server's usage (vLLM
+   coalesces several tokens into one chunk when it falls behind, and re-tokenizing text need not
+   give the server's tokens back), the usage total is shared over the chunks in proportion to
+   the estimates, so `len(token_times) == completion_tokens` still.
+`token_times` holds one entry per token (k equal entries for a k-token chunk), non-decreasing;
+`first_token` and `last_token` are its first and last entries. `client_tokens` is the counter's
+count of the whole output text when a counter is given (independent of the server's usage, for
+the mismatch check), else `len(token_times)`.
+
+Status rules: HTTP status >= 300 -> `http_error` (the body's error message, `retry_after_s` from
+Retry-After or retry-after-ms, else from the provider's rate-limit reset headers, see
+replay/clients/rate_limit_headers.py); a JSON answer instead of an event stream, an error object inside
+the stream, an event that is not valid JSON, or a body that ends without [DONE] and without a
+finish reason -> `stream_error`; no connection within `connect_s`, no output token within
+`first_token_s` of `sent`, or no end within `total_s` of `sent` -> `timeout` (the error says
+which); refused, reset or broken connections -> `connection_error`; cancellation of the calling
+task -> `cancelled`. Partial timings stay in the outcome whatever the status.
+
+Cancellation is consumed, not re-raised, so that the caller can still record the request's row:
+`send()` returns the `cancelled` outcome and the task's `cancelling()` count stays raised, so a
+caller can tell it was asked to stop. The API key goes into a request header only; every error
+text, and the kept output text, is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from shadowreplay.replay.clients.protocols import (
+    RequestNotTranslatable,
+    StreamEvent,
+    WireProtocol,
+    WireProtocolError,
+    protocol_for_target,
+)
+from shadowreplay.replay.clients.rate_limit_headers import rate_limit_wait_s
+from shadowreplay.replay.clients.read_stamps import read_stamp
+from shadowreplay.replay.schemas.results import StreamOutcome
+from shadowreplay.replay.clients.sse import SSEParser
+from shadowreplay.replay.targets.config import TargetConfig
+
+TokenCounter = Callable[[str], int]
+
+ERROR_TEXT_LIMIT = 300  # characters of a server's error message kept in `error`
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error response body read
+DRAIN_AFTER_DONE_S = 1.0  # after [DONE], how long to wait for the body's end (keeps the connection reusable)
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Per-request limits in seconds: connecting; from `sent` to the first output token; from `sent`
+    to the end of the stream."""
+
+    connect_s: float = 10.0
+    first_token_s: float = 60.0
+    total_s: float = 600.0
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds to wait before retrying, from `retry-after-ms` or `Retry-After` (delay-seconds or an
+    HTTP date); None when absent or unreadable. Never negative."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+@dataclass(slots=True)
+class _OutputChunk:
+    at: float  # arrival, perf_counter seconds
+    text: str  # all output text of the chunk
+    finish: bool  # carried a finish reason
+    wire_tokens: int | None  # tokens the wire says the chunk carries
+
+
+def apportion(weights: list[int], total: int) -> list[int]:
+    """Integers proportional to `weights` that add up to `total` (largest remainders get the rest)."""
+    scale = total / sum(weights)
+    shares = [w * scale for w in weights]
+    counts = [int(x) for x in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: shares[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+class TokenTimeline:
+    """Arrival times of the output tokens of one stream, by the rule in this module's docstring."""
+
+    __slots__ = ("_counter", "_chunks", "_usage_seen", "_cumulative", "first_output_at")
+
+    def __init__(self, counter: TokenCounter | None = None):
+        self._counter = counter
+        self._chunks: list[_OutputChunk] = []
+        self._usage_seen = False  # an earlier event reported completion_tokens (usage in every chunk)
+        self._cumulative = 0  # the last completion_tokens reported
+        self.first_output_at: float | None = None  # first chunk with output text or wire tokens
+
+    def add(self, at: float, event: StreamEvent) -> None:
+        """Take one interpreted event that arrived at `at`."""
+        reported = event.usage.completion_tokens if event.usage is not None else None
+        if event.carries_output:
+            wire_tokens = event.tokens
+            if wire_tokens is None and reported is not None and self._usage_seen:
+                wire_tokens = max(0, reported - self._cumulative)
+            text = event.output_text
+            self._chunks.append(_OutputChunk(at, text, event.finish_reason is not None, wire_tokens))
+            if self.first_output_at is None and (text or wire_tokens):
+                self.first_output_at = at
+        if reported is not None:
+            self._usage_seen = True
+            self._cumulative = reported
+
+    def resolve(self, completion_tokens: int | None) -> tuple[list[float], int | None]:
+        """(token_times, client_tokens) given the server's final `completion_tokens` (None if unknown)."""
+        chunks = self._chunks
+        if completion_tokens and chunks:
+            if completion_tokens == len(chunks):
+                return [c.at for c in chunks], self._client_count(len(chunks))
+            last = chunks[-1]
+            if completion_tokens == len(chunks) - 1 and last.finish and not last.text:
+                return [c.at for c in chunks[:-1]], self._client_count(len(chunks) - 1)
+        counts = []
+        for chunk in chunks:
+            if chunk.wire_tokens is not None:
+                k = chunk.wire_tokens
+            elif not chunk.text:
+                k = 0
+            elif self._counter is not None:
+                k = max(1, self._count(chunk.text) or 1)
+            else:
+                k = 1
+            counts.append(k)
+        estimated = sum(counts)
+        if completion_tokens and sum(counts) and sum(counts) != completion_tokens and all(c.wire_tokens is None for c in chunks):
+            # Estimated counts (re-tokenized chunk text) disagree with the server's usage: keep the
+            # server's total and share it over the chunks in proportion to the estimates.
+            counts = apportion(counts, completion_tokens)
+        times = [chunk.at for chunk, k in zip(chunks, counts) for _ in range(k)]
+        return times, self._client_count(estimated)
+
+    def _client_count(self, chunk_count: int) -> int | None:
+        if self._counter is None:
+            return chunk_count
+        return self._count("".join(c.text for c in self._chunks))
+
+    def _count(self, text: str) -> int | None:
+        try:
+            return int(self._counter(text))  # type: ignore[misc]
+        except Exception:  # a broken counter costs the client count, never the request
+            return None
+
+
+class StreamingClient:
+    """Sends streamed requests to one target over a shared aiohttp session.
+
+    `target` gives base_url, api/kind (hence the wire protocol), timeouts and the API key (read
+    once, here). `token_counter(text) -> int` counts tokens client-side (e.g. the target
+    tokenizer's encode length); pass None when there is no tokenizer. `keep_output_text` keeps the
+    answer text (content deltas) in `StreamOutcome.output_text`. `protocol` overrides the wire
+    protocol chosen from the target.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        target: TargetConfig,
+        *,
+        token_counter: TokenCounter | None = None,
+        keep_output_text: bool = False,
+        protocol: WireProtocol | None = None,
+    ):
+        if not target.base_url:
+            raise ValueError(f"target {target.name} has no base_url yet")
+        self._session = session
+        self.base_url = target.base_url
+        self.protocol = protocol or protocol_for_target(target)
+        self.limits = StreamLimits(target.timeouts.connect_s, target.timeouts.first_token_s, target.timeouts.total_s)
+        self.token_counter = token_counter
+        self.keep_output_text = keep_output_text
+        self._api_key = target.api_key()
+        self.scrubber = KeyScrubber(self._api_key)
+        self._http_timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.limits.connect_s, sock_connect=self.limits.connect_s
+        )
+
+    async def send(self, body: dict) -> StreamOutcome:
+        """Send one canonical (OpenAI-shaped) request body and follow its stream to the end."""
+        outcome = StreamOutcome()
+        try:
+            request = self.protocol.build_request(body, self._api_key)
+            payload = json.dumps(request.body).encode()
+        except (RequestNotTranslatable, TypeError, ValueError) as exc:
+            outcome.status = "http_error"
+            outcome.error = self.scrubber.error(f"request not sent: {exc}")
+            return outcome
+        exchange = _Exchange(self, outcome)
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        first_deadline = min(limits.first_token_s, limits.total_s)
+        outcome.sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(first_deadline) as deadline:
+                exchange.deadline = deadline
+                exchange.total_deadline_loop = loop.time() + limits.total_s
+                await exchange.run(self.base_url + request.path, request.headers, payload)
+        except aiohttp.ServerTimeoutError as exc:  # aiohttp's own connect limit
+            exchange.fail("timeout", f"connect timeout: no connection within {limits.connect_s:g} s ({exc})")
+        except TimeoutError:
+            if exchange.first_output_at is None and limits.first_token_s < limits.total_s:
+                exchange.fail("timeout", f"first-token timeout: no output token within {limits.first_token_s:g} s")
+            else:
+                exchange.fail("timeout", f"total timeout: stream not finished within {limits.total_s:g} s")
+        except asyncio.CancelledError:
+            exchange.fail("cancelled", "cancelled by the caller")
+        except aiohttp.ClientPayloadError as exc:
+            exchange.fail("connection_error", f"connection broken mid-stream: {exc}")
+        except aiohttp.ClientConnectorError as exc:
+            exchange.fail("connection_error", f"cannot connect: {exc}")
+        except aiohttp.ServerDisconnectedError as exc:
+            exchange.fail("connection_error", f"server disconnected: {exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            exchange.fail("connection_error", f"{type(exc).__name__}: {exc}")
+        except WireProtocolError as exc:
+            exchange.fail("stream_error", str(exc))
+        except Exception as exc:  # nothing may escape: an unforeseen failure is still one outcome
+            exchange.fail("stream_error", f"client error: {type(exc).__name__}: {exc}")
+        exchange.finish()
+        return outcome
+
+
+@dataclass(frozen=True)
+class KeyScrubber:
+    """Takes an API key out of texts that leave the client (a server may echo anything back, even
+    in its answer)."""
+
+    key: str | None
+
+    def all(self, text: str) -> str:
+        """`text` with the key replaced by REDACTED."""
+        return text.replace(self.key, REDACTED) if self.key else text
+
+    def error(self, text: str) -> str:
+        """An error text: the key removed, cut to ERROR_TEXT_LIMIT characters."""
+        text = self.all(text)
+        if len(text) > ERROR_TEXT_LIMIT:
+            text = text[: ERROR_TEXT_LIMIT - 3] + "..."
+        return text
+
+
+class StreamAttempt:
+    """What one request's stream has shown so far, whatever does the I/O (this module's asyncio
+    client; loadgen/locust/gevent_stream_client.py's gevent client for Locust): the events taken in, the
+    status once decided (`settled`: later failures, e.g. while draining, do not change it), and the
+    outcome's token timings filled in at the end. Subclasses add their I/O and may override
+    `first_output_arrived` (where the first-token timeout ends)."""
+
+    __slots__ = ("protocol", "outcome", "timeline", "settled", "ended", "content", "scrubber")
+
+    def __init__(
+        self,
+        outcome: StreamOutcome,
+        protocol: WireProtocol,
+        token_counter: TokenCounter | None,
+        keep_output_text: bool,
+        scrubber: KeyScrubber,
+    ):
+        self.protocol = protocol
+        self.outcome = outcome
+        self.timeline = TokenTimeline(token_counter)
+        self.settled = False
+        self.ended = False  # [DONE] seen
+        self.content: list[str] | None = [] if keep_output_text else None
+        self.scrubber = scrubber
+
+    @property
+    def first_output_at(self) -> float | None:
+        return self.timeline.first_output_at
+
+    def first_output_arrived(self) -> None:
+        """Called once, when the first output token arrives."""
+
+    def fail(self, status: str, error: str) -> None:
+        if self.settled:
+            return
+        self.outcome.status = status
+        self.outcome.error = self.scrubber.error(error)
+        self.settled = True
+
+    def take(self, events: Iterable, at: float) -> None:
+        """Take the SSE events completed by one read, all stamped `at`; stops at the first event
+        that settles the outcome ([DONE], or an error in the stream)."""
+        protocol, outcome, timeline = self.protocol, self.outcome, self.timeline
+        for sse in events:
+            if self.settled:
+                return
+            event: StreamEvent | None = protocol.interpret(sse)
+            if event is None:
+                continue
+            if event.error is not None:
+                self.fail("stream_error", f"error in stream: {event.error}")
+                return
+            if event.usage is not None:
+                if event.usage.prompt_tokens is not None:
+                    outcome.prompt_tokens = event.usage.prompt_tokens
+                if event.usage.completion_tokens is not None:
+                    outcome.completion_tokens = event.usage.completion_tokens
+            if event.finish_reason is not None:
+                outcome.finish_reason = event.finish_reason
+            if event.carries_output:
+                had_output = timeline.first_output_at is not None
+                timeline.add(at, event)
+                if not had_output and timeline.first_output_at is not None:
+                    self.first_output_arrived()
+                if self.content is not None and event.content:
+                    self.content.append(event.content)
+            elif event.usage is not None:
+                timeline.add(at, event)
+            if event.done:
+                self.ended = True
+                outcome.done = at
+                outcome.status = "ok"
+                self.settled = True
+
+    def body_ended(self, inside_event: bool) -> None:
+        """The body ended without [DONE]: ok after a finish reason, else a broken stream."""
+        if self.settled:
+            return
+        if self.outcome.finish_reason is not None:
+            self.outcome.status = "ok"
+            self.outcome.done = time.perf_counter()
+            self.settled = True
+        else:
+            where = " (inside an unterminated event)" if inside_event else ""
+            self.fail("stream_error", f"stream ended without [DONE] or a finish reason{where}")
+
+    def not_an_event_stream(self, body: bytes) -> None:
+        self.fail("stream_error", f"server answered JSON, not an event stream: {self.protocol.error_message(body)}")
+
+    def http_error(self, status: int, reason: str | None, headers: Mapping[str, str]) -> None:
+        """An HTTP error status: the outcome and the wait the server asked for (Retry-After, else
+        the provider's rate-limit headers). `http_error_body` adds the server's message."""
+        retry_after = parse_retry_after(headers)
+        self.outcome.retry_after_s = retry_after if retry_after is not None else rate_limit_wait_s(headers)
+        self.fail("http_error", f"HTTP {status} {reason or ''}".rstrip())
+
+    def http_error_body(self, status: int, body: bytes) -> None:
+        message = self.protocol.error_message(body)
+        if message:
+            self.outcome.error = self.scrubber.error(f"HTTP {status}: {message}")
+
+    def finish(self) -> None:
+        """Fill in the token timings (whatever the status) and the end time."""
+        outcome = self.outcome
+        if outcome.done is None:
+            outcome.done = time.perf_counter()
+        token_times, client_tokens = self.timeline.resolve(outcome.completion_tokens)
+        outcome.token_times = token_times
+        outcome.client_tokens = client_tokens
+        if token_times:
+            outcome.first_token = token_times[0]
+            outcome.last_token = token_times[-1]
+        if self.content is not None:
+            outcome.output_text = self.scrubber.all("".join(self.content))
+
+
+class _Exchange(StreamAttempt):
+    """One request on aiohttp: its deadlines and its reads (not shared between requests)."""
+
+    __slots__ = ("client", "deadline", "total_deadline_loop")
+
+    def __init__(self, client: StreamingClient, outcome: StreamOutcome):
+        super().__init__(
+            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber
+        )
+        self.client = client
+        self.deadline: asyncio.Timeout | None = None
+        self.total_deadline_loop = 0.0
+
+    def first_output_arrived(self) -> None:
+        """From the first output token on, only the total limit applies."""
+        if self.deadline is not None:
+            self.deadline.reschedule(self.total_deadline_loop)
+
+    async def run(self, url: str, headers: dict[str, str], payload: bytes) -> None:
+        client = self.client
+        async with client._session.post(
+            url, data=payload, headers=headers, timeout=client._http_timeout, allow_redirects=False
+        ) as response:
+            self.outcome.http_status = response.status
+            if response.status >= 300:
+                self.http_error(response.status, response.reason, response.headers)
+                self.http_error_body(response.status, await _read_bounded(response.content, ERROR_BODY_LIMIT))
+                return
+            if "json" in response.headers.get("Content-Type", ""):
+                self.not_an_event_stream(await _read_bounded(response.content, ERROR_BODY_LIMIT))
+                return
+            parser = SSEParser()
+            content = response.content
+            stamp = read_stamp(response)
+            while not self.settled:
+                data = await content.readany()
+                if not data:
+                    break
+                self.take(parser.feed(data), stamp.now())  # the read's arrival, before any parsing
+            if self.ended:
+                await self._drain(content)
+            else:
+                self.body_ended(parser.pending)
+
+    async def _drain(self, content: aiohttp.StreamReader) -> None:
+        """Read what follows [DONE] (normally just the body's end) so the connection can be reused;
+        bounded, and nothing that happens here changes the outcome."""
+        if content.at_eof():
+            return
+        try:
+            async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+                while await content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of a body, to its end."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)[:limit]

@@ -1,0 +1,255 @@
+"""The Ray runner: starts a local Ray instance (or joins a cluster), splits the plan across worker
+actors, gives them one start epoch, shows live progress, and guarantees one final result row per
+scheduled request and target, whatever happened to a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from shadowreplay.replay.run.plan import split_plan
+from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
+from shadowreplay.replay.run.result_writer import ResultShardWriter
+from shadowreplay.replay.run.running_sketch import ProgressSnapshot
+from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError
+from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
+
+START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
+
+
+@ray.remote(max_concurrency=4)
+class ReplayWorkerActor:
+    """A ReplayWorker in its own process: `run` blocks one thread on the worker's event loop while
+    `progress` and `cancel` answer from another."""
+
+    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
+        self.worker = ReplayWorker(settings, targets, shard)
+
+    def ready(self) -> dict:
+        return {
+            "worker": self.worker.settings.worker,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "wall_minus_perf": self.worker.wall_minus_perf,
+            "requests": self.worker.shard.num_rows,
+        }
+
+    def run(self, epoch: float) -> dict:
+        return self.worker.run(epoch)
+
+    def progress(self) -> ProgressSnapshot:
+        return self.worker.progress()
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+
+@dataclass
+class RunSettings:
+    run_dir: Path
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    workers: int | None = None  # None: one per CPU of the cluster
+    address: str | None = None  # None: start a local Ray instance
+    keep_output_text: bool = False
+    block_size: int = 512
+    concurrency: int | None = None  # closed loop with this many users in all; None: open loop
+    duration_s: float | None = None  # closed loop: stop taking new requests after this long
+    busy_poll: bool = False  # every worker's event loop polls without sleeping (a core each; see replay_worker)
+
+
+def worker_failure(exc: BaseException) -> str:
+    """What to print of a worker's failure: the exception type, and the message only for a target
+    configuration error (which names a file and a variable, never a secret). Other messages may
+    hold request details, so they stay out of the console."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TargetConfigError):
+        return f"{type(exc).__name__}: {cause}"
+    return type(exc).__name__
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    by_status: dict[str, int]
+    workers: list[dict]
+    epoch: float
+    wall_s: float
+    cancelled: bool
+    lost_rows: int  # rows the runner had to write for requests whose worker died
+    telemetry: list = field(default_factory=list)  # each sampler's stats
+
+
+def start_ray(address: str | None) -> dict:
+    """Join `address` or start a small local instance; returns facts for the manifest."""
+    if not ray.is_initialized():
+        # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
+        kwargs = dict(
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=True,
+            runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # A small object store: plans and results travel as Parquet shards, not objects.
+            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=512 * 1024 * 1024, **kwargs)
+    nodes = [
+        {"host": n["NodeManagerHostname"], "address": n["NodeManagerAddress"], "resources": n["Resources"]}
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+    return {"address": address or "local", "ray_version": ray.__version__, "nodes": nodes}
+
+
+def run_plan(
+    plan: pa.Table,
+    targets: list[TargetConfig],
+    settings: RunSettings,
+    on_progress: Callable[[ProgressSnapshot], None] | None = None,
+    progress_interval_s: float = 0.5,
+    samplers: list | None = None,
+    gpu_samplers: GpuNodeSamplers | None = None,
+) -> RunOutcome:
+    """Replay `plan` against `targets` on Ray workers; results land in settings.run_dir/results.
+    `samplers` (telemetry: objects with start(clock) and stop() -> stats) run on this process
+    from the shared epoch until the last worker is done. `gpu_samplers` (NVML actors, one on every
+    GPU node of the cluster) are placed while the workers start, then sample over the same span on
+    the same timeline; every sampler's stats end up in RunOutcome.telemetry."""
+    results_dir = settings.run_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n_workers = max(1, min(settings.workers or cpus, plan.num_rows, settings.concurrency or plan.num_rows))
+    shards = split_plan(plan, n_workers)
+    # Closed loop: the users are spread over the workers as evenly as they go.
+    users: list[int | None] = [None] * n_workers
+    if settings.concurrency:
+        users = [settings.concurrency // n_workers + (i < settings.concurrency % n_workers) for i in range(n_workers)]
+    actors = []
+    for i, shard in enumerate(shards):
+        worker_settings = WorkerSettings(
+            run_id=settings.run_id,
+            worker=f"w{i:03d}",
+            results_dir=str(results_dir),
+            keep_output_text=settings.keep_output_text,
+            block_size=settings.block_size,
+            concurrency=users[i],
+            duration_s=settings.duration_s,
+            worker_count=n_workers,
+            busy_poll=settings.busy_poll,
+        )
+        actors.append(ReplayWorkerActor.options(num_cpus=0).remote(worker_settings, targets, shard))
+    if gpu_samplers is not None:
+        gpu_samplers.place()  # their processes start beside the workers'
+    by_status: dict[str, int] = {}
+    cancelled = False
+    try:
+        workers = ray.get([a.ready.remote() for a in actors])
+        if gpu_samplers is not None:
+            gpu_samplers.wait_ready()  # so that they sample from before the epoch on
+        epoch = time.time() + START_LEAD_S
+        started = time.monotonic()
+        clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), epoch)
+        for sampler in samplers or []:
+            sampler.start(clock)
+        if gpu_samplers is not None:
+            gpu_samplers.start(epoch)  # each actor maps its own clock to this epoch
+        run_refs = {a.run.remote(epoch): a for a in actors}
+        pending = list(run_refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_interval_s)
+                for ref in done:
+                    try:
+                        for status, count in ray.get(ref).items():
+                            by_status[status] = by_status.get(status, 0) + count
+                    except ray.exceptions.RayError as exc:  # a worker died: its missing rows are filled below
+                        print(f"replay: worker {run_refs[ref]} failed: {worker_failure(exc)}", flush=True)
+                if on_progress is not None:
+                    on_progress(_progress_of(actors))
+        except KeyboardInterrupt:
+            cancelled = True
+            ray.get([a.cancel.remote() for a in actors])
+            for ref in pending:
+                try:
+                    for status, count in ray.get(ref).items():
+                        by_status[status] = by_status.get(status, 0) + count
+                except ray.exceptions.RayError:
+                    pass
+    finally:  # also when the workers never got ready: no sampler outlives the run
+        telemetry = [sampler.stop() for sampler in samplers or []]
+        if gpu_samplers is not None:
+            telemetry += gpu_samplers.stop()
+    # Open loop: every planned request was scheduled and must have its final row. Closed loop: only
+    # the requests users took were scheduled, and each worker writes theirs.
+    lost = 0 if settings.concurrency else fill_missing_rows(plan, targets, settings.run_id, results_dir)
+    if lost:
+        by_status["cancelled"] = by_status.get("cancelled", 0) + lost
+    return RunOutcome(
+        run_id=settings.run_id,
+        by_status=by_status,
+        workers=workers,
+        epoch=epoch,
+        wall_s=time.monotonic() - started,
+        cancelled=cancelled,
+        lost_rows=lost,
+        telemetry=telemetry,
+    )
+
+
+def _progress_of(actors: list) -> ProgressSnapshot:
+    """The sum of every live worker's progress (a dead worker's part is left out)."""
+    snapshots = []
+    for ref in [a.progress.remote() for a in actors]:
+        try:
+            snapshots.append(ray.get(ref, timeout=5))
+        except (ray.exceptions.RayError, TimeoutError):
+            continue
+    return ProgressSnapshot.combine(snapshots)
+
+
+def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, results_dir: Path) -> int:
+    """Write a `cancelled` final row for every (request, target) that has none (a lost worker)."""
+    seen: set[tuple[str, str]] = set()
+    for path in sorted(results_dir.glob("part-*.parquet")):
+        table = pq.read_table(path, columns=["target", "request_id", "final"])
+        for target, request_id, final in zip(
+            table.column("target").to_pylist(), table.column("request_id").to_pylist(), table.column("final").to_pylist()
+        ):
+            if final:
+                seen.add((target, request_id))
+    writer = ResultShardWriter(results_dir, "runner")
+    missing = 0
+    for row in plan.select(
+        ["request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "tag"]
+    ).to_pylist():
+        for target in targets:
+            if (target.name, row["request_id"]) in seen:
+                continue
+            missing += 1
+            writer.add(
+                {
+                    "run_id": run_id,
+                    "target": target.name,
+                    "attempt": 1,
+                    "final": True,
+                    "worker": None,
+                    "status": "cancelled",
+                    "error": "no outcome recorded: the worker was lost before it wrote this request",
+                    "token_times_ms": [],
+                    **row,
+                }
+            )
+    writer.close()
+    return missing

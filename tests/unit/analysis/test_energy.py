@@ -1,0 +1,232 @@
+"""GPU utilisation, memory, power and joules per output token from telemetry files the test writes;
+every aggregate is recomputed here with numpy from the same samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.telemetry.energy import device_energy
+from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.summary.run_summary import summarize
+from shadowreplay.analysis.data.telemetry_data import TelemetryDataError, load_telemetry
+from shadowreplay.replay.schemas.telemetry import NVML_ENERGY, NVML_POWER, TELEMETRY_SCHEMA, TelemetryShardWriter
+from shadowreplay.cli import main
+from tests.support.results_factory import result_row, write_results
+from tests.support.telemetry_factory import gpu_samples, sample, server_samples, write_telemetry
+
+WINDOW = (1.0, 10.0)  # schedule 0..10 s, 10% warm-up
+MANIFEST = {
+    "run_id": "run-factory",
+    "targets": [
+        {"name": "local", "kind": "vllm", "model": "tiny"},
+        {"name": "hosted", "kind": "openai", "model": "m", "base_url": "https://api.example.test/v1"},
+    ],
+}
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    rows = []
+    for i in range(21):
+        rows.append(result_row(f"r{i}", target="local", scheduled_s=i * 0.5, gaps_ms=[4.0] * (i % 6 + 1)))
+        rows.append(result_row(f"r{i}", target="hosted", scheduled_s=i * 0.5, gaps_ms=[9.0] * 30))
+    return rows
+
+
+def _times(rng: np.random.Generator, start: float, stop: float, step: float) -> np.ndarray:
+    base = np.arange(start, stop, step)
+    return np.sort(base + rng.uniform(-0.3, 0.3, base.size) * step)
+
+
+@pytest.fixture
+def gpus() -> dict[str, dict[str, np.ndarray]]:
+    """Two GPUs' series: GPU 0 with an energy counter, GPU 1 without one (power is integrated instead)."""
+    rng = np.random.default_rng(7)
+    series = {}
+    for device in ("0", "1"):
+        t = _times(rng, 0.05, 12.0, 0.1)
+        util = rng.uniform(0, 100, t.size)
+        power = rng.uniform(80, 700, t.size)
+        mem = 30e9 + 1e8 * t
+        mem[np.argmin(np.abs(t - 0.5))] = 75e9  # the peak is in the warm-up: the high-water mark still sees it
+        series[device] = {"t": t, "util": util, "power": power, "mem": mem}
+    return series
+
+
+@pytest.fixture
+def run_dir(tmp_path, rows, gpus):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    telemetry = []
+    for device, s in gpus.items():
+        telemetry += gpu_samples(s["t"], s["util"], s["power"], s["mem"], device=device, with_energy=device == "0")
+    write_telemetry(tmp_path, telemetry[: len(telemetry) // 2], name="nvml-a.parquet")
+    write_telemetry(tmp_path, telemetry[len(telemetry) // 2 :], name="nvml-b.parquet")
+    seconds = np.arange(0.0, 12.0)
+    write_telemetry(tmp_path, server_samples("local", seconds, seconds / 20, seconds, seconds / 2), name="vllm.parquet")
+    return tmp_path
+
+
+def _counter(s: dict[str, np.ndarray]) -> np.ndarray:
+    """The energy counter gpu_samples writes: the running trapezoid integral of power."""
+    steps = (s["power"][1:] + s["power"][:-1]) / 2 * np.diff(s["t"])
+    return 1.0e6 + np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def _power_integral(s: dict[str, np.ndarray], start: float, end: float) -> float:
+    inside = (s["t"] >= start) & (s["t"] <= end)
+    t = np.concatenate([[start], s["t"][inside], [end]])
+    p = np.interp(t, s["t"], s["power"])
+    return float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(t)))
+
+
+def test_gpu_block_recomputed_with_numpy(run_dir, rows, gpus):
+    summary = summarize(load_run(run_dir), telemetry=load_telemetry(run_dir))
+    assert (summary["window"]["start_s"], summary["window"]["end_s"]) == pytest.approx(WINDOW)
+    gpu = summary["gpu"]
+    assert gpu["status"] == "measured" and gpu["devices_count"] == 2
+    start, end = WINDOW
+
+    def inside(s, key):
+        return s[key][(s["t"] >= start) & (s["t"] <= end)]
+
+    pooled_util = np.concatenate([inside(s, "util") for s in gpus.values()])
+    assert gpu["gpu_util_pct"]["mean"] == pytest.approx(pooled_util.mean())
+    assert gpu["gpu_util_pct"]["p95"] == pytest.approx(np.percentile(pooled_util, 95))
+    assert gpu["mem_util_pct"]["mean"] == pytest.approx((pooled_util / 2 + 10).mean())
+    assert gpu["mem_used_high_water_bytes"] == pytest.approx(75e9)
+    power_means = [inside(s, "power").mean() for s in gpus.values()]
+    assert gpu["power_w"]["mean_total"] == pytest.approx(sum(power_means))
+    assert gpu["power_w"]["mean_per_gpu"] == pytest.approx(np.mean(power_means))
+
+    zero, one = gpus["0"], gpus["1"]
+    counter = _counter(zero)
+    energy_zero = np.interp(end, zero["t"], counter) - np.interp(start, zero["t"], counter)
+    energy_one = _power_integral(one, start, end)
+    by_device = {d["device"]: d for d in gpu["devices"]}
+    assert (by_device["0"]["energy_method"], by_device["1"]["energy_method"]) == ("counter", "power_integral")
+    assert by_device["0"]["energy_j"] == pytest.approx(energy_zero)
+    assert by_device["1"]["energy_j"] == pytest.approx(energy_one)
+    assert by_device["1"]["gpu_util_pct"]["p95"] == pytest.approx(np.percentile(inside(one, "util"), 95))
+    assert by_device["0"]["mem_total_bytes"] == 80 * 1024**3
+
+    energy = gpu["energy"]
+    assert energy["method"] == "mixed" and energy["covered_s"] == pytest.approx(end - start)
+    tokens = sum(
+        r["completion_tokens"]
+        for r in rows
+        if r["target"] == "local" and r["status"] == "ok" and start <= r["done_s"] <= end
+    )
+    assert energy["targets"] == ["local"] and energy["output_tokens"] == tokens
+    assert energy["joules"] == pytest.approx(energy_zero + energy_one)
+    assert energy["joules_per_output_token"] == pytest.approx((energy_zero + energy_one) / tokens)
+
+
+def test_counter_and_power_integral_agree_on_sample_times(run_dir, gpus):
+    """Over an interval that starts and ends on samples, the counter delta equals the power integral."""
+    device = load_telemetry(run_dir).source("nvml").filter(pl.col("device") == "0")
+    t = gpus["0"]["t"]
+    window = metrics.Window("steady", float(t[20]), float(t[90]), 0.0, 0.0, 12.0)
+    joules, method, covered = device_energy(device, window)
+    without_counter = device.filter(pl.col("metric") != NVML_ENERGY)
+    integral, fallback, _ = device_energy(without_counter, window)
+    assert (method, fallback) == ("counter", "power_integral")
+    assert joules == pytest.approx(integral) and covered == pytest.approx(t[90] - t[20])
+
+
+def test_a_counter_that_goes_backwards_falls_back_to_power(tmp_path, rows):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    times = np.arange(0.0, 11.0, 0.5)
+    telemetry = [sample(NVML_POWER, t, 100.0) for t in times]
+    telemetry += [sample(NVML_ENERGY, t, 5000.0 - t) for t in times]  # a reset/wrap: decreasing
+    write_telemetry(tmp_path, telemetry)
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]
+    assert gpu["energy"]["method"] == "power_integral"
+    assert gpu["energy"]["joules"] == pytest.approx(100.0 * (WINDOW[1] - WINDOW[0]))
+    assert gpu["gpu_util_pct"] == {"mean": None, "p95": None}  # no utilisation samples: nothing invented
+
+
+def test_samples_that_stop_early_say_how_much_was_covered(tmp_path, rows):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    times = np.arange(0.0, 6.01, 0.5)
+    write_telemetry(tmp_path, [sample(NVML_POWER, t, 200.0) for t in times])
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    assert energy["covered_s"] == pytest.approx(5.0) and energy["window_s"] == pytest.approx(9.0)
+    assert energy["joules"] == pytest.approx(200.0 * 5.0)
+
+
+def test_without_gpu_samples_the_block_is_absent(tmp_path, rows):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    assert summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"] == {
+        "status": "absent",
+        "reason": "the run has no telemetry files (RUN_DIR/telemetry/*.parquet)",
+    }
+    write_telemetry(tmp_path, server_samples("local", [0.0, 1.0], [0.1, 0.2], [1, 2], [0, 0]))
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]
+    assert gpu["status"] == "absent" and "no NVML" in gpu["reason"]
+
+
+def test_every_target_counts_when_none_is_local(tmp_path, rows, gpus):
+    manifest = {"run_id": "run-factory", "targets": [{**t, "kind": "openai"} for t in MANIFEST["targets"]]}
+    write_results(tmp_path, rows, manifest=manifest)
+    s = gpus["0"]
+    write_telemetry(tmp_path, gpu_samples(s["t"], s["util"], s["power"], s["mem"]))
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    start, end = WINDOW
+    tokens = sum(r["completion_tokens"] for r in rows if r["status"] == "ok" and start <= r["done_s"] <= end)
+    assert energy["targets"] == ["hosted", "local"] and energy["output_tokens"] == tokens
+
+
+def _loose_schema(columns, metadata=TELEMETRY_SCHEMA.metadata) -> pa.Schema:
+    """The contract's fields named in `columns`, all nullable (to write files that break it), with `metadata`."""
+    return pa.schema([f.with_nullable(True) for f in TELEMETRY_SCHEMA if f.name in columns], metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("rows", "metadata", "fragment"),
+    [
+        ([{k: v for k, v in sample("power_w", 0.0, 1.0).items() if k != "metric"}], TELEMETRY_SCHEMA.metadata,
+         "lacks columns ['metric']"),
+        ([sample("power_w", 0.0, 1.0), {**sample("power_w", 1.0, 1.0), "value": None}], TELEMETRY_SCHEMA.metadata,
+         "row 1: field value is null"),
+        ([sample("power_w", 0.0, 1.0)], {b"shadowreplay.kind": b"results", b"shadowreplay.schema_version": b"1"},
+         "not a telemetry file (file metadata kind b'results'"),
+        ([sample("power_w", 0.0, 1.0)], {b"shadowreplay.kind": b"telemetry", b"shadowreplay.schema_version": b"2"},
+         "telemetry schema_version b'2', this shadowreplay reads 1"),
+    ],
+)  # fmt: skip
+def test_bad_telemetry_files_name_file_row_and_field(tmp_path, rows, metadata, fragment):
+    path = write_telemetry(tmp_path, rows, schema=_loose_schema(rows[0], metadata))
+    with pytest.raises(TelemetryDataError) as info:
+        load_telemetry(tmp_path)
+    assert str(info.value).startswith(str(path)) and fragment in str(info.value)
+
+
+def test_report_shows_the_gpu_block_and_a_bad_file_is_one_line(run_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")  # wide enough that no cell wraps
+    assert main(["report", str(run_dir), "--prices", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpu"]["status"] == "measured"
+    assert main(["report", str(run_dir), "--prices", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU utilisation and energy" in out and "all (2 GPUs)" in out and "mixed" in out
+    (run_dir / "telemetry" / "broken.parquet").write_text("not parquet")
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.parquet: cannot read as Parquet" in err and err.count("\n") == 1
+
+
+def test_shards_of_the_samplers_writer_are_read(tmp_path, rows):
+    """Files written by replay/schemas/telemetry.py's TelemetryShardWriter, as the samplers write them."""
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    writer = TelemetryShardWriter(tmp_path / "telemetry", "run-factory", "node-a", "nvml-node-a", max_rows=7)
+    for t in np.arange(0.0, 11.0, 0.5):
+        writer.add("nvml", "0", float(t), NVML_POWER, 300.0)
+    writer.close()
+    assert len(writer.files) > 1
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    assert energy["method"] == "power_integral" and energy["joules"] == pytest.approx(300.0 * 9.0)

@@ -1,0 +1,105 @@
+"""analysis/data/run_data.py: reading a run directory, and clear errors for directories that break the contract."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shadowreplay.analysis.data.run_data import RunDataError, load_run
+from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
+from tests.support.results_factory import result_row, write_results
+
+
+def test_reads_every_shard_and_the_manifest(tmp_path):
+    rows = [result_row(f"r{i}", target=t) for i in range(5) for t in ("a", "b")]
+    rows.append(result_row("r0", target="a", attempt=0, final=False, status="http_error"))
+    write_results(tmp_path, rows, shards=3, manifest={"run_id": "run-factory", "targets": ["a", "b"]})
+    run = load_run(tmp_path)
+    assert len(run.files) == 3
+    assert run.rows.height == 11 and run.final_rows.height == 10
+    assert run.targets == ["a", "b"] and run.run_id == "run-factory"
+    assert run.manifest == {"run_id": "run-factory", "targets": ["a", "b"]}
+    assert "output_text" not in run.rows.columns
+    assert "output_text" in load_run(tmp_path, include_output_text=True).rows.columns
+    assert run.requests_without_final_row == 0
+
+
+def test_counts_requests_that_never_got_a_final_row(tmp_path):
+    write_results(tmp_path, [result_row("r0"), result_row("r1", final=False, attempt=0)])
+    run = load_run(tmp_path)
+    assert run.requests_without_final_row == 1 and run.manifest is None
+
+
+def _error(tmp_path) -> str:
+    with pytest.raises(RunDataError) as info:
+        load_run(tmp_path)
+    return str(info.value)
+
+
+def test_missing_directory_and_missing_results(tmp_path):
+    assert "no such run directory" in _error(tmp_path / "absent")
+    assert "no result shards" in _error(tmp_path)
+    (tmp_path / "results").mkdir()
+    assert "no result shards" in _error(tmp_path)
+
+
+def test_a_file_that_is_not_parquet(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "part-0.parquet").write_text("not parquet")
+    assert "part-0.parquet: cannot read as Parquet" in _error(tmp_path)
+
+
+def test_a_parquet_file_without_results_metadata(tmp_path):
+    (tmp_path / "results").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "results" / "other.parquet")
+    assert "other.parquet: not a results shard" in _error(tmp_path)
+
+
+def test_another_schema_version(tmp_path):
+    schema = RESULTS_SCHEMA.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"2"})
+    write_results(tmp_path, [result_row("r0")], shards=1, schema=schema)
+    assert "schema_version" in _error(tmp_path)
+
+
+def test_a_missing_column(tmp_path):
+    schema = RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("ttft_ms"))
+    (tmp_path / "results").mkdir()
+    row = {k: v for k, v in result_row("r0").items() if k != "ttft_ms"}
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), tmp_path / "results" / "p.parquet")
+    assert "lacks columns ['ttft_ms']" in _error(tmp_path)
+
+
+def test_an_unknown_status_names_file_row_and_field(tmp_path):
+    write_results(tmp_path, [result_row("r0"), result_row("r1", status="exploded")], shards=1)
+    message = _error(tmp_path)
+    assert "part-w0-00000.parquet: row 1: field status is 'exploded'" in message
+
+
+def test_a_null_required_field_names_file_row_and_field(tmp_path):
+    rows = [result_row("r0"), result_row("r1"), result_row("r2")]
+    rows[2]["target"] = None
+    index = RESULTS_SCHEMA.get_field_index("target")
+    lax = RESULTS_SCHEMA.set(index, RESULTS_SCHEMA.field("target").with_nullable(True))  # a writer off contract
+    write_results(tmp_path, rows, shards=1, schema=lax)
+    assert "row 2: field target is null" in _error(tmp_path)
+
+
+def test_two_final_rows_for_one_request(tmp_path):
+    write_results(tmp_path, [result_row("r0"), result_row("r0", attempt=2)], shards=2)
+    message = _error(tmp_path)
+    assert "request r0 has 2 final rows for target target-a" in message
+    assert "part-w0-00000.parquet, part-w1-00000.parquet" in message
+
+
+def test_shards_of_two_runs(tmp_path):
+    write_results(tmp_path, [result_row("r0", run_id="one"), result_row("r1", run_id="two")], shards=2)
+    assert "shards from several runs: one, two" in _error(tmp_path)
+
+
+def test_a_broken_manifest(tmp_path):
+    write_results(tmp_path, [result_row("r0")])
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert "manifest.json: not readable JSON" in _error(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert "expected a JSON object" in _error(tmp_path)

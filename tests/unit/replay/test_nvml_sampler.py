@@ -1,0 +1,300 @@
+"""The NVML sampler, driven by a stand-in for pynvml (same function names, return shapes, units and
+NVMLError codes), and on a real GPU where one is present (`gpu` marker)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+import shadowreplay.replay.telemetry.nvml_sampler as nvml_sampler
+from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.telemetry.nvml_sampler import NvmlSampler, check_nvml
+from shadowreplay.replay.schemas.telemetry import TELEMETRY_SCHEMA
+
+# pynvml's codes (nvml.h)
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_GPU_IS_LOST = 15
+
+
+class StandInNVMLError(Exception):
+    """pynvml.NVMLError's shape: the NVML return code in `.value`."""
+
+    def __init__(self, value: int):
+        super().__init__(f"NVML error {value}")
+        self.value = value
+
+
+class StandInNvml:
+    """What the sampler uses of pynvml, over `gpus` fake GPUs with fixed readings.
+
+    `unsupported[(gpu, function)]` raises NOT_SUPPORTED; `failing[(gpu, function)] = n` raises
+    GPU_IS_LOST the next n calls; `crashing` raises a non-NVML exception every call. Every call is
+    counted in `calls`.
+    """
+
+    NVMLError = StandInNVMLError
+    NVML_ERROR_NOT_SUPPORTED = NVML_ERROR_NOT_SUPPORTED
+    NVML_ERROR_LIBRARY_NOT_FOUND = NVML_ERROR_LIBRARY_NOT_FOUND
+    NVML_CLOCK_SM = 1
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, gpus: int = 2, library: bool = True):
+        self.gpus = gpus
+        self.library = library
+        self.unsupported: set[tuple[int, str]] = set()
+        self.failing: Counter[tuple[int, str]] = Counter()
+        self.crashing: set[tuple[int, str]] = set()
+        self.calls: Counter[str] = Counter()
+        self.inits = 0
+        self.shutdowns = 0
+        self.energy_mj = [5_000_000 + 4_000_000 * i for i in range(gpus)]
+
+    def _call(self, handle: int, function: str) -> None:
+        self.calls[function] += 1
+        if (handle, function) in self.unsupported:
+            raise StandInNVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if self.failing[(handle, function)] > 0:
+            self.failing[(handle, function)] -= 1
+            raise StandInNVMLError(NVML_ERROR_GPU_IS_LOST)
+        if (handle, function) in self.crashing:
+            raise RuntimeError("the driver answered garbage")
+
+    def nvmlInit(self) -> None:
+        if not self.library:
+            raise StandInNVMLError(NVML_ERROR_LIBRARY_NOT_FOUND)
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.gpus
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-0000000{handle}"
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
+        self._call(handle, "nvmlDeviceGetUtilizationRates")
+        return SimpleNamespace(gpu=90 + handle, memory=40 + handle)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
+        self._call(handle, "nvmlDeviceGetMemoryInfo")
+        total = 85_899_345_920
+        return SimpleNamespace(total=total, used=60_000_000_000 + handle, free=total - 60_000_000_000 - handle)
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
+        self._call(handle, "nvmlDeviceGetPowerUsage")
+        return 350_500 + handle  # milliwatts
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
+        self._call(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        self.energy_mj[handle] += 35_050  # 350.5 W over 0.1 s
+        return self.energy_mj[handle]  # millijoules
+
+    def nvmlDeviceGetClockInfo(self, handle: int, clock_type: int) -> int:
+        self._call(handle, "nvmlDeviceGetClockInfo")
+        assert clock_type == self.NVML_CLOCK_SM
+        return 1980
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
+        self._call(handle, "nvmlDeviceGetTemperature")
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        return 61 + handle
+
+
+def clock() -> ClockMapping:
+    """The replay workers' own perf_counter -> run-seconds mapping, with the run starting now."""
+    return ClockMapping(ClockMapping.measure_wall_minus_perf(), time.time())
+
+
+def read_rows(files) -> list[dict]:
+    return pq.ParquetDataset(files).read().to_pylist() if files else []
+
+
+def by_metric(rows: list[dict], device: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        if row["device"] == device:
+            out.setdefault(row["metric"], []).append(row["value"])
+    return out
+
+
+def test_one_round_gives_every_metric_of_every_gpu_in_schema_units(tmp_path):
+    nvml = StandInNvml(gpus=2)
+    sampler = NvmlSampler("run-7", tmp_path, nvml=nvml, host="gpu-node-1", interval_s=3600)
+    status = sampler.start(clock())
+    assert status.available and "2 GPU(s) (NVIDIA H100 80GB HBM3), driver 550.54.15" == status.reason
+    assert sampler.sample_once() == 16  # 8 metrics x 2 GPUs, beside the thread's own first round
+    stats = sampler.stop()
+    assert nvml.inits == nvml.shutdowns  # every nvmlInit has its nvmlShutdown
+    files = stats["files"]
+    assert pq.read_schema(files[0]).equals(TELEMETRY_SCHEMA, check_metadata=True)
+    rows = read_rows(files)
+    assert {(r["run_id"], r["source"], r["host"]) for r in rows} == {("run-7", "nvml", "gpu-node-1")}
+    samples = stats["samples"]  # ours, and the thread's first round if it got to it before stop()
+    assert samples in (1, 2) and len(rows) == 16 * samples
+    gpu1 = by_metric(rows, "1")
+    assert gpu1["gpu_util_pct"] == [91.0] * samples and gpu1["mem_util_pct"] == [41.0] * samples
+    assert gpu1["mem_used_bytes"][0] == 60_000_000_001 and gpu1["mem_total_bytes"][0] == 85_899_345_920
+    assert gpu1["power_w"][0] == pytest.approx(350.501)
+    assert gpu1["energy_j"] == pytest.approx([9_000 + 35.05 * (i + 1) for i in range(samples)])  # mJ -> J
+    assert gpu1["sm_clock_mhz"][0] == 1980 and gpu1["temperature_c"][0] == 62
+    t = [r["t_s"] for r in rows]
+    assert all(-1 < x < 60 for x in t)  # seconds on the run's timeline, which started just now
+    assert [g["uuid"] for g in stats["gpus"]] == ["GPU-00000000", "GPU-00000001"]
+
+
+def test_an_unsupported_reading_is_dropped_for_that_gpu_only(tmp_path):
+    nvml = StandInNvml(gpus=2)
+    nvml.unsupported.add((1, "nvmlDeviceGetTotalEnergyConsumption"))  # e.g. a pre-Volta GPU
+    sampler = NvmlSampler("r", tmp_path, nvml=nvml, interval_s=3600)
+    sampler.start(clock())
+    for _ in range(3):
+        sampler.sample_once()
+    stats = sampler.stop()
+    assert stats["unsupported"] == {"1": ["energy"]} and stats["errors"] == {}
+    # GPU 0 read its energy every round, GPU 1 only once (the try that said NOT_SUPPORTED).
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == stats["samples"] + 1
+    rows = read_rows(stats["files"])
+    assert "energy_j" not in by_metric(rows, "1") and len(by_metric(rows, "0")["energy_j"]) == stats["samples"]
+    assert len(by_metric(rows, "1")["power_w"]) == stats["samples"]
+
+
+def test_other_nvml_errors_are_counted_and_the_reading_tried_again(tmp_path):
+    nvml = StandInNvml(gpus=1)
+    nvml.failing[(0, "nvmlDeviceGetPowerUsage")] = 2
+    nvml.crashing.add((0, "nvmlDeviceGetTemperature"))
+    sampler = NvmlSampler("r", tmp_path, nvml=nvml, interval_s=3600)
+    sampler.start(clock())
+    for _ in range(3):
+        sampler.sample_once()
+    stats = sampler.stop()
+    assert stats["errors"] == {
+        "GPU 0/power: NVML error 15": 2,
+        "GPU 0/temperature: the driver answered garbage": stats["samples"],
+    }
+    assert stats["unsupported"] == {}
+    power = by_metric(read_rows(stats["files"]), "0")["power_w"]
+    assert len(power) == stats["samples"] - 2 >= 1
+    assert len(by_metric(read_rows(stats["files"]), "0")["gpu_util_pct"]) == stats["samples"]
+
+
+def test_the_thread_samples_until_stopped_and_writes_everything(tmp_path):
+    nvml = StandInNvml(gpus=2)
+    sampler = NvmlSampler("r", tmp_path, nvml=nvml, interval_s=0.01, max_rows=50)
+    sampler.start(clock())
+    deadline = time.monotonic() + 30
+    while sampler.samples < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = sampler.stop()
+    samples = stats["samples"]
+    assert samples >= 10 and stats["rows_written"] == samples * 16
+    assert len(stats["files"]) >= 3  # shards of at most 50 rows
+    rows = read_rows(stats["files"])
+    assert len(rows) == samples * 16
+    for device in ("0", "1"):
+        times = [r["t_s"] for r in rows if r["device"] == device and r["metric"] == "power_w"]
+        assert times == sorted(times) and len(set(times)) == samples
+    assert nvml.inits == nvml.shutdowns
+    assert stats["thread_cpu_s"] > 0
+    assert sampler.samples == samples  # nothing samples after stop()
+
+
+def test_a_chosen_subset_of_gpus(tmp_path):
+    sampler = NvmlSampler("r", tmp_path, nvml=StandInNvml(gpus=4), devices=[2], interval_s=3600)
+    sampler.start(clock())
+    stats = sampler.stop()
+    assert {r["device"] for r in read_rows(stats["files"])} == {"2"}
+    missing = NvmlSampler("r", tmp_path, nvml=StandInNvml(gpus=2), devices=[5])
+    status = missing.start(clock())
+    assert not status.available and status.reason == "GPU(s) [5] not found (this host has [0, 1])"
+
+
+@pytest.mark.parametrize(
+    ("nvml", "reason"),
+    [
+        (StandInNvml(library=False), "no NVML library on this host (no NVIDIA driver)"),
+        (StandInNvml(gpus=0), "NVML sees no GPU on this host"),
+    ],
+)
+def test_without_a_driver_or_a_gpu_it_says_why_and_samples_nothing(tmp_path, nvml, reason):
+    assert check_nvml(nvml).reason == reason
+    sampler = NvmlSampler("r", tmp_path / "telemetry", nvml=nvml)
+    status = sampler.start(clock())
+    assert not status.available and status.reason == reason
+    stats = sampler.stop()
+    assert stats["available"] is False and stats["samples"] == 0 and stats["files"] == []
+    assert not (tmp_path / "telemetry").exists()
+    assert nvml.inits == nvml.shutdowns
+
+
+def test_without_nvidia_ml_py_it_says_how_to_get_it(tmp_path, monkeypatch):
+    def no_pynvml(spec: str = "pynvml"):
+        raise ImportError(f"No module named {spec!r}")
+
+    monkeypatch.setattr(nvml_sampler, "load_nvml", no_pynvml)
+    assert check_nvml().reason == "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+    status = NvmlSampler("r", tmp_path).start(clock())
+    assert not status.available and "nvidia-ml-py" in status.reason
+
+
+def test_real_pynvml_on_a_host_without_a_driver_says_so():
+    status = check_nvml()  # the real nvidia-ml-py
+    if status.available:
+        pytest.skip(f"this host has a GPU ({status.reason}); test_real_gpu covers it")
+    assert status.reason in ("no NVML library on this host (no NVIDIA driver)", "NVML sees no GPU on this host")
+
+
+@pytest.mark.gpu
+def test_real_gpu(tmp_path):
+    status = check_nvml()
+    if not status.available:
+        pytest.skip(f"no GPU here: {status.reason}")
+    sampler = NvmlSampler("gpu-run", tmp_path, interval_s=0.1)
+    assert sampler.start(clock()).available
+    time.sleep(2.0)
+    stats = sampler.stop()
+    rows = read_rows(stats["files"])
+    print(f"\nNVML on this host: {status.reason}; {stats['samples']} rounds in 2 s, "
+          f"unsupported {stats['unsupported']}, errors {stats['errors']}, thread CPU {stats['thread_cpu_s']:.4f} s")
+    assert stats["samples"] >= 10 and not stats["errors"]
+    for gpu in status.gpus:
+        metrics = by_metric(rows, str(gpu["index"]))
+        print(f"GPU {gpu['index']} {gpu['name']}: " + ", ".join(f"{m}={v[-1]:g}" for m, v in sorted(metrics.items())))
+        assert 0 < metrics["mem_total_bytes"][0] and 0 <= metrics["mem_used_bytes"][-1] <= metrics["mem_total_bytes"][0]
+        assert 0 <= metrics["gpu_util_pct"][-1] <= 100
+        assert 0 < metrics["power_w"][-1] < 2000
+        assert 0 < metrics["sm_clock_mhz"][-1] < 5000 and 0 < metrics["temperature_c"][-1] < 120
+        if "energy_j" in metrics:
+            assert metrics["energy_j"][-1] >= metrics["energy_j"][0]
+
+
+ONE_GPU = StandInNvml(gpus=1)  # named by an import spec below
+
+
+def test_the_nvml_module_can_be_named_by_an_import_spec(tmp_path):
+    spec = f"{__name__}:ONE_GPU"
+    assert nvml_sampler.load_nvml(spec) is ONE_GPU
+    assert nvml_sampler.load_nvml("pynvml").__name__ == "pynvml"
+    sampler = NvmlSampler("r", tmp_path, nvml=spec, interval_s=3600)
+    status = sampler.start(clock())
+    assert status.available and [g["uuid"] for g in status.gpus] == ["GPU-00000000"]
+    assert {r["device"] for r in read_rows(sampler.stop()["files"])} == {"0"}
+    for bad in ("tests.no_such_nvml_module", f"{__name__}:NO_SUCH_ATTRIBUTE"):
+        status = NvmlSampler("r", tmp_path / bad, nvml=bad).start(clock())
+        assert not status.available and status.reason.startswith(f"cannot load the NVML module {bad}: ")
+        assert check_nvml(bad).reason == status.reason

@@ -1,0 +1,188 @@
+"""Result shards (replay/run/result_writer.py): inline and background writing give the same closed,
+self-contained shards; the background thread does the encoding, keeps rows whose write failed for
+a retry, and pushes back when its queue is full."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from shadowreplay.replay.run import result_writer
+from shadowreplay.replay.run.result_writer import (
+    CONVERT_SLICE_ROWS,
+    MAX_PENDING_SHARDS,
+    PACED_ROW_GROUP_ROWS,
+    ResultShardWriter,
+    ResultWriteError,
+    rows_to_table,
+)
+from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
+
+
+def result(i: int) -> dict:
+    """A complete result row (every RESULTS_SCHEMA column) for request i."""
+    row = {name: None for name in RESULTS_SCHEMA.names}
+    row.update(
+        run_id="run", target="t", request_id=f"req-{i:05d}", attempt=1, final=True, worker="w0",
+        scheduled_s=i * 0.01, sent_s=i * 0.01 + 0.0001, lateness_ms=0.1, ttft_ms=20.0 + i % 7,
+        token_times_ms=[20.0 + k * 5.0 for k in range(i % 5)], status="ok", completion_tokens=i % 5,
+    )
+    return row
+
+
+def read_rows(directory: Path) -> list[dict]:
+    rows = []
+    for path in sorted(directory.glob("part-*.parquet")):
+        rows += pq.read_table(path).to_pylist()  # each shard alone is a readable file
+    return rows
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_every_row_lands_once_in_ordered_closed_shards(tmp_path, background):
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=100, background=background)
+    rows = [result(i) for i in range(1050)]
+    for row in rows:
+        writer.add(row)
+    writer.close()
+    assert read_rows(tmp_path) == rows
+    assert [p.name for p in writer.files] == [f"part-w0-{seq:05d}.parquet" for seq in range(11)]
+    assert writer.rows_written == 1050
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_background_mode_encodes_and_writes_in_its_own_thread(tmp_path, monkeypatch):
+    threads: list[str] = []
+    original = ResultShardWriter._write
+
+    def spy(self, seq, rows, paced=False):
+        threads.append((threading.current_thread().name, paced))
+        return original(self, seq, rows, paced)
+
+    monkeypatch.setattr(ResultShardWriter, "_write", spy)
+    writer = ResultShardWriter(tmp_path, "w7", max_rows=10, background=True)
+    for i in range(30):
+        writer.add(result(i))
+    writer.close()
+    assert threads == [("result-writer-w7", True)] * 3
+    assert len(read_rows(tmp_path)) == 30
+
+
+def test_flush_returns_when_the_rows_are_on_disk(tmp_path):
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=1000, background=True)
+    for i in range(5):
+        writer.add(result(i))
+    writer.flush()
+    assert len(read_rows(tmp_path)) == 5
+    writer.add(result(5))
+    writer.close()
+    assert len(read_rows(tmp_path)) == 6
+
+
+def test_an_old_buffer_is_handed_on_when_due(tmp_path):
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=1000, max_age_s=0.05, background=True)
+    writer.add(result(0))
+    writer.flush_if_due()
+    assert writer._seq == 0, "not due yet: still buffered"
+    time.sleep(0.06)
+    writer.flush_if_due()
+    assert writer._seq == 1
+    writer.close()
+    assert len(read_rows(tmp_path)) == 1
+
+
+def test_sliced_conversion_gives_the_same_table():
+    rows = [result(i) for i in range(CONVERT_SLICE_ROWS * 3 + 5)]
+    sliced = rows_to_table(rows, CONVERT_SLICE_ROWS)
+    assert sliced.schema == RESULTS_SCHEMA
+    assert sliced.to_pylist() == rows_to_table(rows).to_pylist() == rows
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypatch, background):
+    real_write = result_writer.write_parquet
+    failures = {"left": 1}
+
+    def flaky(path, rows, paced=False):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk full (simulated)")
+        return real_write(path, rows, paced)
+
+    monkeypatch.setattr(result_writer, "write_parquet", flaky)
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=10, background=background)
+    rows = [result(i) for i in range(25)]
+    for row in rows:
+        try:
+            writer.add(row)
+        except OSError:
+            assert not background, "background mode never raises a write error into add()"
+    writer.close()
+    assert sorted(read_rows(tmp_path), key=lambda r: r["request_id"]) == rows
+    assert writer.rows_written == 25
+
+
+def test_a_write_that_keeps_failing_is_raised_and_its_rows_kept(tmp_path, monkeypatch):
+    def broken(path, rows, paced=False):
+        raise OSError("read-only file system (simulated)")
+
+    monkeypatch.setattr(result_writer, "write_parquet", broken)
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=10, background=True)
+    for i in range(10):
+        writer.add(result(i))
+    with pytest.raises(ResultWriteError, match="read-only"):
+        writer.close()
+    assert writer.rows_written == 0
+    assert [len(rows) for _, rows in writer._failed] == [10], "the rows are still held"
+    monkeypatch.undo()
+    writer.close()  # the disk is back: the kept rows are written now
+    assert len(read_rows(tmp_path)) == 10
+
+
+def test_a_full_queue_makes_the_adder_wait(tmp_path, monkeypatch):
+    release = threading.Event()
+    original = ResultShardWriter._write
+
+    def slow(self, seq, rows, paced=False):
+        release.wait(10)
+        return original(self, seq, rows, paced)
+
+    monkeypatch.setattr(ResultShardWriter, "_write", slow)
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=1, background=True)
+    added = []
+
+    def adder() -> None:
+        for i in range(MAX_PENDING_SHARDS + 3):  # one being written, MAX_PENDING_SHARDS queued, then a wait
+            writer.add(result(i))
+            added.append(i)
+
+    thread = threading.Thread(target=adder)
+    thread.start()
+    time.sleep(0.3)
+    assert len(added) == MAX_PENDING_SHARDS + 1, "the adder waits while the queue is full"
+    release.set()
+    thread.join(10)
+    writer.close()
+    assert len(read_rows(tmp_path)) == MAX_PENDING_SHARDS + 3
+
+
+def test_the_writer_thread_writes_a_shard_in_row_groups_with_every_row_kept(tmp_path):
+    count = PACED_ROW_GROUP_ROWS * 2 + 7
+    writer = ResultShardWriter(tmp_path, "w0", max_rows=count, background=True)
+    rows = [result(i) for i in range(count)]
+    for row in rows:
+        writer.add(row)
+    writer.close()
+    (shard,) = writer.files
+    assert pq.ParquetFile(shard).metadata.num_row_groups == 3, "paced: one row group per piece"
+    assert pq.read_table(shard).to_pylist() == rows
+
+
+def test_warm_up_writes_no_file(tmp_path):
+    writer = ResultShardWriter(tmp_path, "w0", background=True)
+    writer.warm_up([result(i) for i in range(3)])
+    writer.close()
+    assert list(tmp_path.iterdir()) == [] and writer.rows_written == 0
