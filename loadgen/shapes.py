@@ -26,6 +26,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from shadowreplay.errors import ShadowReplayError
+
 _DRAW_BLOCK = 4096  # random gaps are drawn this many at a time (fixed, so a seed gives one sequence)
 
 
@@ -36,9 +38,13 @@ class OpenLoopShape(Protocol):
     def send_times(self) -> Iterator[float]: ...
 
 
+class ShapeError(ShadowReplayError, ValueError):
+    """A load shape's parameters that describe no load (the message names the shape and the field)."""
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ShapeError(message)
 
 
 def _check_bounds(shape: str, duration_s: float | None, count: int | None, required: bool) -> None:
@@ -187,7 +193,10 @@ class Ramp:
     count: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.from_rate >= 0 and self.to_rate >= 0, f"Ramp: rates must be zero or more, got {self.from_rate}, {self.to_rate}")
+        _require(
+            self.from_rate >= 0 and self.to_rate >= 0,
+            f"Ramp: rates must be zero or more, got {self.from_rate}, {self.to_rate}",
+        )
         _require(self.from_rate + self.to_rate > 0, "Ramp: from_rate and to_rate cannot both be 0")
         _check_bounds("Ramp", self.duration_s, self.count, required=True)
 
@@ -215,21 +224,29 @@ class TraceScaled:
     faster; or, with `target_rate`, scaled so that the mean rate over the trace is `target_rate`
     requests/s ((n - 1) / span). Scaling is exact: each time is the offset divided by the speed."""
 
-    offsets_s: Sequence[float]
+    offsets_s: Sequence[float] | np.ndarray
     speed: float = 1.0
     target_rate: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.speed > 0, f"TraceScaled: speed must be positive, got {self.speed}")
-        _require(self.target_rate is None or self.target_rate > 0, f"TraceScaled: target_rate must be positive, got {self.target_rate}")
+        _require(
+            self.target_rate is None or self.target_rate > 0,
+            f"TraceScaled: target_rate must be positive, got {self.target_rate}",
+        )
         offsets = np.asarray(self.offsets_s, dtype=float)
         if len(offsets):
             _require(offsets[0] >= 0, f"TraceScaled: offset 0 is negative ({offsets[0]})")
             drops = np.flatnonzero(np.diff(offsets) < 0)
             if len(drops):
-                raise ValueError(f"TraceScaled: offsets must be non-decreasing; offset {drops[0] + 1} goes back in time")
+                raise ShapeError(
+                    f"TraceScaled: offsets must be non-decreasing; offset {drops[0] + 1} goes back in time"
+                )
         if self.target_rate is not None:
-            _require(len(offsets) >= 2 and offsets[-1] > offsets[0], "TraceScaled: target_rate needs at least two distinct offsets")
+            _require(
+                len(offsets) >= 2 and offsets[-1] > offsets[0],
+                "TraceScaled: target_rate needs at least two distinct offsets",
+            )
 
     @property
     def effective_speed(self) -> float:

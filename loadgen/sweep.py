@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,16 +22,21 @@ import pyarrow.parquet as pq
 import ray
 
 from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics.slo import Slo, format_slos
 from shadowreplay.analysis.summary.run_summary import summarize
-from shadowreplay.analysis.data.telemetry_data import load_telemetry
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.loadgen.shapes import FixedConcurrency, LoadShape, Poisson
-from shadowreplay.replay.schemas.manifest import write_manifest
 from shadowreplay.replay.run.plan import LengthClamp, build_plan
-from shadowreplay.replay.run.replay_session import telemetry_samplers
-from shadowreplay.replay.run.runner import RunSettings, run_plan
-from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
-from shadowreplay.replay.targets.config import TargetConfig
+from shadowreplay.replay.run.runner import RunOutcome, RunSettings, run_plan
+from shadowreplay.replay.run.session import Session
+from shadowreplay.replay.schemas.manifest import Counts, Manifest, SweepPoint
+from shadowreplay.replay.schemas.run_dir import CURVE_NAME, RunDir, SweepDir, write_text_atomically
+
+
+class SweepError(ShadowReplayError, ValueError):
+    """A sweep that cannot measure what it was asked to (the message names the load point)."""
+
 
 CURVE_SCHEMA = pa.schema(
     [
@@ -100,18 +105,24 @@ def sample_mix(rows: pa.Table, count: int, rng: np.random.Generator, prefix: str
 class LoadSweep:
     """Runs the sweep; `run_point` is the runner (injectable for tests of the search logic)."""
 
-    def __init__(self, rows: pa.Table, targets: list[TargetConfig], settings: SweepSettings, sweep_dir: Path,
-                 on_point: Callable[[dict], None] | None = None, servers: Sequence[dict] = ()):
-        """`servers`: identities of the vLLM servers the sweep started (replay_session.start_local_servers),
-        whose /metrics every load point scrapes; GPUs are sampled on every GPU node of the Ray cluster."""
-        if len(targets) != 1:
+    def __init__(
+        self,
+        rows: pa.Table,
+        session: Session,
+        settings: SweepSettings,
+        sweep_dir: Path,
+        on_point: Callable[[dict], None] | None = None,
+    ):
+        """`session`: the entered Session of the sweep (its target, with any vLLM server it started,
+        whose /metrics every load point scrapes; GPUs are sampled on every GPU node of its Ray cluster)."""
+        if len(session.targets) != 1:
             raise ValueError("a sweep measures one target at a time")
-        self.servers = list(servers)
-        self._gpu_lines: set[str] = set()
+        self.session = session
         self.rows = rows
-        self.targets = targets
+        self.targets = session.targets
         self.settings = settings
         self.sweep_dir = sweep_dir
+        self.layout = SweepDir(sweep_dir)
         self.on_point = on_point
         self.curve: list[dict] = []
 
@@ -177,35 +188,40 @@ class LoadSweep:
         s = self.settings
         index = len(self.curve)
         label = f"{int(level)}users" if s.shape == "concurrency" else f"{level:.3g}rps"
-        run_dir = self.sweep_dir / "points" / f"{index:02d}-{label}"
+        point_dir = self.layout.point(index, label)
+        run_dir = point_dir.path
         rng = np.random.default_rng(s.seed + index)
         shape = self.shape_for(level)
         if isinstance(shape, FixedConcurrency):
             # Enough requests for the users to stay busy for the whole duration, at any speed.
             count = max(shape.users * 4, int(len(self.rows) if len(self.rows) < 10_000 else 10_000))
             times = np.zeros(count)
-            settings = RunSettings(run_dir=run_dir, concurrency=shape.users, duration_s=s.duration_s, busy_poll=s.busy_poll)
+            settings = RunSettings(
+                run_dir=run_dir, concurrency=shape.users, duration_s=s.duration_s, busy_poll=s.busy_poll
+            )
         else:
             times = np.fromiter(shape.send_times(), dtype=float)
             settings = RunSettings(run_dir=run_dir, busy_poll=s.busy_poll)
         if len(times) == 0:
-            raise ValueError(f"load point {label}: the shape yields no request in {s.duration_s:g} s")
+            raise SweepError(f"load point {label}: the shape yields no request in {s.duration_s:g} s")
         mix = sample_mix(self.rows, len(times), rng, prefix=f"p{index:02d}")
         plan = build_plan(mix, times, s.clamp)
-        outcome = self._run_with_telemetry(plan, settings)
-        write_manifest(
-            run_dir,
-            {
-                "run_id": outcome.run_id,
-                "epoch": outcome.epoch,
-                "sweep_point": {"index": index, "phase": phase, "shape": asdict(shape) | {"kind": type(shape).__name__}},
-                "targets": [t.public_dict() for t in self.targets],
-                "workers": outcome.workers,
-                "busy_poll": s.busy_poll,
-                "counts": {"requests": plan.num_rows, "rows_by_status": outcome.by_status},
-                "telemetry": outcome.telemetry,
-            },
-            secrets=[],
+        outcome = self._run_with_telemetry(plan, settings, point_dir)
+        self.session.write_manifest(
+            point_dir,
+            Manifest(
+                run_id=outcome.run_id,
+                status="completed",
+                epoch=outcome.epoch,
+                wall_s=outcome.wall_s,
+                sweep_point=SweepPoint(index=index, phase=phase, shape=asdict(shape) | {"kind": type(shape).__name__}),
+                targets=[t.public_dict() for t in self.targets],
+                workers=outcome.workers,
+                busy_poll=s.busy_poll,
+                clock_offsets={w["worker"]: w["wall_minus_perf"] for w in outcome.workers},
+                counts=Counts(requests=plan.num_rows, rows_by_status=outcome.by_status),
+                telemetry=outcome.telemetry,
+            ),
         )
         summary = summarize(
             load_run(run_dir), slos=s.slos, warmup_fraction=s.warmup_fraction, telemetry=load_telemetry(run_dir)
@@ -232,29 +248,24 @@ class LoadSweep:
                 gpu["energy"]["joules_per_output_token"] if gpu.get("status") == "measured" else None
             ),
             "slo_met": bool(stats["slos_met"]) if s.slos else None,
-            "run_dir": str(run_dir.relative_to(self.sweep_dir)),
+            "run_dir": self.layout.relative(point_dir),
         }
         self.curve.append(point)
         if self.on_point:
             self.on_point(point)
         return point
 
-    def _run_with_telemetry(self, plan: pa.Table, settings: RunSettings):
+    def _run_with_telemetry(self, plan: pa.Table, settings: RunSettings, point_dir: RunDir) -> RunOutcome:
         """One load point's run with the same telemetry a replay has: vLLM's /metrics of the started
         servers, and NVML on every GPU node of the Ray cluster (a line saying it is off, once)."""
-        samplers = telemetry_samplers(settings.run_id, settings.run_dir, self.servers, self.targets)
+        samplers = self.session.telemetry_samplers(settings.run_id, point_dir)
         if not ray.is_initialized():
             return run_plan(plan, self.targets, settings, samplers=samplers)
-        with GpuNodeSamplers(settings.run_id, settings.run_dir / "telemetry", report=self._report_once) as gpus:
+        with self.session.gpu_samplers(settings.run_id, point_dir, report_once=True) as gpus:
             return run_plan(plan, self.targets, settings, samplers=samplers, gpu_samplers=gpus)
 
-    def _report_once(self, line: str) -> None:
-        if line not in self._gpu_lines:
-            self._gpu_lines.add(line)
-            print(line, flush=True)
-
     def _write(self, saturation: dict | None, capacity: float | None) -> None:
-        pq.write_table(pa.Table.from_pylist(self.curve, schema=CURVE_SCHEMA), self.sweep_dir / "curve.parquet")
+        pq.write_table(pa.Table.from_pylist(self.curve, schema=CURVE_SCHEMA), self.layout.curve_path)
         unit = "users" if self.settings.shape == "concurrency" else "rps"
         summary = {
             "kind": "shadowreplay.sweep",
@@ -267,6 +278,8 @@ class LoadSweep:
             "saturation": saturation,
             f"slo_capacity_{unit}": capacity,
             "points": len(self.curve),
-            "curve": "curve.parquet",
+            "curve": CURVE_NAME,
         }
-        (self.sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.session.servers:
+            summary["servers"] = self.session.servers
+        write_text_atomically(self.layout.summary_path, json.dumps(summary, indent=2) + "\n")

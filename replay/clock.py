@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import overload
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class ClockMapping:
                 best_gap, best = p1 - p0, wall - (p0 + p1) / 2
         return best
 
+    @overload
+    def to_run_s(self, perf: float) -> float: ...
+    @overload
+    def to_run_s(self, perf: None) -> None: ...
+    @overload
+    def to_run_s(self, perf: float | None) -> float | None: ...
     def to_run_s(self, perf: float | None) -> float | None:
         """perf_counter seconds -> run seconds (None stays None)."""
         return None if perf is None else perf + self.wall_minus_perf - self.epoch

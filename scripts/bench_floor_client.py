@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -43,18 +44,19 @@ END_MARK = b"0\r\n\r\n"  # the chunked body's terminator
 class FloorConnection(asyncio.Protocol):
     """One keep-alive connection: one request at a time, token reads stamped on arrival."""
 
-    def __init__(self, idle: list["FloorConnection"], finished: list[dict]):
+    def __init__(self, idle: list[FloorConnection], finished: list[dict]):
         self.idle, self.finished = idle, finished
         self.transport: asyncio.Transport | None = None
         self.current: dict | None = None
         self.tail = b""  # the last bytes of the previous read: a mark may straddle two reads
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's transport
 
     def send(self, request: bytes) -> None:
         self.current = {"sent": time.perf_counter(), "tokens": []}
         self.tail = b""
+        assert self.transport is not None, "send() before connection_made()"
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
@@ -117,6 +119,7 @@ async def run(port: int, rate: float, count: int, tokens: int, busy_poll: bool) 
     while len(finished) < count and time.perf_counter() < deadline and any(c.current for c in opened):
         await asyncio.sleep(0.05)
     for connection in opened:
+        assert connection.transport is not None  # create_connection() returned: connection_made() ran
         connection.transport.close()
     if poller is not None:
         poller.cancel()
@@ -133,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     finished = uvloop.run(run(args.port, args.rate, args.count, args.tokens, args.busy_poll))
     wall_minus_perf = ClockMapping.measure_wall_minus_perf()
-    print(json.dumps({"wall_minus_perf": wall_minus_perf, "requests": finished, "incomplete": args.count - len(finished)}))
+    print(
+        json.dumps({"wall_minus_perf": wall_minus_perf, "requests": finished, "incomplete": args.count - len(finished)})
+    )
 
 
 if __name__ == "__main__":

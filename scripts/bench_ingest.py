@@ -65,13 +65,17 @@ def make_azure_csv(path: Path, rows: int, shuffled: bool, seed: int = 0) -> None
         for first in range(0, rows, GENERATE_CHUNK):
             ns = start_ns + offsets[first : first + GENERATE_CHUNK]
             count = len(ns)
-            seconds = pc.cast(pa.array(ns // 1_000_000_000).cast(pa.timestamp("s")), pa.string())  # "YYYY-MM-DD HH:MM:SS"
+            seconds = pc.cast(
+                pa.array(ns // 1_000_000_000).cast(pa.timestamp("s")), pa.string()
+            )  # "YYYY-MM-DD HH:MM:SS"
             fraction = pc.utf8_lpad(pc.cast(pa.array(ns % 1_000_000_000 // 100), pa.string()), width=7, padding="0")
-            table = pa.table({
-                "TIMESTAMP": pc.binary_join_element_wise(seconds, fraction, "."),
-                "ContextTokens": pa.array(rng.integers(1, 8000, count)),
-                "GeneratedTokens": pa.array(rng.integers(1, 1000, count)),
-            })
+            table = pa.table(
+                {
+                    "TIMESTAMP": pc.binary_join_element_wise(seconds, fraction, "."),
+                    "ContextTokens": pa.array(rng.integers(1, 8000, count)),
+                    "GeneratedTokens": pa.array(rng.integers(1, 1000, count)),
+                }
+            )
             pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
@@ -79,7 +83,9 @@ def measure(code: str, source: Path, output: Path) -> dict:
     """Run `code` in a fresh Python process; its own report plus its peak RSS in MiB."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryFile(mode="w+") as stdout:
-        child = subprocess.Popen([sys.executable, "-c", code, str(source), str(output)], stdout=stdout, cwd=REPO, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(source), str(output)], stdout=stdout, cwd=REPO, env=env
+        )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode != 0:
@@ -95,7 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows of the generated CSV (default 10,000,000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender, alternating (default 3)")
-    parser.add_argument("--order", choices=("sorted", "shuffled"), default="sorted", help="arrival order of the generated rows")
+    parser.add_argument(
+        "--order", choices=("sorted", "shuffled"), default="sorted", help="arrival order of the generated rows"
+    )
     parser.add_argument("--workdir", type=Path, help="where to put the CSV (default: a temporary directory)")
     args = parser.parse_args()
 
@@ -104,7 +112,10 @@ def main() -> None:
         source = workdir / "azure.csv"
         started = time.perf_counter()
         make_azure_csv(source, args.rows, shuffled=args.order == "shuffled")
-        print(f"generated {args.rows:,} {args.order} rows, {source.stat().st_size / 1e6:,.0f} MB, in {time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.rows:,} {args.order} rows, {source.stat().st_size / 1e6:,.0f} MB, "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
         contenders = {"pyarrow read_csv + write_table": BASELINE, "shadowreplay ingest": OURS}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
         for _ in range(args.repeat):
@@ -118,9 +129,14 @@ def main() -> None:
     best = {name: min(r["seconds"] for r in reports) for name, reports in runs.items()}
     peak = {name: max(r["peak_mib"] for r in reports) for name, reports in runs.items()}
     ours, base = "shadowreplay ingest", "pyarrow read_csv + write_table"
-    print(f"best of {args.repeat}: pyarrow {best[base]:.2f} s ({peak[base]:.0f} MiB), ours {best[ours]:.2f} s ({peak[ours]:.0f} MiB)")
-    print(f"ratio ours / pyarrow: time {best[ours] / best[base]:.2f}x (target <= 1.5x); "
-          f"peak memory {peak[ours]:.0f} MiB (target < 2048 MiB), {peak[ours] / peak[base]:.2f}x pyarrow's")
+    print(
+        f"best of {args.repeat}: pyarrow {best[base]:.2f} s ({peak[base]:.0f} MiB), "
+        f"ours {best[ours]:.2f} s ({peak[ours]:.0f} MiB)"
+    )
+    print(
+        f"ratio ours / pyarrow: time {best[ours] / best[base]:.2f}x (target <= 1.5x); "
+        f"peak memory {peak[ours]:.0f} MiB (target < 2048 MiB), {peak[ours] / peak[base]:.2f}x pyarrow's"
+    )
 
 
 if __name__ == "__main__":

@@ -116,12 +116,30 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget(
-    timing_s=8.0, low_rate=20.0, step_s=4.0, max_requests=12000, ours_ladder=8, ours_bisections=4, peer_ladder=6,
-    peer_bisections=1, retry_broken=True, peer_low_load=True, timing_rounds=3,
+    timing_s=8.0,
+    low_rate=20.0,
+    step_s=4.0,
+    max_requests=12000,
+    ours_ladder=8,
+    ours_bisections=4,
+    peer_ladder=6,
+    peer_bisections=1,
+    retry_broken=True,
+    peer_low_load=True,
+    timing_rounds=3,
 )
 QUICK_BUDGET = Budget(
-    timing_s=3.0, low_rate=20.0, step_s=2.0, max_requests=4000, ours_ladder=4, ours_bisections=1, peer_ladder=1,
-    peer_bisections=0, retry_broken=False, peer_low_load=False, timing_rounds=1,
+    timing_s=3.0,
+    low_rate=20.0,
+    step_s=2.0,
+    max_requests=4000,
+    ours_ladder=4,
+    ours_bisections=1,
+    peer_ladder=1,
+    peer_bisections=0,
+    retry_broken=False,
+    peer_low_load=False,
+    timing_rounds=1,
 )
 TIMING = Scenario(ttft_ms=20.0, itl_ms=5.0, tokens=16)
 SHORT = Scenario(ttft_ms=1.0, itl_ms=1.0, tokens=2)
@@ -146,11 +164,21 @@ class ScriptedServer:
     def root_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ScriptedServer":
+    def start(self) -> ScriptedServer:
         command = [
-            "taskset", "-c", str(self.cpu), sys.executable, str(SCRIPTS / "bench_scripted_server.py"),
-            "--port", str(self.port), "--ttft-ms", f"{self.scenario.ttft_ms:g}", "--itl-ms", f"{self.scenario.itl_ms:g}",
-            "--tokens", str(self.scenario.tokens),
+            "taskset",
+            "-c",
+            str(self.cpu),
+            sys.executable,
+            str(SCRIPTS / "bench_scripted_server.py"),
+            "--port",
+            str(self.port),
+            "--ttft-ms",
+            f"{self.scenario.ttft_ms:g}",
+            "--itl-ms",
+            f"{self.scenario.itl_ms:g}",
+            "--tokens",
+            str(self.scenario.tokens),
         ]
         if self.spin_ms is not None:
             command += ["--spin-ms", f"{self.spin_ms:g}"]
@@ -189,7 +217,7 @@ class ScriptedServer:
         with urllib.request.urlopen(self.root_url + "/bench/stats" + query, timeout=30) as answer:
             return json.load(answer)
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -210,7 +238,12 @@ def run_pinned(cpu: int, script: str, arguments: list[str], timeout_s: float, lo
 
 
 def stamped_run(
-    tool: str, rate: float, count: int, send_s: np.ndarray, tokens_s: list[np.ndarray], wall_offset_s: float,
+    tool: str,
+    rate: float,
+    count: int,
+    send_s: np.ndarray,
+    tokens_s: list[np.ndarray],
+    wall_offset_s: float,
     own_lateness_ms: np.ndarray,
 ) -> tuple[ToolRun, ClientStamps]:
     """A client's completed requests (send and token moments, seconds on its own clock, sorted by
@@ -234,7 +267,16 @@ def run_ours(
     """One shadowreplay worker process pinned to `cpu`, read back from its Parquet results: the run,
     and its send and token moments on the wall clock (to match with the server's record)."""
     arguments = [
-        "--base-url", base_url, "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens), "--out", str(workdir),
+        "--base-url",
+        base_url,
+        "--rate",
+        f"{rate:g}",
+        "--count",
+        str(count),
+        "--tokens",
+        str(tokens),
+        "--out",
+        str(workdir),
     ] + (["--busy-poll"] if busy_poll else [])
     answer = run_pinned(cpu, "bench_one_worker.py", arguments, count / rate + 120, workdir / "worker.log")
     rows = pq.read_table(workdir / "results").to_pylist()
@@ -256,7 +298,9 @@ def run_floor(
     send_s = np.array([r["sent"] for r in requests])
     tokens_s = [np.asarray(r["tokens"], dtype=float) for r in requests]
     no_schedule = np.full(len(requests), np.nan)  # lateness by the ideal grid (ToolRun.lateness_ms)
-    return stamped_run(FLOOR_BUSY if busy_poll else FLOOR, rate, count, send_s, tokens_s, answer["wall_minus_perf"], no_schedule)
+    return stamped_run(
+        FLOOR_BUSY if busy_poll else FLOOR, rate, count, send_s, tokens_s, answer["wall_minus_perf"], no_schedule
+    )
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -306,7 +350,9 @@ def print_split(split: TimingSplit) -> None:
 def median_round(results: list[TimingResult], tool: str, load: str) -> TimingResult | None:
     """Of a tool's rounds at one load, the one whose worse p99 (TTFT or ITL) is the median: a
     representative round, neither the luckiest nor the noisiest (the lower middle of an even count)."""
-    rounds = sorted((r for r in results if r.tool == tool and r.load == load), key=lambda r: max(r.ttft_err[1], r.itl_err[1]))
+    rounds = sorted(
+        (r for r in results if r.tool == tool and r.load == load), key=lambda r: max(r.ttft_err[1], r.itl_err[1])
+    )
     return rounds[(len(rounds) - 1) // 2] if rounds else None
 
 
@@ -315,9 +361,17 @@ def timing_errors(run: ToolRun, scenario: Scenario, load: str, server_stats: dic
     gaps = np.concatenate(steady.itl_ms) if steady.itl_ms else np.zeros(0)
     server_p99 = (server_stats or {}).get("token_lateness_ms", {}).get("p99")
     return TimingResult(
-        run.tool, load, run.offered_rps, abs_quantiles(steady.ttft_ms - scenario.ttft_ms),
-        abs_quantiles(gaps - scenario.itl_ms), abs_quantiles(steady.lateness_ms()), server_p99, run.completed,
-        run.failed, run.itl_kind, (server_stats or {}).get("connections"),
+        run.tool,
+        load,
+        run.offered_rps,
+        abs_quantiles(steady.ttft_ms - scenario.ttft_ms),
+        abs_quantiles(gaps - scenario.itl_ms),
+        abs_quantiles(steady.lateness_ms()),
+        server_p99,
+        run.completed,
+        run.failed,
+        run.itl_kind,
+        (server_stats or {}).get("connections"),
     )
 
 
@@ -361,7 +415,12 @@ class SearchResult:
 
 
 def search_sustained(
-    attempt: Callable[[float], Step], start: float, max_runs: int, bisections: int, ceiling: float, floor: float,
+    attempt: Callable[[float], Step],
+    start: float,
+    max_runs: int,
+    bisections: int,
+    ceiling: float,
+    floor: float,
     retry_broken: bool,
 ) -> SearchResult:
     """Double from `start` until the tool stops keeping pace (halve instead while it does not keep
@@ -387,7 +446,8 @@ def search_sustained(
         print(
             f"    {rate:9.1f} rps: {'kept' if step.kept else 'paced' if step.paced else 'BROKEN':6} lateness "
             f"p50 {step.lateness_p50_ms:7.3f} p99 {step.lateness_p99_ms:9.3f} ms, "
-            f"sent {step.send_rps:8.1f}/s, tool-reported {step.achieved_rps if step.achieved_rps is None else round(step.achieved_rps, 1)}"
+            f"sent {step.send_rps:8.1f}/s, "
+            f"tool-reported {step.achieved_rps if step.achieved_rps is None else round(step.achieved_rps, 1)}"
             f"/s, failed {step.failed}{'  ' + step.note if step.note else ''}{'  (' + remark + ')' if remark else ''}",
             flush=True,
         )
@@ -462,13 +522,19 @@ class LoadgenBenchmark:
         for cpu in (self.client_cpu, self.server_cpu):
             out = subprocess.run(
                 ["taskset", "-c", str(cpu), sys.executable, "-c", STALL_PROBE.format(seconds=2.0)],
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             probe = json.loads(out.stdout)
             print(
                 f"  core {cpu}: stalled {probe['stalled_fraction'] * 100:.2f}% of the time in gaps > 0.2 ms, "
                 f"{probe['over_1ms']} gaps > 1 ms, longest {probe['max_ms']:.2f} ms"
-                + ("  <- BUSY: other work on this core; p99 figures below measure it, not the tools" if probe["stalled_fraction"] > NOISY_STALL_FRACTION else "")
+                + (
+                    "  <- BUSY: other work on this core; p99 figures below measure it, not the tools"
+                    if probe["stalled_fraction"] > NOISY_STALL_FRACTION
+                    else ""
+                )
             )
         load1, load5, _ = os.getloadavg()
         print(f"  load average {load1:.2f} (1 min), {load5:.2f} (5 min): other work on these 2 cores shares them")
@@ -489,14 +555,18 @@ class LoadgenBenchmark:
                 lateness = tuple(stats["token_lateness_ms"].get(k, float("nan")) for k in ("p50", "p99", "max"))
                 print(
                     f"  {stats['requests']} requests at {rate:.0f} rps: server CPU {stats['cpu_s']:.3f} s = "
-                    f"{cpu_per_request * 1000:.3f} ms per request ({TIMING.tokens} tokens) -> capacity {capacity:.0f} rps "
+                    f"{cpu_per_request * 1000:.3f} ms per request ({TIMING.tokens} tokens) "
+                    f"-> capacity {capacity:.0f} rps "
                     f"(its core 100% busy); its token lateness, timers only: p50/p99/max {fmt3(lateness)} ms"
                 )
                 rate = capacity / 2
+        assert capacity is not None  # the loop above ran
         print(f"  capacity {capacity:.0f} rps; half capacity {capacity / 2:.0f} rps")
         return capacity
 
-    def measure_timing(self, server: ScriptedServer, name: str, rate: float, load: str, round_: int = 0, tool: PeerTool | None = None) -> None:
+    def measure_timing(
+        self, server: ScriptedServer, name: str, rate: float, load: str, round_: int = 0, tool: PeerTool | None = None
+    ) -> None:
         count = self.count_for(rate, self.budget.timing_s)
         server.ensure_running()
         server.reset()
@@ -504,11 +574,20 @@ class LoadgenBenchmark:
         try:
             if name in (OURS, OURS_BUSY):
                 run, stamps = run_ours(
-                    self.client_cpu, server.root_url + "/v1", rate, count, TIMING.tokens, workdir, busy_poll=name == OURS_BUSY
+                    self.client_cpu,
+                    server.root_url + "/v1",
+                    rate,
+                    count,
+                    TIMING.tokens,
+                    workdir,
+                    busy_poll=name == OURS_BUSY,
                 )
             elif name in (FLOOR, FLOOR_BUSY):
-                run, stamps = run_floor(self.client_cpu, server.port, rate, count, TIMING.tokens, workdir, busy_poll=name == FLOOR_BUSY)
+                run, stamps = run_floor(
+                    self.client_cpu, server.port, rate, count, TIMING.tokens, workdir, busy_poll=name == FLOOR_BUSY
+                )
             else:
+                assert tool is not None, f"{name} is a peer: measure_timing() needs its tool"
                 run, stamps = tool.run(server.root_url, rate, count, TIMING.tokens, workdir), None
         except PeerRunFailed as exc:
             print(f"  {name:18} {load:5} {rate:7.1f} rps: run failed: {exc}")
@@ -524,7 +603,8 @@ class LoadgenBenchmark:
             f"  {name:18} {load:5} {rate:7.1f} rps{f' (round {round_ + 1})' if name in ROUND_TOOLS else ''}: "
             f"|TTFT err| {fmt3(result.ttft_err)}  |ITL err| {fmt3(result.itl_err)}"
             f"{' (per-request mean ITL)' if result.itl_kind != 'gap' else ''}  ms p50/p99/max; send lateness p99 "
-            f"{result.lateness[1]:.3f} ms; server's own token lateness p99 {result.server_token_lateness_p99_ms:.3f} ms; "
+            f"{result.lateness[1]:.3f} ms; "
+            f"server's own token lateness p99 {result.server_token_lateness_p99_ms:.3f} ms; "
             f"{result.requests} ok, {result.failed} failed, {result.connections} connections",
             flush=True,
         )
@@ -534,7 +614,10 @@ class LoadgenBenchmark:
     def measure_sustained(self, server: ScriptedServer, tool: PeerTool | None, ceiling: float) -> None:
         name = OURS if tool is None else tool.name
         schedule = "own schedule" if tool is None or isinstance(tool, GuideLLMRun) else "ideal grid from its send times"
-        print(f"  {name} (lateness by its {schedule}; kept: p99 <= {LATENESS_P99_LIMIT_MS:g} ms; paced: p50 <= {PACE_P50_LIMIT_MS:g} ms and p99 <= {PACE_P99_LIMIT_MS:g} ms):")
+        print(
+            f"  {name} (lateness by its {schedule}; kept: p99 <= {LATENESS_P99_LIMIT_MS:g} ms; "
+            f"paced: p50 <= {PACE_P50_LIMIT_MS:g} ms and p99 <= {PACE_P99_LIMIT_MS:g} ms):"
+        )
 
         def attempt(rate: float) -> Step:
             server.ensure_running()
@@ -556,11 +639,23 @@ class LoadgenBenchmark:
         budget = self.budget
         if tool is None:
             result = search_sustained(
-                attempt, 250.0, budget.ours_ladder, budget.ours_bisections, ceiling, floor=30.0, retry_broken=budget.retry_broken
+                attempt,
+                250.0,
+                budget.ours_ladder,
+                budget.ours_bisections,
+                ceiling,
+                floor=30.0,
+                retry_broken=budget.retry_broken,
             )
         else:
             result = search_sustained(
-                attempt, 50.0, budget.peer_ladder, budget.peer_bisections, ceiling, floor=6.0, retry_broken=budget.retry_broken
+                attempt,
+                50.0,
+                budget.peer_ladder,
+                budget.peer_bisections,
+                ceiling,
+                floor=6.0,
+                retry_broken=budget.retry_broken,
             )
         self.sustained[name] = result
 
@@ -568,13 +663,22 @@ class LoadgenBenchmark:
     def run(self) -> None:
         started = time.monotonic()
         phases = self.args.phases
-        print(f"shadowreplay load-generator benchmark ({'quick' if self.args.quick else 'default'} mode), work dir {self.workdir}")
+        print(
+            f"shadowreplay load-generator benchmark ({'quick' if self.args.quick else 'default'} mode), "
+            f"work dir {self.workdir}"
+        )
         print(
             f"pinning: scripted server on core {self.server_cpu}, every load generator (one at a time) on core "
             f"{self.client_cpu} (taskset); {os.cpu_count()} cores in all, shared with whatever else runs here"
         )
-        print(f"timing scenario: first token {TIMING.ttft_ms:g} ms after the request, then one every {TIMING.itl_ms:g} ms, {TIMING.tokens} tokens")
-        print(f"sustained-rate scenario: {SHORT.ttft_ms:g} ms / {SHORT.itl_ms:g} ms / {SHORT.tokens} tokens; warm-up left out: first {WARMUP_FRACTION:.0%} of each run")
+        print(
+            f"timing scenario: first token {TIMING.ttft_ms:g} ms after the request, "
+            f"then one every {TIMING.itl_ms:g} ms, {TIMING.tokens} tokens"
+        )
+        print(
+            f"sustained-rate scenario: {SHORT.ttft_ms:g} ms / {SHORT.itl_ms:g} ms / {SHORT.tokens} tokens; "
+            f"warm-up left out: first {WARMUP_FRACTION:.0%} of each run"
+        )
         if "noise" in phases:
             self.probe_platform("1. platform noise")
         peers = []
@@ -592,8 +696,8 @@ class LoadgenBenchmark:
             half = capacity / 2
             print(f"\n== 3. timing error against the scripted truth (server on core {self.server_cpu}, spin on) ==")
             print(
-                f"  ours and the floor client, each as is and with --busy-poll, alternate for {self.budget.timing_rounds} "
-                "rounds per load (the platform's noise comes and goes)"
+                "  ours and the floor client, each as is and with --busy-poll, "
+                f"alternate for {self.budget.timing_rounds} rounds per load (the platform's noise comes and goes)"
             )
             loads = [("low", self.budget.low_rate), ("half", half)]
             with ScriptedServer(TIMING, self.server_cpu, self.workdir / "server-timing.log") as server:
@@ -634,13 +738,20 @@ class LoadgenBenchmark:
                 ttft, itl = abs_quantiles(r.split.client_ttft_err_ms), abs_quantiles(r.split.client_itl_err_ms)
                 own = f"  {ttft[0]:8.3f}/{ttft[1]:.3f}  {itl[0]:7.3f}/{itl[1]:.3f}"
             round_ = str(r.round + 1) if r.tool in ROUND_TOOLS else ""
-            print(f"{r.tool:18} {r.load:5} {r.rate:7.1f} {round_:>5}  {fmt3(r.ttft_err):>22}  {fmt3(r.itl_err):>21}{mark}{own}")
+            print(
+                f"{r.tool:18} {r.load:5} {r.rate:7.1f} {round_:>5}  "
+                f"{fmt3(r.ttft_err):>22}  {fmt3(r.itl_err):>21}{mark}{own}"
+            )
         if any(r.itl_kind != "gap" for r in self.timing):
             print("  * per-request mean ITL (the tool keeps no per-token times), which hides per-gap error")
         print(f"\n{'tool':18} {'sustained rps (p99 <= 1 ms)':>28} {'keeps pace, rps (p50 <= 1, p99 <= 10 ms)':>42}")
         for name, result in self.sustained.items():
             sustained = "none kept" if result.sustained is None else f"{result.sustained:.0f}"
-            paced = "none" if result.paced is None else f"{result.paced:.0f}" + ("" if result.limit_found else " (or more: search ran out)")
+            paced = (
+                "none"
+                if result.paced is None
+                else f"{result.paced:.0f}" + ("" if result.limit_found else " (or more: search ran out)")
+            )
             print(f"{name:18} {sustained:>28} {paced:>42}")
         for name, reason in self.unavailable.items():
             print(f"{name:18} unavailable: {reason}")
@@ -652,7 +763,9 @@ class LoadgenBenchmark:
         ours_timing = {load: r for load, r in ours_timing.items() if r is not None}
         print("\nratios ours / peer (rates: higher is better for us; timing error p99: lower is better for us)")
         best_paced_peer = 0.0
-        peer_ceilings: list[tuple[float, bool]] = []  # per peer: its sustained rate, or (if it kept none) a rate it stays below
+        peer_ceilings: list[
+            tuple[float, bool]
+        ] = []  # per peer: its sustained rate, or (if it kept none) a rate it stays below
         for name, result in self.sustained.items():
             if name == OURS:
                 continue
@@ -666,7 +779,10 @@ class LoadgenBenchmark:
                 lowest = min(step.rate for step in result.steps)
                 peer_ceilings.append((lowest, False))
                 if ours.sustained:
-                    rate_ratio = f"> {ours.sustained / lowest:.1f}x (it kept p99 <= {LATENESS_P99_LIMIT_MS:g} ms at none of its rates, the lowest {lowest:g} rps)"
+                    rate_ratio = (
+                        f"> {ours.sustained / lowest:.1f}x (it kept p99 <= {LATENESS_P99_LIMIT_MS:g} ms "
+                        f"at none of its rates, the lowest {lowest:g} rps)"
+                    )
             paced_ratio = "n/a"
             if ours.paced and result.paced:  # a peer whose search ran out may keep pace faster: an upper bound
                 paced_ratio = f"{'' if result.limit_found else '<= '}{ours.paced / result.paced:.1f}x"
@@ -685,11 +801,14 @@ class LoadgenBenchmark:
             verdict = "met" if ratio >= 2 else "NOT met"
             peer = f"{ceiling:.0f}" if exact else f"below {ceiling:.0f} (a peer that kept none of the rates it ran)"
             print(
-                f"target: sustained rate per process >= 2x the best peer: ours {ours.sustained:.0f} rps, best peer {peer}: "
-                f"{'' if exact else '> '}{ratio:.1f}x ({verdict})"
+                f"target: sustained rate per process >= 2x the best peer: ours {ours.sustained:.0f} rps, "
+                f"best peer {peer}: {'' if exact else '> '}{ratio:.1f}x ({verdict})"
             )
         else:
-            print("target: sustained rate per process >= 2x the best peer: not decidable in this run (we kept no rate, or no peer ran)")
+            print(
+                "target: sustained rate per process >= 2x the best peer: "
+                "not decidable in this run (we kept no rate, or no peer ran)"
+            )
         if ours.paced and best_paced_peer:
             exact = all(r.limit_found for n, r in self.sustained.items() if n != OURS and r.paced == best_paced_peer)
             print(
@@ -705,42 +824,67 @@ class LoadgenBenchmark:
         """The timing target, judged on ours' median round at half capacity, in two ways: against
         the scripted truth (the server's own lateness included), and the client's own part (against
         what the server really sent); the floor client's figures of the same round beside them."""
-        print(f"target: timing error p99 <= 1 ms at half capacity, {half.tool} (median round of {self.budget.timing_rounds}, round {half.round + 1}):")
+        print(
+            f"target: timing error p99 <= 1 ms at half capacity, {half.tool} "
+            f"(median round of {self.budget.timing_rounds}, round {half.round + 1}):"
+        )
         worst = max(half.ttft_err[1], half.itl_err[1])
         print(
             f"  against the scripted truth: TTFT {half.ttft_err[1]:.3f} ms, ITL {half.itl_err[1]:.3f} ms "
-            f"({'met' if worst <= 1.0 else 'NOT met'}; the server's own token lateness p99 {half.server_token_lateness_p99_ms:.3f} ms)"
+            f"({'met' if worst <= 1.0 else 'NOT met'}; "
+            f"the server's own token lateness p99 {half.server_token_lateness_p99_ms:.3f} ms)"
         )
         if half.split is None:
             return
         own_ttft, own_itl = (abs_quantiles(a)[1] for a in (half.split.client_ttft_err_ms, half.split.client_itl_err_ms))
-        floor = next((r for r in self.timing if r.tool == FLOOR_OF[half.tool] and r.load == "half" and r.round == half.round), None)
+        floor = next(
+            (r for r in self.timing if r.tool == FLOOR_OF[half.tool] and r.load == "half" and r.round == half.round),
+            None,
+        )
         floor_text = ""
         if floor is not None and floor.split is not None:
-            f_ttft, f_itl = (abs_quantiles(a)[1] for a in (floor.split.client_ttft_err_ms, floor.split.client_itl_err_ms))
+            f_ttft, f_itl = (
+                abs_quantiles(a)[1] for a in (floor.split.client_ttft_err_ms, floor.split.client_itl_err_ms)
+            )
             floor_text = f"; the floor client, same round: TTFT {f_ttft:.3f} ms, ITL {f_itl:.3f} ms"
         print(
-            f"  the client's own part (against what the server really sent): TTFT {own_ttft:.3f} ms, ITL {own_itl:.3f} ms "
+            "  the client's own part (against what the server really sent): "
+            f"TTFT {own_ttft:.3f} ms, ITL {own_itl:.3f} ms "
             f"({'met' if max(own_ttft, own_itl) <= 1.0 else 'NOT met'}{floor_text})"
         )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run: shorter runs, fewer steps")
-    parser.add_argument("--peers", default=",".join(PEER_NAMES), help=f"comma-separated, from {', '.join(PEER_NAMES)}; '' for none")
+    parser.add_argument(
+        "--peers", default=",".join(PEER_NAMES), help=f"comma-separated, from {', '.join(PEER_NAMES)}; '' for none"
+    )
     parser.add_argument("--client-cpu", type=int, default=0, help="core for every load generator")
     parser.add_argument("--server-cpu", type=int, default=1, help="core for the scripted server")
-    parser.add_argument("--workdir", type=Path, default=None, help="where run files go (default: a new temporary directory)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, from {', '.join(PHASES)} (default: all)")
     parser.add_argument(
-        "--capacity-rps", type=float, default=None,
-        help="the scripted server's capacity from an earlier run (skips measuring it; half of it is the timing phase's high load)",
+        "--workdir", type=Path, default=None, help="where run files go (default: a new temporary directory)"
+    )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, from {', '.join(PHASES)} (default: all)"
+    )
+    parser.add_argument(
+        "--capacity-rps",
+        type=float,
+        default=None,
+        help=(
+            "the scripted server's capacity from an earlier run "
+            "(skips measuring it; half of it is the timing phase's high load)"
+        ),
     )
     args = parser.parse_args(argv)
     args.phases = [p for p in args.phases.split(",") if p]
     if set(args.phases) - set(PHASES):
-        parser.error(f"unknown phases: {', '.join(sorted(set(args.phases) - set(PHASES)))} (known: {', '.join(PHASES)})")
+        parser.error(
+            f"unknown phases: {', '.join(sorted(set(args.phases) - set(PHASES)))} (known: {', '.join(PHASES)})"
+        )
     args.peers = [p for p in args.peers.split(",") if p]
     unknown = sorted(set(args.peers) - set(PEER_NAMES))
     if unknown:

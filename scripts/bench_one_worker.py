@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from shadowreplay.replay.run.plan import build_plan  # noqa: E402
 from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings  # noqa: E402
-from shadowreplay.replay.targets.config import TargetConfig, Timeouts  # noqa: E402
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA  # noqa: E402
+from shadowreplay.replay.targets.config import TargetConfig, Timeouts  # noqa: E402
 
 START_LEAD_S = 0.5  # the first send is this long after the worker was built
 PROMPT = "Count slowly from one to one hundred, one number per line, and say nothing else."
@@ -37,7 +37,7 @@ PROMPT = "Count slowly from one to one hundred, one number per line, and say not
 
 def constant_rate_plan(rate: float, count: int, tokens: int) -> pa.Table:
     """A replay plan of `count` completions rows, the i-th scheduled at i / rate seconds."""
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
     offsets = np.arange(count, dtype=np.float64) / rate
     rows = [
         {
@@ -81,13 +81,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for results/*.parquet")
     parser.add_argument("--busy-poll", action="store_true", help="the worker's busy_poll setting (replay --busy-poll)")
     args = parser.parse_args(argv)
-    settings = WorkerSettings(run_id=args.out.name, worker="w0", results_dir=str(args.out / "results"), busy_poll=args.busy_poll)
-    worker = ReplayWorker(settings, [scripted_target(args.base_url)], constant_rate_plan(args.rate, args.count, args.tokens))
+    settings = WorkerSettings(run_id=args.out.name, worker="w0", run_dir=str(args.out), busy_poll=args.busy_poll)
+    worker = ReplayWorker(
+        settings, [scripted_target(args.base_url)], constant_rate_plan(args.rate, args.count, args.tokens)
+    )
     cpu_before = time.process_time()
     epoch = time.time() + START_LEAD_S
     by_status = worker.run(epoch=epoch)
     cpu_s = time.process_time() - cpu_before
-    answer = {"by_status": by_status, "run_cpu_s": cpu_s, "cpu_ms_per_request": cpu_s / max(1, args.count) * 1000.0, "epoch": epoch}
+    answer = {
+        "by_status": by_status,
+        "run_cpu_s": cpu_s,
+        "cpu_ms_per_request": cpu_s / max(1, args.count) * 1000.0,
+        "epoch": epoch,
+    }
     print(json.dumps(answer), flush=True)
 
 

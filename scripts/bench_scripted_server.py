@@ -44,8 +44,8 @@ from aiohttp import web, web_protocol, web_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
 
-from tests import faulty_server  # noqa: E402  (needs the path above)
 from shadowreplay.replay.clock import ClockMapping  # noqa: E402
+from tests.support import faulty_server  # noqa: E402  (needs the path above)
 from tests.support.faulty_server import FaultyServer, Script  # noqa: E402
 
 
@@ -61,7 +61,7 @@ class ServerTimingRecord:
         self.wall_at_reset_s = time.perf_counter()
 
     def reset(self) -> None:
-        self.__init__()
+        ServerTimingRecord.__init__(self)
 
     def per_request(self) -> dict:
         """Every request's arrival and token write moments, in wall-clock seconds (this process's
@@ -75,7 +75,8 @@ class ServerTimingRecord:
     def summary(self) -> dict:
         lateness_ms = np.asarray(self.token_lateness_s) * 1000.0
         quantiles = (
-            {f"p{q:g}": float(np.percentile(lateness_ms, q)) for q in (50, 99, 99.9)} | {"max": float(lateness_ms.max())}
+            {f"p{q:g}": float(np.percentile(lateness_ms, q)) for q in (50, 99, 99.9)}
+            | {"max": float(lateness_ms.max())}
             if len(lateness_ms)
             else {}
         )
@@ -181,13 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--itl-ms", type=float, required=True, help="then one token every this many ms")
     parser.add_argument("--tokens", type=int, default=16, help="output tokens when a request gives no max_tokens")
     parser.add_argument(
-        "--spin-ms", type=float, default=DEFAULT_SPIN_MS,
+        "--spin-ms",
+        type=float,
+        default=DEFAULT_SPIN_MS,
         help="yield instead of sleeping for this long before each token (0: timers only, as the faulty server does)",
     )
     args = parser.parse_args(argv)
     faulty_server._sleep_until = precise_sleep_until(args.spin_ms / 1000.0)
-    faulty_server._Stream.chunk = stamped_chunk(faulty_server._Stream.chunk)
-    web_server.RequestHandler = StampingRequestHandler  # what aiohttp's Server builds per connection
+    # wrapping the faulty server's chunk writer in place is the point (its code stays as it is)
+    faulty_server._Stream.chunk = stamped_chunk(faulty_server._Stream.chunk)  # type: ignore[method-assign]
+    # what aiohttp's Server builds per connection; replacing aiohttp's class is the point
+    web_server.RequestHandler = StampingRequestHandler  # type: ignore[misc]
     script = Script(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens, finish_in_last_chunk=True)
 
     async def serve() -> None:

@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -136,15 +136,98 @@ class StandInNvml:
 
 
 # -- a vLLM-like /metrics page --------------------------------------------------------------------
-LATENCY_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-                     480.0, 960.0, 1920.0, 7680.0)
-TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                  40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
-                 80.0)
+LATENCY_BUCKETS_S = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
+TTFT_BUCKETS_S = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS_S = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-HTTP_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 7.5,
-                  10.0, 30.0, 60.0)
+HTTP_BUCKETS_S = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    3.5,
+    4.0,
+    4.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class VllmLikeMetrics:
@@ -171,12 +254,22 @@ class VllmLikeMetrics:
         ]
         self.counters = [
             Counter(f"vllm:{name}", f"vLLM {name.replace('_', ' ')}.", labels, registry=registry)
-            for name in ("prefix_cache_queries", "prefix_cache_hits", "external_prefix_cache_queries",
-                         "external_prefix_cache_hits", "mm_cache_queries", "mm_cache_hits", "num_preemptions",
-                         "prompt_tokens", "generation_tokens", "prompt_tokens_cached")
+            for name in (
+                "prefix_cache_queries",
+                "prefix_cache_hits",
+                "external_prefix_cache_queries",
+                "external_prefix_cache_hits",
+                "mm_cache_queries",
+                "mm_cache_hits",
+                "num_preemptions",
+                "prompt_tokens",
+                "generation_tokens",
+                "prompt_tokens_cached",
+            )
         ]
-        self.success = Counter("vllm:request_success", "Finished requests.", (*labels, "finished_reason"),
-                               registry=registry)
+        self.success = Counter(
+            "vllm:request_success", "Finished requests.", (*labels, "finished_reason"), registry=registry
+        )
         histogram_buckets = {
             "request_prompt_tokens": TOKEN_BUCKETS,
             "request_generation_tokens": TOKEN_BUCKETS,
@@ -194,14 +287,21 @@ class VllmLikeMetrics:
             "request_decode_time_seconds": LATENCY_BUCKETS_S,
         }
         self.histograms = {
-            name: Histogram(f"vllm:{name}", f"vLLM {name.replace('_', ' ')}.", labels, buckets=buckets,
-                            registry=registry)
+            name: Histogram(
+                f"vllm:{name}", f"vLLM {name.replace('_', ' ')}.", labels, buckets=buckets, registry=registry
+            )
             for name, buckets in histogram_buckets.items()
         }
-        self.http_requests = Counter("http_requests", "Total HTTP requests.", ("handler", "method", "status"),
-                                     registry=registry)
-        self.http_latency = Histogram("http_request_duration_seconds", "HTTP request latency.", ("handler", "method"),
-                                      buckets=HTTP_BUCKETS_S, registry=registry)
+        self.http_requests = Counter(
+            "http_requests", "Total HTTP requests.", ("handler", "method", "status"), registry=registry
+        )
+        self.http_latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency.",
+            ("handler", "method"),
+            buckets=HTTP_BUCKETS_S,
+            registry=registry,
+        )
         self.handlers = ("/v1/completions", "/v1/chat/completions", "/metrics", "/health", "/v1/models")
         for _ in range(50):
             self.advance()
@@ -219,13 +319,14 @@ class VllmLikeMetrics:
                 counter.labels(*labels).inc(r.randint(0, 5000))
             for reason in ("stop", "length", "abort", "error"):
                 self.success.labels(*labels, reason).inc(r.randint(0, 20))
-            for name, histogram in self.histograms.items():
+            for _name, histogram in self.histograms.items():
                 top = histogram._upper_bounds[-2]  # noqa: SLF001 - the largest finite bucket
                 for _ in range(5):
                     histogram.labels(*labels).observe(r.uniform(0, top / 4))
         for handler in self.handlers:
             self.http_requests.labels(handler, "POST" if handler.startswith("/v1/c") else "GET", "2xx").inc(
-                r.randint(0, 50))
+                r.randint(0, 50)
+            )
             self.http_latency.labels(handler, "POST").observe(r.uniform(0, 5))
 
     def page(self) -> str:
@@ -243,7 +344,7 @@ def serve_metrics(page_file: Path | None) -> None:
     fixed = page_file.read_text() if page_file else None
 
     async def handle(request: web.Request) -> web.Response:
-        text = fixed if fixed is not None else metrics.page()
+        text = fixed if fixed is not None else cast(VllmLikeMetrics, metrics).page()  # no page file: live metrics
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def main() -> None:
@@ -269,6 +370,7 @@ def child(command: list[str], ready: str, log: Path) -> Iterator[tuple[subproces
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         line = ""
+        assert process.stdout is not None  # stdout=PIPE
         while time.monotonic() < deadline:
             line = process.stdout.readline()
             if line.startswith(ready) or process.poll() is not None:
@@ -317,8 +419,9 @@ def run_samplers(args: argparse.Namespace, metrics_url: str, workdir: Path) -> d
     clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), time.time())
     gpu_sampler = NvmlSampler("bench", workdir / "telemetry", interval_s=1.0 / NVML_HZ, nvml=nvml, host="bench")
     targets = [ScrapeTarget(f"server-{i}", f"{metrics_url}?server={i}") for i in range(args.servers)]
-    server_sampler = PrometheusSampler("bench", workdir / "telemetry", targets, interval_s=1.0 / PROMETHEUS_HZ,
-                                       host="bench")
+    server_sampler = PrometheusSampler(
+        "bench", workdir / "telemetry", targets, interval_s=1.0 / PROMETHEUS_HZ, host="bench"
+    )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     status = gpu_sampler.start(clock)
     if not status.available:
@@ -343,33 +446,65 @@ def run_samplers(args: argparse.Namespace, metrics_url: str, workdir: Path) -> d
 def replay_worker(args: argparse.Namespace) -> None:
     """The replay worker process: ReplayWorker sending a constant rate; prints its CPU use as JSON."""
     spec = importlib.util.spec_from_file_location("bench_one_worker", SCRIPTS / "bench_one_worker.py")
+    assert spec is not None and spec.loader is not None  # a .py file: the source loader
     one_worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(one_worker)
     from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
 
     count = max(1, round(args.replay_rate * args.replay_seconds))
     out = Path(args.out)
-    settings = WorkerSettings(run_id=out.name, worker="w0", results_dir=str(out / "results"))
+    settings = WorkerSettings(run_id=out.name, worker="w0", run_dir=str(out))
     plan = one_worker.constant_rate_plan(args.replay_rate, count, args.replay_tokens)
     worker = ReplayWorker(settings, [one_worker.scripted_target(args.base_url)], plan)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     by_status = worker.run(epoch=time.time() + one_worker.START_LEAD_S)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"cpu_s": cpu, "wall_s": wall, "process_cpu_s": usage.ru_utime + usage.ru_stime,
-                      "requests": count, "by_status": by_status}), flush=True)
+    print(
+        json.dumps(
+            {
+                "cpu_s": cpu,
+                "wall_s": wall,
+                "process_cpu_s": usage.ru_utime + usage.ru_stime,
+                "requests": count,
+                "by_status": by_status,
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_replay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The scripted server and one replay worker process; the worker's own CPU figures."""
     port = free_port()
-    server = [sys.executable, str(SCRIPTS / "bench_scripted_server.py"), "--port", str(port),
-              "--ttft-ms", "50", "--itl-ms", "10", "--tokens", str(args.replay_tokens)]
+    server = [
+        sys.executable,
+        str(SCRIPTS / "bench_scripted_server.py"),
+        "--port",
+        str(port),
+        "--ttft-ms",
+        "50",
+        "--itl-ms",
+        "10",
+        "--tokens",
+        str(args.replay_tokens),
+    ]
     with child(server, "scripted server listening", workdir / "scripted_server.log"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--replay-worker", "--base-url",
-                   f"http://127.0.0.1:{port}/v1", "--out", str(workdir / "replay"),
-                   "--replay-rate", f"{args.replay_rate:g}", "--replay-seconds", f"{args.replay_seconds:g}",
-                   "--replay-tokens", str(args.replay_tokens)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--replay-worker",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--out",
+            str(workdir / "replay"),
+            "--replay-rate",
+            f"{args.replay_rate:g}",
+            "--replay-seconds",
+            f"{args.replay_seconds:g}",
+            "--replay-tokens",
+            str(args.replay_tokens),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.replay_seconds + 120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the replay worker exited with {done.returncode}: {done.stderr.strip()[-600:]}")
@@ -377,8 +512,12 @@ def run_replay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def verdict(share: CpuShare) -> dict[str, Any]:
-    return {"cpu_s": share.cpu_s, "wall_s": share.wall_s, "pct_of_core": share.pct_of_core,
-            "pass": share.pct_of_core < TARGET_PCT_OF_CORE}
+    return {
+        "cpu_s": share.cpu_s,
+        "wall_s": share.wall_s,
+        "pct_of_core": share.pct_of_core,
+        "pass": share.pct_of_core < TARGET_PCT_OF_CORE,
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -399,8 +538,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     prom_share, prom_stats = sampled["prometheus"]
     wall = sampled["wall_s"]
     above_idle = CpuShare(max(0.0, sampled["process"].cpu_s - baseline.cpu_s / baseline.wall_s * wall), wall)
-    scrapes = {k: sum(c.get(k, 0) for c in prom_stats["scrapes"].values())
-               for k in {k for c in prom_stats["scrapes"].values() for k in c}}
+    scrapes = {
+        k: sum(c.get(k, 0) for c in prom_stats["scrapes"].values())
+        for k in {k for c in prom_stats["scrapes"].values() for k in c}
+    }
     replay_share = CpuShare(replay["cpu_s"], replay["wall_s"])
     ok = replay["by_status"].get("ok", 0)
     gpus = len(nvml_stats["gpus"])
@@ -409,50 +550,83 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "target_pct_of_core": TARGET_PCT_OF_CORE,
         "baseline_idle": verdict(baseline) | {"pass": None},
-        "nvml": verdict(nvml_share) | {
+        "nvml": verdict(nvml_share)
+        | {
             "nvml": "pynvml" if args.nvml == "real" else "in-process stand-in",
-            "gpus": gpus, "hz": NVML_HZ, "rounds": nvml_stats["samples"],
-            "late_ticks": nvml_stats["late_ticks"], "rows_written": nvml_stats["rows_written"],
-            "errors": nvml_stats["errors"], "pct_of_core_per_gpu": nvml_share.pct_of_core / max(1, gpus),
+            "gpus": gpus,
+            "hz": NVML_HZ,
+            "rounds": nvml_stats["samples"],
+            "late_ticks": nvml_stats["late_ticks"],
+            "rows_written": nvml_stats["rows_written"],
+            "errors": nvml_stats["errors"],
+            "pct_of_core_per_gpu": nvml_share.pct_of_core / max(1, gpus),
         },
-        "prometheus": verdict(prom_share) | {
-            "servers": args.servers, "hz": PROMETHEUS_HZ, "rounds": prom_stats["rounds"],
-            "late_ticks": prom_stats["late_ticks"], "scrapes": scrapes, "rows_written": prom_stats["rows_written"],
+        "prometheus": verdict(prom_share)
+        | {
+            "servers": args.servers,
+            "hz": PROMETHEUS_HZ,
+            "rounds": prom_stats["rounds"],
+            "late_ticks": prom_stats["late_ticks"],
+            "scrapes": scrapes,
+            "rows_written": prom_stats["rows_written"],
             "page": {"source": page_source, "lines": page.count("\n"), "bytes": len(page.encode())},
             "pct_of_core_per_server": prom_share.pct_of_core / max(1, args.servers),
         },
         "both_process_above_idle": verdict(above_idle),
-        "replay_worker": verdict(replay_share) | {
-            "pass": None, "rate_rps": args.replay_rate, "tokens": args.replay_tokens, "requests": replay["requests"],
-            "by_status": replay["by_status"], "output_tokens_per_s": ok * args.replay_tokens / replay["wall_s"],
+        "replay_worker": verdict(replay_share)
+        | {
+            "pass": None,
+            "rate_rps": args.replay_rate,
+            "tokens": args.replay_tokens,
+            "requests": replay["requests"],
+            "by_status": replay["by_status"],
+            "output_tokens_per_s": ok * args.replay_tokens / replay["wall_s"],
             "process_cpu_s_with_startup": replay["process_cpu_s"],
         },
         # both samplers' threads as a percentage of the replay worker's CPU rate (CPU s per wall s each)
-        "telemetry_pct_of_replay_worker_cpu": 100.0 * (nvml_share.pct_of_core + prom_share.pct_of_core)
-        / replay_share.pct_of_core if replay_share.pct_of_core > 0 else None,
+        "telemetry_pct_of_replay_worker_cpu": 100.0
+        * (nvml_share.pct_of_core + prom_share.pct_of_core)
+        / replay_share.pct_of_core
+        if replay_share.pct_of_core > 0
+        else None,
     }
 
 
 def print_text(result: dict[str, Any]) -> None:
     def line(label: str, entry: dict[str, Any], extra: str = "") -> None:
         mark = {True: "PASS", False: "FAIL", None: "    "}[entry["pass"]]
-        print(f"  {label:<46} {entry['pct_of_core']:8.3f}% of a core  {mark}  "
-              f"({entry['cpu_s']:.3f} CPU s / {entry['wall_s']:.1f} s){extra}")
+        print(
+            f"  {label:<46} {entry['pct_of_core']:8.3f}% of a core  {mark}  "
+            f"({entry['cpu_s']:.3f} CPU s / {entry['wall_s']:.1f} s){extra}"
+        )
 
     nvml, prom, replay = result["nvml"], result["prometheus"], result["replay_worker"]
     page = prom["page"]
-    print(f"telemetry sampler CPU cost over {result['seconds']:g} s (target: < {result['target_pct_of_core']:g}% "
-          "of one core each, and together)")
+    print(
+        f"telemetry sampler CPU cost over {result['seconds']:g} s (target: < {result['target_pct_of_core']:g}% "
+        "of one core each, and together)"
+    )
     line("idle baseline (this process, samplers off)", result["baseline_idle"])
-    line(f"NVML {nvml['hz']:g} Hz x {nvml['gpus']} GPUs ({nvml['nvml']})", nvml,
-         f"; {nvml['pct_of_core_per_gpu']:.4f}% per GPU, {nvml['rounds']} rounds, {nvml['late_ticks']} late")
-    line(f"Prometheus {prom['hz']:g} Hz x {prom['servers']} servers", prom,
-         f"; {prom['pct_of_core_per_server']:.4f}% per server, scrapes {prom['scrapes']}")
+    line(
+        f"NVML {nvml['hz']:g} Hz x {nvml['gpus']} GPUs ({nvml['nvml']})",
+        nvml,
+        f"; {nvml['pct_of_core_per_gpu']:.4f}% per GPU, {nvml['rounds']} rounds, {nvml['late_ticks']} late",
+    )
+    line(
+        f"Prometheus {prom['hz']:g} Hz x {prom['servers']} servers",
+        prom,
+        f"; {prom['pct_of_core_per_server']:.4f}% per server, scrapes {prom['scrapes']}",
+    )
     line("both, whole process above idle", result["both_process_above_idle"])
-    print(f"  /metrics page: {page['lines']} lines, {page['bytes'] / 1024:.0f} KiB ({page['source']}), "
-          "served by another process")
-    line(f"replay worker: {replay['rate_rps']:g} req/s x {replay['tokens']} tokens", replay,
-         f"; {replay['output_tokens_per_s']:.0f} output tokens/s, {replay['by_status']}")
+    print(
+        f"  /metrics page: {page['lines']} lines, {page['bytes'] / 1024:.0f} KiB ({page['source']}), "
+        "served by another process"
+    )
+    line(
+        f"replay worker: {replay['rate_rps']:g} req/s x {replay['tokens']} tokens",
+        replay,
+        f"; {replay['output_tokens_per_s']:.0f} output tokens/s, {replay['by_status']}",
+    )
     share = result["telemetry_pct_of_replay_worker_cpu"]
     if share is not None:
         print(f"  telemetry (NVML + Prometheus threads) = {share:.1f}% of the replay worker's CPU use")
@@ -463,8 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="wall time the samplers run (default 30)")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs of the NVML stand-in (default 8)")
     parser.add_argument("--servers", type=int, default=8, help="/metrics endpoints scraped (default 8)")
-    parser.add_argument("--nvml", choices=("stand-in", "real"), default="stand-in",
-                        help="real: nvidia-ml-py on this host's GPUs (every one; --gpus is ignored)")
+    parser.add_argument(
+        "--nvml",
+        choices=("stand-in", "real"),
+        default="stand-in",
+        help="real: nvidia-ml-py on this host's GPUs (every one; --gpus is ignored)",
+    )
     parser.add_argument("--metrics-page", type=Path, metavar="FILE", help="serve this captured /metrics page instead")
     parser.add_argument("--replay-rate", type=float, default=20.0, help="replay worker's requests/s (default 20)")
     parser.add_argument("--replay-tokens", type=int, default=64, help="output tokens per replayed request (default 64)")

@@ -43,7 +43,7 @@ class ServerStamps:
     write_wall_s: list[np.ndarray]
 
     @classmethod
-    def from_stats(cls, stats: dict) -> "ServerStamps":
+    def from_stats(cls, stats: dict) -> ServerStamps:
         """From the scripted server's `/bench/stats?per_request=1` answer."""
         order = np.argsort(stats["arrivals_wall_s"], kind="stable")
         arrivals = np.asarray(stats["arrivals_wall_s"], dtype=float)[order]
@@ -97,6 +97,12 @@ def split_timing(client: ClientStamps, server: ServerStamps, ttft_ms: float, itl
         return np.concatenate(parts) if parts else np.zeros(0)
 
     return TimingSplit(
-        matched, unmatched, np.asarray(send_path), flat(receive), np.asarray(client_ttft), flat(client_itl),
-        np.asarray(server_ttft), flat(server_itl),
+        matched,
+        unmatched,
+        np.asarray(send_path),
+        flat(receive),
+        np.asarray(client_ttft),
+        flat(client_itl),
+        np.asarray(server_ttft),
+        flat(server_itl),
     )

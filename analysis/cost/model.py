@@ -33,9 +33,10 @@ from typing import Any, Literal
 
 import polars as pl
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.cost.prices import HOURS_PER_MONTH, PriceBook, PriceMatch, SelfHostedPrice, TokenPrice
+from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
+from shadowreplay.errors import ShadowReplayError
 
 MTOK = 1_000_000
 
@@ -54,7 +55,7 @@ DEFINITIONS = {
 }
 
 
-class CostError(ValueError):
+class CostError(ShadowReplayError, ValueError):
     """A monthly volume that cannot be used (not positive, or a traffic log without token counts)."""
 
 
@@ -163,13 +164,15 @@ def monthly_factor(volume: MonthlyVolume, usage: Usage, schedule_span_s: float) 
         if schedule_span_s <= 0:
             return None, "the schedule spans 0 s (every request at once): give --monthly-requests or --monthly-tokens"
         return SECONDS_PER_MONTH / schedule_span_s, None
+    per_month = volume.per_month
+    assert per_month is not None  # MonthlyVolume.__post_init__ requires a number for every basis but run_span
     if volume.basis == "requests":
         if usage.requests <= 0:
             return None, "no billed requests to take a mean usage from"
-        return volume.per_month / usage.requests, None
+        return per_month / usage.requests, None
     if usage.total_tokens <= 0:
         return None, "no billed tokens to take the input/output mix from"
-    return volume.per_month / usage.total_tokens, None
+    return per_month / usage.total_tokens, None
 
 
 def _usage_dict(usage: Usage) -> dict[str, float]:

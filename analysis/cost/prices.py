@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
+from shadowreplay.errors import ShadowReplayError
 
 SELF_HOSTED = "self_hosted"
 DEFAULT_PRICES_PATH = Path("configs") / "prices.yaml"
@@ -34,7 +35,7 @@ HOURS_PER_MONTH = SECONDS_PER_MONTH // 3600
 """720: a month is 30 days throughout shadowreplay (analysis/summary/traffic_stats.py)."""
 
 
-class PriceError(ValueError):
+class PriceError(ShadowReplayError, ValueError):
     """A price file that cannot be read or does not validate; the message names the file and field."""
 
 
@@ -157,7 +158,9 @@ class PriceBook(BaseModel):
         if provider == SELF_HOSTED:
             return self.self_hosted.get(model)
         found = self.providers.get(provider)
-        canonical = found.model_named(model) if found is not None else None
+        if found is None:
+            return None
+        canonical = found.model_named(model)
         return found.models[canonical] if canonical is not None else None
 
     def entry_names_hint(self) -> str:

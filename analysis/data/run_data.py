@@ -8,33 +8,27 @@ statuses; a bad shard raises RunDataError naming the file, and the row and field
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shadowreplay.replay.schemas.results import (
-    KIND,
-    METADATA_KIND_KEY,
-    METADATA_VERSION_KEY,
-    RESULTS_SCHEMA,
-    SCHEMA_VERSION,
-    STATUSES,
-)
+from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY
+from shadowreplay.replay.schemas.manifest import Manifest
+from shadowreplay.replay.schemas.results import KIND, RESULTS_SCHEMA, SCHEMA_VERSION, STATUSES
+from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 
-RESULTS_DIRNAME = "results"
-MANIFEST_NAME = "manifest.json"
 REQUIRED_FIELDS = tuple(field.name for field in RESULTS_SCHEMA if not field.nullable)
 LARGE_COLUMNS = ("output_text",)
 """Columns left out unless asked for: they can dwarf everything else in long runs."""
 
 
-class RunDataError(ValueError):
+class RunDataError(ShadowReplayError, ValueError):
     """A run directory, results shard or manifest that cannot be read as the contract says."""
 
 
@@ -49,7 +43,7 @@ class RunData:
     run_dir: Path
     files: tuple[Path, ...]
     rows: pl.DataFrame
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None
 
     @property
     def final_rows(self) -> pl.DataFrame:
@@ -67,8 +61,7 @@ class RunData:
     @property
     def target_configs(self) -> dict[str, dict[str, Any]]:
         """The targets' public configs from the manifest (`targets` list: name, kind, model, base_url, ...), by name."""
-        entries = (self.manifest or {}).get("targets") or []
-        return {entry["name"]: entry for entry in entries if isinstance(entry, dict) and "name" in entry}
+        return self.manifest.target_configs if self.manifest is not None else {}
 
     @property
     def requests_without_final_row(self) -> int:
@@ -80,13 +73,14 @@ class RunData:
 
 def result_files(run_dir: str | Path) -> list[Path]:
     """The results shards of a run directory, sorted by name; RunDataError when there are none."""
-    run_path = Path(run_dir)
-    if not run_path.is_dir():
-        raise RunDataError(f"{run_path}: no such run directory")
-    results_dir = run_path / RESULTS_DIRNAME
-    files = sorted(results_dir.glob("*.parquet")) if results_dir.is_dir() else []
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDataError(f"{run.path}: no such run directory")
+    files = run.result_shards()
     if not files:
-        raise RunDataError(f"{results_dir}: no result shards (*.parquet); has a replay written to this run directory?")
+        raise RunDataError(
+            f"{run.results_dir}: no result shards (*.parquet); has a replay written to this run directory?"
+        )
     return files
 
 
@@ -140,18 +134,12 @@ def _check_statuses(path: Path, table: pa.Table) -> None:
         )
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
-    """RUN_DIR/manifest.json as a dict, or None when the run has none."""
-    path = Path(run_dir) / MANIFEST_NAME
-    if not path.exists():
-        return None
+def read_manifest(run_dir: str | Path) -> Manifest | None:
+    """RUN_DIR/manifest.json as a Manifest, or None when the run has none."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDataError(f"{path}: not readable JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise RunDataError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
-    return manifest
+        return RunDir(run_dir).read_manifest()
+    except RunDirError as exc:
+        raise RunDataError(str(exc)) from None
 
 
 def load_run(run_dir: str | Path, include_output_text: bool = False) -> RunData:
@@ -165,13 +153,16 @@ def load_run(run_dir: str | Path, include_output_text: bool = False) -> RunData:
     files = result_files(run_path)
     columns = [name for name in RESULTS_SCHEMA.names if include_output_text or name not in LARGE_COLUMNS]
     frames = [
-        pl.from_arrow(read_result_shard(path, columns)).with_columns(pl.lit(index, dtype=pl.Int32).alias("_file"))
+        # a pa.Table reads as a DataFrame
+        cast(pl.DataFrame, pl.from_arrow(read_result_shard(path, columns))).with_columns(
+            pl.lit(index, dtype=pl.Int32).alias("_file")
+        )
         for index, path in enumerate(files)
     ]
     rows = pl.concat(frames, how="vertical")
     run_ids = rows.get_column("run_id").unique().sort().to_list()
     if len(run_ids) > 1:
-        raise RunDataError(f"{run_path / RESULTS_DIRNAME}: shards from several runs: {', '.join(run_ids)}")
+        raise RunDataError(f"{RunDir(run_path).results_dir}: shards from several runs: {', '.join(run_ids)}")
     duplicated = (
         rows.filter(pl.col("final"))
         .group_by("target", "request_id")
@@ -183,7 +174,7 @@ def load_run(run_dir: str | Path, include_output_text: bool = False) -> RunData:
         first = duplicated.row(0, named=True)
         names = ", ".join(files[i].name for i in first["files"])
         raise RunDataError(
-            f"{run_path / RESULTS_DIRNAME}: request {first['request_id']} has {first['n']} final rows "
+            f"{RunDir(run_path).results_dir}: request {first['request_id']} has {first['n']} final rows "
             f"for target {first['target']} (in {names}); {duplicated.height} request(s) affected"
         )
     return RunData(run_path, tuple(files), rows.drop("_file"), read_manifest(run_path))

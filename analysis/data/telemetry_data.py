@@ -14,17 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shadowreplay.replay.schemas.telemetry import KIND, METADATA_KIND_KEY, METADATA_VERSION_KEY, SCHEMA_VERSION, TELEMETRY_SCHEMA
+from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY
+from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.schemas.telemetry import KIND, SCHEMA_VERSION, TELEMETRY_SCHEMA
 
-TELEMETRY_DIRNAME = "telemetry"
 COLUMN_TYPES: dict[str, pl.DataType] = {
-    field.name: pl.from_arrow(pa.array([], type=field.type)).dtype for field in TELEMETRY_SCHEMA
+    # a pa.Array reads as a Series
+    field.name: cast(pl.Series, pl.from_arrow(pa.array([], type=field.type))).dtype
+    for field in TELEMETRY_SCHEMA
 }
 REQUIRED_FIELDS = ("source", "t_s", "metric", "value")
 
@@ -34,7 +39,7 @@ VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_WAITING = "vllm:num_requests_waiting"
 
 
-class TelemetryDataError(ValueError):
+class TelemetryDataError(ShadowReplayError, ValueError):
     """A telemetry file that cannot be read as the long-form contract says."""
 
 
@@ -88,8 +93,7 @@ def _read_file(path: Path) -> pl.DataFrame:
 
 def load_telemetry(run_dir: str | Path) -> Telemetry | None:
     """Every telemetry file of a run directory, checked and concatenated; None when the run has none."""
-    directory = Path(run_dir) / TELEMETRY_DIRNAME
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    files = RunDir(run_dir).telemetry_shards()
     if not files:
         return None
     samples = pl.concat([_read_file(path) for path in files], how="vertical")

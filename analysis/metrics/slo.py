@@ -2,7 +2,7 @@
 
 Grammar of one item: `<metric>_p<percentile>=<number><unit>`, items separated by commas, spaces
 around items and `=` ignored.
-- metric: one of `SLO_METRICS` (the latency metrics of analysis/metrics/table.py);
+- metric: one of `SLO_METRICS` (the metrics of analysis/metrics/table.py's METRICS that an SLO may use);
 - percentile: a number in (0, 100], e.g. `p50`, `p95`, `p99.9`;
 - number: a finite positive decimal (`500`, `0.5`, `1e3`); unit: `ms` or `s` (lower case).
 Thresholds are kept in milliseconds. `str(slo)` is the canonical text (`ttft_p95=500ms`) and parses
@@ -20,14 +20,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SLO_METRICS: dict[str, str] = {
-    "ttft": "time to first token (send to first output token)",
-    "itl": "inter-token latency (gap between consecutive output tokens)",
-    "tpot": "time per output token after the first: (e2e - TTFT) / (output tokens - 1)",
-    "e2e": "end to end (send to last token)",
-    "sched_ttft": "first token after the scheduled send time (includes client queueing)",
-    "sched_e2e": "request done after the scheduled send time (includes client queueing)",
-}
+from shadowreplay.analysis.metrics.table import METRICS
+from shadowreplay.errors import ShadowReplayError
+
+SLO_METRICS: dict[str, str] = {metric.name: metric.formula for metric in METRICS if metric.slo}
+"""The metrics an SLO may name (those of the metric table marked `slo`), with their formulas."""
 
 UNIT_TO_MS: dict[str, float] = {"ms": 1.0, "s": 1000.0}
 
@@ -38,7 +35,7 @@ _ITEM = re.compile(
 EXAMPLE = "ttft_p95=500ms,tpot_p95=50ms,e2e_p99=2s"
 
 
-class SloError(ValueError):
+class SloError(ShadowReplayError, ValueError):
     """An SLO text that does not follow the grammar; the message names the offending item."""
 
 

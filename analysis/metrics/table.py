@@ -20,13 +20,16 @@ Conventions, stated once:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
-from shadowreplay.analysis.metrics.slo import SLO_METRICS, Slo
+from shadowreplay.errors import ShadowReplayError
+
+if TYPE_CHECKING:
+    from shadowreplay.analysis.metrics.slo import Slo
 
 PERCENTILE_METHOD: Literal["linear"] = "linear"
 REPORTED_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
@@ -34,7 +37,7 @@ MISMATCH_TOLERANCE = 0.02
 DEFAULT_WARMUP_FRACTION = 0.10
 
 
-class WindowError(ValueError):
+class WindowError(ShadowReplayError, ValueError):
     """A steady-window request that leaves no window (e.g. a warm-up longer than the schedule)."""
 
 
@@ -93,10 +96,7 @@ def tpot_ms() -> pl.Expr:
     """TPOT = (e2e - TTFT) / (output tokens - 1), ms; null when output tokens <= 1."""
     tokens = output_tokens()
     return (
-        pl.when(tokens > 1)
-        .then((pl.col("e2e_ms") - pl.col("ttft_ms")) / (tokens - 1))
-        .otherwise(None)
-        .alias("tpot_ms")
+        pl.when(tokens > 1).then((pl.col("e2e_ms") - pl.col("ttft_ms")) / (tokens - 1)).otherwise(None).alias("tpot_ms")
     )
 
 
@@ -123,26 +123,102 @@ def token_mismatch() -> pl.Expr:
     return ((server - client).abs() > MISMATCH_TOLERANCE * server).alias("token_mismatch")
 
 
-# ---- latency samples and percentiles --------------------------------------------------------
+# ---- the metric table -----------------------------------------------------------------------
 
-LATENCY_METRICS: dict[str, str] = {
-    **SLO_METRICS,
-    "lateness": "send after the scheduled send time (load generator health)",
-}
-"""Every latency metric the summary reports, by name; the SLO metrics are a subset."""
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One latency metric, defined once: what the summary reports, an SLO or a gate may name.
+
+    `values` gives one value per member of `population` (a column of final rows; for a per-gap
+    metric, a list column of gaps per row); `formula` is the one-line definition shown in reports.
+    """
+
+    name: str
+    unit: str
+    population: Literal["final ok rows", "gaps of final ok rows", "final sent rows"]
+    formula: str
+    values: Callable[[], pl.Expr]
+    slo: bool  # an SLO (`--slo name_pNN=...`) may use it
+    gate: bool  # a shadow gate may use it
+    null_meets: bool = False  # a request without a value (fewer than two tokens) meets its SLOs
+
+    @property
+    def per_gap(self) -> bool:
+        return self.population == "gaps of final ok rows"
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("ttft", "ms", "final ok rows", "time to first token (send to first output token)", ttft_ms, True, True),
+    Metric(
+        "itl",
+        "ms",
+        "gaps of final ok rows",
+        "inter-token latency (gap between consecutive output tokens)",
+        itl_gaps_ms,
+        True,
+        True,
+        null_meets=True,
+    ),
+    Metric(
+        "tpot",
+        "ms",
+        "final ok rows",
+        "time per output token after the first: (e2e - TTFT) / (output tokens - 1)",
+        tpot_ms,
+        True,
+        True,
+        null_meets=True,
+    ),
+    Metric("e2e", "ms", "final ok rows", "end to end (send to last token)", e2e_ms, True, True),
+    Metric(
+        "sched_ttft",
+        "ms",
+        "final ok rows",
+        "first token after the scheduled send time (includes client queueing)",
+        sched_ttft_ms,
+        True,
+        True,
+    ),
+    Metric(
+        "sched_e2e",
+        "ms",
+        "final ok rows",
+        "request done after the scheduled send time (includes client queueing)",
+        sched_e2e_ms,
+        True,
+        True,
+    ),
+    Metric(
+        "lateness",
+        "ms",
+        "final sent rows",
+        "send after the scheduled send time (load generator health)",
+        lateness_ms,
+        False,
+        False,
+    ),
+)
+"""Every latency metric, in report order. Adding a metric is one entry here."""
+
+METRIC_BY_NAME: dict[str, Metric] = {metric.name: metric for metric in METRICS}
+LATENCY_METRICS: dict[str, str] = {metric.name: metric.formula for metric in METRICS}
+"""Every latency metric the summary reports, by name, with its formula."""
 
 
 def latency_values(metric: str) -> pl.Expr:
     """The values a latency metric's statistics are taken over, for use in `select`/`agg` on final rows.
 
-    TTFT, TPOT, e2e, sched_ttft, sched_e2e: one value per final `ok` row; ITL: every gap of those
-    rows; lateness: one value per final row that was sent. Nulls dropped.
+    Each metric's population (METRICS): one value per final `ok` row (TTFT, TPOT, e2e, sched_ttft,
+    sched_e2e); every gap of those rows (ITL); one value per final row that was sent (lateness).
+    Nulls dropped.
     """
-    if metric == "itl":
-        return itl_gaps_ms().filter(is_ok()).explode().drop_nulls().alias("itl_ms")
-    if metric == "lateness":
-        return lateness_ms().drop_nulls()
-    return _PER_REQUEST[metric]().filter(is_ok()).drop_nulls()
+    entry = METRIC_BY_NAME[metric]
+    if entry.population == "final sent rows":
+        return entry.values().drop_nulls()
+    if entry.per_gap:
+        return entry.values().filter(is_ok()).explode().drop_nulls().alias("itl_ms")
+    return entry.values().filter(is_ok()).drop_nulls()
 
 
 def percentile(values: pl.Expr, p: float) -> pl.Expr:
@@ -158,30 +234,20 @@ def percentile_key(p: float) -> str:
 
 # ---- SLOs and goodput -----------------------------------------------------------------------
 
-_PER_REQUEST = {
-    "ttft": ttft_ms,
-    "tpot": tpot_ms,
-    "e2e": e2e_ms,
-    "sched_ttft": sched_ttft_ms,
-    "sched_e2e": sched_e2e_ms,
-}
-# Metrics whose absence on an ok request means "nothing to violate" (fewer than two tokens).
-_NULL_MEETS = {"tpot", "itl"}
-assert set(_PER_REQUEST) | {"itl"} == set(SLO_METRICS), "every SLO metric needs a per-request expression"
-
 
 def request_value(slo: Slo) -> pl.Expr:
     """A request's own value for an SLO: its metric (for ITL: the SLO's percentile of its own gaps), ms."""
-    if slo.metric == "itl":
+    entry = METRIC_BY_NAME[slo.metric]
+    if entry.per_gap:
         within = pl.element().quantile(slo.percentile / 100.0, interpolation=PERCENTILE_METHOD)
-        return itl_gaps_ms().list.eval(within).list.first()
-    return _PER_REQUEST[slo.metric]()
+        return entry.values().list.eval(within).list.first()
+    return entry.values()
 
 
 def meets_slo(slo: Slo) -> pl.Expr:
     """Per request: request_value(slo) <= threshold_ms; a missing TPOT/ITL (< 2 tokens) meets it, other gaps fail."""
     value = request_value(slo)
-    missing = pl.lit(slo.metric in _NULL_MEETS)
+    missing = pl.lit(METRIC_BY_NAME[slo.metric].null_meets)
     return pl.when(value.is_null()).then(missing).otherwise(value <= slo.threshold_ms).alias(f"meets_{slo.name}")
 
 
@@ -287,9 +353,7 @@ def goodput_rps(window: Window, slos: Sequence[Slo]) -> pl.Expr:
 
 def error_rate() -> pl.Expr:
     """Error rate = final rows with status != ok / final rows (aggregate; null when there are none)."""
-    return (
-        pl.when(pl.len() > 0).then(is_error().sum().cast(pl.Float64) / pl.len()).otherwise(None).alias("error_rate")
-    )
+    return pl.when(pl.len() > 0).then(is_error().sum().cast(pl.Float64) / pl.len()).otherwise(None).alias("error_rate")
 
 
 # ---- billed tokens (the cost model's inputs) --------------------------------------------------

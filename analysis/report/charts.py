@@ -136,7 +136,12 @@ def stacked_panels(
         for threshold in panel.thresholds:
             if not panel.log_y:
                 fig.add_hline(
-                    y=threshold.y, line_dash="dash", line_color="crimson", annotation_text=threshold.label, row=row, col=1
+                    y=threshold.y,
+                    line_dash="dash",
+                    line_color="crimson",
+                    annotation_text=threshold.label,
+                    row=row,
+                    col=1,
                 )
                 continue
             # plotly places a shape on a log axis by its value but an annotation by log10(value): label it by hand.

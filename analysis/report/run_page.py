@@ -17,21 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
+from shadowreplay.analysis.data.run_data import RunData
+from shadowreplay.analysis.data.telemetry_data import VLLM_KV_CACHE_USAGE, VLLM_RUNNING, VLLM_WAITING, Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.report.charts import Band, ColourMap, Panel, Series, quantile_grid, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
-from shadowreplay.analysis.data.run_data import RunData
 from shadowreplay.analysis.summary.tables import summary_tables
-from shadowreplay.analysis.data.telemetry_data import VLLM_KV_CACHE_USAGE, VLLM_RUNNING, VLLM_WAITING, Telemetry
+from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
 
-REPORT_NAME = "report.html"
-SeriesLabel = Callable[[str | None, str | None], str]
-"""Names a telemetry series from its (host, device)."""
+SeriesLabel = Callable[[str, str], str]
+"""Names a telemetry series from its (host, device); both are non-null (telemetry_data rejects nulls)."""
 TARGET_BINS = 60
 NICE_BIN_STEPS_S = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 DISTRIBUTION_PERCENTILES = (
@@ -156,7 +156,7 @@ def telemetry_panels(telemetry: Telemetry | None, bin_s: float, colours: ColourM
     if nvml.height:
         hosts = nvml.get_column("host").n_unique()
 
-        def gpu_label(host: str | None, device: str | None) -> str:
+        def gpu_label(host: str, device: str) -> str:
             return f"GPU {host}:{device}" if hosts > 1 else f"GPU {device}"
 
         util = _telemetry_series(nvml, NVML_GPU_UTIL, bin_s, gpu_label, colours)
@@ -224,7 +224,8 @@ def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry |
     for target in summary["targets"]:
         colours(target)
     end = final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max())).item() or 0.0
-    bin_s = time_bin_s(max(end - (final.get_column("scheduled_s").min() or 0.0), 0.0))
+    first_scheduled = cast("float | None", final.get_column("scheduled_s").min())  # a Float64 column
+    bin_s = time_bin_s(max(end - (first_scheduled or 0.0), 0.0))
 
     over_time = page.section("Over time")
     panels = load_panels(final, bin_s, colours) + telemetry_panels(telemetry, bin_s, colours)
@@ -271,4 +272,4 @@ def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry |
 
 def write_run_report(run_dir: str | Path, summary: dict[str, Any], run: RunData, telemetry: Telemetry | None) -> Path:
     """Write RUN_DIR/report.html; returns its path."""
-    return build_run_page(summary, run, telemetry).write(Path(run_dir) / REPORT_NAME)
+    return build_run_page(summary, run, telemetry).write(RunDir(run_dir).report_path)

@@ -19,6 +19,7 @@ Contents, top to bottom:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,13 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
+from shadowreplay.analysis.metrics.slo import Slo, parse_slos
 from shadowreplay.analysis.report.charts import Panel, Series, Threshold, XMarker, line_chart, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
-from shadowreplay.analysis.metrics.slo import Slo, parse_slos
 from shadowreplay.analysis.summary.run_summary import DEFINITIONS as SUMMARY_DEFINITIONS
 from shadowreplay.analysis.summary.tables import NO_VALUE, SummaryTable, number
+from shadowreplay.replay.schemas.run_dir import CURVE_NAME, SweepDir
 
-SWEEP_REPORT_NAME = "report.html"
-CURVE_NAME = "curve.parquet"
-SWEEP_SUMMARY_NAME = "summary.json"
 LOG_AXIS_SPAN = 4.0
 """An axis is logarithmic when its largest positive value is at least this many times its smallest."""
 
@@ -162,7 +161,7 @@ class SweepView:
         return Series(name, x, values, colour=colour, mode=mode, hover=self.hover(), **style)
 
 
-def wide(values: list[float | None]) -> bool:
+def wide(values: Sequence[float | None]) -> bool:
     """Whether `values` span LOG_AXIS_SPAN or more (largest / smallest positive value)."""
     positive = [v for v in values if v is not None and v > 0]
     return bool(positive) and max(positive) / min(positive) >= LOG_AXIS_SPAN
@@ -275,8 +274,20 @@ def curve_table(view: SweepView) -> SummaryTable:
             ]
         )
     columns = [
-        "Point", "Phase", "Load", "Requests", "Req/s", "Tok/s", "TTFT p50", "TTFT p95", "TPOT p95", "e2e p95",
-        "Errors", "SLO", "Marks", "Run directory",
+        "Point",
+        "Phase",
+        "Load",
+        "Requests",
+        "Req/s",
+        "Tok/s",
+        "TTFT p50",
+        "TTFT p95",
+        "TPOT p95",
+        "e2e p95",
+        "Errors",
+        "SLO",
+        "Marks",
+        "Run directory",
     ]
     numeric = frozenset(columns[:1] + columns[2:11])
     return SummaryTable(
@@ -286,8 +297,8 @@ def curve_table(view: SweepView) -> SummaryTable:
         numeric,
         note=(
             "Latencies in ms. Each row's figures were computed from its run directory (relative to the sweep "
-            "directory) by analysis/summary/run_summary.py over the point's steady window; `shadowreplay report` on that "
-            "directory recomputes them and draws the point's own report."
+            "directory) by analysis/summary/run_summary.py over the point's steady window; `shadowreplay report` on "
+            "that directory recomputes them and draws the point's own report."
         ),
     )
 
@@ -385,6 +396,7 @@ def build_sweep_page(summary: dict[str, Any], curve: pl.DataFrame, sweep_dir: st
 def write_sweep_report(sweep_dir: str | Path) -> Path:
     """Write SWEEP_DIR/report.html from SWEEP_DIR/summary.json and SWEEP_DIR/curve.parquet; returns its path."""
     directory = Path(sweep_dir)
-    summary = json.loads((directory / SWEEP_SUMMARY_NAME).read_text(encoding="utf-8"))
-    curve = pl.read_parquet(directory / summary.get("curve", CURVE_NAME))
-    return build_sweep_page(summary, curve, directory).write(directory / SWEEP_REPORT_NAME)
+    sweep = SweepDir(directory)
+    summary = json.loads(sweep.summary_path.read_text(encoding="utf-8"))
+    curve = pl.read_parquet(sweep.curve_path)
+    return build_sweep_page(summary, curve, directory).write(sweep.report_path)

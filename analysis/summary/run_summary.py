@@ -78,7 +78,6 @@ COST (one target; money in USD, null where the target has no price):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -86,19 +85,19 @@ from typing import Any
 
 import polars as pl
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.cost.model import RUN_SPAN, MonthlyVolume, cost_summary
-from shadowreplay.analysis.telemetry.energy import gpu_summary
 from shadowreplay.analysis.cost.prices import PriceBook
-from shadowreplay.analysis.data.run_data import MANIFEST_NAME, RunData
-from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
-from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.analysis.data.run_data import RunData
 from shadowreplay.analysis.data.telemetry_data import Telemetry
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.analysis.telemetry.energy import gpu_summary
+from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
 from shadowreplay.replay.schemas.results import STATUSES
+from shadowreplay.replay.schemas.run_dir import MANIFEST_NAME, RunDir, write_text_atomically
 
 SUMMARY_KIND = "shadowreplay.summary"
 SUMMARY_SCHEMA_VERSION = 1
-SUMMARY_NAME = "summary.json"
 ERROR_STATUSES = tuple(status for status in STATUSES if status != "ok")
 STAT_KEYS = ("count", "mean", *(metrics.percentile_key(p) for p in metrics.REPORTED_PERCENTILES), "max")
 
@@ -240,9 +239,9 @@ def _slices(run: RunData, keys: list[str], window: metrics.Window, slos: Sequenc
     for row in http_rows.sort("http_status").iter_rows():
         http.setdefault(tuple(row[:-2]), {})[str(row[-2])] = row[-1]
     result = {}
-    for row in aggregated.iter_rows(named=True):
-        group = tuple(row.pop(key) for key in keys)
-        result[group] = _slice_stats(row, attempts.get(group, 0), http.get(group, {}), slos)
+    for named in aggregated.iter_rows(named=True):
+        group = tuple(named.pop(key) for key in keys)
+        result[group] = _slice_stats(named, attempts.get(group, 0), http.get(group, {}), slos)
     return result
 
 
@@ -312,8 +311,6 @@ def summarize(
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     """Write RUN_DIR/summary.json atomically (temporary file, then rename); returns its path."""
-    path = Path(run_dir) / SUMMARY_NAME
-    tmp = path.with_name(f".{SUMMARY_NAME}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = RunDir(run_dir).summary_path
+    write_text_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return path

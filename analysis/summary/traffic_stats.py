@@ -24,7 +24,11 @@ PERCENTILES = (50, 90, 99)
 def _distribution(frame: pl.LazyFrame, column: str) -> dict:
     values = pl.col(column).drop_nulls().cast(pl.Float64)
     exprs = [values.quantile(p / 100, interpolation="linear").alias(f"p{p}") for p in PERCENTILES]
-    row = frame.select(*exprs, values.max().alias("max"), values.sum().alias("total"), values.count().alias("count")).collect().row(0, named=True)
+    row = (
+        frame.select(*exprs, values.max().alias("max"), values.sum().alias("total"), values.count().alias("count"))
+        .collect()
+        .row(0, named=True)
+    )
     return row
 
 
@@ -33,7 +37,14 @@ def peak_to_average(frame: pl.LazyFrame, rows: int, span_s: float, window_s: flo
     if rows < 2 or span_s <= 0:
         return None
     offset = (pl.col("arrival_time") - pl.col("arrival_time").min()).dt.total_microseconds() / 1e6
-    peak = frame.select((offset // window_s).alias("window")).group_by("window").len().select(pl.col("len").max()).collect().item()
+    peak = (
+        frame.select((offset // window_s).alias("window"))
+        .group_by("window")
+        .len()
+        .select(pl.col("len").max())
+        .collect()
+        .item()
+    )
     return peak / (rows * window_s / span_s)
 
 
@@ -60,11 +71,15 @@ def prefix_reuse_share(frame: pl.LazyFrame, rows: int) -> float | None:
 
 
 def _stats(frame: pl.LazyFrame) -> dict:
-    head = frame.select(
-        pl.len().alias("rows"),
-        pl.col("arrival_time").min().alias("first"),
-        pl.col("arrival_time").max().alias("last"),
-    ).collect().row(0, named=True)
+    head = (
+        frame.select(
+            pl.len().alias("rows"),
+            pl.col("arrival_time").min().alias("first"),
+            pl.col("arrival_time").max().alias("last"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
     rows = head["rows"]
     span_s = (head["last"] - head["first"]).total_seconds() if rows else 0.0
     prompt = _distribution(frame, "prompt_tokens")

@@ -20,12 +20,12 @@ No NVML samples: the block says absent, with the reason; nothing is estimated.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import polars as pl
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.data.telemetry_data import Telemetry
+from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
     NVML_GPU_UTIL,
@@ -91,7 +91,9 @@ def device_energy(device: pl.DataFrame, window: metrics.Window) -> tuple[float |
         joules = series.select(aggregate).item()
         if joules is None or joules < 0:  # a counter reset: fall back to integrating power
             continue
-        covered = series.get_column("t_s").max() - series.get_column("t_s").min()
+        t_s = series.get_column("t_s")
+        # t_s is a Float64 column with at least two rows here, so max/min are floats
+        covered = cast(float, t_s.max()) - cast(float, t_s.min())
         return float(joules), method, float(covered)
     return None, None, 0.0
 

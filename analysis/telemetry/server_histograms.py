@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.data.telemetry_data import Telemetry
+from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, parse_bucket_metric
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
@@ -53,8 +53,8 @@ MS_PER_S = 1000.0
 DEFINITIONS = {
     "server_histogram": "per bucket: cumulative count at the last scrape - at the baseline scrape (the last one at "
     "or before the target's first send, else the first scrape); N_vllm = delta of <family>_count",
-    "server_histogram_ours": "our metric (analysis/metrics/table.py) over final ok rows, values observed inside the scrape "
-    "span (TTFT at first_token_s, an ITL gap at its end)",
+    "server_histogram_ours": "our metric (analysis/metrics/table.py) over final ok rows, values observed inside the "
+    "scrape span (TTFT at first_token_s, an ITL gap at its end)",
     "server_histogram_quantile": "vLLM's bucket b = first bucket with cumulative >= q x N_vllm; vllm_q = linear "
     "interpolation inside b (Prometheus histogram_quantile); ours_q = linear-interpolation percentile of ours",
     "server_histogram_agree": "lower[b-1] <= ours_q <= upper[b+1] or |ours_q - vllm_q| <= upper[b] - lower[b] "
@@ -98,9 +98,7 @@ class ComparedMetric:
 
 COMPARED_METRICS: tuple[ComparedMetric, ...] = (
     ComparedMetric("ttft", ("vllm:time_to_first_token_seconds",), ttft_observations),
-    ComparedMetric(
-        "itl", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"), itl_observations
-    ),
+    ComparedMetric("itl", ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"), itl_observations),
 )
 
 

@@ -2,8 +2,9 @@
 
 The same contract as replay/clients/stream_client.py's StreamingClient, over geventhttpclient instead of
 aiohttp (Locust runs users as greenlets; an asyncio client would block its hub): `send(body)`
-returns a `shadowreplay.replay.schemas.results.StreamOutcome` whose `status` is one of `shadowreplay.replay.schemas.results.STATUSES`, with
-the same clocks, the same events-to-outcome logic (`shadowreplay.replay.clients.stream_client.StreamAttempt`: token
+returns a `shadowreplay.replay.schemas.results.StreamOutcome` whose `status` is one of
+`shadowreplay.replay.schemas.results.STATUSES`, with the same clocks, the same events-to-outcome logic
+(`shadowreplay.replay.clients.stream_client.StreamAttempt`: token
 accounting, status rules, error texts), the same wire protocols (`shadowreplay.replay.clients.protocols`) and the same
 SSE parser (`shadowreplay.replay.clients.sse.SSEParser`), so a Locust run's result rows mean what a replay's do; only
 the I/O and the timeouts are gevent's here.
@@ -36,6 +37,7 @@ import gevent
 from geventhttpclient.client import HTTPClientPool
 from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketPoolResponse
 from geventhttpclient.url import URL
+from multidict import CIMultiDict
 
 from shadowreplay.replay.clients.protocols import (
     RequestNotTranslatable,
@@ -43,7 +45,6 @@ from shadowreplay.replay.clients.protocols import (
     WireProtocolError,
     protocol_for_target,
 )
-from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.clients.sse import SSEParser
 from shadowreplay.replay.clients.stream_client import (
     DRAIN_AFTER_DONE_S,
@@ -53,6 +54,7 @@ from shadowreplay.replay.clients.stream_client import (
     StreamLimits,
     TokenCounter,
 )
+from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.targets.config import TargetConfig
 
 LINE_END = b"\n"
@@ -170,9 +172,7 @@ class _Exchange(StreamAttempt):
     __slots__ = ("response", "first_token_timeout")
 
     def __init__(self, client: GeventStreamingClient, outcome: StreamOutcome):
-        super().__init__(
-            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber
-        )
+        super().__init__(outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber)
         self.response: HTTPSocketPoolResponse | None = None
         self.first_token_timeout: gevent.Timeout | None = None
 
@@ -184,9 +184,12 @@ class _Exchange(StreamAttempt):
     def follow(self) -> None:
         """Check the response's status and type, then read its events to the end."""
         response = self.response
+        assert response is not None, "follow() before the request was sent"
         self.outcome.http_status = response.status_code
         if response.status_code >= 300:
-            self.http_error(response.status_code, response.status_message, response)
+            # as aiohttp's headers: case-insensitive, the first value of a repeated header (the response's
+            # own get() gives a list for one, which the Retry-After and rate-limit parsers cannot read)
+            self.http_error(response.status_code, response.status_message, CIMultiDict(response.items()))
             self.http_error_body(response.status_code, response.read(ERROR_BODY_LIMIT))
             return
         if "json" in (response.get("content-type") or ""):
@@ -214,4 +217,3 @@ class _Exchange(StreamAttempt):
                     pass
         except (OSError, HTTPConnectionClosed, ValueError):
             pass
-

@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 
 from shadowreplay.replay.run.plan import LengthClamp, build_plan, select_rows
 
+DEFAULT_CLAMP = LengthClamp()  # frozen dataclass: no bounds, safe to share as a default
+
 
 @dataclass(frozen=True)
 class SynthesizedLengths:
@@ -50,17 +52,21 @@ class RequestMix:
         self.description = description
 
     @classmethod
-    def from_log(cls, log_path: str | Path, clamp: LengthClamp = LengthClamp()) -> "RequestMix":
+    def from_log(cls, log_path: str | Path, clamp: LengthClamp = DEFAULT_CLAMP) -> RequestMix:
         """The log's rows, with the length clamps applied where prompts are synthesized; raises
-        shadowreplay.replay.schemas.traffic_log.TrafficLogError or shadowreplay.replay.run.plan.PlanError for a log that cannot be used."""
+        shadowreplay.replay.schemas.traffic_log.TrafficLogError or shadowreplay.replay.run.plan.PlanError for a log
+        that cannot be used."""
         rows = select_rows(log_path)
         plan = build_plan(rows, np.zeros(rows.num_rows), clamp)
         return cls(plan, None, f"{rows.num_rows} rows of {log_path}")
 
     @classmethod
-    def synthesized(cls, lengths: SynthesizedLengths) -> "RequestMix":
-        return cls(None, lengths, f"synthesized prompts of {lengths.prompt_tokens} tokens, "
-                                  f"{lengths.completion_tokens} output tokens")
+    def synthesized(cls, lengths: SynthesizedLengths) -> RequestMix:
+        return cls(
+            None,
+            lengths,
+            f"synthesized prompts of {lengths.prompt_tokens} tokens, {lengths.completion_tokens} output tokens",
+        )
 
     @property
     def needs_tokenizer(self) -> bool:
@@ -75,6 +81,7 @@ class RequestMix:
         `<request_id_prefix>-<the log row's id>` (or `<request_id_prefix>` for synthesized lengths)."""
         if self._plan is None:
             lengths = self._lengths
+            assert lengths is not None  # __init__: a plan or lengths, never neither
             return {
                 "request_id": request_id_prefix,
                 "session_id": None,

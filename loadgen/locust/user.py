@@ -16,7 +16,7 @@ protocol and SSE parser (loadgen/locust/gevent_stream_client.py), and
   `timeout`, `connection_error`, `stream_error`; its size column holds output tokens, not bytes).
   Requests cut off by Locust stopping a user are recorded, not reported.
 - writes one result row per attempt (replay/schemas/results.py RESULTS_SCHEMA, through
-  replay/run/result_rows.py) to RUN_DIR/results via ResultShardWriter, one shard series per Locust
+  replay/run/result_rows.py) to RUN_DIR/results via ShardWriter, one shard series per Locust
   process, so `shadowreplay report RUN_DIR` works on a Locust run. The target's retry policy
   applies, as in a replay.
 
@@ -52,17 +52,20 @@ from locust.env import Environment
 from locust.exception import StopTest
 from locust.runners import MasterRunner, WorkerRunner
 
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.loadgen.locust.gevent_stream_client import GeventStreamingClient, StreamCancelled, client_pool
 from shadowreplay.loadgen.locust.request_mix import RequestMix, SynthesizedLengths
-from shadowreplay.replay.schemas.manifest import write_manifest
-from shadowreplay.replay.run.plan import LengthClamp, PlanError
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.requests.builder import RequestBuilder
+from shadowreplay.replay.run.plan import LengthClamp, PlanError
 from shadowreplay.replay.run.result_rows import result_row
-from shadowreplay.replay.run.result_writer import ResultShardWriter
+from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import StreamOutcome
-from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError, load_target
+from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.schemas.shards import ShardWriter
 from shadowreplay.replay.schemas.traffic_log import TrafficLogError
+from shadowreplay.replay.secrets import Scrubber
+from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError, load_target
 
 logger = logging.getLogger("shadowreplay.locust")
 
@@ -75,7 +78,7 @@ DEFAULT_COMPLETION_TOKENS = 128
 FLUSH_CHECK_S = 1.0
 
 
-class LocustSetupError(ValueError):
+class LocustSetupError(ShadowReplayError, ValueError):
     """Options or files that a Locust run cannot start with; the message names the file or option."""
 
 
@@ -86,30 +89,89 @@ class StreamFailure(Exception):
 @events.init_command_line_parser.add_listener
 def add_arguments(parser) -> None:
     """Locust custom options (also settable by environment variable; passed on to workers)."""
-    parser.add_argument("--target-file", env_var="SHADOWREPLAY_TARGET", default="", include_in_web_ui=False,
-                        help="shadowreplay target YAML (shared/DESIGN.md, Target config)")
-    parser.add_argument("--run-dir", env_var="SHADOWREPLAY_RUN_DIR", default="", include_in_web_ui=False,
-                        help="run directory for result rows (RUN_DIR/results) and manifest.json")
-    parser.add_argument("--traffic-log", env_var="SHADOWREPLAY_TRAFFIC_LOG", default="", include_in_web_ui=False,
-                        help="traffic log (Parquet) whose rows are drawn at random; without it, synthesized lengths")
-    parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS, include_in_web_ui=False,
-                        help="without --traffic-log: prompt length in the target's tokens (needs its tokenizer)")
-    parser.add_argument("--completion-tokens", type=int, default=DEFAULT_COMPLETION_TOKENS, include_in_web_ui=False,
-                        help="without --traffic-log: output tokens asked for")
-    parser.add_argument("--max-prompt-tokens", type=int, default=0, include_in_web_ui=False,
-                        help="clamp the log's synthesized prompt lengths (0: no clamp)")
-    parser.add_argument("--max-completion-tokens", type=int, default=0, include_in_web_ui=False,
-                        help="clamp the log's output lengths (0: no clamp)")
-    parser.add_argument("--keep-output-text", action="store_true", default=False, include_in_web_ui=False,
-                        help="keep answer texts in the result rows")
-    parser.add_argument("--mix-seed", type=int, default=0, include_in_web_ui=False,
-                        help="seed of the random draws from the traffic log (per process)")
-    parser.add_argument("--target-base-url", default="", include_in_web_ui=False,
-                        help="base URL overriding the target file's (set by `shadowreplay locust` for kind vllm)")
-    parser.add_argument("--run-id", env_var="SHADOWREPLAY_RUN_ID", default="", include_in_web_ui=False,
-                        help="run id of the result rows (default: made when the first test starts)")
-    parser.add_argument("--run-epoch", type=float, default=0.0, include_in_web_ui=False,
-                        help="wall-clock second of the run's time axis (default: when the first test starts)")
+    parser.add_argument(
+        "--target-file",
+        env_var="SHADOWREPLAY_TARGET",
+        default="",
+        include_in_web_ui=False,
+        help="shadowreplay target YAML (shared/DESIGN.md, Target config)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        env_var="SHADOWREPLAY_RUN_DIR",
+        default="",
+        include_in_web_ui=False,
+        help="run directory for result rows (RUN_DIR/results) and manifest.json",
+    )
+    parser.add_argument(
+        "--traffic-log",
+        env_var="SHADOWREPLAY_TRAFFIC_LOG",
+        default="",
+        include_in_web_ui=False,
+        help="traffic log (Parquet) whose rows are drawn at random; without it, synthesized lengths",
+    )
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=DEFAULT_PROMPT_TOKENS,
+        include_in_web_ui=False,
+        help="without --traffic-log: prompt length in the target's tokens (needs its tokenizer)",
+    )
+    parser.add_argument(
+        "--completion-tokens",
+        type=int,
+        default=DEFAULT_COMPLETION_TOKENS,
+        include_in_web_ui=False,
+        help="without --traffic-log: output tokens asked for",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="clamp the log's synthesized prompt lengths (0: no clamp)",
+    )
+    parser.add_argument(
+        "--max-completion-tokens",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="clamp the log's output lengths (0: no clamp)",
+    )
+    parser.add_argument(
+        "--keep-output-text",
+        action="store_true",
+        default=False,
+        include_in_web_ui=False,
+        help="keep answer texts in the result rows",
+    )
+    parser.add_argument(
+        "--mix-seed",
+        type=int,
+        default=0,
+        include_in_web_ui=False,
+        help="seed of the random draws from the traffic log (per process)",
+    )
+    parser.add_argument(
+        "--target-base-url",
+        default="",
+        include_in_web_ui=False,
+        help="base URL overriding the target file's (set by `shadowreplay locust` for kind vllm)",
+    )
+    parser.add_argument(
+        "--run-id",
+        env_var="SHADOWREPLAY_RUN_ID",
+        default="",
+        include_in_web_ui=False,
+        help="run id of the result rows (default: made when the first test starts)",
+    )
+    parser.add_argument(
+        "--run-epoch",
+        type=float,
+        default=0.0,
+        include_in_web_ui=False,
+        help="wall-clock second of the run's time axis (default: when the first test starts)",
+    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +188,7 @@ class RunOptions:
     base_url: str | None
 
     @classmethod
-    def from_parsed(cls, parsed: Namespace) -> "RunOptions":
+    def from_parsed(cls, parsed: Namespace) -> RunOptions:
         if not parsed.target_file:
             raise LocustSetupError("--target-file (or $SHADOWREPLAY_TARGET) is required: the target YAML")
         if not parsed.run_dir:
@@ -198,7 +260,7 @@ class ResultRecorder:
         self.rng = random.Random(f"{options.mix_seed}-{self.worker}")
         self.run_id: str | None = None
         self.clock: ClockMapping | None = None
-        self.writer: ResultShardWriter | None = None
+        self.writer: ShardWriter | None = None
         self._flusher: gevent.Greenlet | None = None
         self._sequence = 0
 
@@ -209,18 +271,25 @@ class ResultRecorder:
         self.close()
         self.run_id = run_id
         self.clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), epoch)
-        self.writer = ResultShardWriter(self.options.run_dir / "results", self.worker)
+        self.writer = RunDir(self.options.run_dir).result_writer(self.worker)
         self._flusher = gevent.spawn(self._flush_periodically)
-        logger.info("shadowreplay: %s: requests from %s; result rows to %s (run %s)",
-                    self.worker, self.mix.description, self.writer.results_dir, run_id)
+        logger.info(
+            "shadowreplay: %s: requests from %s; result rows to %s (run %s)",
+            self.worker,
+            self.mix.description,
+            self.writer.directory,
+            run_id,
+        )
 
     def draw(self) -> dict:
         """The next request as a plan row, scheduled now, with a request id unique in the run."""
+        assert self.clock is not None, "begin() first"
         self._sequence += 1
         scheduled_s = self.clock.to_run_s(time.perf_counter())
         return self.mix.draw(self.rng, f"{self.worker}-{self._sequence:07d}", scheduled_s)
 
     def record(self, row: dict, outcome: StreamOutcome, attempt: int, final: bool) -> None:
+        assert self.writer is not None and self.run_id is not None and self.clock is not None, "begin() first"
         self.writer.add(
             result_row(
                 run_id=self.run_id,
@@ -239,24 +308,51 @@ class ResultRecorder:
         """Locust statistics for one attempt: ttft, itl and e2e when it succeeded, else one e2e failure."""
         fire = self.environment.events.request.fire
         if outcome.status == "ok":
+            sent = outcome.sent
+            assert sent is not None  # an attempt that succeeded was sent
             times = outcome.token_times
             if times:
-                fire(request_type=REQUEST_TYPE, name=TTFT_ENTRY, response_time=(times[0] - outcome.sent) * 1000.0,
-                     response_length=0, exception=None, context={})
+                fire(
+                    request_type=REQUEST_TYPE,
+                    name=TTFT_ENTRY,
+                    response_time=(times[0] - sent) * 1000.0,
+                    response_length=0,
+                    exception=None,
+                    context={},
+                )
             for previous, current in zip(times, times[1:]):
-                fire(request_type=REQUEST_TYPE, name=ITL_ENTRY, response_time=(current - previous) * 1000.0,
-                     response_length=0, exception=None, context={})
+                fire(
+                    request_type=REQUEST_TYPE,
+                    name=ITL_ENTRY,
+                    response_time=(current - previous) * 1000.0,
+                    response_length=0,
+                    exception=None,
+                    context={},
+                )
             end = times[-1] if times else outcome.done
-            fire(request_type=REQUEST_TYPE, name=E2E_ENTRY, response_time=(end - outcome.sent) * 1000.0,
-                 response_length=outcome.completion_tokens or len(times), exception=None, context={})
+            assert end is not None  # a finished attempt has its end time
+            fire(
+                request_type=REQUEST_TYPE,
+                name=E2E_ENTRY,
+                response_time=(end - sent) * 1000.0,
+                response_length=outcome.completion_tokens or len(times),
+                exception=None,
+                context={},
+            )
             return
         label = outcome.status
         if outcome.http_status is not None and outcome.http_status >= 300:
             label += f" (HTTP {outcome.http_status})"
         sent, done = outcome.sent, outcome.done
         elapsed_ms = (done - sent) * 1000.0 if sent is not None and done is not None else 0.0
-        fire(request_type=REQUEST_TYPE, name=E2E_ENTRY, response_time=elapsed_ms, response_length=0,
-             exception=StreamFailure(label), context={})
+        fire(
+            request_type=REQUEST_TYPE,
+            name=E2E_ENTRY,
+            response_time=elapsed_ms,
+            response_length=0,
+            exception=StreamFailure(label),
+            context={},
+        )
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -271,6 +367,7 @@ class ResultRecorder:
     def _flush_periodically(self) -> None:
         while True:
             gevent.sleep(FLUSH_CHECK_S)
+            assert self.writer is not None  # begin() sets it before it spawns this greenlet
             self.writer.flush_if_due()
 
 
@@ -337,13 +434,20 @@ class OpenAIStreamingUser(FastHttpUser):
             raise
 
 
+def _parsed_options(environment: Environment) -> Namespace:
+    """Locust's parsed command line, with our options (every process Locust starts from its command line has it)."""
+    parsed = environment.parsed_options
+    assert parsed is not None, "Locust started without a parsed command line"
+    return parsed
+
+
 @events.init.add_listener
 def _on_init(environment: Environment, **_kwargs) -> None:
     """Check options and files, and load the target, request mix and tokenizer, before any test
     starts: a mistake is one line and an exit (not a failure per request), and the seconds a
     tokenizer takes to load do not eat into the first test."""
     global _recorder
-    parsed = environment.parsed_options
+    parsed = _parsed_options(environment)
     if isinstance(environment.runner, WorkerRunner):
         if parsed.target_file:  # forked by --processes, or started with the same options as the master
             try:
@@ -361,7 +465,7 @@ def _on_init(environment: Environment, **_kwargs) -> None:
                 target = _recorder.target
         except LocustSetupError as exc:
             raise SystemExit(f"shadowreplay locust: {exc}") from None
-        if any((options.run_dir / "results").glob("*.parquet")):
+        if RunDir(options.run_dir).has_results():
             raise SystemExit(
                 f"shadowreplay locust: {options.run_dir} already holds results; choose a new run directory"
             )
@@ -375,7 +479,7 @@ def _on_init(environment: Environment, **_kwargs) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_kwargs) -> None:
     global _recorder
-    parsed = environment.parsed_options
+    parsed = _parsed_options(environment)
     if not isinstance(environment.runner, WorkerRunner):
         # The run's identity, made once per Locust session; spawn messages carry it to workers.
         parsed.run_id = parsed.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -402,22 +506,21 @@ def _on_test_stop(environment: Environment, **_kwargs) -> None:
 def _on_quitting(environment: Environment, **_kwargs) -> None:
     if _recorder is not None:
         _recorder.close()
-    if not isinstance(environment.runner, WorkerRunner) and environment.parsed_options.run_id:
+    if not isinstance(environment.runner, WorkerRunner) and _parsed_options(environment).run_id:
         _write_manifest(environment, final=True)
 
 
 def _write_manifest(environment: Environment, final: bool) -> None:
     """RUN_DIR/manifest.json: the run's identity, target (no secrets), request mix, Locust settings
     and, when Locust quits, Locust's own totals per entry."""
-    parsed = environment.parsed_options
+    parsed = _parsed_options(environment)
     options = RunOptions.from_parsed(parsed)
     target = options.load_target()
-    options.run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "run_id": parsed.run_id,
-        "epoch": parsed.run_epoch,
-        "started_at": parsed.run_epoch,
-        "load_generator": {
+    manifest = Manifest(
+        run_id=parsed.run_id,
+        epoch=parsed.run_epoch,
+        started_at=parsed.run_epoch,
+        load_generator={
             "tool": "locust",
             "locust_version": locust.__version__,
             "user_class": OpenAIStreamingUser.__name__,
@@ -428,7 +531,7 @@ def _write_manifest(environment: Environment, final: bool) -> None:
             "headless": parsed.headless,
             "closed_loop": True,
         },
-        "request_mix": {
+        request_mix={
             "traffic_log": str(options.traffic_log) if options.traffic_log else None,
             "prompt_tokens": None if options.traffic_log else options.lengths.prompt_tokens,
             "completion_tokens": None if options.traffic_log else options.lengths.completion_tokens,
@@ -436,11 +539,11 @@ def _write_manifest(environment: Environment, final: bool) -> None:
             "max_completion_tokens": options.clamp.max_completion_tokens,
             "seed": options.mix_seed,
         },
-        "targets": [target.public_dict()],
-    }
+        targets=[target.public_dict()],
+    )
     if final:
-        manifest["ended_at"] = time.time()
-        manifest["locust_stats"] = {
+        manifest.ended_at = time.time()
+        manifest.locust_stats = {
             entry.name: {
                 "requests": entry.num_requests,
                 "failures": entry.num_failures,
@@ -449,4 +552,4 @@ def _write_manifest(environment: Environment, final: bool) -> None:
             }
             for entry in environment.stats.entries.values()
         }
-    write_manifest(options.run_dir, manifest, secrets=[target.api_key() or ""])
+    RunDir(options.run_dir).write_manifest(manifest, Scrubber([target.api_key()]))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # (remaining header, reset header) pairs, one per limit.
 LIMIT_HEADERS: tuple[tuple[str, str], ...] = (
@@ -65,13 +65,13 @@ def parse_reset(value: str, now: datetime) -> float | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return (when - now).total_seconds()
 
 
 def limit_resets(headers: Mapping[str, str], now: datetime | None = None) -> list[LimitReset]:
     """Every limit whose reset header is present and readable."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     resets = []
     for remaining_name, reset_name in LIMIT_HEADERS:
         raw = headers.get(reset_name)

@@ -36,12 +36,12 @@ class RateLimits(BaseModel):
     """A target's client-side limits for the whole run (all workers together)."""
 
     model_config = ConfigDict(extra="forbid")
-    rpm: float | None = Field(None, gt=0, description="requests per minute")
-    tpm: float | None = Field(None, gt=0, description="tokens (prompt + requested output) per minute")
-    burst_s: float = Field(1.0, gt=0, description="each bucket holds this many seconds of its limit")
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute")
+    tpm: float | None = Field(default=None, gt=0, description="tokens (prompt + requested output) per minute")
+    burst_s: float = Field(default=1.0, gt=0, description="each bucket holds this many seconds of its limit")
 
     @model_validator(mode="after")
-    def _some_limit(self) -> "RateLimits":
+    def _some_limit(self) -> RateLimits:
         if self.rpm is None and self.tpm is None:
             raise ValueError("give rpm, tpm or both")
         return self

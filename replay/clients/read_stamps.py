@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -43,10 +44,13 @@ class StampingConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._factory = functools.partial(StampingResponseHandler, loop=self._loop)
+        # typeshed's partial is invariant; a partial making the subclass is a partial making a ResponseHandler
+        self._factory = cast(
+            "functools.partial[ResponseHandler]", functools.partial(StampingResponseHandler, loop=self._loop)
+        )
 
 
-def read_stamp(response: aiohttp.ClientResponse) -> "ReadStamp":
+def read_stamp(response: aiohttp.ClientResponse) -> ReadStamp:
     """The stamp source of a response's connection (taken once, after the headers arrived)."""
     connection = response.connection
     protocol = connection.protocol if connection is not None else None

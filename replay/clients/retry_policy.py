@@ -27,8 +27,8 @@ class RetryBudgetConfig(BaseModel):
     """At most `min_per_minute + ratio x requests` retries in any minute, for the whole run."""
 
     model_config = ConfigDict(extra="forbid")
-    ratio: float = Field(0.1, ge=0, description="retries allowed per request sent in the same minute")
-    min_per_minute: float = Field(10.0, ge=0, description="retries allowed per minute whatever the traffic")
+    ratio: float = Field(default=0.1, ge=0, description="retries allowed per request sent in the same minute")
+    min_per_minute: float = Field(default=10.0, ge=0, description="retries allowed per minute whatever the traffic")
 
 
 class RetryPolicy(BaseModel):
@@ -41,10 +41,10 @@ class RetryPolicy(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(1, ge=1)
+    max_attempts: int = Field(default=1, ge=1)
     retry_statuses: list[int] = Field(default_factory=lambda: [429, 503, 529])
-    backoff_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(60.0, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)
+    max_delay_s: float = Field(default=60.0, ge=0)
     honour_retry_after: bool = True
     budget: RetryBudgetConfig | None = None
 

@@ -59,7 +59,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -73,8 +73,8 @@ from shadowreplay.replay.clients.protocols import (
 )
 from shadowreplay.replay.clients.rate_limit_headers import rate_limit_wait_s
 from shadowreplay.replay.clients.read_stamps import read_stamp
-from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.clients.sse import SSEParser
+from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.targets.config import TargetConfig
 
 TokenCounter = Callable[[str], int]
@@ -117,8 +117,8 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 @dataclass(slots=True)
@@ -188,7 +188,12 @@ class TokenTimeline:
                 k = 1
             counts.append(k)
         estimated = sum(counts)
-        if completion_tokens and sum(counts) and sum(counts) != completion_tokens and all(c.wire_tokens is None for c in chunks):
+        if (
+            completion_tokens
+            and sum(counts)
+            and sum(counts) != completion_tokens
+            and all(c.wire_tokens is None for c in chunks)
+        ):
             # Estimated counts (re-tokenized chunk text) disagree with the server's usage: keep the
             # server's total and share it over the chunks in proportion to the estimates.
             counts = apportion(counts, completion_tokens)
@@ -426,9 +431,7 @@ class _Exchange(StreamAttempt):
     __slots__ = ("client", "deadline", "total_deadline_loop")
 
     def __init__(self, client: StreamingClient, outcome: StreamOutcome):
-        super().__init__(
-            outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber
-        )
+        super().__init__(outcome, client.protocol, client.token_counter, client.keep_output_text, client.scrubber)
         self.client = client
         self.deadline: asyncio.Timeout | None = None
         self.total_deadline_loop = 0.0

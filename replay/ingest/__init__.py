@@ -6,8 +6,8 @@ trace), `openai-jsonl` (OpenAI-style request logs), `table` (any Parquet or CSV 
 mapping); `auto` picks one from the content (replay/ingest/formats/detect.py).
 """
 
-from shadowreplay.replay.ingest.formats.detect import detect_format
 from shadowreplay.replay.ingest.errors import IngestError
+from shadowreplay.replay.ingest.formats.detect import detect_format
 from shadowreplay.replay.ingest.options import DEFAULT_RELATIVE_START, FORMATS, IngestOptions, IngestSummary
 from shadowreplay.replay.ingest.pipeline import ingest
 from shadowreplay.replay.ingest.problems import REASONS

@@ -33,7 +33,9 @@ def _try_cast(values: pa.Array, target: pa.DataType, safe: bool) -> pa.Array | N
         return None
 
 
-def _cast_into(values: pa.Array, target: pa.DataType, safe: bool, offset: int, pieces: list[pa.Array], failures: list[int]) -> None:
+def _cast_into(
+    values: pa.Array, target: pa.DataType, safe: bool, offset: int, pieces: list[pa.Array], failures: list[int]
+) -> None:
     cast = _try_cast(values, target, safe)
     if cast is not None:
         pieces.append(cast)

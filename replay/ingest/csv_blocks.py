@@ -170,7 +170,15 @@ class CsvRecordReader:
                     continue
                 line = csv_line(fields)
                 if len(fields) != width:
-                    unparsed.append(QuarantineRecord(row, None, "unparseable_row", f"{len(fields)} fields, the header has {width}", _printable(line)))
+                    unparsed.append(
+                        QuarantineRecord(
+                            row,
+                            None,
+                            "unparseable_row",
+                            f"{len(fields)} fields, the header has {width}",
+                            _printable(line),
+                        )
+                    )
                     continue
                 if not _is_utf8(line):
                     unparsed.append(QuarantineRecord(row, None, "unparseable_row", "not valid UTF-8", _printable(line)))

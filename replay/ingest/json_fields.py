@@ -89,9 +89,16 @@ def prefix_block_ids_column(values: pa.Array, problems: RowProblems, field: str 
     kind = values.type
     if pa.types.is_null(kind):
         return pa.nulls(len(values), PREFIX_BLOCK_IDS_TYPE)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_list_view(kind):
+    if (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_list_view(kind)
+    ):
         cast, failed = cast_locating_failures(values, PREFIX_BLOCK_IDS_TYPE)
-        problems.flag_rows(failed, field, reason, lambda i: f"{field}={values[i].as_py()!r} holds a value that is not a 64-bit integer")
+        problems.flag_rows(
+            failed, field, reason, lambda i: f"{field}={values[i].as_py()!r} holds a value that is not a 64-bit integer"
+        )
         return cast
     if not _is_text(kind):
         problems.flag(values.is_valid(), field, reason, f"{field} column of type {kind} is not a list")
@@ -107,7 +114,9 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
-def _decode(text: str | None, index: int, field: str, reason: str, check: Callable[[Any], str | None], problems: RowProblems) -> Any:
+def _decode(
+    text: str | None, index: int, field: str, reason: str, check: Callable[[Any], str | None], problems: RowProblems
+) -> Any:
     """Decode one JSON text and check it; flags and returns None when it fails."""
     if text is None:
         return None
@@ -123,7 +132,9 @@ def _decode(text: str | None, index: int, field: str, reason: str, check: Callab
     return value
 
 
-def _json_column(values: pa.Array, field: str, reason: str, check: Callable[[Any], str | None], problems: RowProblems) -> pa.Array:
+def _json_column(
+    values: pa.Array, field: str, reason: str, check: Callable[[Any], str | None], problems: RowProblems
+) -> pa.Array:
     kind = values.type
     if pa.types.is_null(kind):
         return pa.nulls(len(values), pa.string())

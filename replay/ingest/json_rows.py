@@ -14,6 +14,8 @@ import pyarrow as pa
 from shadowreplay.replay.ingest.json_fields import to_json_text
 from shadowreplay.replay.ingest.problems import QuarantineRecord, RowProblems
 
+STRING = pa.string()  # Arrow data types are immutable, so one instance can be the default
+
 
 def scalar_text(value: Any) -> str | None:
     """A JSON scalar as text for the column validators: integers and integral floats as decimal
@@ -81,7 +83,7 @@ class JsonRows:
     def __len__(self) -> int:
         return len(self.source_rows)
 
-    def column(self, name: str, kind: pa.DataType = pa.string()) -> pa.Array:
+    def column(self, name: str, kind: pa.DataType = STRING) -> pa.Array:
         return pa.array(self.values[name], type=kind)
 
     def row_numbers(self) -> np.ndarray:

@@ -87,7 +87,13 @@ class TrafficLogWriter:
             os.replace(self._runs_path, self.path)
         else:
             try:
-                merge_runs(self._runs_path, self._run_lengths, self._merged_path, output_rows=self.run_rows, memory_bytes=self.merge_memory_bytes)
+                merge_runs(
+                    self._runs_path,
+                    self._run_lengths,
+                    self._merged_path,
+                    output_rows=self.run_rows,
+                    memory_bytes=self.merge_memory_bytes,
+                )
                 os.replace(self._merged_path, self.path)
             finally:
                 self._runs_path.unlink(missing_ok=True)

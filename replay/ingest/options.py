@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 FORMATS = ("azure", "mooncake", "openai-jsonl", "table")
 
 # The wall-clock origin of traces that carry only relative times (Mooncake) when --start is not
 # given: a fixed instant, so that two ingests of one trace give identical logs.
-DEFAULT_RELATIVE_START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+DEFAULT_RELATIVE_START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from shadowreplay.replay.ingest.batch import SourceBatch
-from shadowreplay.replay.ingest.formats.detect import open_reader
 from shadowreplay.replay.ingest.duplicates import DuplicateIds
+from shadowreplay.replay.ingest.formats.detect import open_reader
 from shadowreplay.replay.ingest.log_writer import TrafficLogWriter
 from shadowreplay.replay.ingest.options import IngestOptions, IngestSummary
 from shadowreplay.replay.ingest.prefetch import prefetch
@@ -17,7 +17,9 @@ from shadowreplay.replay.ingest.problems import QuarantineRecord
 from shadowreplay.replay.ingest.quarantine import QuarantineWriter, quarantine_path
 
 
-def ingest(source: Path | str, output: Path | str, options: IngestOptions | None = None, *, run_rows: int | None = None) -> IngestSummary:
+def ingest(
+    source: Path | str, output: Path | str, options: IngestOptions | None = None, *, run_rows: int | None = None
+) -> IngestSummary:
     """Read `source`, write the traffic log `output` (rows in arrival order) and its quarantine
     file next to it; return what was kept and quarantined. Raises IngestError when the source
     cannot be read at all. `run_rows` bounds the rows sorted in memory at once (tests use small
@@ -50,17 +52,28 @@ def ingest(source: Path | str, output: Path | str, options: IngestOptions | None
     return summary
 
 
-def _keep_good_rows(batch: SourceBatch, duplicates: DuplicateIds | None, quarantine: QuarantineWriter) -> pa.Table | None:
+def _keep_good_rows(
+    batch: SourceBatch, duplicates: DuplicateIds | None, quarantine: QuarantineWriter
+) -> pa.Table | None:
     """The batch's good rows (None when there are none); bad ones go to the quarantine."""
     problems = batch.problems
     if duplicates is not None:
         ids = batch.rows.column("request_id").combine_chunks()
         candidates = np.flatnonzero(~problems.bad_mask())
         repeated = duplicates.mark(ids, candidates)
-        problems.flag_rows(repeated, "request_id", "duplicate_request_id", lambda i: f"request_id {ids[i].as_py()!r} was used by an earlier row")
+        problems.flag_rows(
+            repeated,
+            "request_id",
+            "duplicate_request_id",
+            lambda i: f"request_id {ids[i].as_py()!r} was used by an earlier row",
+        )
     if not problems:
         return batch.rows if batch.rows.num_rows else None
     for index, problem in problems.items():
-        quarantine.add(QuarantineRecord(int(batch.source_rows[index]), problem.field, problem.reason, problem.detail, batch.raw_text(index)))
+        quarantine.add(
+            QuarantineRecord(
+                int(batch.source_rows[index]), problem.field, problem.reason, problem.detail, batch.raw_text(index)
+            )
+        )
     good = ~problems.bad_mask()
     return batch.rows.filter(good) if good.any() else None

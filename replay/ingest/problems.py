@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 REASONS: dict[str, str] = {
-    "unparseable_row": "the row could not be parsed (invalid JSON, not an object, wrong number of CSV fields, bad encoding)",
+    "unparseable_row": (
+        "the row could not be parsed (invalid JSON, not an object, wrong number of CSV fields, bad encoding)"
+    ),
     "missing_value": "a required field is empty or absent",
     "invalid_time": "the arrival time is not a timestamp this format accepts",
     "non_integer_token_count": "a token count is not an integer",
@@ -61,7 +63,9 @@ class RowProblems:
         self.num_rows = num_rows
         self._first: dict[int, RowProblem] = {}
 
-    def flag(self, mask: np.ndarray | pa.Array | pa.ChunkedArray, field: str | None, reason: str, detail: Detail) -> None:
+    def flag(
+        self, mask: np.ndarray | pa.Array | pa.ChunkedArray, field: str | None, reason: str, detail: Detail
+    ) -> None:
         """Record `reason` for every row where `mask` is true (null counts as false) that has no
         problem yet. `detail` is a fixed text or a function of the row index."""
         if reason not in REASONS:

@@ -10,16 +10,16 @@ source text).
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-
 import contextlib
 import os
+from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shadowreplay.replay.ingest.problems import QuarantineRecord
+from shadowreplay.replay.schemas.contract import stamp
 
 QUARANTINE_SCHEMA_VERSION = 1
 QUARANTINE_SCHEMA = pa.schema(
@@ -31,7 +31,7 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("detail", pa.string(), nullable=False),
         pa.field("raw", pa.string(), nullable=False),
     ],
-    metadata={b"shadowreplay.schema_version": str(QUARANTINE_SCHEMA_VERSION).encode(), b"shadowreplay.kind": b"traffic_log_quarantine"},
+    metadata=stamp("traffic_log_quarantine", QUARANTINE_SCHEMA_VERSION),
 )
 _FLUSH_ROWS = 8192
 

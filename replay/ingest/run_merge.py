@@ -50,7 +50,8 @@ class _RunCursor:
 
     def take_until(self, bound: int, inclusive: bool) -> pa.Table:
         """Remove and return the rows up to `bound` (inclusive or not) from the current chunk."""
-        rest = self.micros[self.offset:]
+        assert self.chunk is not None, "take_until on a run that has ended"
+        rest = self.micros[self.offset :]
         count = int(np.searchsorted(rest, bound, side="right" if inclusive else "left"))
         taken = self.chunk.slice(self.offset, count)
         self.offset += count
@@ -59,15 +60,23 @@ class _RunCursor:
         return taken
 
 
-def merge_runs(runs_path: Path, run_lengths: list[int], destination: Path, *, output_rows: int, memory_bytes: int) -> None:
+def merge_runs(
+    runs_path: Path, run_lengths: list[int], destination: Path, *, output_rows: int, memory_bytes: int
+) -> None:
     """Merge the sorted runs of `runs_path` (consecutive row ranges of the given lengths) into a
     traffic log at `destination`, in row groups of about `output_rows`."""
     runs_file = pq.ParquetFile(runs_path, pre_buffer=False, buffer_size=1 << 20)
     metadata = runs_file.metadata
-    row_bytes = max(1, sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)) // max(1, metadata.num_rows))
+    row_bytes = max(
+        1,
+        sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)) // max(1, metadata.num_rows),
+    )
     chunk_rows = max(MIN_CHUNK_ROWS, memory_bytes // (row_bytes * MEMORY_PER_PARQUET_BYTE) // max(1, len(run_lengths)))
     groups_of_run = _row_groups_by_run(metadata, run_lengths)
-    cursors = [_RunCursor(number, runs_file.iter_batches(batch_size=chunk_rows, row_groups=groups, use_threads=False)) for number, groups in enumerate(groups_of_run)]
+    cursors = [
+        _RunCursor(number, runs_file.iter_batches(batch_size=chunk_rows, row_groups=groups, use_threads=False))
+        for number, groups in enumerate(groups_of_run)
+    ]
     cursors = [cursor for cursor in cursors if cursor.chunk is not None]
     writer = open_log_writer(destination)
     pending: list[pa.Table] = []
@@ -80,7 +89,9 @@ def merge_runs(runs_path: Path, run_lengths: list[int], destination: Path, *, ou
             cursors = [cursor for cursor in cursors if cursor.chunk is not None]
             pieces = [piece for piece in pieces if piece.num_rows]
             merged = pa.concat_tables(pieces)
-            pending.append(merged if len(pieces) == 1 else merged.take(np.argsort(arrival_micros(merged), kind="stable")))
+            pending.append(
+                merged if len(pieces) == 1 else merged.take(np.argsort(arrival_micros(merged), kind="stable"))
+            )
             pending_rows += merged.num_rows
             if pending_rows >= output_rows:
                 table = pa.concat_tables(pending)

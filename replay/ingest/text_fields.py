@@ -36,7 +36,9 @@ def text_column(values: pa.Array, field: str, problems: RowProblems, *, reason: 
     return pa.nulls(len(values), pa.string())
 
 
-def api_column(values: pa.Array | None, messages: pa.Array, prompt: pa.Array, default_api: str, problems: RowProblems) -> pa.Array:
+def api_column(
+    values: pa.Array | None, messages: pa.Array, prompt: pa.Array, default_api: str, problems: RowProblems
+) -> pa.Array:
     """The `api` of each row: the given value when present (it must be `chat` or `completions` and
     agree with the row: messages need chat, a prompt needs completions); otherwise chat for rows with
     messages, completions for rows with a prompt, and `default_api` for rows with neither."""
@@ -47,12 +49,22 @@ def api_column(values: pa.Array | None, messages: pa.Array, prompt: pa.Array, de
         return derived
     given = pc.utf8_lower(pc.utf8_trim_whitespace(text_column(values, "api", problems, reason="invalid_api")))
     known = pc.is_in(given, value_set=pa.array(API_VALUES))
-    problems.flag(pc.and_(given.is_valid(), pc.invert(known)), "api", "invalid_api", lambda i: f"api={values[i].as_py()!r} is not one of {list(API_VALUES)}")
+    problems.flag(
+        pc.and_(given.is_valid(), pc.invert(known)),
+        "api",
+        "invalid_api",
+        lambda i: f"api={values[i].as_py()!r} is not one of {list(API_VALUES)}",
+    )
     contradicts = pc.or_(
         pc.and_(messages.is_valid(), pc.equal(given, "completions")),
         pc.and_(prompt.is_valid(), pc.equal(given, "chat")),
     )
-    problems.flag(contradicts, "api", "invalid_api", lambda i: f"api={values[i].as_py()!r} contradicts the row's {'messages' if messages[i].is_valid else 'prompt'}")
+    problems.flag(
+        contradicts,
+        "api",
+        "invalid_api",
+        lambda i: f"api={values[i].as_py()!r} contradicts the row's {'messages' if messages[i].is_valid else 'prompt'}",
+    )
     return pc.coalesce(given, derived)
 
 

@@ -13,7 +13,7 @@ Anything else is flagged `invalid_time` (and an empty value `missing_value`).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shadowreplay.replay.ingest.casting import cast_locating_failures
+from shadowreplay.replay.ingest.errors import IngestError
 from shadowreplay.replay.ingest.problems import RowProblems
 
 ARRIVAL_TYPE = pa.timestamp("us", tz="UTC")
@@ -54,7 +55,12 @@ def arrival_times(
         return _from_timestamps(values)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         micros, ok = _micros_from_numbers(pc.cast(values, pa.float64()), origin, relative_unit)
-        problems.flag(values.is_valid().to_numpy(zero_copy_only=False) & ~ok, field, "invalid_time", lambda i: f"{field}={values[i].as_py()!r} is out of range")
+        problems.flag(
+            values.is_valid().to_numpy(zero_copy_only=False) & ~ok,
+            field,
+            "invalid_time",
+            lambda i: f"{field}={values[i].as_py()!r} is out of range",
+        )
         return pa.array(micros, mask=~ok, type=pa.int64()).cast(ARRIVAL_TYPE)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return _from_text(pc.cast(values, pa.string()), field, problems, origin, relative_unit)
@@ -67,12 +73,12 @@ def parse_origin(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError:
-        raise ValueError(f"--start {text!r} is not an ISO 8601 time (e.g. 2025-01-01T00:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        raise IngestError(f"--start {text!r} is not an ISO 8601 time (e.g. 2025-01-01T00:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _origin_micros(origin: datetime) -> int:
-    delta = origin - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = origin - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -84,7 +90,9 @@ def _from_timestamps(values: pa.Array) -> pa.Array:
     return pc.cast(values, ARRIVAL_TYPE, safe=False)
 
 
-def _micros_from_numbers(numbers: pa.Array, origin: datetime | None, relative_unit: RelativeUnit) -> tuple[np.ndarray, np.ndarray]:
+def _micros_from_numbers(
+    numbers: pa.Array, origin: datetime | None, relative_unit: RelativeUnit
+) -> tuple[np.ndarray, np.ndarray]:
     """Microseconds since the epoch and a validity mask, from float64 numbers (nulls invalid)."""
     floats = numbers.to_numpy(zero_copy_only=False)
     if origin is not None:
@@ -98,7 +106,9 @@ def _micros_from_numbers(numbers: pa.Array, origin: datetime | None, relative_un
     return np.where(ok, np.round(np.where(ok, micros, 0.0)), 0).astype(np.int64), ok
 
 
-def _from_text(values: pa.Array, field: str, problems: RowProblems, origin: datetime | None, relative_unit: RelativeUnit) -> pa.Array:
+def _from_text(
+    values: pa.Array, field: str, problems: RowProblems, origin: datetime | None, relative_unit: RelativeUnit
+) -> pa.Array:
     try:
         naive = pc.cast(values, pa.timestamp("ns"))
         return pc.cast(pc.cast(naive, pa.timestamp("ns", tz="UTC")), ARRIVAL_TYPE, safe=False)
@@ -116,12 +126,19 @@ def _from_text(values: pa.Array, field: str, problems: RowProblems, origin: date
             as_micros = pc.cast(cast, pa.timestamp("us", tz=target.tz), safe=False).cast(pa.int64()).fill_null(0)
             micros[rows[good]] = as_micros.to_numpy(zero_copy_only=False)[good]
             parsed[rows[good]] = True
-    numeric_rows = np.flatnonzero(pc.match_substring_regex(text, _NUMBER).fill_null(False).to_numpy(zero_copy_only=False))
+    numeric_rows = np.flatnonzero(
+        pc.match_substring_regex(text, _NUMBER).fill_null(False).to_numpy(zero_copy_only=False)
+    )
     if numeric_rows.size:
         numbers = pc.cast(text.take(numeric_rows), pa.float64())
         numeric_micros, ok = _micros_from_numbers(numbers, origin, relative_unit)
         micros[numeric_rows[ok]] = numeric_micros[ok]
         parsed[numeric_rows[ok]] = True
     present = values.is_valid().to_numpy(zero_copy_only=False)
-    problems.flag(present & ~parsed, field, "invalid_time", lambda i: f"{field}={values[i].as_py()!r} is not an ISO 8601 time or a number")
+    problems.flag(
+        present & ~parsed,
+        field,
+        "invalid_time",
+        lambda i: f"{field}={values[i].as_py()!r} is not an ISO 8601 time or a number",
+    )
     return pa.array(micros, mask=~parsed, type=pa.int64()).cast(ARRIVAL_TYPE)

@@ -35,13 +35,20 @@ def token_counts(values: pa.Array, field: str, problems: RowProblems, *, require
     elif pa.types.is_floating(kind):
         integers = _integers_from_floats(values, field, problems)
     else:
-        problems.flag(values.is_valid(), field, "non_integer_token_count", lambda i: f"{field}={values[i].as_py()!r} is not a number")
+        problems.flag(
+            values.is_valid(),
+            field,
+            "non_integer_token_count",
+            lambda i: f"{field}={values[i].as_py()!r} is not a number",
+        )
         integers = pa.nulls(len(values), pa.int64())
 
     negative = pc.less(integers, 0)
     too_large = pc.greater(integers, INT32_MAX)
     problems.flag(negative, field, "negative_token_count", lambda i: f"{field}={integers[i].as_py()} is negative")
-    problems.flag(too_large, field, "token_count_out_of_range", lambda i: f"{field}={integers[i].as_py()} exceeds {INT32_MAX}")
+    problems.flag(
+        too_large, field, "token_count_out_of_range", lambda i: f"{field}={integers[i].as_py()} exceeds {INT32_MAX}"
+    )
     if required:
         problems.flag(values.is_null(), field, "missing_value", f"{field} is empty")
     if values.null_count == len(values) or (not _any(negative) and not _any(too_large)):
@@ -63,16 +70,22 @@ def _integers_from_text(values: pa.Array, field: str, problems: RowProblems) -> 
     trimmed = pc.ascii_trim_whitespace(values)
     well_formed = pc.match_substring_regex(trimmed, _INTEGER_TEXT)
     malformed = pc.and_(values.is_valid(), pc.invert(well_formed))
-    problems.flag(malformed, field, "non_integer_token_count", lambda i: f"{field}={values[i].as_py()!r} is not an integer")
+    problems.flag(
+        malformed, field, "non_integer_token_count", lambda i: f"{field}={values[i].as_py()!r} is not an integer"
+    )
     integers, overflowed = cast_locating_failures(pc.if_else(well_formed, trimmed, None), pa.int64())
-    problems.flag_rows(overflowed, field, "token_count_out_of_range", lambda i: f"{field}={values[i].as_py()!r} exceeds {INT32_MAX}")
+    problems.flag_rows(
+        overflowed, field, "token_count_out_of_range", lambda i: f"{field}={values[i].as_py()!r} exceeds {INT32_MAX}"
+    )
     return integers
 
 
 def _integers_from_integers(values: pa.Array, field: str, problems: RowProblems) -> pa.Array:
     if pa.types.is_uint64(values.type):
         huge = pc.greater(values, INT32_MAX)
-        problems.flag(huge, field, "token_count_out_of_range", lambda i: f"{field}={values[i].as_py()} exceeds {INT32_MAX}")
+        problems.flag(
+            huge, field, "token_count_out_of_range", lambda i: f"{field}={values[i].as_py()} exceeds {INT32_MAX}"
+        )
         values = pc.if_else(huge, None, values)
     return pc.cast(values, pa.int64())
 
@@ -82,9 +95,19 @@ def _integers_from_floats(values: pa.Array, field: str, problems: RowProblems) -
     present = values.is_valid().to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
         integral = np.isfinite(floats) & (np.floor(floats) == floats)
-    problems.flag(present & ~integral, field, "non_integer_token_count", lambda i: f"{field}={values[i].as_py()!r} is not an integer")
+    problems.flag(
+        present & ~integral,
+        field,
+        "non_integer_token_count",
+        lambda i: f"{field}={values[i].as_py()!r} is not an integer",
+    )
     in_int64 = integral & (np.abs(floats) < 2.0**62)
-    problems.flag(present & integral & ~in_int64, field, "token_count_out_of_range", lambda i: f"{field}={values[i].as_py()!r} exceeds {INT32_MAX}")
+    problems.flag(
+        present & integral & ~in_int64,
+        field,
+        "token_count_out_of_range",
+        lambda i: f"{field}={values[i].as_py()!r} exceeds {INT32_MAX}",
+    )
     keep = present & in_int64
     integers = np.where(keep, floats, 0).astype(np.int64)
     return pa.array(integers, mask=~keep)

@@ -13,11 +13,12 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.requests.prompt_synthesis import PromptSynthesizer, forced_output_fields
 from shadowreplay.replay.targets.config import TargetConfig
 
 
-class RequestNotBuildable(ValueError):
+class RequestNotBuildable(ShadowReplayError, ValueError):
     """A row this target cannot be asked (e.g. chat messages for a completions-only target)."""
 
 
@@ -73,11 +74,15 @@ class RequestBuilder:
             body.update(json.loads(row["params"]) if row["params"] else {})
             if row["messages"] is not None:
                 if self.target.api != "chat":
-                    raise RequestNotBuildable(f"row {row['request_id']} is a chat request; target {self.target.name} takes completions")
+                    raise RequestNotBuildable(
+                        f"row {row['request_id']} is a chat request; target {self.target.name} takes completions"
+                    )
                 body["messages"] = json.loads(row["messages"])
             else:
                 if self.target.api != "completions":
-                    raise RequestNotBuildable(f"row {row['request_id']} is a completions request; target {self.target.name} takes chat")
+                    raise RequestNotBuildable(
+                        f"row {row['request_id']} is a completions request; target {self.target.name} takes chat"
+                    )
                 body["prompt"] = row["prompt"]
         else:
             if prompt_tokens is None or output_tokens is None:

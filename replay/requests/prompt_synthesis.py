@@ -46,6 +46,8 @@ from typing import Literal
 import numpy as np
 from tokenizers import Tokenizer
 
+from shadowreplay.errors import ShadowReplayError
+
 Api = Literal["chat", "completions"]
 
 WORD_PATTERN = re.compile(r"[a-z]{2,12}")
@@ -56,7 +58,7 @@ CHECKED_MODE_ROUNDS = 8
 _SENTINEL = "qqzxsentinelqqzx"
 
 
-class PromptSynthesisError(ValueError):
+class PromptSynthesisError(ShadowReplayError, ValueError):
     """A tokenizer or template that synthesis cannot work with, or a length it cannot produce."""
 
 
@@ -155,7 +157,8 @@ class PromptSynthesizer:
         if words < 1:
             raise PromptTooShort(
                 f"request {request_id}: prompt_tokens={prompt_tokens} is below the minimum of "
-                f"{frame.overhead + 1} for {api} in {self.tokenizer_dir} (frame of {frame.overhead} tokens plus one word)"
+                f"{frame.overhead + 1} for {api} in {self.tokenizer_dir} "
+                f"(frame of {frame.overhead} tokens plus one word)"
             )
         blocks = list(prefix_block_ids) if prefix_block_ids is not None else []
         content = self._content(api, request_id, words, blocks, frame.leading)
@@ -182,7 +185,9 @@ class PromptSynthesizer:
         except KeyError:
             if api not in ("chat", "completions"):
                 raise PromptSynthesisError(f"api must be chat or completions, got {api!r}") from None
-            raise PromptSynthesisError(f"{self.tokenizer_dir}: cannot synthesize {api} prompts with this tokenizer") from None
+            raise PromptSynthesisError(
+                f"{self.tokenizer_dir}: cannot synthesize {api} prompts with this tokenizer"
+            ) from None
 
     @staticmethod
     def _fields(api: str, content: str) -> dict:
@@ -212,7 +217,11 @@ class PromptSynthesizer:
         """Adjust the word count until the tokenized prompt is exact (tokenizers that merge across words)."""
         frame = self._frames[api]
         for _ in range(CHECKED_MODE_ROUNDS):
-            counted = len(self.backend.encode(frame.before + content + frame.after, add_special_tokens=frame.add_special_tokens).ids)
+            counted = len(
+                self.backend.encode(
+                    frame.before + content + frame.after, add_special_tokens=frame.add_special_tokens
+                ).ids
+            )
             if counted == target:
                 return content
             words += target - counted
@@ -229,8 +238,7 @@ class PromptSynthesizer:
         """Lowercase ASCII words that are one token with and without a leading space, most frequent
         (lowest id) first."""
         decoded = (self.backend.decode([i]).strip() for i in range(self.backend.get_vocab_size()))
-        seen: set[str] = set()
-        candidates = [w for w in decoded if WORD_PATTERN.fullmatch(w) and not (w in seen or seen.add(w))]
+        candidates = list(dict.fromkeys(w for w in decoded if WORD_PATTERN.fullmatch(w)))  # first of each, in order
         plain = self.backend.encode_batch(candidates, add_special_tokens=False)
         spaced = self.backend.encode_batch([" " + w for w in candidates], add_special_tokens=False)
         return [w for w, a, b in zip(candidates, plain, spaced) if len(a.ids) == 1 and len(b.ids) == 1][: 4 * MAX_WORDS]
@@ -253,7 +261,9 @@ class PromptSynthesizer:
             [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
         )
         if rendered.count(_SENTINEL) != 1:
-            raise PromptSynthesisError(f"{self.tokenizer_dir}: the chat template does not render a user message's content verbatim")
+            raise PromptSynthesisError(
+                f"{self.tokenizer_dir}: the chat template does not render a user message's content verbatim"
+            )
         before, after = rendered.split(_SENTINEL)
         return before, after, False
 
@@ -265,7 +275,10 @@ class PromptSynthesizer:
         before, after, special = text
 
         def counts(contents: list[str]) -> list[int]:
-            return [len(e.ids) for e in self.backend.encode_batch([before + c + after for c in contents], add_special_tokens=special)]
+            return [
+                len(e.ids)
+                for e in self.backend.encode_batch([before + c + after for c in contents], add_special_tokens=special)
+            ]
 
         alone = counts(candidates)
         overhead = Counter(alone).most_common(1)[0][0] - 1
@@ -276,7 +289,9 @@ class PromptSynthesizer:
         words = [w for w, n in zip(first_ok, counts([anchor + " " + w for w in first_ok])) if n == overhead + 2]
         words = [w for w in words if w != anchor][:MAX_WORDS]
         if len(words) < MIN_WORDS:
-            raise PromptSynthesisError(f"{self.tokenizer_dir}: only {len(words)} single-token words for {api}; need {MIN_WORDS}")
+            raise PromptSynthesisError(
+                f"{self.tokenizer_dir}: only {len(words)} single-token words for {api}; need {MIN_WORDS}"
+            )
         leading = len(self.backend.encode(before + anchor, add_special_tokens=special).ids) - 1
         return Frame(before, after, special, overhead, leading), words
 
@@ -324,7 +339,10 @@ def _word_picks(seed: int, length: int, choices: int) -> np.ndarray:
 
 def _load_hf_tokenizer(tokenizer_dir: Path):
     if not (tokenizer_dir / "tokenizer.json").exists() and not (tokenizer_dir / "tokenizer_config.json").exists():
-        raise PromptSynthesisError(f"{tokenizer_dir}: no tokenizer.json or tokenizer_config.json (a local Hugging Face tokenizer directory is needed)")
+        raise PromptSynthesisError(
+            f"{tokenizer_dir}: no tokenizer.json or tokenizer_config.json "
+            "(a local Hugging Face tokenizer directory is needed)"
+        )
     from transformers import AutoTokenizer  # heavy; only where prompts are synthesized
 
     try:

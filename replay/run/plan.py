@@ -17,13 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.traffic_log import read_traffic_log
 
 _DURATION = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-class PlanError(ValueError):
+class PlanError(ShadowReplayError, ValueError):
     """A replay selection that cannot be honoured (bad window, nothing left to send)."""
 
 
@@ -43,7 +44,7 @@ class Window:
     end_s: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Window":
+    def parse(cls, text: str) -> Window:
         """'START..END', either side optional: '60..120', '..5m', '30s..'."""
         if ".." not in text:
             raise PlanError(f"window {text!r}: expected START..END (seconds from the first arrival)")

@@ -34,7 +34,7 @@ class ProgressDisplay:
         self._last_plain = 0.0
         self.last: ProgressSnapshot | None = None
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.interactive:
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
@@ -60,5 +60,7 @@ class ProgressDisplay:
             table.add_column(column, justify="right")
         errors = ", ".join(f"{k} {v}" for k, v in sorted(s.by_status.items()) if k != "ok") or "0"
         ttft = f"{s.ttft_p50_ms:.0f} ms" if s.ttft_p50_ms is not None else "-"
-        table.add_row(f"{s.sent}/{s.scheduled}", str(s.done), str(s.in_flight), f"{s.recent_done_per_s:.1f}", ttft, errors)
+        table.add_row(
+            f"{s.sent}/{s.scheduled}", str(s.done), str(s.in_flight), f"{s.recent_done_per_s:.1f}", ttft, errors
+        )
         return table

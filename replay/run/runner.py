@@ -5,6 +5,7 @@ scheduled request and target, whatever happened to a worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -12,26 +13,26 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from shadowreplay.replay.run.plan import split_plan
 from shadowreplay.replay.clock import ClockMapping
-from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
-from shadowreplay.replay.run.result_writer import ResultShardWriter
+from shadowreplay.replay.run.plan import split_plan
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot
+from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
+from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError
 from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
 START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
+ACTOR_THREADS = 4  # max_concurrency of a worker actor
 
 
-@ray.remote(max_concurrency=4)
 class ReplayWorkerActor:
     """A ReplayWorker in its own process: `run` blocks one thread on the worker's event loop while
-    `progress` and `cancel` answer from another."""
+    `progress` and `cancel` answer from another. The Ray actor class is REPLAY_WORKER_ACTOR."""
 
     def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
         self.worker = ReplayWorker(settings, targets, shard)
@@ -53,6 +54,10 @@ class ReplayWorkerActor:
 
     def cancel(self) -> None:
         self.worker.cancel()
+
+
+# ray.remote's typed overloads take no actor options (max_concurrency): they are given where the actors start.
+REPLAY_WORKER_ACTOR = ray.remote(ReplayWorkerActor)
 
 
 @dataclass
@@ -93,18 +98,18 @@ class RunOutcome:
 def start_ray(address: str | None) -> dict:
     """Join `address` or start a small local instance; returns facts for the manifest."""
     if not ray.is_initialized():
-        # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
-        kwargs = dict(
+        # Joining a cluster: its own resources. Local: a small object store (plans and results
+        # travel as Parquet shards, not objects); None is ray.init's default for each.
+        ray.init(
+            address=address or None,
+            num_cpus=None if address else os.cpu_count() or 1,
+            object_store_memory=None if address else 512 * 1024 * 1024,
             include_dashboard=False,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=True,
+            # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
             runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
         )
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # A small object store: plans and results travel as Parquet shards, not objects.
-            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=512 * 1024 * 1024, **kwargs)
     nodes = [
         {"host": n["NodeManagerHostname"], "address": n["NodeManagerAddress"], "resources": n["Resources"]}
         for n in ray.nodes()
@@ -127,8 +132,8 @@ def run_plan(
     from the shared epoch until the last worker is done. `gpu_samplers` (NVML actors, one on every
     GPU node of the cluster) are placed while the workers start, then sample over the same span on
     the same timeline; every sampler's stats end up in RunOutcome.telemetry."""
-    results_dir = settings.run_dir / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(settings.run_dir)
+    run_dir.results_dir.mkdir(parents=True, exist_ok=True)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n_workers = max(1, min(settings.workers or cpus, plan.num_rows, settings.concurrency or plan.num_rows))
     shards = split_plan(plan, n_workers)
@@ -136,12 +141,12 @@ def run_plan(
     users: list[int | None] = [None] * n_workers
     if settings.concurrency:
         users = [settings.concurrency // n_workers + (i < settings.concurrency % n_workers) for i in range(n_workers)]
-    actors = []
+    actors: list[Any] = []  # actor handles
     for i, shard in enumerate(shards):
         worker_settings = WorkerSettings(
             run_id=settings.run_id,
             worker=f"w{i:03d}",
-            results_dir=str(results_dir),
+            run_dir=str(run_dir.path),
             keep_output_text=settings.keep_output_text,
             block_size=settings.block_size,
             concurrency=users[i],
@@ -149,7 +154,8 @@ def run_plan(
             worker_count=n_workers,
             busy_poll=settings.busy_poll,
         )
-        actors.append(ReplayWorkerActor.options(num_cpus=0).remote(worker_settings, targets, shard))
+        actor = REPLAY_WORKER_ACTOR.options(num_cpus=0, max_concurrency=ACTOR_THREADS)
+        actors.append(actor.remote(worker_settings, targets, shard))
     if gpu_samplers is not None:
         gpu_samplers.place()  # their processes start beside the workers'
     by_status: dict[str, int] = {}
@@ -193,7 +199,7 @@ def run_plan(
             telemetry += gpu_samplers.stop()
     # Open loop: every planned request was scheduled and must have its final row. Closed loop: only
     # the requests users took were scheduled, and each worker writes theirs.
-    lost = 0 if settings.concurrency else fill_missing_rows(plan, targets, settings.run_id, results_dir)
+    lost = 0 if settings.concurrency else fill_missing_rows(plan, targets, settings.run_id, run_dir)
     if lost:
         by_status["cancelled"] = by_status.get("cancelled", 0) + lost
     return RunOutcome(
@@ -219,23 +225,16 @@ def _progress_of(actors: list) -> ProgressSnapshot:
     return ProgressSnapshot.combine(snapshots)
 
 
-def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, results_dir: Path) -> int:
+def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, run_dir: RunDir) -> int:
     """Write a `cancelled` final row for every (request, target) that has none (a lost worker)."""
-    seen: set[tuple[str, str]] = set()
-    for path in sorted(results_dir.glob("part-*.parquet")):
-        table = pq.read_table(path, columns=["target", "request_id", "final"])
-        for target, request_id, final in zip(
-            table.column("target").to_pylist(), table.column("request_id").to_pylist(), table.column("final").to_pylist()
-        ):
-            if final:
-                seen.add((target, request_id))
-    writer = ResultShardWriter(results_dir, "runner")
+    seen = run_dir.final_rows()
+    writer = run_dir.result_writer("runner")
     missing = 0
     for row in plan.select(
         ["request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "tag"]
     ).to_pylist():
         for target in targets:
-            if (target.name, row["request_id"]) in seen:
+            if (row["request_id"], target.name) in seen:
                 continue
             missing += 1
             writer.add(

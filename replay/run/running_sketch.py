@@ -25,7 +25,7 @@ class ProgressSnapshot:
     recent_ttft_ms: list[float] = field(default_factory=list)
 
     @staticmethod
-    def combine(parts: list["ProgressSnapshot"]) -> "ProgressSnapshot":
+    def combine(parts: list[ProgressSnapshot]) -> ProgressSnapshot:
         total = ProgressSnapshot()
         for part in parts:
             total.scheduled += part.scheduled

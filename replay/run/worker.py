@@ -35,32 +35,34 @@ Keeping the loop free (a late wake-up shows as send lateness and as late token s
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
 import pyarrow as pa
 
-from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.clients.rate_limiter import RateLimiter, estimated_tokens
 from shadowreplay.replay.clients.read_stamps import StampingConnector
-from shadowreplay.replay.requests.builder import RequestBuilder
-from shadowreplay.replay.run.result_writer import ResultShardWriter
-from shadowreplay.replay.run.result_rows import result_row
-from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.clients.retry_policy import BUDGET_EXHAUSTED, RetryBudget
-from shadowreplay.replay.run.running_sketch import RunningSketch
 from shadowreplay.replay.clients.stream_client import StreamingClient
+from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.requests.builder import RequestBuilder
+from shadowreplay.replay.run.result_rows import result_row
+from shadowreplay.replay.run.running_sketch import RunningSketch
+from shadowreplay.replay.schemas.results import StreamOutcome
+from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.targets.config import TargetConfig
 
+_new_event_loop: Callable[[], asyncio.AbstractEventLoop]
 try:  # uvloop is optional (not on Windows); plain asyncio works the same, a little slower.
-    import uvloop
+    from uvloop import new_event_loop as _new_event_loop
 except ImportError:  # pragma: no cover - depends on the platform
-    uvloop = None
+    _new_event_loop = asyncio.new_event_loop
 
 SPIN_BEFORE_SEND_S = 0.002  # the last 2 ms before a send are waited by yielding, not sleeping
 ROWS_PER_CONVERSION = 16  # plan rows turned into dicts at a time
@@ -73,7 +75,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005  # while a run lasts (sys.setswitchinterval)
 class WorkerSettings:
     run_id: str
     worker: str
-    results_dir: str
+    run_dir: str  # the RunDir's path (a string: the settings travel to Ray actors)
     keep_output_text: bool = False
     block_size: int = 512
     flush_rows: int = 1000
@@ -113,8 +115,8 @@ class ReplayWorker:
         self.wall_minus_perf = ClockMapping.measure_wall_minus_perf()
         self._cancel = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer = ResultShardWriter(
-            settings.results_dir, settings.worker, settings.flush_rows, settings.flush_age_s, background=True
+        self._writer = RunDir(settings.run_dir).result_writer(
+            settings.worker, max_rows=settings.flush_rows, max_age_s=settings.flush_age_s, background=True
         )
 
     # -- called from other threads (the Ray actor's control methods) --------------------------
@@ -132,10 +134,7 @@ class ReplayWorker:
     def run(self, epoch: float) -> dict:
         """Run the shard on a fresh event loop in this thread; returns counts of rows by status."""
         clock = ClockMapping(self.wall_minus_perf, epoch)
-        if uvloop is not None:
-            loop = uvloop.new_event_loop()
-        else:  # pragma: no cover
-            loop = asyncio.new_event_loop()
+        loop = _new_event_loop()
         self._loop = loop
         self._warm_up_writer(clock)
         switch_interval = sys.getswitchinterval()
@@ -156,13 +155,28 @@ class ReplayWorker:
         plan_rows = self._read_columns().slice(0, WARM_UP_ROWS).to_pylist()
         token_times = [0.001 * (i + 1) for i in range(16)]
         outcome = StreamOutcome(
-            sent=0.0, first_token=token_times[0], last_token=token_times[-1], done=token_times[-1], token_times=token_times,
-            prompt_tokens=1, completion_tokens=16, client_tokens=16, finish_reason="length", http_status=200,
+            sent=0.0,
+            first_token=token_times[0],
+            last_token=token_times[-1],
+            done=token_times[-1],
+            token_times=token_times,
+            prompt_tokens=1,
+            completion_tokens=16,
+            client_tokens=16,
+            finish_reason="length",
+            http_status=200,
         )
         sample = [
             result_row(
-                run_id=self.settings.run_id, target=target.name, worker=self.settings.worker, row=row, outcome=outcome,
-                attempt=1, final=True, to_run_s=clock.to_run_s, keep_output_text=self.settings.keep_output_text,
+                run_id=self.settings.run_id,
+                target=target.name,
+                worker=self.settings.worker,
+                row=row,
+                outcome=outcome,
+                attempt=1,
+                final=True,
+                to_run_s=clock.to_run_s,
+                keep_output_text=self.settings.keep_output_text,
             )
             for row in plan_rows
             for target in self.targets
@@ -172,7 +186,9 @@ class ReplayWorker:
 
     async def _run(self, clock: ClockMapping) -> dict:
         connector_kwargs = dict(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        sessions = {t.name: aiohttp.ClientSession(connector=StampingConnector(**connector_kwargs)) for t in self.targets}
+        sessions = {
+            t.name: aiohttp.ClientSession(connector=StampingConnector(**connector_kwargs)) for t in self.targets
+        }
         clients = {
             t.name: StreamingClient(
                 sessions[t.name],
@@ -216,7 +232,7 @@ class ReplayWorker:
                 task.add_done_callback(in_flight.discard)
                 if key:
                     last_of_session[key] = task
-                    task.add_done_callback(lambda done, key=key: _forget(last_of_session, key, done))
+                    task.add_done_callback(functools.partial(_forget, last_of_session, key))
         await self._settle(in_flight)
         # Rows never sent (cancelled before their time) still get their one final row.
         for row in rows:
@@ -227,6 +243,8 @@ class ReplayWorker:
         (closed loop), until the rows run out or `duration_s` has passed. A row is scheduled when a
         user takes it: `scheduled_s` is that moment, so lateness measures only our own dispatch.
         Rows no user took were never scheduled and get no result row."""
+        concurrency = self.settings.concurrency
+        assert concurrency, "closed loop without a concurrency"
         rows = self._iter_rows()
         end = clock.to_perf(self.settings.duration_s) if self.settings.duration_s else None
 
@@ -239,7 +257,7 @@ class ReplayWorker:
 
         if not await self._wait_until(clock.to_perf(0.0)):
             return
-        users = {asyncio.create_task(user()) for _ in range(self.settings.concurrency)}
+        users = {asyncio.create_task(user()) for _ in range(concurrency)}
         await self._settle(users)
 
     async def _settle(self, tasks: set[asyncio.Task]) -> None:
@@ -290,7 +308,9 @@ class ReplayWorker:
             try:
                 built = self.builders[target.name].build(row)
             except Exception as exc:  # a row the target cannot take: its own row, never a crash
-                self._record(row, target, StreamOutcome(status="http_error", error=f"request not built: {exc}"), clock, 1)
+                self._record(
+                    row, target, StreamOutcome(status="http_error", error=f"request not built: {exc}"), clock, 1
+                )
                 return
             row = built.recorded_row(row)
             limiter, budget = self.limiters[target.name], self.retry_budgets[target.name]
@@ -313,10 +333,22 @@ class ReplayWorker:
                     await asyncio.sleep(left)
         except asyncio.CancelledError:
             # Cancelled before sending (waiting for its session or the rate limiter) or while waiting to retry.
-            self._record(row, target, StreamOutcome(status="cancelled", error="run cancelled before this attempt"), clock, attempt)
+            self._record(
+                row,
+                target,
+                StreamOutcome(status="cancelled", error="run cancelled before this attempt"),
+                clock,
+                attempt,
+            )
 
     def _record(
-        self, row: dict, target: TargetConfig, outcome: StreamOutcome, clock: ClockMapping, attempt: int, final: bool = True
+        self,
+        row: dict,
+        target: TargetConfig,
+        outcome: StreamOutcome,
+        clock: ClockMapping,
+        attempt: int,
+        final: bool = True,
     ) -> None:
         self._writer.add(
             result_row(

@@ -1,20 +1,25 @@
-"""RUN_DIR/manifest.json: what was run, where, with which versions, and what came of it.
+"""RUN_DIR/manifest.json, typed: what was run, where, with which versions, and what came of it.
 
-Configuration is written through TargetConfig.public_dict(), which carries the *names* of key
-variables and key files, never a key. `scrub` removes any known secret value from free text
-(server logs' tails, error strings) before it can reach the manifest.
+One model for every verb that writes a run directory (`replay`, each `sweep` point, `locust`); a
+field a verb has no use for stays null. Configuration enters through TargetConfig.public_dict(),
+which carries the *names* of key variables and key files, never a key, and the whole manifest
+passes through the run's `Scrubber` (replay/secrets.py) before it is written, so a key echoed into a
+server's log tail or an error text cannot reach the file either. Readers accept fields they do not
+know (a newer shadowreplay's) and ignore them.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import platform
 import sys
-from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shadowreplay import __version__
 
+MANIFEST_SCHEMA_VERSION = 1
 PACKAGES = ("ray", "aiohttp", "pyarrow", "polars", "pydantic", "tokenizers", "transformers")
 
 
@@ -28,29 +33,81 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def scrub(value, secrets: list[str]):
-    """A copy of `value` (nested dicts/lists/strings) with every secret replaced by '***'."""
-    secrets = [s for s in secrets if s]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, secrets) for v in value]
-    return value
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
 
-def write_manifest(run_dir: Path, manifest: dict, secrets: list[str]) -> Path:
-    """Write manifest.json with versions and the command line added, secrets scrubbed."""
-    manifest = {
-        "schema_version": 1,
-        "command": sys.argv,
-        "versions": package_versions(),
-        "platform": platform.platform(),
-        **manifest,
-    }
-    path = Path(run_dir) / "manifest.json"
-    path.write_text(json.dumps(scrub(manifest, secrets), indent=2, default=str) + "\n")
-    return path
+class Selection(_Part):
+    """Which rows of the traffic log were replayed, how they were scheduled and clamped."""
+
+    window: str | None = None
+    limit: int | None = None
+    duration: str | None = None
+    schedule: str | None = None
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    block_size: int | None = None
+
+
+class Counts(_Part):
+    """Counts of the run, from the plan and from the rows the run wrote."""
+
+    requests: int | None = None
+    targets: int | None = None
+    scheduled: int | None = None
+    rows_by_status: dict[str, int] = Field(default_factory=dict)
+    clamped_requests: int | None = None
+    rows_written_by_runner_for_lost_workers: int | None = None
+
+
+class SweepPoint(_Part):
+    """A sweep point's place in its sweep."""
+
+    index: int
+    phase: str
+    shape: dict[str, Any]
+
+
+class Manifest(BaseModel):
+    """manifest.json (schema_version 1). `command`, `versions` and `platform` describe the process
+    that writes it and are filled in when the model is made. A writer's unknown field is an error
+    (a typo never reaches the file); `from_json_dict` reads a file and ignores fields it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    command: list[str] = Field(default_factory=lambda: list(sys.argv))
+    versions: dict[str, str | None] = Field(default_factory=package_versions)
+    platform: str = Field(default_factory=platform.platform)
+    run_id: str | None = None
+    status: Literal["completed", "failed", "interrupted"] | None = None  # how the run ended
+    error: str | None = None  # why it failed, secrets removed
+    started_at: float | None = None  # wall clock (s since 1970) when the run began
+    ended_at: float | None = None
+    epoch: float | None = None  # the wall-clock time of the run's t = 0 (results' *_s columns)
+    wall_s: float | None = None
+    traffic_log: str | None = None
+    selection: Selection | None = None
+    targets: list[dict[str, Any]] = Field(default_factory=list)  # TargetConfig.public_dict() each
+    servers: list[dict[str, Any]] = Field(default_factory=list)  # local servers' identities
+    cluster: dict[str, Any] | None = None
+    workers: list[dict[str, Any]] = Field(default_factory=list)
+    busy_poll: bool | None = None
+    clock_offsets: dict[str, float] = Field(default_factory=dict)
+    counts: Counts = Field(default_factory=Counts)
+    telemetry: list[dict[str, Any]] | None = None  # each sampler's stats
+    cancelled: bool | None = None
+    sweep_point: SweepPoint | None = None
+    load_generator: dict[str, Any] | None = None  # locust: tool, users, spawn rate, processes, ...
+    request_mix: dict[str, Any] | None = None  # locust: where its requests come from
+    locust_stats: dict[str, Any] | None = None  # locust's own totals when it quit
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest read from a file: top-level fields this version does not know are dropped."""
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+    @property
+    def target_configs(self) -> dict[str, dict[str, Any]]:
+        """The targets' public configs (name, kind, model, base_url, ...), by name."""
+        return {entry["name"]: entry for entry in self.targets if "name" in entry}

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from shadowreplay.replay.schemas.contract import stamp
+
 SCHEMA_VERSION = 1
 KIND = "results"
-METADATA_VERSION_KEY = b"shadowreplay.schema_version"
-METADATA_KIND_KEY = b"shadowreplay.kind"
 
 STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled")
 
@@ -50,7 +50,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("output_text", pa.string()),
         pa.field("tag", pa.string()),
     ],
-    metadata={METADATA_VERSION_KEY: str(SCHEMA_VERSION).encode(), METADATA_KIND_KEY: KIND.encode()},
+    metadata=stamp(KIND, SCHEMA_VERSION),
 )
 
 

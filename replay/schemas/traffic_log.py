@@ -12,10 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY, stamp
+
 SCHEMA_VERSION = 1
 KIND = "traffic_log"
-METADATA_VERSION_KEY = b"shadowreplay.schema_version"
-METADATA_KIND_KEY = b"shadowreplay.kind"
 
 API_VALUES = ("chat", "completions")
 
@@ -35,13 +36,13 @@ TRAFFIC_LOG_SCHEMA = pa.schema(
         pa.field("response_text", pa.string()),
         pa.field("reference", pa.string()),
     ],
-    metadata={METADATA_VERSION_KEY: str(SCHEMA_VERSION).encode(), METADATA_KIND_KEY: KIND.encode()},
+    metadata=stamp(KIND, SCHEMA_VERSION),
 )
 
 COLUMNS = tuple(TRAFFIC_LOG_SCHEMA.names)
 
 
-class TrafficLogError(ValueError):
+class TrafficLogError(ShadowReplayError, ValueError):
     """A file that is not a readable traffic log of a schema version we know."""
 
 
@@ -54,7 +55,9 @@ def check_schema(path: str | Path, schema: pa.Schema) -> None:
     if version is None:
         raise TrafficLogError(f"{path}: no {METADATA_VERSION_KEY.decode()} in the file metadata; ingest it first")
     if int(version) != SCHEMA_VERSION:
-        raise TrafficLogError(f"{path}: traffic log schema_version {int(version)}, this shadowreplay reads {SCHEMA_VERSION}")
+        raise TrafficLogError(
+            f"{path}: traffic log schema_version {int(version)}, this shadowreplay reads {SCHEMA_VERSION}"
+        )
     missing = [name for name in COLUMNS if name not in schema.names]
     if missing:
         raise TrafficLogError(f"{path}: traffic log lacks columns {missing}")

@@ -36,6 +36,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.clients.rate_limiter import RateLimits
 from shadowreplay.replay.clients.retry_policy import RetryPolicy
 
@@ -56,13 +57,23 @@ PROVIDER_KINDS: dict[str, str] = {
 
 # Fields that may take their value from the environment (`${VAR}`), as dotted paths.
 ENV_FIELDS: tuple[str, ...] = (
-    "name", "kind", "provider", "model", "base_url", "api", "api_key_env", "api_key_file", "tokenizer",
-    "price", "azure.deployment", "azure.api_version",
+    "name",
+    "kind",
+    "provider",
+    "model",
+    "base_url",
+    "api",
+    "api_key_env",
+    "api_key_file",
+    "tokenizer",
+    "price",
+    "azure.deployment",
+    "azure.api_version",
 )
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class TargetConfigError(ValueError):
+class TargetConfigError(ShadowReplayError, ValueError):
     """A target file that cannot be read or does not validate; the message names file and field."""
 
 
@@ -70,9 +81,9 @@ class Timeouts(BaseModel):
     """Per-request limits: connecting, waiting for the first output token, and the whole request."""
 
     model_config = ConfigDict(extra="forbid")
-    connect_s: float = Field(10.0, gt=0)
-    first_token_s: float = Field(60.0, gt=0)
-    total_s: float = Field(600.0, gt=0)
+    connect_s: float = Field(default=10.0, gt=0)
+    first_token_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=600.0, gt=0)
 
 
 class VllmLaunch(BaseModel):
@@ -82,9 +93,9 @@ class VllmLaunch(BaseModel):
     model: str
     args: list[str] = Field(default_factory=list)
     python: str | None = None  # None: $SHADOWREPLAY_VLLM_PYTHON, else <project>/.venv-vllm/bin/python
-    port: int | None = Field(None, ge=1, le=65535)  # None: a free port
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
     env: dict[str, str] = Field(default_factory=dict)
-    startup_timeout_s: float = Field(300.0, gt=0)
+    startup_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class AnthropicOptions(BaseModel):
@@ -93,7 +104,7 @@ class AnthropicOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = "2023-06-01"  # the anthropic-version header
     beta: list[str] = Field(default_factory=list)  # anthropic-beta header values
-    default_max_tokens: int = Field(4096, ge=1)  # for requests that set none (Anthropic requires it)
+    default_max_tokens: int = Field(default=4096, ge=1)  # for requests that set none (Anthropic requires it)
     ignore_fields: list[str] = Field(default_factory=list)  # request fields dropped instead of refused
 
 
@@ -131,7 +142,7 @@ class TargetConfig(BaseModel):
     vllm: VllmLaunch | None = None
     anthropic: AnthropicOptions | None = None
     azure: AzureOptions | None = None
-    source: str | None = Field(None, exclude=True)
+    source: str | None = Field(default=None, exclude=True)
     _env_bindings: dict[str, str] = PrivateAttr(default_factory=dict)  # field -> variable(s) it came from
 
     @model_validator(mode="before")
@@ -155,7 +166,7 @@ class TargetConfig(BaseModel):
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "TargetConfig":
+    def _kind_fields(self) -> TargetConfig:
         if self.kind == "vllm" and self.vllm is None:
             raise ValueError("kind vllm needs a `vllm:` section (model, args, python)")
         if self.kind != "vllm" and self.base_url is None:
@@ -163,7 +174,9 @@ class TargetConfig(BaseModel):
         if self.kind != "vllm" and self.vllm is not None:
             raise ValueError("a `vllm:` section is only for kind vllm")
         if self.kind == "vllm" and self.metrics_url is not None:
-            raise ValueError("metrics_url is for servers already running; a kind vllm server is scraped at its own /metrics")
+            raise ValueError(
+                "metrics_url is for servers already running; a kind vllm server is scraped at its own /metrics"
+            )
         if self.kind != "anthropic" and self.anthropic is not None:
             raise ValueError("an `anthropic:` section is only for kind anthropic")
         if self.kind != "azure_openai" and self.azure is not None:
@@ -176,7 +189,9 @@ class TargetConfig(BaseModel):
             if self.ignore_eos:
                 raise ValueError("ignore_eos is a vLLM extension; Anthropic cannot force output lengths")
             if self.base_url and self.base_url.endswith("/v1"):
-                raise ValueError("for kind anthropic, base_url is the API root without /v1 (e.g. https://api.anthropic.com)")
+                raise ValueError(
+                    "for kind anthropic, base_url is the API root without /v1 (e.g. https://api.anthropic.com)"
+                )
             if self.anthropic is None:
                 self.anthropic = AnthropicOptions()
         return self
@@ -256,7 +271,9 @@ def _interpolate(value: str, where: str, path: Path, used: list[str]) -> str:
             return found
         if default is not None:
             return default
-        raise TargetConfigError(f"{path}: {where}: environment variable {variable} is not set (and no ${{{variable}:-default}} is given)")
+        raise TargetConfigError(
+            f"{path}: {where}: environment variable {variable} is not set (and no ${{{variable}:-default}} is given)"
+        )
 
     result = _ENV_REFERENCE.sub(lookup, value)
     if "${" in _ENV_REFERENCE.sub("", value):
@@ -313,7 +330,7 @@ def load_target(path: str | Path) -> TargetConfig:
     return config
 
 
-def load_targets(paths: list[str | Path]) -> list[TargetConfig]:
+def load_targets(paths: Sequence[str | Path]) -> list[TargetConfig]:
     """Load several targets and check that their names are distinct."""
     targets = [load_target(p) for p in paths]
     names = [t.name for t in targets]

@@ -31,8 +31,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any, BinaryIO
+
+from shadowreplay.errors import ShadowReplayError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
@@ -50,11 +54,11 @@ LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 
 
-class VllmStartError(RuntimeError):
+class VllmStartError(ShadowReplayError, RuntimeError):
     """The server exited or did not become healthy in time; the message ends with its log's tail."""
 
 
-class VllmNotInstalled(RuntimeError):
+class VllmNotInstalled(ShadowReplayError, RuntimeError):
     """No Python with vLLM where one was expected."""
 
 
@@ -117,6 +121,7 @@ def _api_key_from(args: list[str]) -> str | None:
 
 def _parent_death_signal() -> None:
     """In the child before exec: SIGTERM when the thread that started it dies (Linux only)."""
+    assert _LIBC is not None  # start() passes this only where _LIBC is loaded
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -129,7 +134,7 @@ class _SigtermGuard:
 
     def __init__(self) -> None:
         self._users = 0
-        self._previous: signal.Handlers | None = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None  # what signal.signal returns
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
@@ -191,7 +196,7 @@ class VllmServer:
         self.served_models: list[dict] = []
         self.startup_s: float | None = None
         self._api_key = _api_key_from(self.extra_args)
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     # ---- addresses --------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class VllmServer:
 
     # ---- life cycle -------------------------------------------------------------------------
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         self.start()
         return self
 
@@ -223,11 +228,17 @@ class VllmServer:
     def command(self) -> list[str]:
         """The full argument list the server is started with."""
         return [
-            self.python, "-m", ENTRYPOINT,
-            "--model", self.model,
-            "--served-model-name", self.served_model_name,
-            "--host", self.host,
-            "--port", str(self.port),
+            self.python,
+            "-m",
+            ENTRYPOINT,
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
             *self.extra_args,
         ]
 
@@ -276,8 +287,10 @@ class VllmServer:
             raise
 
     def _wait_healthy(self, deadline: float) -> None:
+        process = self.process
+        assert process is not None, "start() first"
         while True:
-            code = self.process.poll()
+            code = process.poll()
             if code is not None:
                 raise VllmStartError(
                     f"vLLM exited with status {code} while starting; log {self.log_path}:\n{self.log_tail()}"
@@ -288,7 +301,8 @@ class VllmServer:
                         return
             if time.monotonic() > deadline:
                 raise VllmStartError(
-                    f"vLLM did not answer /health within {self.startup_timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+                    f"vLLM did not answer /health within {self.startup_timeout_s:.0f} s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
 
@@ -347,8 +361,7 @@ class VllmServer:
             ],
             "argv": redact_argv(self.argv),
             "env": {
-                name: REDACTED if SECRET_NAME.search(name) else value
-                for name, value in self.explicit_env().items()
+                name: REDACTED if SECRET_NAME.search(name) else value for name, value in self.explicit_env().items()
             },
             "url": self.root_url if self.port is not None else None,
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,

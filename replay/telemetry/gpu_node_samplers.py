@@ -34,8 +34,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from shadowreplay.replay.clock import ClockMapping
-from shadowreplay.replay.telemetry.nvml_sampler import DEFAULT_INTERVAL_S, DEFAULT_NVML_MODULE, NvmlSampler, load_nvml
 from shadowreplay.replay.schemas.telemetry import SOURCE_NVML
+from shadowreplay.replay.telemetry.nvml_sampler import DEFAULT_INTERVAL_S, DEFAULT_NVML_MODULE, NvmlSampler, load_nvml
 
 log = logging.getLogger(__name__)
 

@@ -28,19 +28,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from shadowreplay.replay.telemetry import RunClock
 from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
     NVML_GPU_UTIL,
     NVML_MEM_TOTAL,
-    NVML_MEM_UTIL,
     NVML_MEM_USED,
+    NVML_MEM_UTIL,
     NVML_POWER,
     NVML_SM_CLOCK,
     NVML_TEMPERATURE,
     SOURCE_NVML,
     TelemetryShardWriter,
 )
+from shadowreplay.replay.telemetry import RunClock
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def check_nvml(nvml: Any | None = None) -> NvmlStatus:
         count = nvml.nvmlDeviceGetCount()
         if count == 0:
             return NvmlStatus(False, "NVML sees no GPU on this host")
-        gpus = []
+        gpus: list[dict[str, Any]] = []
         for index in range(count):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             gpus.append(
@@ -194,7 +194,7 @@ class NvmlSampler:
         self.wanted_devices = None if devices is None else tuple(devices)
         self.max_rows = max_rows
         self.max_age_s = max_age_s
-        self._nvml = nvml
+        self._nvml: Any = nvml  # an import spec or None until start() resolves it to the module object
         self._devices: list[_Device] = []
         self._writer: TelemetryShardWriter | None = None
         self._clock: RunClock | None = None
@@ -234,9 +234,7 @@ class NvmlSampler:
                 self.status = NvmlStatus(False, f"GPU(s) {missing} not found (this host has {indices})")
                 return self.status
             indices = [i for i in indices if i in self.wanted_devices]
-        self._devices = [
-            _Device(i, str(i), nvml.nvmlDeviceGetHandleByIndex(i), dict(READINGS)) for i in indices
-        ]
+        self._devices = [_Device(i, str(i), nvml.nvmlDeviceGetHandleByIndex(i), dict(READINGS)) for i in indices]
         self._writer = TelemetryShardWriter(
             self.telemetry_dir,
             self.run_id,

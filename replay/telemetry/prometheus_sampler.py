@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowreplay.replay.telemetry import RunClock
 from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, TelemetryShardWriter, bucket_metric
+from shadowreplay.replay.telemetry import RunClock
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,6 @@ def _series_metric(line: str) -> str | None:
     return bucket_metric(sample.name, le) if sample.name.endswith("_bucket") and le is not None else sample.name
 
 
-_UNSEEN = object()
-
-
 class MetricsPageParser:
     """(metric, value) pairs for the kept families of a Prometheus text page, labels folded as the
     module says.
@@ -134,8 +131,9 @@ class MetricsPageParser:
             if not line.startswith(self.families) or _line_name(line) not in self._wanted:
                 continue  # comments, blanks and other families (a cheap prefix test first)
             series, rest = _split_sample(line)
-            metric = self._series.get(series, _UNSEEN)
-            if metric is _UNSEEN:
+            try:
+                metric = self._series[series]
+            except KeyError:  # first sight of this series
                 metric = self._series[series] = _series_metric(line)
             fields = rest.split()
             if not fields:
@@ -251,7 +249,8 @@ class PrometheusSampler:
                 except TimeoutError:
                     pass
             # A last round at stop: requests that finished after the previous scrape are in the
-            # server's counters too, so the run's histograms cover every request (analysis/telemetry/server_histograms.py).
+            # server's counters too, so the run's histograms cover every request
+            # (analysis/telemetry/server_histograms.py).
             await asyncio.gather(*(self.scrape_once(session, t) for t in self.targets), return_exceptions=True)
             self.rounds += 1
 

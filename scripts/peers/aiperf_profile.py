@@ -41,18 +41,42 @@ class AIPerfProfile(PeerTool):
         artifacts = workdir / "artifacts"
         self.execute(
             [
-                str(self.venv / "bin" / "aiperf"), "profile", "--model", "scripted", "--url", base_url,
-                "--endpoint-type", "completions", "--streaming", "--request-rate", f"{rate:g}",
-                "--arrival-pattern", "constant", "--request-count", str(count), "--isl", "32", "--osl", str(tokens),
-                "--tokenizer", str(self.tokenizer), "--use-server-token-count", "--ui-type", "none",
-                "--no-gpu-telemetry", "--artifact-dir", str(artifacts),
+                str(self.venv / "bin" / "aiperf"),
+                "profile",
+                "--model",
+                "scripted",
+                "--url",
+                base_url,
+                "--endpoint-type",
+                "completions",
+                "--streaming",
+                "--request-rate",
+                f"{rate:g}",
+                "--arrival-pattern",
+                "constant",
+                "--request-count",
+                str(count),
+                "--isl",
+                "32",
+                "--osl",
+                str(tokens),
+                "--tokenizer",
+                str(self.tokenizer),
+                "--use-server-token-count",
+                "--ui-type",
+                "none",
+                "--no-gpu-telemetry",
+                "--artifact-dir",
+                str(artifacts),
             ],
             workdir,
             env,
         )
         try:
             summary = json.loads((artifacts / "profile_export_aiperf.json").read_text())
-            records = [json.loads(line) for line in (artifacts / "profile_export.jsonl").read_text().splitlines() if line]
+            records = [
+                json.loads(line) for line in (artifacts / "profile_export.jsonl").read_text().splitlines() if line
+            ]
         except (OSError, ValueError) as exc:
             raise PeerRunFailed(f"aiperf wrote no readable export: {exc}") from None
         ok = [r for r in records if "error" not in r and "time_to_first_token" in r.get("metrics", {})]

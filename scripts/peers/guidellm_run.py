@@ -40,7 +40,9 @@ class GuideLLMRun(PeerTool):
             return None
         probe = subprocess.run(
             [str(self.torch_source_python), "-c", "import importlib.metadata as m; print(m.version('torch'))"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return [f"torch=={probe.stdout.strip()}"] if probe.returncode == 0 else None
 
@@ -52,13 +54,21 @@ class GuideLLMRun(PeerTool):
         env = dict(os.environ, HF_HUB_OFFLINE="1", GUIDELLM__MAX_WORKER_PROCESSES=WORKER_PROCESSES)
         self.execute(
             [
-                str(self.venv / "bin" / "guidellm"), "run",
-                "--backend", f"kind=openai_http,target={base_url},model=scripted",
-                "--profile", f"kind=constant,rate={rate:g}",
-                "--constraint", f"kind=max_requests,count={count}",
-                "--tokenizer", f"kind=huggingface_auto,model={self.tokenizer}",
-                "--data", f"kind=synthetic_text,prompt_tokens=32,output_tokens={tokens}",
-                "--output", f"kind=json,path={out}", "--disable-console-interactive",
+                str(self.venv / "bin" / "guidellm"),
+                "run",
+                "--backend",
+                f"kind=openai_http,target={base_url},model=scripted",
+                "--profile",
+                f"kind=constant,rate={rate:g}",
+                "--constraint",
+                f"kind=max_requests,count={count}",
+                "--tokenizer",
+                f"kind=huggingface_auto,model={self.tokenizer}",
+                "--data",
+                f"kind=synthetic_text,prompt_tokens=32,output_tokens={tokens}",
+                "--output",
+                f"kind=json,path={out}",
+                "--disable-console-interactive",
             ],
             workdir,
             env,

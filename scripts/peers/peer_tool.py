@@ -36,14 +36,21 @@ class PeerTool(ABC):
         """Send `count` requests at a constant `rate` asking `tokens` output tokens each to the
         OpenAI-compatible server at `base_url` (no /v1); raise PeerRunFailed when the run fails."""
 
-    def execute(self, argv: list[str], workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 240.0) -> str:
+    def execute(
+        self, argv: list[str], workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 240.0
+    ) -> str:
         """Run the tool pinned to `self.cpu`; its output goes to workdir/<name>.log. Returns the output."""
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / f"{self.name}.log"
         try:
             done = subprocess.run(
-                ["taskset", "-c", str(self.cpu), *argv], cwd=workdir, env=env, timeout=timeout_s,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                ["taskset", "-c", str(self.cpu), *argv],
+                cwd=workdir,
+                env=env,
+                timeout=timeout_s,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         except subprocess.TimeoutExpired:
             raise PeerRunFailed(f"{self.name} did not finish within {timeout_s:g} s") from None

@@ -44,12 +44,21 @@ class ToolRun:
     def completed(self) -> int:
         return len(self.send_s)
 
-    def steady(self) -> "ToolRun":
+    def steady(self) -> ToolRun:
         """The run without its warm-up requests (the first WARMUP_FRACTION by send time)."""
         skip = int(self.completed * WARMUP_FRACTION)
         return ToolRun(
-            self.tool, self.offered_rps, self.scheduled - skip, self.send_s[skip:], self.own_lateness_ms[skip:],
-            self.ttft_ms[skip:], self.itl_ms[skip:], self.failed, self.achieved_rps, self.itl_kind, list(self.notes),
+            self.tool,
+            self.offered_rps,
+            self.scheduled - skip,
+            self.send_s[skip:],
+            self.own_lateness_ms[skip:],
+            self.ttft_ms[skip:],
+            self.itl_ms[skip:],
+            self.failed,
+            self.achieved_rps,
+            self.itl_kind,
+            list(self.notes),
         )
 
     def lateness_ms(self) -> np.ndarray:

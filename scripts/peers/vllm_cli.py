@@ -24,7 +24,8 @@ def _version(distribution_name: str) -> str:
 
 if __name__ == "__main__":
     importlib.metadata.version = _version
-    from vllm.entrypoints.cli.main import main
+    # vLLM is installed in .venv-vllm only, not in the environment mypy checks with
+    from vllm.entrypoints.cli.main import main  # type: ignore[import-not-found]
 
     sys.argv[0] = "vllm"
     sys.exit(main())

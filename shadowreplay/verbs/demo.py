@@ -32,10 +32,16 @@ def add_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("-o", "--output", type=Path, help="demo directory (default: runs/demo-<time>)")
-    parser.add_argument("--target", type=Path, default=DEFAULT_TARGET, help="target file (default: the tiny vLLM-CPU target)")
-    parser.add_argument("--window", default="0..60", help="slice of the trace to replay, seconds from its start (default 0..60)")
+    parser.add_argument(
+        "--target", type=Path, default=DEFAULT_TARGET, help="target file (default: the tiny vLLM-CPU target)"
+    )
+    parser.add_argument(
+        "--window", default="0..60", help="slice of the trace to replay, seconds from its start (default 0..60)"
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="time compression (default 1: the recorded times)")
-    parser.add_argument("--max-prompt-tokens", type=int, default=512, help="clamp for synthesized prompts (default 512)")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=512, help="clamp for synthesized prompts (default 512)"
+    )
     parser.add_argument("--max-completion-tokens", type=int, default=128, help="clamp for output lengths (default 128)")
     parser.add_argument("--slo", default="ttft_p95=2s,tpot_p95=200ms", help="SLOs for the report's goodput")
     parser.set_defaults(func=run)
@@ -63,12 +69,24 @@ def run(args: argparse.Namespace) -> int:
         _step(["ingest", str(trace_path), "-o", str(log), "--format", "azure"])
     _step(["inspect", str(log)])
     run_dir = out / "run"
-    _step([
-        "replay", str(log), "--target", str(args.target), "-o", str(run_dir),
-        "--window", args.window, "--speed", str(args.speed),
-        "--max-prompt-tokens", str(args.max_prompt_tokens),
-        "--max-completion-tokens", str(args.max_completion_tokens),
-    ])
+    _step(
+        [
+            "replay",
+            str(log),
+            "--target",
+            str(args.target),
+            "-o",
+            str(run_dir),
+            "--window",
+            args.window,
+            "--speed",
+            str(args.speed),
+            "--max-prompt-tokens",
+            str(args.max_prompt_tokens),
+            "--max-completion-tokens",
+            str(args.max_completion_tokens),
+        ]
+    )
     _step(["report", str(run_dir), "--slo", args.slo])
     print(f"\ndemo: everything is in {out} (traffic log, results, manifest.json, summary.json)")
     return 0

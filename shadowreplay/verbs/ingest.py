@@ -6,12 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shadowreplay.replay.ingest import DEFAULT_RELATIVE_START, FORMATS, IngestError, IngestOptions, IngestSummary, ingest
+from shadowreplay.errors import UserError
+from shadowreplay.replay.ingest import (
+    DEFAULT_RELATIVE_START,
+    FORMATS,
+    IngestError,
+    IngestOptions,
+    IngestSummary,
+    ingest,
+)
 from shadowreplay.replay.ingest.times import parse_origin
 from shadowreplay.replay.schemas.traffic_log import API_VALUES, COLUMNS
-from shadowreplay.errors import UserError
 
-DESCRIPTION = f"""\
+DESCRIPTION = """\
 Stream SRC into the traffic log LOG (the shared schema, schema_version in the file metadata, rows
 in arrival order). Inputs of any size are read in blocks, never whole; input that is not in
 arrival order is sorted in runs and merged, in bounded memory.
@@ -44,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", metavar="SRC", type=Path, help="the trace or log (.gz, .bz2, .zst are decompressed)")
-    parser.add_argument("-o", "--output", metavar="LOG.parquet", type=Path, required=True, help="the traffic log to write")
+    parser.add_argument(
+        "-o", "--output", metavar="LOG.parquet", type=Path, required=True, help="the traffic log to write"
+    )
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="source format (default: auto)")
     parser.add_argument(
         "--map",
@@ -57,12 +66,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--start",
         metavar="ISO",
         help=(
-            f"wall-clock origin of relative times: Mooncake's ms timestamps (default {DEFAULT_RELATIVE_START:%Y-%m-%dT%H:%M:%SZ}); "
+            "wall-clock origin of relative times: Mooncake's ms timestamps "
+            f"(default {DEFAULT_RELATIVE_START:%Y-%m-%dT%H:%M:%SZ}); "
             "numeric times of request logs and tables become seconds after it (without it they are epoch seconds)"
         ),
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when any row was quarantined")
-    parser.add_argument("--api", choices=API_VALUES, default="chat", help="api of rows with neither messages nor prompt (default: chat)")
+    parser.add_argument(
+        "--api", choices=API_VALUES, default="chat", help="api of rows with neither messages nor prompt (default: chat)"
+    )
     parser.add_argument("--tag", help="tag (task, tenant or route) for rows that have none")
     parser.set_defaults(func=run)
 
@@ -83,12 +95,11 @@ def parse_column_map(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    try:  # ingest's own errors exit 1 (a source it cannot read), as documented in --help
         start = parse_origin(args.start) if args.start else None
-    except ValueError as exc:
-        raise UserError(str(exc), exit_code=1) from None
-    options = IngestOptions(format=args.format, column_map=parse_column_map(args.map), start=start, api=args.api, tag=args.tag)
-    try:
+        options = IngestOptions(
+            format=args.format, column_map=parse_column_map(args.map), start=start, api=args.api, tag=args.tag
+        )
         summary = ingest(args.source, args.output, options)
     except IngestError as exc:
         raise UserError(str(exc), exit_code=1) from None
@@ -102,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(summary: IngestSummary) -> None:
     order = ""
     if not summary.in_arrival_order:
-        order = " (sorted by arrival)" if summary.sorted_runs == 1 else f" (sorted by arrival: {summary.sorted_runs} sorted runs merged)"
+        order = (
+            " (sorted by arrival)"
+            if summary.sorted_runs == 1
+            else f" (sorted by arrival: {summary.sorted_runs} sorted runs merged)"
+        )
     print(f"ingest: {summary.kept} rows kept in {summary.output} ({summary.format}){order}")
     if summary.quarantined_total:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.quarantined.items()))

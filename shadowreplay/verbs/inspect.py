@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         ("peak-to-average, 60 s windows", _fmt(stats["peak_to_average_60s"], 2)),
         ("tokens per second", _fmt(stats["tokens_per_s"], 0)),
         ("monthly tokens at this rate (30 days)", _fmt(stats["monthly_tokens"], 0)),
-        ("requests reusing a prefix block", "-" if stats["prefix_reuse_share"] is None else f"{stats['prefix_reuse_share']:.1%}"),
+        (
+            "requests reusing a prefix block",
+            "-" if stats["prefix_reuse_share"] is None else f"{stats['prefix_reuse_share']:.1%}",
+        ),
     ):
         overview.add_row(label, value)
     console.print(overview)
@@ -75,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
         for column in ("tag", "rows", "req/s", "prompt p50", "output p50", "monthly tokens"):
             tags.add_column(column, justify="right")
         for tag, t in stats["tags"].items():
-            tags.add_row(tag, _fmt(t["rows"]), _fmt(t["rate_rps"], 2), _fmt(t["prompt_tokens"]["p50"]),
-                         _fmt(t["completion_tokens"]["p50"]), _fmt(t["monthly_tokens"]))
+            tags.add_row(
+                tag,
+                _fmt(t["rows"]),
+                _fmt(t["rate_rps"], 2),
+                _fmt(t["prompt_tokens"]["p50"]),
+                _fmt(t["completion_tokens"]["p50"]),
+                _fmt(t["monthly_tokens"]),
+            )
         console.print(tags)
     return 0

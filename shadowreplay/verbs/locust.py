@@ -9,9 +9,7 @@ standard library for gevent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import json
 import socket
 import subprocess
 import sys
@@ -46,17 +44,35 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--target", required=True, type=Path, metavar="T.yaml", help="the target to load")
     parser.add_argument("--log", type=Path, metavar="LOG.parquet", help="traffic log whose rows are drawn at random")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory for result rows")
-    parser.add_argument("--headless", action="store_true", help="no web UI: run -u users for -t, print Locust's summary")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory for result rows"
+    )
+    parser.add_argument(
+        "--headless", action="store_true", help="no web UI: run -u users for -t, print Locust's summary"
+    )
     parser.add_argument("-u", "--users", type=int, metavar="N", help="peak number of concurrent users (Locust -u)")
     parser.add_argument("-r", "--spawn-rate", type=float, metavar="R", help="users started per second (Locust -r)")
-    parser.add_argument("-t", "--run-time", metavar="D", help="stop after D, e.g. 30s, 5m, 1h30m (Locust -t; with --headless)")
-    parser.add_argument("--processes", type=int, metavar="N",
-                        help="Locust worker processes under one master (Locust --processes; -1: one per core)")
-    parser.add_argument("--web-port", type=int, default=8089, metavar="PORT", help="web UI port on 127.0.0.1 (default 8089)")
-    parser.add_argument("--csv", metavar="PREFIX", help="Locust's CSV statistics: PREFIX_stats.csv, PREFIX_failures.csv, ...")
-    parser.add_argument("--prompt-tokens", type=int, default=256, metavar="P", help="without --log: prompt tokens (default 256)")
-    parser.add_argument("--completion-tokens", type=int, default=128, metavar="C", help="without --log: output tokens (default 128)")
+    parser.add_argument(
+        "-t", "--run-time", metavar="D", help="stop after D, e.g. 30s, 5m, 1h30m (Locust -t; with --headless)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="Locust worker processes under one master (Locust --processes; -1: one per core)",
+    )
+    parser.add_argument(
+        "--web-port", type=int, default=8089, metavar="PORT", help="web UI port on 127.0.0.1 (default 8089)"
+    )
+    parser.add_argument(
+        "--csv", metavar="PREFIX", help="Locust's CSV statistics: PREFIX_stats.csv, PREFIX_failures.csv, ..."
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=256, metavar="P", help="without --log: prompt tokens (default 256)"
+    )
+    parser.add_argument(
+        "--completion-tokens", type=int, default=128, metavar="C", help="without --log: output tokens (default 128)"
+    )
     parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp the log's synthesized prompt lengths")
     parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp the log's output lengths")
     parser.add_argument("--keep-output-text", action="store_true", help="keep answer texts in the result rows")
@@ -83,12 +99,21 @@ def free_port() -> int:
 def locust_command(args: argparse.Namespace, base_url: str | None) -> list[str]:
     """The Locust command line for `args` (everything bound to 127.0.0.1)."""
     command = [
-        sys.executable, "-m", "locust", "-f", str(locustfile()),
-        "--target-file", str(args.target),
-        "--run-dir", str(args.output),
-        "--prompt-tokens", str(args.prompt_tokens),
-        "--completion-tokens", str(args.completion_tokens),
-        "--mix-seed", str(args.seed),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile()),
+        "--target-file",
+        str(args.target),
+        "--run-dir",
+        str(args.output),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--completion-tokens",
+        str(args.completion_tokens),
+        "--mix-seed",
+        str(args.seed),
     ]
     if args.log:
         command += ["--traffic-log", str(args.log)]
@@ -109,54 +134,57 @@ def locust_command(args: argparse.Namespace, base_url: str | None) -> list[str]:
             command += [flag, str(value)]
     if args.processes:
         port = free_port()
-        command += ["--processes", str(args.processes), "--master-bind-host", WEB_HOST,
-                    "--master-bind-port", str(port), "--master-host", WEB_HOST, "--master-port", str(port)]
+        command += [
+            "--processes",
+            str(args.processes),
+            "--master-bind-host",
+            WEB_HOST,
+            "--master-bind-port",
+            str(port),
+            "--master-host",
+            WEB_HOST,
+            "--master-port",
+            str(port),
+        ]
     return command + list(args.locust_args)
 
 
 def _check_inputs(args: argparse.Namespace):
     """The target, checked, and the log's schema; one clear line for each mistake."""
-    from shadowreplay.replay.targets.config import TargetConfigError, load_target
-    from shadowreplay.replay.schemas.traffic_log import TrafficLogError, open_traffic_log
+    from shadowreplay.replay.schemas.traffic_log import open_traffic_log
+    from shadowreplay.replay.targets.config import load_target
 
-    try:
-        target = load_target(args.target)
-        target.api_key()
-        if args.log:
-            open_traffic_log(args.log)
-    except (TargetConfigError, TrafficLogError) as exc:
-        raise UserError(str(exc)) from None
+    target = load_target(args.target)
+    target.api_key()
+    if args.log:
+        open_traffic_log(args.log)
     if not args.log and not target.tokenizer:
         raise UserError(f"{args.target}: without --log, prompts are synthesized and need the target's `tokenizer`")
     if args.run_time and not args.headless:
         raise UserError("-t/--run-time needs --headless (in the web UI, stop the test there)")
     if args.processes is not None and args.processes == 0:
         raise UserError("--processes must be positive, or -1 for one per core")
-    if any((args.output / "results").glob("*.parquet")):
-        raise UserError(f"{args.output} already holds results; choose a new run directory")
     return target
 
 
 def run(args: argparse.Namespace) -> int:
-    target = _check_inputs(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        base_url, servers = None, []
-        if target.kind == "vllm":
-            from shadowreplay.replay.run.replay_session import start_local_servers  # imports Ray: only where a server is started
+    from shadowreplay.replay.run.session import Session
+    from shadowreplay.replay.schemas.run_dir import RunDir
 
-            try:
-                (live,), servers = start_local_servers([target], args.output, stack)
-            except (RuntimeError, ValueError, OSError) as exc:
-                raise UserError(f"{args.target}: the vLLM server did not start: {exc}") from None
-            base_url = live.base_url
-        code = _run_locust(locust_command(args, base_url))
-    if servers:
-        _add_to_manifest(args.output, {"servers": servers})
-    results = sorted((args.output / "results").glob("*.parquet"))
+    target = _check_inputs(args)
+    run_dir = RunDir(args.output).create_new()
+    # Locust's own process writes the manifest; the session starts and stops the vLLM server (no
+    # Ray: Locust brings its own processes) and adds the server and the outcome to that manifest.
+    with Session([target], run_dir, use_ray=False, external_manifest=True) as session:
+        (live,) = session.targets
+        code = _run_locust(locust_command(args, live.base_url if target.kind == "vllm" else None))
+    results = run_dir.result_shards()
     if results:
-        print(f"shadowreplay locust: {len(results)} result shard(s) in {args.output / 'results'}; "
-              f"summarize with `shadowreplay report {args.output}`", file=sys.stderr)
+        print(
+            f"shadowreplay locust: {len(results)} result shard(s) in {run_dir.results_dir}; "
+            f"summarize with `shadowreplay report {args.output}`",
+            file=sys.stderr,
+        )
     else:
         print("shadowreplay locust: no result rows were written (no test ran?)", file=sys.stderr)
     return code
@@ -175,11 +203,3 @@ def _run_locust(command: list[str]) -> int:
             process.terminate()
             process.wait(timeout=10)
             raise
-
-
-def _add_to_manifest(run_dir: Path, fields: dict) -> None:
-    path = run_dir / "manifest.json"
-    if path.exists():
-        manifest = json.loads(path.read_text())
-        manifest.update(fields)
-        path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

@@ -22,19 +22,41 @@ def add_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("log", type=Path, help="traffic log (Parquet, from `shadowreplay ingest`)")
-    parser.add_argument("--target", "-t", action="append", required=True, type=Path, metavar="T.yaml",
-                        help="target file (repeat for several targets; see configs/targets/)")
+    parser.add_argument(
+        "--target",
+        "-t",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="T.yaml",
+        help="target file (repeat for several targets; see configs/targets/)",
+    )
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
-    parser.add_argument("--window", metavar="START..END", help="replay only arrivals in this slice, in seconds from the first arrival (e.g. 60..120, ..5m)")
+    parser.add_argument(
+        "--window",
+        metavar="START..END",
+        help="replay only arrivals in this slice, in seconds from the first arrival (e.g. 60..120, ..5m)",
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="replay at most the first N requests (after --window)")
     parser.add_argument("--duration", metavar="D", help="stop scheduling sends after D of replay time (e.g. 60s, 5m)")
     parser.add_argument("--workers", type=int, metavar="N", help="replay worker processes (default: one per CPU)")
-    parser.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance")
-    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp synthesized prompt lengths (recorded per row)")
-    parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths (recorded per row)")
+    parser.add_argument(
+        "--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance"
+    )
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, metavar="N", help="clamp synthesized prompt lengths (recorded per row)"
+    )
+    parser.add_argument(
+        "--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths (recorded per row)"
+    )
     parser.add_argument("--keep-output-text", action="store_true", help="store each response's text in the results")
-    parser.add_argument("--block-size", type=int, default=512, help="tokens per prefix block for synthesized prompts (default 512, as Mooncake)")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=512,
+        help="tokens per prefix block for synthesized prompts (default 512, as Mooncake)",
+    )
     add_busy_poll(parser)
     parser.set_defaults(func=run)
 
@@ -71,11 +93,10 @@ def run(args: argparse.Namespace) -> int:
         send_times=trace_scaled,
         schedule=f"TraceScaled(speed={args.speed:g})",
     )
-    try:
-        outcome = replay_log(request)
-    except (ValueError, FileExistsError, RuntimeError) as exc:  # config, log, plan and server errors
-        raise UserError(str(exc)) from None
-    print(f"replay: {sum(outcome.by_status.values())} result rows in {args.output}/results "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(outcome.by_status.items()))}); "
-          f"next: shadowreplay report {args.output}")
+    outcome = replay_log(request)  # its errors are ShadowReplayErrors: the CLI prints them as one line
+    print(
+        f"replay: {sum(outcome.by_status.values())} result rows in {args.output}/results "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(outcome.by_status.items()))}); "
+        f"next: shadowreplay report {args.output}"
+    )
     return 130 if outcome.cancelled else 0

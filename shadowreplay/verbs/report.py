@@ -16,18 +16,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.cost.model import RUN_SPAN, CostError, MonthlyVolume
+from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, PriceBook, load_prices
+from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.data.telemetry_data import load_telemetry
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
 from shadowreplay.analysis.report.run_page import write_run_report
-from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, PriceBook, PriceError, load_prices
-from shadowreplay.analysis.data.run_data import RunDataError, load_run
-from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, SloError, parse_slos
 from shadowreplay.analysis.summary.run_summary import summarize, write_summary
 from shadowreplay.analysis.summary.tables import SummaryTable, summary_tables
-from shadowreplay.analysis.data.telemetry_data import TelemetryDataError, load_telemetry
 from shadowreplay.analysis.summary.traffic_stats import traffic_stats
-from shadowreplay.replay.schemas.traffic_log import TrafficLogError
-from shadowreplay.errors import UserError
 
 MET_STYLES = {"yes": "[green]yes[/green]", "no": "[red]no[/red]"}
 
@@ -128,25 +126,12 @@ def _monthly_volume(args: argparse.Namespace) -> MonthlyVolume:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        slos = parse_slos(",".join(args.slo)) if args.slo else ()
-        prices = _price_book(args.prices)
-        monthly = _monthly_volume(args)
-        data = load_run(args.run_dir)
-        telemetry = load_telemetry(args.run_dir)
-        summary = summarize(
-            data, slos, warmup_s=args.steady_warmup, prices=prices, monthly=monthly, telemetry=telemetry
-        )
-    except (
-        RunDataError,
-        SloError,
-        metrics.WindowError,
-        PriceError,
-        CostError,
-        TelemetryDataError,
-        TrafficLogError,
-    ) as exc:
-        raise UserError(str(exc)) from None
+    slos = parse_slos(",".join(args.slo)) if args.slo else ()
+    prices = _price_book(args.prices)
+    monthly = _monthly_volume(args)
+    data = load_run(args.run_dir)
+    telemetry = load_telemetry(args.run_dir)
+    summary = summarize(data, slos, warmup_s=args.steady_warmup, prices=prices, monthly=monthly, telemetry=telemetry)
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)
     if args.json:

@@ -7,9 +7,9 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
 from tests.support.paths import SCRIPTS
 
 SCRIPT = SCRIPTS / "bench_telemetry.py"

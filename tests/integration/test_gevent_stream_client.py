@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Literal
 
 import aiohttp
 import gevent
@@ -17,7 +18,7 @@ import pytest
 
 from shadowreplay.loadgen.locust.gevent_stream_client import GeventStreamingClient, StreamCancelled, client_pool
 from shadowreplay.replay.clients.stream_client import StreamingClient
-from shadowreplay.replay.targets.config import TargetConfig
+from shadowreplay.replay.targets.config import TargetConfig, Timeouts
 from tests.support.faulty_server import FaultyServerThread
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,10 +56,17 @@ def server():
         yield running
 
 
-def target(base_url: str, api: str = "chat", connect_s: float = 2.0, **fields) -> TargetConfig:
+def target(
+    base_url: str, api: Literal["chat", "completions"] = "chat", connect_s: float = 2.0, **fields
+) -> TargetConfig:
     return TargetConfig(
-        name="faulty", kind="openai", base_url=base_url, model="faulty-model", api=api,
-        timeouts={"connect_s": connect_s, "first_token_s": 1.0, "total_s": 2.0}, **fields,
+        name="faulty",
+        kind="openai",
+        base_url=base_url,
+        model="faulty-model",
+        api=api,
+        timeouts=Timeouts(connect_s=connect_s, first_token_s=1.0, total_s=2.0),
+        **fields,
     )
 
 
@@ -91,7 +99,15 @@ def test_same_outcome_as_the_replay_client(server, name, monkeypatch):
     config = target(server.base_url, api=api, api_key_env="LOCUST_CANARY_KEY")
     request = body(api, SCRIPTS[name])
     ours, reference = send_gevent(config, request), send_aiohttp(config, request)
-    fields = ("status", "http_status", "prompt_tokens", "completion_tokens", "client_tokens", "finish_reason", "retry_after_s")
+    fields = (
+        "status",
+        "http_status",
+        "prompt_tokens",
+        "completion_tokens",
+        "client_tokens",
+        "finish_reason",
+        "retry_after_s",
+    )
     assert {f: getattr(ours, f) for f in fields} == {f: getattr(reference, f) for f in fields}
     assert len(ours.token_times) == len(reference.token_times)
     if name in SAME_ERROR_TEXT:

@@ -8,6 +8,7 @@ sys.path). Ray is shut down before and after, so other test modules start their 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import statistics
@@ -15,14 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 
 from shadowreplay.replay.run.plan import build_plan, select_rows
 from shadowreplay.replay.run.runner import START_LEAD_S, RunSettings, run_plan
-from shadowreplay.replay.targets.config import load_target
-from shadowreplay.replay.telemetry.gpu_node_samplers import NO_GPU_NODE_LINE, GpuNodeSamplers, gpu_nodes, node_off_line
 from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
     NVML_GPU_UTIL,
@@ -34,9 +34,11 @@ from shadowreplay.replay.schemas.telemetry import (
     NVML_TEMPERATURE,
     TELEMETRY_SCHEMA,
 )
+from shadowreplay.replay.targets.config import load_target
+from shadowreplay.replay.telemetry.gpu_node_samplers import NO_GPU_NODE_LINE, GpuNodeSamplers, gpu_nodes, node_off_line
+from tests.integration.test_replay_runner import log_row, write_log, write_target
 from tests.support.faulty_server import FaultyServerThread
 from tests.unit.replay.test_nvml_sampler import StandInNvml
-from tests.integration.test_replay_runner import log_row, write_log, write_target
 
 NVML_METRICS = {
     NVML_GPU_UTIL,
@@ -69,7 +71,7 @@ HOST = socket.gethostname()
 def start_local_ray(num_gpus: int) -> None:
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING)
 
 
 def sampler_actors() -> list[str]:
@@ -107,13 +109,11 @@ def test_gpu_nodes_are_the_alive_nodes_with_a_gpu_resource():
 
 
 # The first test that starts Ray: one without GPUs, before the module's fake-GPU Ray starts.
-def test_with_no_gpu_node_one_line_says_so_and_no_actor_is_made(tmp_path):
+def test_with_no_gpu_node_one_line_says_so_and_no_actor_is_made(tmp_path) -> None:
     start_local_ray(num_gpus=0)
     try:
         lines: list[str] = []
-        samplers = GpuNodeSamplers(
-            "run-none", tmp_path / "telemetry", nvml_module=TWO_GPUS_SPEC, report=lines.append
-        )
+        samplers = GpuNodeSamplers("run-none", tmp_path / "telemetry", nvml_module=TWO_GPUS_SPEC, report=lines.append)
         assert samplers.place() == [] and samplers.actors == {}
         assert samplers.start(time.time()) == {}
         stats = samplers.stop()
@@ -132,7 +132,7 @@ def fake_gpu_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def test_an_actor_on_the_gpu_node_writes_10_hz_rows_on_the_run_timeline(tmp_path, fake_gpu_ray):
+def test_an_actor_on_the_gpu_node_writes_10_hz_rows_on_the_run_timeline(tmp_path, fake_gpu_ray) -> None:
     (node,) = gpu_nodes()
     assert node.gpus == 1 and node.host == HOST
     lines: list[str] = []
@@ -177,7 +177,7 @@ def test_an_actor_on_the_gpu_node_writes_10_hz_rows_on_the_run_timeline(tmp_path
         (f"{__name__}:CRASHING", "sampler actor failed: RuntimeError: the binding does not match the driver"),
     ],
 )
-def test_a_node_without_nvml_gives_one_off_line_and_samples_nothing(tmp_path, fake_gpu_ray, spec, reason):
+def test_a_node_without_nvml_gives_one_off_line_and_samples_nothing(tmp_path, fake_gpu_ray, spec, reason) -> None:
     lines: list[str] = []
     samplers = GpuNodeSamplers("run-off", tmp_path / "telemetry", nvml_module=spec, report=lines.append)
     (node,) = samplers.place()
@@ -199,7 +199,7 @@ def faulty_server():
 def replay_with_gpu_samplers(tmp_path: Path, server, spec: str, lines: list[str]):
     rows = [log_row(i, 0.1 * i, {"ttft_ms": 20, "itl_ms": 50}) for i in range(8)]
     selected = select_rows(write_log(tmp_path / "log.parquet", rows))
-    plan = build_plan(selected, [0.1 * i for i in range(selected.num_rows)])
+    plan = build_plan(selected, np.asarray([0.1 * i for i in range(selected.num_rows)]))
     target = load_target(write_target(tmp_path / "t.yaml", server.base_url))
     settings = RunSettings(run_dir=tmp_path / "run", run_id="gpu-run", workers=1)
     samplers = GpuNodeSamplers(settings.run_id, settings.run_dir / "telemetry", nvml_module=spec, report=lines.append)
@@ -207,7 +207,7 @@ def replay_with_gpu_samplers(tmp_path: Path, server, spec: str, lines: list[str]
     return outcome, pq.read_table(settings.run_dir / "results").to_pylist()
 
 
-def test_run_plan_samples_the_gpu_nodes_over_the_whole_run(tmp_path, fake_gpu_ray, faulty_server):
+def test_run_plan_samples_the_gpu_nodes_over_the_whole_run(tmp_path, fake_gpu_ray, faulty_server) -> None:
     lines: list[str] = []
     outcome, results = replay_with_gpu_samplers(tmp_path, faulty_server, TWO_GPUS_SPEC, lines)
     assert outcome.by_status == {"ok": 8} and lines == []
@@ -221,7 +221,7 @@ def test_run_plan_samples_the_gpu_nodes_over_the_whole_run(tmp_path, fake_gpu_ra
     assert sampler_actors() == []
 
 
-def test_run_plan_goes_on_when_a_gpu_node_has_no_nvml(tmp_path, fake_gpu_ray, faulty_server):
+def test_run_plan_goes_on_when_a_gpu_node_has_no_nvml(tmp_path, fake_gpu_ray, faulty_server) -> None:
     lines: list[str] = []
     outcome, results = replay_with_gpu_samplers(tmp_path, faulty_server, f"{__name__}:NO_LIBRARY", lines)
     assert outcome.by_status == {"ok": 8} and len(results) == 8
@@ -231,7 +231,7 @@ def test_run_plan_goes_on_when_a_gpu_node_has_no_nvml(tmp_path, fake_gpu_ray, fa
 
 
 @pytest.mark.gpu
-def test_real_nvml_in_the_actor(tmp_path, request):
+def test_real_nvml_in_the_actor(tmp_path, request) -> None:
     from shadowreplay.replay.telemetry.nvml_sampler import check_nvml
 
     status = check_nvml()
@@ -245,8 +245,10 @@ def test_real_nvml_in_the_actor(tmp_path, request):
     assert samplers.start(time.time())[node.node_id]["reason"] == status.reason
     time.sleep(2.0)
     (stats,) = samplers.stop()
-    print(f"\nNVML in a Ray actor on {stats['host']}: {stats['samples']} rounds in 2 s, "
-          f"thread CPU {stats['thread_cpu_s']:.4f} s")
+    print(
+        f"\nNVML in a Ray actor on {stats['host']}: {stats['samples']} rounds in 2 s, "
+        f"thread CPU {stats['thread_cpu_s']:.4f} s"
+    )
     assert lines == [] and stats["samples"] >= 15 and not stats["errors"]
     rows = telemetry_rows(tmp_path / "telemetry")
     assert {r["device"] for r in rows} == {str(g["index"]) for g in status.gpus}
@@ -257,12 +259,19 @@ def test_each_sweep_point_samples_the_gpu_nodes(tmp_path, fake_gpu_ray, faulty_s
     import functools
 
     from shadowreplay.loadgen import sweep as load_sweep
+    from shadowreplay.replay.run import session as run_session
+    from shadowreplay.replay.schemas.run_dir import RunDir
 
-    monkeypatch.setattr(load_sweep, "GpuNodeSamplers", functools.partial(GpuNodeSamplers, nvml_module=TWO_GPUS_SPEC))
-    rows = select_rows(write_log(tmp_path / "log.parquet", [log_row(i, 0.1 * i, {"ttft_ms": 5, "itl_ms": 5}) for i in range(8)]))
+    monkeypatch.setattr(run_session, "GpuNodeSamplers", functools.partial(GpuNodeSamplers, nvml_module=TWO_GPUS_SPEC))
+    rows = select_rows(
+        write_log(tmp_path / "log.parquet", [log_row(i, 0.1 * i, {"ttft_ms": 5, "itl_ms": 5}) for i in range(8)])
+    )
     target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
-    settings = load_sweep.SweepSettings(shape="poisson", start=4, stop=8, points=2, duration_s=2.0, saturation_gain=-1.0)
-    outcome = load_sweep.LoadSweep(rows, [target], settings, tmp_path / "sweep").run()
+    settings = load_sweep.SweepSettings(
+        shape="poisson", start=4, stop=8, points=2, duration_s=2.0, saturation_gain=-1.0
+    )
+    with run_session.Session([target], RunDir(tmp_path / "sweep")) as session:  # Ray is already up: kept
+        outcome = load_sweep.LoadSweep(rows, session, settings, tmp_path / "sweep").run()
     assert len(outcome.curve) == 2
     for point in outcome.curve:
         telemetry = telemetry_rows(tmp_path / "sweep" / point["run_dir"] / "telemetry")

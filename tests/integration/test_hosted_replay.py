@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ def log_row(i: int, offset_s: float, script: dict | None = None, **params) -> di
         text += f" [[script {json.dumps(script)}]]"
     return {
         "request_id": f"req-{i:03d}",
-        "arrival_time": datetime(2025, 3, 1, tzinfo=timezone.utc) + timedelta(seconds=offset_s),
+        "arrival_time": datetime(2025, 3, 1, tzinfo=UTC) + timedelta(seconds=offset_s),
         "session_id": None,
         "api": "chat",
         "messages": json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]),
@@ -72,9 +72,11 @@ def attempts_of(rows: list[dict], request_id: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def servers():
-    with (ServerThread(AnthropicServer(api_key=KEY)) as anthropic,
-          ServerThread(AzureOpenAIServer({"gpt-4o-prod"}, api_key=KEY)) as azure,
-          FaultyServerThread() as openai):
+    with (
+        ServerThread(AnthropicServer(api_key=KEY)) as anthropic,
+        ServerThread(AzureOpenAIServer({"gpt-4o-prod"}, api_key=KEY)) as azure,
+        FaultyServerThread() as openai,
+    ):
         yield anthropic, azure, openai
 
 
@@ -100,25 +102,47 @@ def test_anthropic_azure_and_openai_targets_in_one_run(tmp_path, servers, key_fi
     monkeypatch.setenv("MODEL_ID", "claude-green")
     monkeypatch.setenv("INFERENCE_ENDPOINT", anthropic.base_url)
     monkeypatch.setenv("INFERENCE_KEY_FILE", str(key_file))
-    claude = write_yaml(tmp_path / "claude.yaml", [
-        "name: claude", "provider: ${MODEL_PROVIDER}", "model: ${MODEL_ID}", "base_url: ${INFERENCE_ENDPOINT}",
-        "api_key_file: ${INFERENCE_KEY_FILE}",
-        "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
-        "retry: {max_attempts: 3, backoff_s: 0.05}",
-    ])
-    azure_target = write_yaml(tmp_path / "azure.yaml", [
-        "name: azure", "kind: azure_openai", f"base_url: {azure.base_url}", "model: gpt-4o",
-        f"api_key_file: {key_file}", "azure: {deployment: gpt-4o-prod, api_version: '2024-10-21'}",
-        "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
-        "rate_limits: {rpm: 600, burst_s: 0.1}",  # 10 requests/s for the run, a bucket of one
-        'extra_body: {faulty: {ttft_ms: 20, itl_ms: 5}}',
-    ])
-    openai_target = write_yaml(tmp_path / "openai.yaml", [
-        "name: openai", "kind: openai", f"base_url: {openai.base_url}", "model: scripted",
-        "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}", 'extra_body: {faulty: {ttft_ms: 20, itl_ms: 5}}',
-    ])
+    claude = write_yaml(
+        tmp_path / "claude.yaml",
+        [
+            "name: claude",
+            "provider: ${MODEL_PROVIDER}",
+            "model: ${MODEL_ID}",
+            "base_url: ${INFERENCE_ENDPOINT}",
+            "api_key_file: ${INFERENCE_KEY_FILE}",
+            "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
+            "retry: {max_attempts: 3, backoff_s: 0.05}",
+        ],
+    )
+    azure_target = write_yaml(
+        tmp_path / "azure.yaml",
+        [
+            "name: azure",
+            "kind: azure_openai",
+            f"base_url: {azure.base_url}",
+            "model: gpt-4o",
+            f"api_key_file: {key_file}",
+            "azure: {deployment: gpt-4o-prod, api_version: '2024-10-21'}",
+            "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
+            "rate_limits: {rpm: 600, burst_s: 0.1}",  # 10 requests/s for the run, a bucket of one
+            "extra_body: {faulty: {ttft_ms: 20, itl_ms: 5}}",
+        ],
+    )
+    openai_target = write_yaml(
+        tmp_path / "openai.yaml",
+        [
+            "name: openai",
+            "kind: openai",
+            f"base_url: {openai.base_url}",
+            "model: scripted",
+            "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
+            "extra_body: {faulty: {ttft_ms: 20, itl_ms: 5}}",
+        ],
+    )
     run_dir = tmp_path / "run"
-    outcome = replay_log(ReplayRequest(log=log, target_files=[claude, azure_target, openai_target], run_dir=run_dir, workers=2))
+    outcome = replay_log(
+        ReplayRequest(log=log, target_files=[claude, azure_target, openai_target], run_dir=run_dir, workers=2)
+    )
     by_target = results_by_target(run_dir)
     ids = sorted(r["request_id"] for r in rows)
 
@@ -132,7 +156,10 @@ def test_anthropic_azure_and_openai_targets_in_one_run(tmp_path, servers, key_fi
     for target in ("claude", "azure", "openai"):
         for row in by_target[target]:
             if row["final"] and row["status"] == "ok":
-                assert row["completion_tokens"] == OUTPUT_TOKENS and len(row["token_times_ms"]) == OUTPUT_TOKENS, (target, row)
+                assert row["completion_tokens"] == OUTPUT_TOKENS and len(row["token_times_ms"]) == OUTPUT_TOKENS, (
+                    target,
+                    row,
+                )
                 assert row["token_times_ms"] == sorted(row["token_times_ms"])
                 assert row["finish_reason"] == "length"
                 assert row["sent_s"] >= row["scheduled_s"]
@@ -144,14 +171,25 @@ def test_anthropic_azure_and_openai_targets_in_one_run(tmp_path, servers, key_fi
 
     # Retries: rows of their own, only the last final; the server's wait honoured.
     after_retry_after = attempts_of(claude_rows, "req-004")
-    assert [(r["attempt"], r["final"], r["http_status"]) for r in after_retry_after] == [(1, False, 429), (2, True, 200)]
+    assert [(r["attempt"], r["final"], r["http_status"]) for r in after_retry_after] == [
+        (1, False, 429),
+        (2, True, 200),
+    ]
     assert after_retry_after[1]["sent_s"] - after_retry_after[0]["done_s"] >= 0.3
     assert after_retry_after[1]["lateness_ms"] >= 300  # latency from the scheduled time shows the wait
     after_reset = attempts_of(claude_rows, "req-005")
-    assert [(r["attempt"], r["final"]) for r in after_reset] == [(1, False), (2, True)] and after_reset[1]["status"] == "ok"
-    assert after_reset[1]["sent_s"] - after_reset[0]["done_s"] >= 0.5  # anthropic-ratelimit-requests-reset, ~0.8 s ahead
+    assert [(r["attempt"], r["final"]) for r in after_reset] == [(1, False), (2, True)] and after_reset[1][
+        "status"
+    ] == "ok"
+    assert (
+        after_reset[1]["sent_s"] - after_reset[0]["done_s"] >= 0.5
+    )  # anthropic-ratelimit-requests-reset, ~0.8 s ahead
     overloaded = attempts_of(claude_rows, "req-007")
-    assert [r["http_status"] for r in overloaded] == [529, 529, 200] and [r["final"] for r in overloaded] == [False, False, True]
+    assert [r["http_status"] for r in overloaded] == [529, 529, 200] and [r["final"] for r in overloaded] == [
+        False,
+        False,
+        True,
+    ]
 
     # A request Anthropic cannot express: its own row with the reason; the other targets answer it.
     untranslatable = attempts_of(claude_rows, "req-006")
@@ -175,10 +213,18 @@ def test_anthropic_azure_and_openai_targets_in_one_run(tmp_path, servers, key_fi
     manifest = json.loads((run_dir / "manifest.json").read_text())
     recorded = {t["name"]: t for t in manifest["targets"]}["claude"]
     assert (recorded["kind"], recorded["provider"], recorded["model"], recorded["base_url"]) == (
-        "anthropic", "anthropic", "claude-green", anthropic.base_url)
+        "anthropic",
+        "anthropic",
+        "claude-green",
+        anthropic.base_url,
+    )
     assert recorded["api_key_file"] == str(key_file)
-    assert recorded["from_env"] == {"provider": "MODEL_PROVIDER", "model": "MODEL_ID", "base_url": "INFERENCE_ENDPOINT",
-                                    "api_key_file": "INFERENCE_KEY_FILE"}
+    assert recorded["from_env"] == {
+        "provider": "MODEL_PROVIDER",
+        "model": "MODEL_ID",
+        "base_url": "INFERENCE_ENDPOINT",
+        "api_key_file": "INFERENCE_KEY_FILE",
+    }
     assert KEY not in (run_dir / "manifest.json").read_text()
 
 
@@ -186,11 +232,18 @@ def test_a_retry_budget_caps_retries_in_a_429_storm(tmp_path, servers, key_file)
     anthropic, _, _ = servers
     rows = [log_row(i, 0.01 * i, {"status": 429, "retry_after": "0.05"}) for i in range(6)]
     log = write_log(tmp_path / "log.parquet", rows)
-    target = write_yaml(tmp_path / "claude.yaml", [
-        "name: claude", "kind: anthropic", f"base_url: {anthropic.base_url}", "model: claude-test",
-        f"api_key_file: {key_file}", "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
-        "retry: {max_attempts: 3, budget: {ratio: 0, min_per_minute: 2}}",
-    ])
+    target = write_yaml(
+        tmp_path / "claude.yaml",
+        [
+            "name: claude",
+            "kind: anthropic",
+            f"base_url: {anthropic.base_url}",
+            "model: claude-test",
+            f"api_key_file: {key_file}",
+            "timeouts: {connect_s: 2, first_token_s: 3, total_s: 5}",
+            "retry: {max_attempts: 3, budget: {ratio: 0, min_per_minute: 2}}",
+        ],
+    )
     run_dir = tmp_path / "run"
     replay_log(ReplayRequest(log=log, target_files=[target], run_dir=run_dir, workers=1))
     results = pq.read_table(run_dir / "results").to_pylist()

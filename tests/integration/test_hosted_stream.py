@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Literal
 
 import aiohttp
 import pytest
 
 from shadowreplay.replay.clients.stream_client import StreamingClient
-from shadowreplay.replay.targets.config import TargetConfig
-from tests.support.anthropic_server import AnthropicScript, AnthropicServer
+from shadowreplay.replay.targets.config import AzureOptions, TargetConfig, Timeouts
+from tests.support.anthropic_server import AnthropicServer
 from tests.support.azure_openai_server import AzureOpenAIServer
 from tests.support.server_thread import ServerThread
 
@@ -45,8 +46,15 @@ def key_variable(monkeypatch):
 
 
 def claude(base_url: str, **fields) -> TargetConfig:
-    return TargetConfig(name="claude", kind="anthropic", base_url=base_url, model="claude-test", api_key_env=KEY_ENV,
-                        timeouts={"connect_s": 2, "first_token_s": 5, "total_s": 10}, **fields)
+    return TargetConfig(
+        name="claude",
+        kind="anthropic",
+        base_url=base_url,
+        model="claude-test",
+        api_key_env=KEY_ENV,
+        timeouts=Timeouts(connect_s=2, first_token_s=5, total_s=10),
+        **fields,
+    )
 
 
 def request(text: str = "Hello there", script: dict | None = None, **fields) -> dict:
@@ -99,8 +107,15 @@ def test_the_translated_body_passes_the_strict_server(anthropic):
     server = anthropic.server
     body = {
         "model": "claude-test",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
-        "max_tokens": 4, "temperature": 0.2, "stop": ["END"], "stream_options": {"include_usage": True}, "n": 1,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ],
+        "max_tokens": 4,
+        "temperature": 0.2,
+        "stop": ["END"],
+        "stream_options": {"include_usage": True},
+        "n": 1,
     }
     outcome = send(claude(anthropic.base_url), body)
     assert outcome.status == "ok", outcome.error
@@ -129,7 +144,9 @@ def test_wrong_key_is_401_and_the_key_is_not_in_the_error(anthropic, monkeypatch
 
 @pytest.mark.parametrize(("status", "kind"), [(403, "permission_error"), (500, "api_error"), (529, "overloaded_error")])
 def test_error_statuses_and_types(anthropic, status, kind):
-    outcome = send(claude(anthropic.base_url), request(script={"status": status, "echo_headers_in_error": True}, max_tokens=3))
+    outcome = send(
+        claude(anthropic.base_url), request(script={"status": status, "echo_headers_in_error": True}, max_tokens=3)
+    )
     assert (outcome.status, outcome.http_status) == ("http_error", status)
     assert kind in outcome.error and KEY not in outcome.error and "[redacted]" in outcome.error
 
@@ -141,39 +158,63 @@ def test_429_retry_after_header(anthropic):
 
 
 def test_429_without_retry_after_waits_for_the_ratelimit_reset(anthropic):
-    outcome = send(claude(anthropic.base_url), request(script={"status": 429, "ratelimit_reset_in_s": 20}, max_tokens=3))
+    outcome = send(
+        claude(anthropic.base_url), request(script={"status": 429, "ratelimit_reset_in_s": 20}, max_tokens=3)
+    )
     assert outcome.http_status == 429
     assert 15 < outcome.retry_after_s <= 20  # the requests limit (remaining 0), not the tokens limit (50 s)
 
 
 def test_overloaded_error_mid_stream_keeps_partial_timings(anthropic):
-    outcome = send(claude(anthropic.base_url), request(script={"error_after_tokens": 2, "itl_ms": 5}, max_tokens=6),
-                   token_counter=word_count)
+    outcome = send(
+        claude(anthropic.base_url),
+        request(script={"error_after_tokens": 2, "itl_ms": 5}, max_tokens=6),
+        token_counter=word_count,
+    )
     assert outcome.status == "stream_error" and outcome.http_status == 200
     assert "overloaded_error" in outcome.error
     assert len(outcome.token_times) == 2 and outcome.completion_tokens is None
 
 
 # -- Azure OpenAI ---------------------------------------------------------------------------------
-def azure_target(base_url: str, deployment: str | None = "gpt-4o-prod", api: str = "chat") -> TargetConfig:
-    return TargetConfig(name="azure", kind="azure_openai", base_url=base_url, model="gpt-4o", api=api, api_key_env=KEY_ENV,
-                        azure={"deployment": deployment, "api_version": "2024-10-21"},
-                        timeouts={"connect_s": 2, "first_token_s": 5, "total_s": 10})
+def azure_target(
+    base_url: str, deployment: str | None = "gpt-4o-prod", api: Literal["chat", "completions"] = "chat"
+) -> TargetConfig:
+    return TargetConfig(
+        name="azure",
+        kind="azure_openai",
+        base_url=base_url,
+        model="gpt-4o",
+        api=api,
+        api_key_env=KEY_ENV,
+        azure=AzureOptions(deployment=deployment, api_version="2024-10-21"),
+        timeouts=Timeouts(connect_s=2, first_token_s=5, total_s=10),
+    )
 
 
 def test_azure_stream_through_the_deployment_path(azure):
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "faulty": {"ttft_ms": 30}}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "faulty": {"ttft_ms": 30},
+    }
     outcome = send(azure_target(azure.base_url), body, keep_output_text=True)
     assert outcome.status == "ok", outcome.error
     assert outcome.completion_tokens == 5 and len(outcome.token_times) == 5 and outcome.output_text == " t0 t1 t2 t3 t4"
     assert outcome.first_token - outcome.sent >= 0.030  # not the prompt_filter_results chunk
     assert azure.server.seen[-1] == ("gpt-4o-prod", "2024-10-21", "chat")
-    completions = send(azure_target(azure.base_url, api="completions"), {"model": "gpt-4o", "prompt": "p", "max_tokens": 3})
+    completions = send(
+        azure_target(azure.base_url, api="completions"), {"model": "gpt-4o", "prompt": "p", "max_tokens": 3}
+    )
     assert completions.status == "ok" and azure.server.seen[-1][2] == "completions"
 
 
 def test_azure_errors_unknown_deployment_and_wrong_key(azure, monkeypatch):
-    missing = send(azure_target(azure.base_url, deployment="nope"), {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    missing = send(
+        azure_target(azure.base_url, deployment="nope"),
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert (missing.http_status, missing.status) == (404, "http_error") and "DeploymentNotFound" in missing.error
     monkeypatch.setenv(KEY_ENV, "wrong-azure-key")
     denied = send(azure_target(azure.base_url), {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})

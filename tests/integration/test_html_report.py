@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from shadowreplay.analysis.report.charts import Panel, Series, Threshold, line_chart
-from shadowreplay.analysis.report.run_page import REPORT_NAME, time_bin_s
 from shadowreplay.analysis.report.page import Figure, ReportPage
+from shadowreplay.analysis.report.run_page import time_bin_s
 from shadowreplay.cli import main
+from shadowreplay.replay.schemas.run_dir import REPORT_NAME
 from tests.support.results_factory import result_row, write_results
 from tests.support.telemetry_factory import gpu_samples, server_samples, write_telemetry
 
@@ -84,10 +85,12 @@ class _Rendered(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
-        if tag == "div" and (found.get("id") or "").startswith("fig-"):
-            self.figure_classes[found["id"]] = found.get("class") or ""
-        if tag == "text" and found.get("data-unformatted"):
-            self.svg_texts.add(html.unescape(found["data-unformatted"]))
+        figure_id = found.get("id") or ""
+        if tag == "div" and figure_id.startswith("fig-"):
+            self.figure_classes[figure_id] = found.get("class") or ""
+        unformatted = found.get("data-unformatted")
+        if tag == "text" and unformatted:
+            self.svg_texts.add(html.unescape(unformatted))
         if tag == "g" and "trace" in (found.get("class") or "").split():
             self.traces += 1
 

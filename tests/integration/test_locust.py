@@ -16,7 +16,7 @@ import os
 import random
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shadowreplay.cli import main
 from shadowreplay.loadgen.locust.request_mix import RequestMix, SynthesizedLengths
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
-from shadowreplay.cli import main
 from tests.support.faulty_server import FaultyServerThread
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,13 +41,18 @@ LOCUST_BOUND_S = 90
 def write_log(path: Path) -> Path:
     """Three streaming rows (tag ok) and one row the server refuses with 503 (tag fail), which
     also echoes the request's Authorization header into its error message (a careless server)."""
-    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
     stream = {"max_tokens": TOKENS, "faulty": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS}}
     refuse = {"faulty": {"status": 503, "echo_headers_in_error": True}}
     rows = [
-        {"request_id": request_id, "arrival_time": start + timedelta(seconds=i), "api": "chat",
-         "messages": json.dumps([{"role": "user", "content": f"question {i}"}]),
-         "params": json.dumps(params), "tag": tag}
+        {
+            "request_id": request_id,
+            "arrival_time": start + timedelta(seconds=i),
+            "api": "chat",
+            "messages": json.dumps([{"role": "user", "content": f"question {i}"}]),
+            "params": json.dumps(params),
+            "tag": tag,
+        }
         for i, (request_id, params, tag) in enumerate(
             [("s0", stream, "ok"), ("s1", stream, "ok"), ("s2", stream, "ok"), ("r0", refuse, "fail")]
         )
@@ -65,8 +70,13 @@ def write_target(path: Path, base_url: str) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOCUST_TEST_KEY": CANARY_KEY}
-    return subprocess.run([sys.executable, "-m", "shadowreplay.cli", *args], capture_output=True, text=True,
-                          timeout=LOCUST_BOUND_S, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowreplay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=LOCUST_BOUND_S,
+        env=env,
+    )
 
 
 def locust_stats(prefix: Path) -> dict[str, dict]:
@@ -86,9 +96,22 @@ def headless_run(server, tmp_path_factory):
     work = tmp_path_factory.mktemp("locust")
     run_dir = work / "run"
     completed = run_cli(
-        "locust", "--target", str(write_target(work / "target.yaml", server.base_url)),
-        "--log", str(write_log(work / "log.parquet")), "-o", str(run_dir),
-        "--headless", "-u", "4", "-r", "4", "-t", "4s", "--csv", str(work / "locust"),
+        "locust",
+        "--target",
+        str(write_target(work / "target.yaml", server.base_url)),
+        "--log",
+        str(write_log(work / "log.parquet")),
+        "-o",
+        str(run_dir),
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "4s",
+        "--csv",
+        str(work / "locust"),
     )
     return completed, run_dir, work / "locust"
 
@@ -177,9 +200,25 @@ def test_processes_run_master_and_workers_into_one_run(server, tmp_path):
     """--processes 2: Locust's own master and two workers; one run id, one shard series per worker."""
     run_dir = tmp_path / "run"
     completed = run_cli(
-        "locust", "--target", str(write_target(tmp_path / "target.yaml", server.base_url)),
-        "--log", str(write_log(tmp_path / "log.parquet")), "-o", str(run_dir),
-        "--headless", "-u", "2", "-r", "2", "-t", "3s", "--processes", "2", "--", "--exit-code-on-error", "0",
+        "locust",
+        "--target",
+        str(write_target(tmp_path / "target.yaml", server.base_url)),
+        "--log",
+        str(write_log(tmp_path / "log.parquet")),
+        "-o",
+        str(run_dir),
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "3s",
+        "--processes",
+        "2",
+        "--",
+        "--exit-code-on-error",
+        "0",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = pl.read_parquet(run_dir / "results" / "*.parquet")
@@ -224,14 +263,34 @@ def test_verb_refuses_a_run_directory_with_results(tmp_path, capsys, monkeypatch
     target = write_target(tmp_path / "target.yaml", "http://127.0.0.1:9/v1")
     (tmp_path / "run" / "results").mkdir(parents=True)
     (tmp_path / "run" / "results" / "part-x-00000.parquet").write_bytes(b"")
-    code = main(["locust", "--target", str(target), "--log", str(write_log(tmp_path / "log.parquet")),
-                 "-o", str(tmp_path / "run"), "--headless"])
+    code = main(
+        [
+            "locust",
+            "--target",
+            str(target),
+            "--log",
+            str(write_log(tmp_path / "log.parquet")),
+            "-o",
+            str(tmp_path / "run"),
+            "--headless",
+        ]
+    )
     assert code == 2 and "already holds results" in capsys.readouterr().err
 
 
 def test_verb_names_a_missing_key_variable(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LOCUST_TEST_KEY", raising=False)
     target = write_target(tmp_path / "target.yaml", "http://127.0.0.1:9/v1")
-    code = main(["locust", "--target", str(target), "--log", str(write_log(tmp_path / "log.parquet")),
-                 "-o", str(tmp_path / "run"), "--headless"])
+    code = main(
+        [
+            "locust",
+            "--target",
+            str(target),
+            "--log",
+            str(write_log(tmp_path / "log.parquet")),
+            "-o",
+            str(tmp_path / "run"),
+            "--headless",
+        ]
+    )
     assert code == 2 and "LOCUST_TEST_KEY, which is not set" in capsys.readouterr().err

@@ -11,15 +11,19 @@ import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
 from shadowreplay.replay.clock import ClockMapping
-from shadowreplay.replay.telemetry.prometheus_sampler import MetricsPageParser, PrometheusSampler, ScrapeTarget, parse_metrics
 from shadowreplay.replay.schemas.telemetry import TELEMETRY_SCHEMA, parse_bucket_metric
+from shadowreplay.replay.telemetry.prometheus_sampler import (
+    MetricsPageParser,
+    PrometheusSampler,
+    ScrapeTarget,
+    parse_metrics,
+)
 from tests.support.paths import TEST_DATA
 
 SAMPLE = (TEST_DATA / "vllm_metrics_sample.txt").read_text()
@@ -131,19 +135,25 @@ class MetricsServer:
 
     async def _start(self) -> None:
         app = web.Application()
-        app.add_routes([web.get("/metrics", self._metrics), web.get("/broken", self._broken),
-                        web.get("/slow", self._slow), web.get("/garbage", self._garbage),
-                        web.get("/flaky", self._flaky)])
+        app.add_routes(
+            [
+                web.get("/metrics", self._metrics),
+                web.get("/broken", self._broken),
+                web.get("/slow", self._slow),
+                web.get("/garbage", self._garbage),
+                web.get("/flaky", self._flaky),
+            ]
+        )
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the port actually bound
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def __enter__(self) -> "MetricsServer":
+    def __enter__(self) -> MetricsServer:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -216,7 +226,9 @@ def test_targets_need_distinct_names(tmp_path):
 @pytest.mark.vllm
 def test_scrapes_a_real_vllm_server(tmp_path, vllm_server):
     body = json.dumps({"model": vllm_server.model, "prompt": "hello", "max_tokens": 8, "ignore_eos": True})
-    request = urllib.request.Request(f"{vllm_server.base_url}/completions", body.encode(), {"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"{vllm_server.base_url}/completions", body.encode(), {"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status == 200
     target = ScrapeTarget("tiny-vllm", f"{vllm_server.root_url}/metrics")
@@ -228,9 +240,20 @@ def test_scrapes_a_real_vllm_server(tmp_path, vllm_server):
     stats = sampler.stop()
     assert stats["scrapes"]["tiny-vllm"].get("ok", 0) >= 2, stats
     metrics = {r["metric"]: r["value"] for r in rows_of(stats) if r["device"] == "tiny-vllm"}
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:num_preemptions_total",
-                 "vllm:time_to_first_token_seconds_count", "vllm:inter_token_latency_seconds_sum", "up"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:num_preemptions_total",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:inter_token_latency_seconds_sum",
+        "up",
+    ):
         assert name in metrics, name
     assert metrics["vllm:time_to_first_token_seconds_count"] >= 1 and metrics["up"] == 1.0
-    assert metrics['vllm:time_to_first_token_seconds_bucket{le="+Inf"}'] == metrics["vllm:time_to_first_token_seconds_count"]
+    assert (
+        metrics['vllm:time_to_first_token_seconds_bucket{le="+Inf"}']
+        == metrics["vllm:time_to_first_token_seconds_count"]
+    )

@@ -11,7 +11,7 @@ import pytest
 from shadowreplay.replay.clients import read_stamps
 from shadowreplay.replay.clients.read_stamps import StampingConnector, StampingResponseHandler, read_stamp
 from shadowreplay.replay.clients.stream_client import StreamingClient
-from shadowreplay.replay.targets.config import TargetConfig
+from shadowreplay.replay.targets.config import TargetConfig, Timeouts
 from tests.support.faulty_server import FaultyServerThread, Script
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,8 +27,12 @@ def server():
 
 def target(base_url: str) -> TargetConfig:
     return TargetConfig(
-        name="faulty", kind="openai", base_url=base_url, model="faulty-model", api="completions",
-        timeouts={"connect_s": 2, "first_token_s": 5, "total_s": 10},
+        name="faulty",
+        kind="openai",
+        base_url=base_url,
+        model="faulty-model",
+        api="completions",
+        timeouts=Timeouts(connect_s=2, first_token_s=5, total_s=10),
     )
 
 
@@ -64,7 +68,7 @@ def test_another_session_falls_back_to_the_readers_clock(server):
     assert not stamped and now >= before
 
 
-def test_token_times_are_the_reads_not_the_readers_turn(server, monkeypatch):
+def test_token_times_are_the_reads_not_the_readers_turn(server, monkeypatch) -> None:
     """The loop is held up for HELD_S after every read (as by other requests' work in the same loop
     iteration): token times must still be the moments the reads happened."""
     reads: list[float] = []

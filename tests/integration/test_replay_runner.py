@@ -5,9 +5,11 @@ with the right status, sessions in order, retries as their own rows, the schedul
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,13 +21,15 @@ from tests.support.faulty_server import FaultyServerThread
 MESSAGES = json.dumps([{"role": "user", "content": "Say something."}])
 
 
-def log_row(i: int, offset_s: float, faulty: dict | None = None, session: str | None = None, max_tokens: int = 6) -> dict:
-    params = {"max_tokens": max_tokens}
+def log_row(
+    i: int, offset_s: float, faulty: dict | None = None, session: str | None = None, max_tokens: int = 6
+) -> dict:
+    params: dict[str, Any] = {"max_tokens": max_tokens}
     if faulty:
         params["faulty"] = faulty
     return {
         "request_id": f"req-{i:03d}",
-        "arrival_time": datetime(2024, 5, 1, tzinfo=timezone.utc) + timedelta(seconds=offset_s),
+        "arrival_time": datetime(2024, 5, 1, tzinfo=UTC) + timedelta(seconds=offset_s),
         "session_id": session,
         "api": "chat",
         "messages": MESSAGES,
@@ -82,7 +86,7 @@ EXPECTED = {
 def test_every_request_gets_one_final_row_with_the_right_status(tmp_path, faulty_server):
     rows, expected = [], {}
     i = 0
-    for repeat in range(3):
+    for _ in range(3):
         for fault, status in EXPECTED.items():
             faulty = {"ttft_ms": 20, "itl_ms": 5, "fault": fault, "fault_after_tokens": 2}
             if fault == "stall":
@@ -164,13 +168,15 @@ def test_speed_compresses_the_schedule(tmp_path, faulty_server):
     run_dir = tmp_path / "run"
     from shadowreplay.cli import main
 
-    assert main(["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", "1", "--speed", "4"]) == 0
+    assert (
+        main(["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", "1", "--speed", "4"]) == 0
+    )
     scheduled = sorted(r["scheduled_s"] for r in read_results(run_dir))
     assert scheduled == pytest.approx([0.0, 0.25, 0.5, 0.75])
     assert json.loads((run_dir / "manifest.json").read_text())["selection"]["schedule"] == "TraceScaled(speed=4)"
 
 
-def test_cancel_gives_every_unfinished_request_a_cancelled_row(tmp_path, faulty_server):
+def test_cancel_gives_every_unfinished_request_a_cancelled_row(tmp_path, faulty_server) -> None:
     import threading
     import time as _time
 
@@ -186,7 +192,7 @@ def test_cancel_gives_every_unfinished_request_a_cancelled_row(tmp_path, faulty_
     selected = select_rows(log)
     plan = build_plan(selected, arrival_offsets_s(selected))
     target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
-    worker = ReplayWorker(WorkerSettings(run_id="r", worker="w0", results_dir=str(tmp_path / "results")), [target], plan)
+    worker = ReplayWorker(WorkerSettings(run_id="r", worker="w0", run_dir=str(tmp_path)), [target], plan)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(worker.run(_time.time() + 0.2)))
     thread.start()
@@ -234,12 +240,16 @@ def worker_for(tmp_path: Path, base_url: str, rows: int, **settings):
     from shadowreplay.replay.targets.config import TargetConfig, Timeouts
 
     log = pa.Table.from_pylist([log_row(i, i * 0.001) for i in range(rows)], schema=TRAFFIC_LOG_SCHEMA)
-    plan = build_plan(log, [i * 0.001 for i in range(rows)])
+    plan = build_plan(log, np.asarray([i * 0.001 for i in range(rows)]))
     target = TargetConfig(
-        name="faulty", kind="openai", base_url=base_url, model="scripted", api="chat",
+        name="faulty",
+        kind="openai",
+        base_url=base_url,
+        model="scripted",
+        api="chat",
         timeouts=Timeouts(connect_s=2, first_token_s=2, total_s=3),
     )
-    worker_settings = WorkerSettings(run_id="r", worker="w0", results_dir=str(tmp_path / "results"), **settings)
+    worker_settings = WorkerSettings(run_id="r", worker="w0", run_dir=str(tmp_path), **settings)
     return ReplayWorker(worker_settings, [target], plan), plan
 
 
@@ -288,7 +298,9 @@ def test_a_worker_run_keeps_one_connection_per_concurrent_stream(tmp_path, fault
 
     worker, plan = worker_for(tmp_path, faulty_server.base_url, 12)
     worker.shard = plan.set_column(
-        plan.schema.get_field_index("scheduled_s"), "scheduled_s", pa.array([0.2 + i * 0.05 for i in range(12)], pa.float64())
+        plan.schema.get_field_index("scheduled_s"),
+        "scheduled_s",
+        pa.array([0.2 + i * 0.05 for i in range(12)], pa.float64()),
     )
     ports_before = len(faulty_server.server.client_ports)
     assert isinstance(worker, ReplayWorker)

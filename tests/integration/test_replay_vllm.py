@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadowreplay.cli import main
-
 from tests.support.paths import REPO
 from tests.support.traces import AZURE_CONV
+
 BUNDLED = REPO / "shadowreplay" / "data" / "azure_conv_first5min.csv"
 
 
@@ -48,10 +48,24 @@ def azure_log(tmp_path_factory):
 def test_sixty_seconds_of_the_azure_trace_at_recorded_times(tmp_path, vllm_server, azure_log, capsys):
     target = openai_target(tmp_path / "target.yaml", vllm_server)
     run_dir = tmp_path / "run"
-    code = main([
-        "replay", str(azure_log), "--target", str(target), "-o", str(run_dir),
-        "--window", "0..60", "--speed", "1", "--max-prompt-tokens", "256", "--max-completion-tokens", "24",
-    ])
+    code = main(
+        [
+            "replay",
+            str(azure_log),
+            "--target",
+            str(target),
+            "-o",
+            str(run_dir),
+            "--window",
+            "0..60",
+            "--speed",
+            "1",
+            "--max-prompt-tokens",
+            "256",
+            "--max-completion-tokens",
+            "24",
+        ]
+    )
     assert code == 0
     log = pq.read_table(azure_log, columns=["request_id", "arrival_time"])
     micros = log.column("arrival_time").cast("int64").to_numpy()
@@ -83,7 +97,9 @@ def test_sixty_seconds_of_the_azure_trace_at_recorded_times(tmp_path, vllm_serve
         assert stats["latency_ms"]["e2e"][f"p{p}"] == pytest.approx(np.percentile(e2e, p))
     gaps = np.concatenate([np.diff(r["token_times_ms"]) for r in finals])
     assert stats["latency_ms"]["itl"]["p50"] == pytest.approx(np.percentile(gaps, 50))
-    tpot = np.array([(r["e2e_ms"] - r["ttft_ms"]) / (r["completion_tokens"] - 1) for r in finals if r["completion_tokens"] > 1])
+    tpot = np.array(
+        [(r["e2e_ms"] - r["ttft_ms"]) / (r["completion_tokens"] - 1) for r in finals if r["completion_tokens"] > 1]
+    )
     assert stats["latency_ms"]["tpot"]["p99"] == pytest.approx(np.percentile(tpot, 99))
     window = summary["window"]
     in_window = [r for r in finals if window["start_s"] <= r["done_s"] <= window["end_s"]]

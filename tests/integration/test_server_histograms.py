@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from shadowreplay.analysis.data.run_data import load_run
-from shadowreplay.analysis.telemetry.server_histograms import QUANTILES, HistogramDelta, agrees, histogram_delta
+from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.analysis.summary.tables import server_histogram_table
-from shadowreplay.analysis.data.telemetry_data import load_telemetry
-from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, bucket_metric
+from shadowreplay.analysis.telemetry.server_histograms import QUANTILES, HistogramDelta, agrees, histogram_delta
 from shadowreplay.cli import main
+from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, bucket_metric
 from tests.support.results_factory import result_row, write_results
 from tests.support.telemetry_factory import gpu_samples, sample, write_telemetry
 
@@ -58,8 +58,9 @@ def histogram_rows(
 def requests(ttfts_ms: Sequence[float], gaps_ms: Sequence[float] = (3.0, 3.0)) -> list[dict]:
     """Final ok rows of TARGET, one every 0.1 s from t = 0.5 s."""
     return [
-        result_row(f"r{i}", target=TARGET, scheduled_s=0.5 + 0.1 * i, lateness_ms=LATENESS_MS, ttft_ms=ttft,
-                   gaps_ms=gaps_ms)  # fmt: skip
+        result_row(
+            f"r{i}", target=TARGET, scheduled_s=0.5 + 0.1 * i, lateness_ms=LATENESS_MS, ttft_ms=ttft, gaps_ms=gaps_ms
+        )  # fmt: skip
         for i, ttft in enumerate(ttfts_ms)
     ]
 

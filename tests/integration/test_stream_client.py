@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Literal
 
 import aiohttp
 import pytest
 
 from shadowreplay.replay.clients.protocols import StreamEvent, Usage
 from shadowreplay.replay.clients.stream_client import StreamingClient, TokenTimeline, parse_retry_after
-from shadowreplay.replay.targets.config import TargetConfig
+from shadowreplay.replay.targets.config import TargetConfig, Timeouts
 from tests.support.faulty_server import FaultyServerThread
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,11 +37,22 @@ def server():
         yield running
 
 
-def target(base_url: str, api: str = "chat", connect_s: float = 2.0, first_token_s: float = 5.0,
-           total_s: float = 10.0, **fields) -> TargetConfig:
+def target(
+    base_url: str,
+    api: Literal["chat", "completions"] = "chat",
+    connect_s: float = 2.0,
+    first_token_s: float = 5.0,
+    total_s: float = 10.0,
+    **fields,
+) -> TargetConfig:
     return TargetConfig(
-        name="faulty", kind="openai", base_url=base_url, model="faulty-model", api=api,
-        timeouts={"connect_s": connect_s, "first_token_s": first_token_s, "total_s": total_s}, **fields,
+        name="faulty",
+        kind="openai",
+        base_url=base_url,
+        model="faulty-model",
+        api=api,
+        timeouts=Timeouts(connect_s=connect_s, first_token_s=first_token_s, total_s=total_s),
+        **fields,
     )
 
 
@@ -74,8 +86,9 @@ def assert_timings_consistent(outcome) -> None:
 
 # -- normal streams -------------------------------------------------------------------------------
 def test_chat_stream_timings_usage_and_text(server):
-    outcome = send(target(server.base_url), body(ttft_ms=60, itl_ms=10, tokens=6), token_counter=word_count,
-                   keep_output_text=True)
+    outcome = send(
+        target(server.base_url), body(ttft_ms=60, itl_ms=10, tokens=6), token_counter=word_count, keep_output_text=True
+    )
     assert outcome.status == "ok" and outcome.error is None and outcome.http_status == 200
     assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.client_tokens) == (7, 6, 6)
     assert outcome.finish_reason == "length"
@@ -90,8 +103,9 @@ def test_chat_stream_timings_usage_and_text(server):
 
 def test_completions_stream_with_openai_style_empty_finish_chunk(server):
     # /v1/completions ends with {"text": "", "finish_reason": "length"}: not a token.
-    outcome = send(target(server.base_url, api="completions"), body("completions", ttft_ms=20, tokens=5),
-                   keep_output_text=True)
+    outcome = send(
+        target(server.base_url, api="completions"), body("completions", ttft_ms=20, tokens=5), keep_output_text=True
+    )
     assert outcome.status == "ok"
     assert outcome.completion_tokens == 5 and len(outcome.token_times) == 5 and outcome.client_tokens == 5
     assert outcome.output_text == " t0 t1 t2 t3 t4"
@@ -115,8 +129,9 @@ def test_reasoning_deltas_count_for_ttft_and_tokens_but_not_output_text(server):
 
 
 def test_multi_token_chunks_count_k_tokens_each_with_a_counter(server):
-    outcome = send(target(server.base_url), body(ttft_ms=10, itl_ms=20, tokens=9, tokens_per_chunk=3),
-                   token_counter=word_count)
+    outcome = send(
+        target(server.base_url), body(ttft_ms=10, itl_ms=20, tokens=9, tokens_per_chunk=3), token_counter=word_count
+    )
     assert outcome.status == "ok" and outcome.completion_tokens == 9 and outcome.client_tokens == 9
     times = outcome.token_times
     assert len(times) == 9
@@ -134,8 +149,9 @@ def test_multi_token_chunks_without_a_counter_share_the_usage_over_the_chunks(se
 
 
 def test_empty_text_chunks_are_tokens_when_usage_shows_one_token_per_chunk(server):
-    outcome = send(target(server.base_url), body(tokens=9, empty_text_every=3), token_counter=word_count,
-                   keep_output_text=True)
+    outcome = send(
+        target(server.base_url), body(tokens=9, empty_text_every=3), token_counter=word_count, keep_output_text=True
+    )
     assert outcome.status == "ok" and outcome.completion_tokens == 9
     assert len(outcome.token_times) == 9  # the three "" chunks carried tokens too
     assert outcome.client_tokens == 6  # the client's own count sees only the visible text
@@ -208,7 +224,7 @@ def test_503_with_retry_after_http_date(server):
 
 
 def test_retry_after_parsing():
-    now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=timezone.utc)
+    now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC)
     assert parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now) == 30.0
     assert parse_retry_after({"Retry-After": " 2.5 "}) == 2.5
     assert parse_retry_after({"Retry-After": "-4"}) == 0.0
@@ -270,7 +286,9 @@ def test_error_object_inside_the_stream(server):
 
 
 def test_an_error_after_the_finish_reason_is_still_an_error(server):
-    outcome = send(target(server.base_url), body(tokens=4, finish_in_last_chunk=True, fault="stream_error", fault_after_tokens=4))
+    outcome = send(
+        target(server.base_url), body(tokens=4, finish_in_last_chunk=True, fault="stream_error", fault_after_tokens=4)
+    )
     assert outcome.finish_reason is not None and len(outcome.token_times) == 4
     assert outcome.status == "stream_error" and outcome.error.startswith("error in stream:")
 
@@ -294,8 +312,10 @@ def test_stall_before_first_token_is_a_first_token_timeout(server):
 
 
 def test_stall_mid_stream_is_a_total_timeout(server):
-    outcome = send(target(server.base_url, first_token_s=0.5, total_s=0.8),
-                   body(tokens=4, fault="stall", fault_after_tokens=2, stall_ms=3000))
+    outcome = send(
+        target(server.base_url, first_token_s=0.5, total_s=0.8),
+        body(tokens=4, fault="stall", fault_after_tokens=2, stall_ms=3000),
+    )
     assert outcome.status == "timeout"
     assert outcome.error == "total timeout: stream not finished within 0.8 s"
     assert len(outcome.token_times) == 2
@@ -303,8 +323,10 @@ def test_stall_mid_stream_is_a_total_timeout(server):
 
 
 def test_first_token_limit_does_not_apply_after_the_first_token(server):
-    outcome = send(target(server.base_url, first_token_s=0.3, total_s=5.0),
-                   body(tokens=3, fault="stall", fault_after_tokens=1, stall_ms=600))
+    outcome = send(
+        target(server.base_url, first_token_s=0.3, total_s=5.0),
+        body(tokens=3, fault="stall", fault_after_tokens=1, stall_ms=600),
+    )
     assert outcome.status == "ok" and len(outcome.token_times) == 3
     assert outcome.token_times[1] - outcome.token_times[0] >= 0.5
 

@@ -4,7 +4,6 @@ point, bisection finds an SLO capacity, and every curve figure is recomputable f
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,17 +13,38 @@ from shadowreplay.cli import main
 from tests.integration.test_html_report import _rendered, chromium_dom
 from tests.integration.test_replay_vllm import azure_log, openai_target  # noqa: F401 - the module's fixture
 
-from tests.support.paths import REPO
-
 
 def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_log, capsys):  # noqa: F811
     target = openai_target(tmp_path / "target.yaml", vllm_server)
     sweep_dir = tmp_path / "sweep"
-    code = main([
-        "sweep", str(azure_log), "--target", str(target), "--shape", "poisson", "--from", "1", "--to", "48",
-        "--points", "4", "--duration", "12s", "--slo", "ttft_p95=5s", "--bisect-steps", "1",
-        "--max-prompt-tokens", "128", "--max-completion-tokens", "64", "-o", str(sweep_dir),
-    ])
+    code = main(
+        [
+            "sweep",
+            str(azure_log),
+            "--target",
+            str(target),
+            "--shape",
+            "poisson",
+            "--from",
+            "1",
+            "--to",
+            "48",
+            "--points",
+            "4",
+            "--duration",
+            "12s",
+            "--slo",
+            "ttft_p95=5s",
+            "--bisect-steps",
+            "1",
+            "--max-prompt-tokens",
+            "128",
+            "--max-completion-tokens",
+            "64",
+            "-o",
+            str(sweep_dir),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     summary = json.loads((sweep_dir / "summary.json").read_text())

@@ -23,13 +23,14 @@ import pytest
 import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
 from shadowreplay.analysis.report.page import Figure, Text
+from shadowreplay.analysis.report.sweep_page import build_sweep_page, write_sweep_report
 from shadowreplay.analysis.summary.tables import SummaryTable
-from shadowreplay.analysis.report.sweep_page import SWEEP_REPORT_NAME, build_sweep_page, write_sweep_report
-from shadowreplay.replay.run.runner import RunOutcome, RunSettings
 from shadowreplay.cli import main
-from tests.support.results_factory import result_row, write_results
+from shadowreplay.replay.run.runner import RunOutcome, RunSettings
+from shadowreplay.replay.schemas.run_dir import REPORT_NAME as SWEEP_REPORT_NAME
 from tests.integration.test_html_report import _rendered, chromium_dom
 from tests.support.paths import REPO
+from tests.support.results_factory import result_row, write_results
 
 BUNDLED = REPO / "shadowreplay" / "data" / "azure_conv_first5min.csv"
 SERVER_RPS = 6.0  # the modelled server completes one request every 1 / SERVER_RPS s
@@ -97,10 +98,28 @@ def swept(tmp_path, traffic_log, monkeypatch, capsys) -> tuple[Path, str]:
     target = tmp_path / "target.yaml"
     target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")
     sweep_dir = tmp_path / "sweep"
-    code = main([
-        "sweep", str(traffic_log), "--target", str(target), "--from", "1", "--to", "32", "--points", "6",
-        "--duration", "10s", "--slo", SLO, "--bisect-steps", "2", "-o", str(sweep_dir),
-    ])
+    code = main(
+        [
+            "sweep",
+            str(traffic_log),
+            "--target",
+            str(target),
+            "--from",
+            "1",
+            "--to",
+            "32",
+            "--points",
+            "6",
+            "--duration",
+            "10s",
+            "--slo",
+            SLO,
+            "--bisect-steps",
+            "2",
+            "-o",
+            str(sweep_dir),
+        ]
+    )
     assert code == 0
     return sweep_dir, capsys.readouterr().out
 
@@ -197,9 +216,20 @@ def test_every_figure_is_the_curve_ordered_by_load(swept):
 
 def _curve_row(point: int, users: int, ttft: float, tokens: float, **extra) -> dict:
     return {
-        "point": point, "phase": "ramp", "shape": "concurrency", "offered_rps": None, "concurrency": users,
-        "requests": 100, "achieved_rps": tokens / 10, "output_tokens_per_s": tokens, "ttft_p50_ms": ttft / 2,
-        "ttft_p95_ms": ttft, "tpot_p95_ms": None, "e2e_p95_ms": ttft * 3, "error_rate": 0.0, "slo_met": None,
+        "point": point,
+        "phase": "ramp",
+        "shape": "concurrency",
+        "offered_rps": None,
+        "concurrency": users,
+        "requests": 100,
+        "achieved_rps": tokens / 10,
+        "output_tokens_per_s": tokens,
+        "ttft_p50_ms": ttft / 2,
+        "ttft_p95_ms": ttft,
+        "tpot_p95_ms": None,
+        "e2e_p95_ms": ttft * 3,
+        "error_rate": 0.0,
+        "slo_met": None,
         "run_dir": f"points/{point:02d}-{users}users",
     } | extra
 
@@ -207,8 +237,14 @@ def _curve_row(point: int, users: int, ttft: float, tokens: float, **extra) -> d
 def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_path):
     rows = [_curve_row(0, 1, 20.0, 100.0), _curve_row(1, 2, 22.0, 190.0), _curve_row(2, 3, 25.0, 260.0)]
     curve = pl.from_arrow(pa.Table.from_pylist(rows, schema=load_sweep.CURVE_SCHEMA))
-    summary = {"target": "t", "shape": "concurrency", "duration_s": 5.0, "slos": "e2e_p99=2s,e2e_p95=1s",
-               "saturation": None, "slo_capacity_users": None}
+    summary = {
+        "target": "t",
+        "shape": "concurrency",
+        "duration_s": 5.0,
+        "slos": "e2e_p99=2s,e2e_p95=1s",
+        "saturation": None,
+        "slo_capacity_users": None,
+    }
     page = build_sweep_page(summary, curve, tmp_path)
     load = _figures(page)[0].figure
     names = [trace.name for trace in load.data]

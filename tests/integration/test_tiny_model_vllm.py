@@ -53,7 +53,9 @@ def test_server_counts_synthesized_prompts_exactly(vllm_server, synthesizer, api
     lengths = [synthesizer.min_prompt_tokens(api), synthesizer.min_prompt_tokens(api) + 1, 100, 511, 512, 513, 1900]
     for i, prompt_tokens in enumerate(lengths):
         fields = synthesizer.synthesize(f"count-{api}-{i}", prompt_tokens, api, [700 + i, 800 + i])
-        answer = post(vllm_server.base_url + endpoint(api), {"model": vllm_server.model, **fields, **forced_output_fields(1)})
+        answer = post(
+            vllm_server.base_url + endpoint(api), {"model": vllm_server.model, **fields, **forced_output_fields(1)}
+        )
         assert answer["usage"]["prompt_tokens"] == prompt_tokens, (api, prompt_tokens)
         tokenized = post(vllm_server.root_url + "/tokenize", {"model": vllm_server.model, **fields})
         assert tokenized["count"] == prompt_tokens
@@ -79,7 +81,10 @@ def test_shared_prefix_blocks_hit_the_prefix_cache(vllm_server, synthesizer):
     def send(request_id: str, block_ids: list[int]) -> float:
         before = metric_total(vllm_server.root_url, PREFIX_HITS)
         fields = synthesizer.synthesize(request_id, 1300, "chat", block_ids)
-        post(vllm_server.base_url + "/chat/completions", {"model": vllm_server.model, **fields, **forced_output_fields(1)})
+        post(
+            vllm_server.base_url + "/chat/completions",
+            {"model": vllm_server.model, **fields, **forced_output_fields(1)},
+        )
         return metric_total(vllm_server.root_url, PREFIX_HITS) - before
 
     send("prefix-a", shared + [9_100_000_003])
@@ -89,7 +94,9 @@ def test_shared_prefix_blocks_hit_the_prefix_cache(vllm_server, synthesizer):
 
 def test_model_build_is_deterministic_and_idempotent(tmp_path):
     def build(out: Path) -> str:
-        done = subprocess.run([sys.executable, str(BUILD_SCRIPT), "--out", str(out)], check=True, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(BUILD_SCRIPT), "--out", str(out)], check=True, capture_output=True, text=True
+        )
         return done.stdout
 
     assert "wrote" in build(tmp_path / "a")

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from shadowreplay.replay.targets.vllm_server import VllmNotInstalled, VllmServer, VllmStartError, default_vllm_python, redact_argv
+from shadowreplay.replay.targets.vllm_server import (
+    VllmNotInstalled,
+    VllmServer,
+    VllmStartError,
+    default_vllm_python,
+    redact_argv,
+)
 
 FAKE_API_SERVER = textwrap.dedent(
     """
@@ -192,5 +198,9 @@ def test_default_vllm_python_names_the_fix(monkeypatch, tmp_path):
 
 def test_redact_argv():
     assert redact_argv(["--api-key", "k", "--port", "1", "--api-key=k2"]) == [
-        "--api-key", "<redacted>", "--port", "1", "--api-key=<redacted>",
+        "--api-key",
+        "<redacted>",
+        "--port",
+        "1",
+        "--api-key=<redacted>",
     ]

@@ -14,11 +14,11 @@ import pytest
 
 from shadowreplay.analysis.cost.prices import load_prices
 from shadowreplay.cli import main
-from tests.support.anthropic_server import AnthropicScript, AnthropicServer
-from tests.support.server_thread import ServerThread
 from tests.integration.test_replay_vllm import azure_log  # noqa: F401 - the module's fixture
-
+from tests.support.anthropic_server import AnthropicScript, AnthropicServer
 from tests.support.paths import REPO
+from tests.support.server_thread import ServerThread
+
 PRICES = REPO / "configs" / "prices.yaml"
 CLAUDE_MODEL = "claude-3-5-haiku-20241022"
 KEY = "sk-ant-side-by-side-5c1e"
@@ -36,27 +36,63 @@ def test_vllm_and_anthropic_side_by_side_with_cost(tmp_path, vllm_server, azure_
     key_file = tmp_path / "anthropic.key"  # Ray workers read keys in their own processes: a file reaches them
     key_file.write_text(KEY + "\n")
     with ServerThread(AnthropicServer(AnthropicScript(ttft_ms=30, itl_ms=4), api_key=KEY)) as claude_server:
-        vllm_target = write_yaml(tmp_path / "vllm.yaml", [
-            "name: self-hosted", "kind: openai", f"base_url: {vllm_server.base_url}", f"model: {vllm_server.model}",
-            "api: chat", f"tokenizer: {vllm_server.tokenizer_dir}", "ignore_eos: true",
-            "price: self_hosted/h100-x1",
-            "timeouts: {connect_s: 10, first_token_s: 120, total_s: 300}",
-        ])
-        claude_target = write_yaml(tmp_path / "claude.yaml", [
-            "name: claude", "kind: anthropic", f"base_url: {claude_server.base_url}", f"model: {CLAUDE_MODEL}",
-            f"api_key_file: {key_file}", f"tokenizer: {vllm_server.tokenizer_dir}", "provider: anthropic",
-            "timeouts: {connect_s: 5, first_token_s: 30, total_s: 60}",
-        ])
+        vllm_target = write_yaml(
+            tmp_path / "vllm.yaml",
+            [
+                "name: self-hosted",
+                "kind: openai",
+                f"base_url: {vllm_server.base_url}",
+                f"model: {vllm_server.model}",
+                "api: chat",
+                f"tokenizer: {vllm_server.tokenizer_dir}",
+                "ignore_eos: true",
+                "price: self_hosted/h100-x1",
+                "timeouts: {connect_s: 10, first_token_s: 120, total_s: 300}",
+            ],
+        )
+        claude_target = write_yaml(
+            tmp_path / "claude.yaml",
+            [
+                "name: claude",
+                "kind: anthropic",
+                f"base_url: {claude_server.base_url}",
+                f"model: {CLAUDE_MODEL}",
+                f"api_key_file: {key_file}",
+                f"tokenizer: {vllm_server.tokenizer_dir}",
+                "provider: anthropic",
+                "timeouts: {connect_s: 5, first_token_s: 30, total_s: 60}",
+            ],
+        )
         run_dir = tmp_path / "run"
-        assert main([
-            "replay", str(azure_log), "--target", str(vllm_target), "--target", str(claude_target), "-o", str(run_dir),
-            "--window", "0..20", "--limit", "24", "--max-prompt-tokens", "128",
-            "--max-completion-tokens", str(OUTPUT_TOKENS),
-        ]) == 0
+        assert (
+            main(
+                [
+                    "replay",
+                    str(azure_log),
+                    "--target",
+                    str(vllm_target),
+                    "--target",
+                    str(claude_target),
+                    "-o",
+                    str(run_dir),
+                    "--window",
+                    "0..20",
+                    "--limit",
+                    "24",
+                    "--max-prompt-tokens",
+                    "128",
+                    "--max-completion-tokens",
+                    str(OUTPUT_TOKENS),
+                ]
+            )
+            == 0
+        )
 
     rows = [r for r in pq.read_table(run_dir / "results").to_pylist() if r["final"]]
-    by_target = {name: sorted((r for r in rows if r["target"] == name), key=lambda r: r["request_id"])
-                 for name in ("self-hosted", "claude")}
+    by_target = {
+        name: sorted((r for r in rows if r["target"] == name), key=lambda r: r["request_id"])
+        for name in ("self-hosted", "claude")
+    }
     # Comparable rows: the same requests, measured the same way, on both targets.
     assert [r["request_id"] for r in by_target["self-hosted"]] == [r["request_id"] for r in by_target["claude"]]
     assert len(by_target["claude"]) == 24
@@ -84,7 +120,8 @@ def test_vllm_and_anthropic_side_by_side_with_cost(tmp_path, vllm_server, azure_
     outputs = sum(r["completion_tokens"] for r in by_target["claude"])
     assert cost["claude"]["kind"] == "tokens" and cost["claude"]["price"] == f"anthropic/{CLAUDE_MODEL}"
     assert cost["claude"]["run_cost_usd"] == pytest.approx(
-        (inputs * claude_price.input_per_mtok + outputs * claude_price.output_per_mtok) / 1e6)
+        (inputs * claude_price.input_per_mtok + outputs * claude_price.output_per_mtok) / 1e6
+    )
     # Self-hosted: GPU lease x GPU count (+ engineering) per hour x the run's hours.
     hosted = by_target["self-hosted"]
     hours = (max(r["done_s"] for r in hosted) - min(r["scheduled_s"] for r in hosted)) / 3600
@@ -99,5 +136,8 @@ def test_vllm_and_anthropic_side_by_side_with_cost(tmp_path, vllm_server, azure_
     printed = capsys.readouterr().out
     for name in ("self-hosted", "claude"):
         assert printed.count(name) >= 2, printed  # in the latency table and in the cost table
-    assert KEY not in printed and not any(KEY in p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file()
-                                          and p.suffix in {".json", ".txt", ".log"})
+    assert KEY not in printed and not any(
+        KEY in p.read_text(errors="ignore")
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.suffix in {".json", ".txt", ".log"}
+    )

@@ -40,15 +40,31 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
 HOST = "127.0.0.1"
-API_FIELDS = frozenset({
-    "model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p", "top_k",
-    "metadata", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
-})
+API_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+    }
+)
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -94,7 +110,7 @@ class AnthropicScript:
     echo_key_in_answer: bool = False
     broken_http: bool = False
 
-    def updated(self, overrides: dict) -> "AnthropicScript":
+    def updated(self, overrides: dict) -> AnthropicScript:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -147,8 +163,13 @@ class AnthropicServer:
     """The server in the current event loop: `await start()` / `await stop()`, or `async with`;
     in a thread: `tests.support.server_thread.ServerThread(AnthropicServer(...))`."""
 
-    def __init__(self, script: AnthropicScript | None = None, api_key: str | None = None, port: int = 0,
-                 scripts: dict[str, AnthropicScript] | None = None):
+    def __init__(
+        self,
+        script: AnthropicScript | None = None,
+        api_key: str | None = None,
+        port: int = 0,
+        scripts: dict[str, AnthropicScript] | None = None,
+    ):
         self.script = script or AnthropicScript()
         self.scripts = dict(scripts or {})
         self.api_key = api_key
@@ -176,7 +197,7 @@ class AnthropicServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "AnthropicServer":
+    async def __aenter__(self) -> AnthropicServer:
         await self.start()
         return self
 
@@ -185,7 +206,8 @@ class AnthropicServer:
 
     # -- handling ----------------------------------------------------------------------------
     def _script_for(self, body: dict) -> tuple[AnthropicScript, str]:
-        script = self.scripts.get(body.get("model"), self.script)
+        model = body.get("model")
+        script = self.script if model is None else self.scripts.get(model, self.script)
         users = [m for m in body["messages"] if m.get("role") == "user"]
         directive = SCRIPT_DIRECTIVE.search(_text_of(users[-1]["content"])) if users else None
         if directive is None:
@@ -218,8 +240,13 @@ class AnthropicServer:
             return self._scripted_error(request, script)
         if not body.get("stream"):
             return error_response(400, "this test server answers streaming requests only (stream: true)")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-                                               "request-id": _request_id()})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "request-id": _request_id(),
+            }
+        )
         await response.prepare(request)
         try:
             await _Stream(response, body, script, given_key or "", dict(request.headers)).run(arrived)
@@ -241,15 +268,19 @@ class AnthropicServer:
         if script.retry_after is not None:
             headers["retry-after"] = script.retry_after
         if script.ratelimit_reset_in_s is not None:
-            reset = datetime.now(timezone.utc) + timedelta(seconds=script.ratelimit_reset_in_s)
-            headers.update({
-                "anthropic-ratelimit-requests-limit": "50",
-                "anthropic-ratelimit-requests-remaining": "0",
-                "anthropic-ratelimit-requests-reset": reset.isoformat().replace("+00:00", "Z"),
-                "anthropic-ratelimit-tokens-limit": "40000",
-                "anthropic-ratelimit-tokens-remaining": "39000",
-                "anthropic-ratelimit-tokens-reset": (reset + timedelta(seconds=30)).isoformat().replace("+00:00", "Z"),
-            })
+            reset = datetime.now(UTC) + timedelta(seconds=script.ratelimit_reset_in_s)
+            headers.update(
+                {
+                    "anthropic-ratelimit-requests-limit": "50",
+                    "anthropic-ratelimit-requests-remaining": "0",
+                    "anthropic-ratelimit-requests-reset": reset.isoformat().replace("+00:00", "Z"),
+                    "anthropic-ratelimit-tokens-limit": "40000",
+                    "anthropic-ratelimit-tokens-remaining": "39000",
+                    "anthropic-ratelimit-tokens-reset": (reset + timedelta(seconds=30))
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                }
+            )
         message = {
             401: "invalid x-api-key",
             403: "Your API key does not have permission to use the specified resource.",
@@ -284,7 +315,9 @@ class _Stream:
         self.headers = headers
 
     async def event(self, kind: str, data: dict) -> None:
-        await self.response.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, separators=(',', ':'))}\n\n".encode())
+        await self.response.write(
+            f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, separators=(',', ':'))}\n\n".encode()
+        )
 
     def input_tokens(self) -> int:
         words = len(_text_of(self.body.get("system")).split())
@@ -299,10 +332,19 @@ class _Stream:
         words = self.input_tokens()
         cached = min(script.cached_tokens, words)
         message = {
-            "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant", "model": body["model"],
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": words - cached, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": cached, "output_tokens": 1},
+            "id": "msg_" + uuid.uuid4().hex[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": words - cached,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": cached,
+                "output_tokens": 1,
+            },
         }
         await self.event("message_start", {"message": message})
         if script.ping_after_start:
@@ -319,10 +361,10 @@ class _Stream:
             end = sent + count
             while sent < end:
                 if script.error_after_tokens is not None and sent >= script.error_after_tokens:
-                    message = "Overloaded"
+                    error_message = "Overloaded"
                     if script.echo_headers_in_error:
-                        message += f" (request headers: {self.headers})"
-                    await self.event("error", {"error": {"type": "overloaded_error", "message": message}})
+                        error_message += f" (request headers: {self.headers})"
+                    await self.event("error", {"error": {"type": "overloaded_error", "message": error_message}})
                     return
                 k = min(script.tokens_per_delta, end - sent)
                 await _sleep_until(arrived + (script.ttft_ms + delta_index * script.itl_ms) / 1000.0)
@@ -337,12 +379,17 @@ class _Stream:
                 sent += k
                 delta_index += 1
             if kind == "thinking":
-                await self.event("content_block_delta", {"index": index, "delta": {"type": "signature_delta", "signature": SIGNATURE}})
+                await self.event(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
+                )
             await self.event("content_block_stop", {"index": index})
             index += 1
         stop_reason = "max_tokens" if tokens == max_tokens else "end_turn"
-        await self.event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                                           "usage": {"output_tokens": tokens}})
+        await self.event(
+            "message_delta",
+            {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": {"output_tokens": tokens}},
+        )
         await self.event("message_stop", {})
 
 
@@ -353,8 +400,11 @@ def _request_id() -> str:
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """Anthropic's error shape for `status`."""
     request_id = _request_id()
-    body = {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
-            "request_id": request_id}
+    body = {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+        "request_id": request_id,
+    }
     return web.json_response(body, status=status, headers={"request-id": request_id, **(headers or {})})
 
 

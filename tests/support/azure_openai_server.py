@@ -29,8 +29,15 @@ ACCESS_DENIED = (
 class AzureOpenAIServer(FaultyServer):
     """FaultyServer behind Azure's deployment paths; `seen` records (deployment, api-version, api)."""
 
-    def __init__(self, deployments: set[str], api_key: str, script: Script | None = None, port: int = 0,
-                 echo_headers_in_401: bool = False, prompt_filter_chunk: bool = True):
+    def __init__(
+        self,
+        deployments: set[str],
+        api_key: str,
+        script: Script | None = None,
+        port: int = 0,
+        echo_headers_in_401: bool = False,
+        prompt_filter_chunk: bool = True,
+    ):
         super().__init__(script, port)
         self.deployments = set(deployments)
         self.api_key = api_key
@@ -58,7 +65,10 @@ class AzureOpenAIServer(FaultyServer):
         if request.headers.get("api-key") != self.api_key:
             message = ACCESS_DENIED
             if self.echo_headers_in_401:
-                message = f"api-key {request.headers.get('api-key')!r} refused. Request headers: {json.dumps(dict(request.headers))}. {message}"
+                message = (
+                    f"api-key {request.headers.get('api-key')!r} refused. "
+                    f"Request headers: {json.dumps(dict(request.headers))}. {message}"
+                )
             return _azure_error(401, "401", message)
         version = request.query.get("api-version")
         if not version:
@@ -71,9 +81,18 @@ class AzureOpenAIServer(FaultyServer):
 
     async def _stream(self, request, stream, script, tokens, include_usage, arrived) -> None:
         if self.prompt_filter_chunk:  # Azure's first chunk: the prompt's content-filter verdict, no choices
-            verdict = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
-            chunk = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": verdict}]}
+            verdict = {
+                "hate": {"filtered": False, "severity": "safe"},
+                "violence": {"filtered": False, "severity": "safe"},
+            }
+            chunk = {
+                "choices": [],
+                "created": 0,
+                "id": "",
+                "model": "",
+                "object": "",
+                "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": verdict}],
+            }
             await stream.event(json.dumps(chunk))
         await super()._stream(request, stream, script, tokens, include_usage, arrived)
 

@@ -29,7 +29,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -90,7 +90,7 @@ class Script:
         if self.tokens_per_chunk < 1 or self.tokens < 0:
             raise ValueError("tokens_per_chunk must be >= 1 and tokens >= 0")
 
-    def updated(self, overrides: dict) -> "Script":
+    def updated(self, overrides: dict) -> Script:
         """This script with the fields of a request's `faulty` object replaced."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
@@ -117,7 +117,7 @@ class _Stream:
         await self.response.write(f"{prefix}data: {data}{nl}{nl}".encode())
 
     async def chunk(self, choices: list[dict], usage: dict | None = None, with_usage_field: bool = False) -> None:
-        obj = {
+        obj: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.api == "chat" else "text_completion",
             "created": self.created,
@@ -128,8 +128,13 @@ class _Stream:
             obj["usage"] = usage
         await self.event(json.dumps(obj, separators=(",", ":")))
 
-    def choice(self, text: str | None = None, reasoning: str | None = None, role: bool = False,
-               finish_reason: str | None = None) -> dict:
+    def choice(
+        self,
+        text: str | None = None,
+        reasoning: str | None = None,
+        role: bool = False,
+        finish_reason: str | None = None,
+    ) -> dict:
         if self.api == "completions":
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         delta: dict = {}
@@ -178,7 +183,7 @@ class FaultyServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "FaultyServer":
+    async def __aenter__(self) -> FaultyServer:
         await self.start()
         return self
 
@@ -226,7 +231,9 @@ class FaultyServer:
             return _error_response(400, "the faulty server only streams; set stream: true", "invalid_request_error")
         tokens = int(body["max_tokens"]) if body.get("max_tokens") is not None else script.tokens
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and script.send_usage
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         stream = _Stream(response, script, api, str(body.get("model", "faulty")))
         try:
@@ -235,8 +242,9 @@ class FaultyServer:
             return response  # the client went away; nothing more to send
         return response
 
-    async def _stream(self, request: web.Request, stream: _Stream, script: Script, tokens: int,
-                      include_usage: bool, arrived: float) -> None:
+    async def _stream(
+        self, request: web.Request, stream: _Stream, script: Script, tokens: int, include_usage: bool, arrived: float
+    ) -> None:
         if stream.api == "chat":
             await stream.chunk([stream.choice(role=True)], with_usage_field=include_usage)
         sent = 0
@@ -266,7 +274,11 @@ class FaultyServer:
             await stream.chunk([stream.choice(finish_reason="length")], with_usage_field=include_usage)
         if include_usage:
             prompt_tokens = 7
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            }
             await stream.chunk([], usage=usage)
         if script.send_done:
             await stream.event("[DONE]")
@@ -284,7 +296,7 @@ class FaultyServer:
             await stream.event('{"id": "broken", "choices": [')
             return False
         if script.fault == "malformed_sse":
-            await stream.response.write(f"this is not{nl}an event stream{nl}data {{\"x\": 1}}{nl}".encode())
+            await stream.response.write(f'this is not{nl}an event stream{nl}data {{"x": 1}}{nl}'.encode())
             return True
         if script.fault == "stream_error":
             error = {"error": {"message": "scripted error inside the stream", "type": "server_error", "code": 500}}
@@ -326,14 +338,18 @@ class FaultyServerThread(ServerThread[FaultyServer]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Scripted, misbehaving OpenAI-compatible streaming server (127.0.0.1 only).")
+    parser = argparse.ArgumentParser(
+        description="Scripted, misbehaving OpenAI-compatible streaming server (127.0.0.1 only)."
+    )
     parser.add_argument("--port", type=int, required=True, help="port to bind on 127.0.0.1 (0: a free one, printed)")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="first token this many ms after the request")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="then one chunk every this many ms")
     parser.add_argument("--tokens", type=int, default=8, help="output tokens when the request gives no max_tokens")
     parser.add_argument("--tokens-per-chunk", type=int, default=1)
     args = parser.parse_args(argv)
-    script = Script(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens, tokens_per_chunk=args.tokens_per_chunk)
+    script = Script(
+        ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens, tokens_per_chunk=args.tokens_per_chunk
+    )
 
     async def serve() -> None:
         server = FaultyServer(script, args.port)

@@ -13,7 +13,8 @@ from typing import Generic, Protocol, TypeVar
 
 
 class AsyncServer(Protocol):
-    base_url: str
+    @property
+    def base_url(self) -> str: ...
 
     async def start(self) -> str: ...
 
@@ -44,7 +45,7 @@ class ServerThread(Generic[S]):
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
 
-    def __enter__(self) -> "ServerThread[S]":
+    def __enter__(self) -> ServerThread[S]:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(self.timeout_s)
         return self

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from itertools import accumulate
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,6 +30,8 @@ from shadowreplay.replay.schemas.telemetry import (
 from tests.support.results_factory import RUN_ID
 
 MEM_TOTAL_BYTES = 80 * 1024**3
+
+Floats = Sequence[float] | np.ndarray  # a series: a list, or a numpy array of floats
 
 
 def sample(
@@ -54,10 +57,10 @@ def sample(
 
 
 def gpu_samples(
-    times_s: Sequence[float],
-    util_pct: Sequence[float],
-    power_w: Sequence[float],
-    mem_used_bytes: Sequence[float],
+    times_s: Floats,
+    util_pct: Floats,
+    power_w: Floats,
+    mem_used_bytes: Floats,
     *,
     device: str = "0",
     host: str = "node-a",
@@ -85,10 +88,10 @@ def gpu_samples(
 
 def server_samples(
     target: str,
-    times_s: Sequence[float],
-    kv_fraction: Sequence[float],
-    running: Sequence[float],
-    waiting: Sequence[float],
+    times_s: Floats,
+    kv_fraction: Floats,
+    running: Floats,
+    waiting: Floats,
     host: str = "node-a",
 ) -> list[dict]:
     """vLLM /metrics rows for one target: KV-cache usage (a fraction), running and waiting requests."""

@@ -52,7 +52,7 @@ def protocol_for(kind: str, api: str) -> WireProtocol:
     raise ValueError(f"no wire protocol for target kind {kind!r} with api {api!r}")
 
 
-def protocol_for_target(target: "TargetConfig") -> WireProtocol:
+def protocol_for_target(target: TargetConfig) -> WireProtocol:
     """The wire protocol of a target, with the options of its config (anthropic:, azure:)."""
     if target.kind == "anthropic" and target.anthropic is not None:
         options = target.anthropic

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from shadowreplay.replay.clients.protocols.base import (
     RequestNotTranslatable,
@@ -88,10 +89,25 @@ _REFUSED = {
     "prediction": "Anthropic has no predicted outputs",
     "web_search_options": "no Anthropic equivalent in a plain request",
 }
-_HANDLED = frozenset({
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop",
-    "stop_sequences", "tools", "tool_choice", "user", "metadata", "thinking", "system",
-})
+_HANDLED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "stop_sequences",
+        "tools",
+        "tool_choice",
+        "user",
+        "metadata",
+        "thinking",
+        "system",
+    }
+)
 
 
 def _prompt_tokens(usage: dict) -> int | None:
@@ -202,7 +218,9 @@ class AnthropicMessages(WireProtocol):
             role = message.get("role")
             if role in ("system", "developer"):
                 if started:
-                    raise RequestNotTranslatable(f"{where}.role={role}: Anthropic takes system text only before the conversation")
+                    raise RequestNotTranslatable(
+                        f"{where}.role={role}: Anthropic takes system text only before the conversation"
+                    )
                 system_parts.extend(_text_parts(message.get("content"), where))
                 continue
             started = True
@@ -293,8 +311,10 @@ def _block_start(block, raw: str) -> StreamEvent | None:
 # -- request translation helpers ---------------------------------------------------------------
 def _joined_system(given, from_messages):
     """A system field given directly (extra_body) followed by the system messages' text."""
+
     def blocks(value):
         return [{"type": "text", "text": value}] if isinstance(value, str) else list(value)
+
     return blocks(given) + blocks(from_messages)
 
 
@@ -319,7 +339,7 @@ def _image(part: dict, where: str) -> dict:
         raise RequestNotTranslatable(f"{where}.image_url: no url")
     if url.startswith("data:"):
         header, _, data = url.partition(",")
-        media_type, _, encoding = header[len("data:"):].partition(";")
+        media_type, _, encoding = header[len("data:") :].partition(";")
         if encoding != "base64" or not data:
             raise RequestNotTranslatable(f"{where}.image_url: only base64 data URLs translate")
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
@@ -379,7 +399,9 @@ def _assistant_content(message: dict, where: str):
             raise RequestNotTranslatable(f"{at}.function.arguments: not valid JSON") from None
         if not isinstance(arguments, dict):
             raise RequestNotTranslatable(f"{at}.function.arguments: must be a JSON object")
-        blocks.append({"type": "tool_use", "id": call.get("id") or f"call_{k}", "name": function.get("name"), "input": arguments})
+        blocks.append(
+            {"type": "tool_use", "id": call.get("id") or f"call_{k}", "name": function.get("name"), "input": arguments}
+        )
     return blocks
 
 
@@ -437,6 +459,7 @@ def _tool(i: int, tool) -> dict:
 
 
 def _tool_choice(choice, parallel) -> dict | None:
+    out: dict[str, Any] | None
     if choice is None:
         out = None
     elif choice == "auto":

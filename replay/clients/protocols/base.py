@@ -15,14 +15,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.clients.sse import SSEEvent
 
 
-class WireProtocolError(ValueError):
+class WireProtocolError(ShadowReplayError, ValueError):
     """A stream event that is not what the API sends (invalid JSON, a wrong shape)."""
 
 
-class RequestNotTranslatable(ValueError):
+class RequestNotTranslatable(ShadowReplayError, ValueError):
     """A canonical request that this API cannot express (reported per request, never dropped)."""
 
 

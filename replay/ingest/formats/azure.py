@@ -44,16 +44,25 @@ class AzureTrace:
             if not checked:
                 missing = [name for name in COLUMNS if name not in self.reader.header]
                 if missing:
-                    raise IngestError(f"{self.path}: not an Azure trace: no column {', '.join(missing)} (header: {self.reader.header})")
+                    raise IngestError(
+                        f"{self.path}: not an Azure trace: no column {', '.join(missing)} "
+                        f"(header: {self.reader.header})"
+                    )
                 checked = True
             problems = RowProblems(block.num_rows)
             columns = {
                 "request_id": row_number_ids(block.source_rows, self.name),
                 "arrival_time": arrival_times(block.columns[TIME_COLUMN], "arrival_time", problems),
-                "prompt_tokens": token_counts(block.columns[PROMPT_TOKENS_COLUMN], "prompt_tokens", problems, required=True),
-                "completion_tokens": token_counts(block.columns[COMPLETION_TOKENS_COLUMN], "completion_tokens", problems, required=True),
+                "prompt_tokens": token_counts(
+                    block.columns[PROMPT_TOKENS_COLUMN], "prompt_tokens", problems, required=True
+                ),
+                "completion_tokens": token_counts(
+                    block.columns[COMPLETION_TOKENS_COLUMN], "completion_tokens", problems, required=True
+                ),
                 "api": constant_column(self.options.api, block.num_rows),
             }
             if self.options.tag is not None:
                 columns["tag"] = constant_column(self.options.tag, block.num_rows)
-            yield SourceBatch(canonical_table(columns, block.num_rows), block.source_rows, problems, block.raw_text, block.unparsed)
+            yield SourceBatch(
+                canonical_table(columns, block.num_rows), block.source_rows, problems, block.raw_text, block.unparsed
+            )

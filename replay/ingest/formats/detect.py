@@ -10,19 +10,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from shadowreplay.replay.ingest.formats.azure import COLUMNS as AZURE_COLUMNS
-from shadowreplay.replay.ingest.formats.azure import AzureTrace
 from shadowreplay.replay.ingest.batch import SourceReader
 from shadowreplay.replay.ingest.errors import IngestError
+from shadowreplay.replay.ingest.formats.azure import COLUMNS as AZURE_COLUMNS
+from shadowreplay.replay.ingest.formats.azure import AzureTrace
 from shadowreplay.replay.ingest.formats.mooncake import MooncakeTrace
 from shadowreplay.replay.ingest.formats.openai_jsonl import OpenAIRequestLog
+from shadowreplay.replay.ingest.formats.table import PARQUET_MAGIC, MappedTable
 from shadowreplay.replay.ingest.options import FORMATS, IngestOptions
 from shadowreplay.replay.ingest.source_files import head_bytes
-from shadowreplay.replay.ingest.formats.table import PARQUET_MAGIC, MappedTable
 
-READERS = {"azure": AzureTrace, "mooncake": MooncakeTrace, "openai-jsonl": OpenAIRequestLog, "table": MappedTable}
+READERS: dict[str, Callable[[Path, IngestOptions], SourceReader]] = {
+    "azure": AzureTrace,
+    "mooncake": MooncakeTrace,
+    "openai-jsonl": OpenAIRequestLog,
+    "table": MappedTable,
+}
 MOONCAKE_FIELDS = ("input_length", "hash_ids")
 
 

@@ -84,14 +84,19 @@ class MooncakeTrace:
                 continue
             value, why = decode_object(line)
             if value is None:
+                assert why is not None  # decode_object: no object, then why not
                 rows.reject(number, printable(line), why)
                 continue
-            rows.add(number, printable(line), {
-                "timestamp": scalar_text(value.get("timestamp")),
-                "input_length": scalar_text(value.get("input_length")),
-                "output_length": scalar_text(value.get("output_length")),
-                "hash_ids": scalar_text(value.get("hash_ids")),
-            })
+            rows.add(
+                number,
+                printable(line),
+                {
+                    "timestamp": scalar_text(value.get("timestamp")),
+                    "input_length": scalar_text(value.get("input_length")),
+                    "output_length": scalar_text(value.get("output_length")),
+                    "hash_ids": scalar_text(value.get("hash_ids")),
+                },
+            )
         columns = {name: rows.column(name) for name in FIELDS}
         return self._batch(columns, rows.row_numbers(), rows.new_problems(), rows.raw.__getitem__, rows.unparsed)
 
@@ -106,7 +111,9 @@ class MooncakeTrace:
         count = len(source_rows)
         canonical = {
             "request_id": row_number_ids(source_rows, self.name),
-            "arrival_time": arrival_times(columns["timestamp"], "arrival_time", problems, origin=self.origin, relative_unit="ms"),
+            "arrival_time": arrival_times(
+                columns["timestamp"], "arrival_time", problems, origin=self.origin, relative_unit="ms"
+            ),
             "prompt_tokens": token_counts(columns["input_length"], "prompt_tokens", problems, required=True),
             "completion_tokens": token_counts(columns["output_length"], "completion_tokens", problems, required=True),
             "prefix_block_ids": prefix_block_ids_column(columns["hash_ids"], problems),

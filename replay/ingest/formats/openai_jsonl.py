@@ -41,12 +41,24 @@ BODY_FIELDS = ("request", "body")
 NOT_PARAMS = frozenset({"messages", "prompt", "model", "stream", "stream_options"})
 # Top-level fields that are about the log line, not the request, when the line is a bare body.
 LINE_FIELDS = frozenset(
-    TIME_FIELDS + ID_FIELDS + SESSION_FIELDS
+    TIME_FIELDS
+    + ID_FIELDS
+    + SESSION_FIELDS
     + ("tag", "reference", "api", "url", "endpoint", "method", "response", "prompt_tokens", "completion_tokens")
 )
 COLUMNS = (
-    "request_id", "arrival_time", "session_id", "api", "messages", "prompt", "params",
-    "prompt_tokens", "completion_tokens", "tag", "response_text", "reference",
+    "request_id",
+    "arrival_time",
+    "session_id",
+    "api",
+    "messages",
+    "prompt",
+    "params",
+    "prompt_tokens",
+    "completion_tokens",
+    "tag",
+    "response_text",
+    "reference",
 )
 
 
@@ -69,6 +81,7 @@ class OpenAIRequestLog:
                     continue
                 value, why = decode_object(line)
                 if value is None:
+                    assert why is not None  # decode_object: no object, then why not
                     rows.reject(number, printable(line), why)
                 else:
                     _add_request(rows, number, printable(line), value)
@@ -85,13 +98,17 @@ class OpenAIRequestLog:
             tag = tag.fill_null(self.options.tag)
         columns = {
             "request_id": fill_request_ids(rows.column("request_id"), source_rows, self.name),
-            "arrival_time": arrival_times(rows.column("arrival_time"), "arrival_time", problems, origin=self.options.start, relative_unit="s"),
+            "arrival_time": arrival_times(
+                rows.column("arrival_time"), "arrival_time", problems, origin=self.options.start, relative_unit="s"
+            ),
             "session_id": rows.column("session_id"),
             "messages": messages,
             "prompt": prompt,
             "params": rows.column("params"),
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": token_counts(rows.column("completion_tokens"), "completion_tokens", problems, required=False),
+            "completion_tokens": token_counts(
+                rows.column("completion_tokens"), "completion_tokens", problems, required=False
+            ),
             "tag": tag,
             "response_text": rows.column("response_text"),
             "reference": rows.column("reference"),
@@ -99,7 +116,9 @@ class OpenAIRequestLog:
         forbid_messages_and_prompt(messages, prompt, problems)
         columns["api"] = api_column(rows.column("api"), messages, prompt, self.options.api, problems)
         require_prompt(messages, prompt, prompt_tokens, problems)
-        return SourceBatch(canonical_table(columns, len(rows)), source_rows, problems, rows.raw.__getitem__, rows.unparsed)
+        return SourceBatch(
+            canonical_table(columns, len(rows)), source_rows, problems, rows.raw.__getitem__, rows.unparsed
+        )
 
 
 def _first(mapping: dict, names: tuple[str, ...]) -> Any:
@@ -139,7 +158,7 @@ def _add_request(rows: JsonRows, number: int, raw: str, line: dict) -> None:
     response = response if isinstance(response, dict) else {}
     if isinstance(response.get("body"), dict):
         response = response["body"]
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = response["usage"] if isinstance(response.get("usage"), dict) else {}
     if response_text is None:
         response_text = _response_text(response)
 
@@ -158,8 +177,12 @@ def _add_request(rows: JsonRows, number: int, raw: str, line: dict) -> None:
         "messages": messages_text,
         "prompt": prompt,
         "params": to_json_text(params) if params else None,
-        "prompt_tokens": scalar_text(line["prompt_tokens"] if line.get("prompt_tokens") is not None else usage.get("prompt_tokens")),
-        "completion_tokens": scalar_text(line["completion_tokens"] if line.get("completion_tokens") is not None else usage.get("completion_tokens")),
+        "prompt_tokens": scalar_text(
+            line["prompt_tokens"] if line.get("prompt_tokens") is not None else usage.get("prompt_tokens")
+        ),
+        "completion_tokens": scalar_text(
+            line["completion_tokens"] if line.get("completion_tokens") is not None else usage.get("completion_tokens")
+        ),
         "tag": _text(line.get("tag"), "tag", found),
         "response_text": response_text,
         "reference": _text(line.get("reference"), "reference", found),

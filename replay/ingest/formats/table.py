@@ -54,7 +54,9 @@ def resolve_columns(available: list[str], column_map: Mapping[str, str], path: P
         if target not in COLUMNS:
             raise IngestError(f"--map {source}={target}: {target!r} is not a traffic-log field ({', '.join(COLUMNS)})")
         if source not in available:
-            raise IngestError(f"{path}: --map {source}={target}: no column {source!r} (columns: {', '.join(available)})")
+            raise IngestError(
+                f"{path}: --map {source}={target}: no column {source!r} (columns: {', '.join(available)})"
+            )
         if target in fields:
             raise IngestError(f"--map: field {target!r} is mapped from both {fields[target]!r} and {source!r}")
         fields[target] = source
@@ -62,7 +64,9 @@ def resolve_columns(available: list[str], column_map: Mapping[str, str], path: P
         if name in COLUMNS and name not in fields and name not in column_map:
             fields[name] = name
     if "arrival_time" not in fields:
-        raise IngestError(f"{path}: no arrival_time column; map one with --map COLUMN=arrival_time (columns: {', '.join(available)})")
+        raise IngestError(
+            f"{path}: no arrival_time column; map one with --map COLUMN=arrival_time (columns: {', '.join(available)})"
+        )
     return fields
 
 
@@ -108,7 +112,13 @@ class MappedTable:
         except (OSError, pa.ArrowException) as exc:
             raise IngestError(f"{self.path}: cannot read as Parquet near row {next_row}: {one_line(exc)}") from None
 
-    def _batch(self, values: Mapping[str, pa.Array], source_rows: np.ndarray, raw_text: Callable[[int], str], unparsed: list[QuarantineRecord]) -> SourceBatch:
+    def _batch(
+        self,
+        values: Mapping[str, pa.Array],
+        source_rows: np.ndarray,
+        raw_text: Callable[[int], str],
+        unparsed: list[QuarantineRecord],
+    ) -> SourceBatch:
         count = len(source_rows)
         problems = RowProblems(count)
 
@@ -116,7 +126,9 @@ class MappedTable:
             return values[self.fields[field]] if field in self.fields else pa.nulls(count)
 
         columns: dict[str, pa.Array] = {}
-        columns["arrival_time"] = arrival_times(source("arrival_time"), "arrival_time", problems, origin=self.options.start, relative_unit="s")
+        columns["arrival_time"] = arrival_times(
+            source("arrival_time"), "arrival_time", problems, origin=self.options.start, relative_unit="s"
+        )
         for field in ("prompt_tokens", "completion_tokens"):
             columns[field] = token_counts(source(field), field, problems, required=False)
         columns["messages"] = messages_column(source("messages"), problems, "messages")

@@ -17,10 +17,10 @@ from shadowreplay.analysis.cost.model import CostError, MonthlyVolume
 from shadowreplay.analysis.cost.prices import PriceError, SelfHostedPrice, TokenPrice, load_prices
 from shadowreplay.analysis.data.run_data import load_run
 from shadowreplay.analysis.summary.run_summary import summarize
-from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 from shadowreplay.cli import main
-from tests.support.results_factory import result_row, write_results
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 from tests.support.paths import CONFIGS
+from tests.support.results_factory import result_row, write_results
 
 SHIPPED_PRICES = CONFIGS / "prices.yaml"
 MONTH_S = 30 * 24 * 3600

@@ -10,13 +10,13 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from shadowreplay.analysis.metrics import table as metrics
-from shadowreplay.analysis.telemetry.energy import device_energy
 from shadowreplay.analysis.data.run_data import load_run
-from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.analysis.data.telemetry_data import TelemetryDataError, load_telemetry
-from shadowreplay.replay.schemas.telemetry import NVML_ENERGY, NVML_POWER, TELEMETRY_SCHEMA, TelemetryShardWriter
+from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.summary.run_summary import summarize
+from shadowreplay.analysis.telemetry.energy import device_energy
 from shadowreplay.cli import main
+from shadowreplay.replay.schemas.telemetry import NVML_ENERGY, NVML_POWER, TELEMETRY_SCHEMA, TelemetryShardWriter
 from tests.support.results_factory import result_row, write_results
 from tests.support.telemetry_factory import gpu_samples, sample, server_samples, write_telemetry
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,9 @@ import pytest
 
 from shadowreplay.cli import main
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
-
 from tests.support.traces import AZURE_CONV as AZURE
 from tests.support.traces import MOONCAKE
+
 SECONDS_PER_MONTH = 30 * 86_400
 
 
@@ -34,7 +34,7 @@ def write_log(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def at(seconds: float, origin: datetime = datetime(2024, 1, 1, 12, tzinfo=timezone.utc)) -> datetime:
+def at(seconds: float, origin: datetime = datetime(2024, 1, 1, 12, tzinfo=UTC)) -> datetime:
     return origin + timedelta(seconds=seconds)
 
 
@@ -61,7 +61,7 @@ def test_the_azure_trace_figures_match_an_independent_computation(tmp_path, caps
     assert stats["prefix_reuse_share"] is None and stats["tags"] == {}
 
 
-def test_prefix_reuse_on_the_mooncake_trace_matches_a_direct_count(tmp_path, capsys):
+def test_prefix_reuse_on_the_mooncake_trace_matches_a_direct_count(tmp_path, capsys) -> None:
     log = tmp_path / "mc.parquet"
     assert main(["ingest", str(MOONCAKE), "-o", str(log)]) == 0
     seen: set[int] = set()
@@ -76,7 +76,7 @@ def test_prefix_reuse_on_the_mooncake_trace_matches_a_direct_count(tmp_path, cap
 def test_peak_windows_are_aligned_at_the_first_arrival(tmp_path, capsys):
     # First arrival at .7 s past a whole second: windows from it hold 3, 2, 0, 1 arrivals; windows on
     # whole seconds would hold 1, 4, 0, 1.
-    origin = datetime(2024, 1, 1, 12, 0, 0, 700_000, tzinfo=timezone.utc)
+    origin = datetime(2024, 1, 1, 12, 0, 0, 700_000, tzinfo=UTC)
     offsets = [0, 0.5, 0.99, 1.0, 1.2, 3.0]
     log = write_log(tmp_path / "log.parquet", [{"arrival_time": at(s, origin), "prompt_tokens": 1} for s in offsets])
     stats = inspect_json(log, capsys)
@@ -87,7 +87,10 @@ def test_peak_windows_are_aligned_at_the_first_arrival(tmp_path, capsys):
 
 def test_prefix_reuse_counts_blocks_seen_in_earlier_requests_only(tmp_path, capsys):
     blocks = [[1, 2], [3], [2, 4], None, [5, 5], [4]]  # reusing: [2, 4] (2) and [4] (4); [5, 5] repeats only itself
-    log = write_log(tmp_path / "log.parquet", [{"arrival_time": at(i), "prefix_block_ids": b, "prompt_tokens": 8} for i, b in enumerate(blocks)])
+    log = write_log(
+        tmp_path / "log.parquet",
+        [{"arrival_time": at(i), "prefix_block_ids": b, "prompt_tokens": 8} for i, b in enumerate(blocks)],
+    )
     assert inspect_json(log, capsys)["prefix_reuse_share"] == pytest.approx(2 / 6)
 
 
@@ -101,7 +104,9 @@ def test_tags_get_their_own_breakdown(tmp_path, capsys):
     stats = inspect_json(write_log(tmp_path / "log.parquet", rows), capsys)
     assert set(stats["tags"]) == {"chat", "code"}
     chat = stats["tags"]["chat"]
-    assert chat["rows"] == 2 and chat["prompt_tokens"]["p50"] == pytest.approx(20) and chat["prompt_tokens"]["max"] == 30
+    assert (
+        chat["rows"] == 2 and chat["prompt_tokens"]["p50"] == pytest.approx(20) and chat["prompt_tokens"]["max"] == 30
+    )
     assert stats["tags"]["code"]["rows"] == 1
     assert stats["prompt_tokens"]["p90"] == pytest.approx(np.percentile([10, 100, 30, 50], 90))
     capsys.readouterr()
@@ -111,12 +116,17 @@ def test_tags_get_their_own_breakdown(tmp_path, capsys):
 
 
 def test_a_single_request_has_no_rate_but_still_reports(tmp_path, capsys):
-    stats = inspect_json(write_log(tmp_path / "log.parquet", [{"arrival_time": at(0), "prompt_tokens": 5, "completion_tokens": 2}]), capsys)
+    stats = inspect_json(
+        write_log(tmp_path / "log.parquet", [{"arrival_time": at(0), "prompt_tokens": 5, "completion_tokens": 2}]),
+        capsys,
+    )
     assert stats["rows"] == 1 and stats["rate_rps"] is None and stats["peak_to_average_1s"] is None
     assert stats["monthly_tokens"] is None and stats["prompt_tokens"]["max"] == 5
 
 
-@pytest.mark.parametrize("make", [lambda p: pq.write_table(pa.table({"x": [1]}), p), lambda p: p.write_bytes(b"not parquet"), lambda p: None])
+@pytest.mark.parametrize(
+    "make", [lambda p: pq.write_table(pa.table({"x": [1]}), p), lambda p: p.write_bytes(b"not parquet"), lambda p: None]
+)
 def test_a_file_that_is_not_a_traffic_log_gets_one_line(tmp_path, capsys, make):
     path = tmp_path / "other.parquet"
     make(path)

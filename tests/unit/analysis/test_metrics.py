@@ -10,6 +10,7 @@ import math
 import random
 from itertools import accumulate
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -18,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo, parse_slos
 from shadowreplay.analysis.summary.run_summary import ERROR_STATUSES, summarize
 from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
@@ -27,7 +28,7 @@ from tests.support.results_factory import DONE_AFTER_LAST_TOKEN_MS, result_row, 
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
-    return pl.from_arrow(pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA))
+    return cast(pl.DataFrame, pl.from_arrow(pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)))  # a Table: a DataFrame
 
 
 # ---- single expressions ---------------------------------------------------------------------

@@ -14,12 +14,15 @@ from tests.support.results_factory import result_row, write_results
 def test_reads_every_shard_and_the_manifest(tmp_path):
     rows = [result_row(f"r{i}", target=t) for i in range(5) for t in ("a", "b")]
     rows.append(result_row("r0", target="a", attempt=0, final=False, status="http_error"))
-    write_results(tmp_path, rows, shards=3, manifest={"run_id": "run-factory", "targets": ["a", "b"]})
+    write_results(
+        tmp_path, rows, shards=3, manifest={"run_id": "run-factory", "targets": [{"name": "a"}, {"name": "b"}]}
+    )
     run = load_run(tmp_path)
     assert len(run.files) == 3
     assert run.rows.height == 11 and run.final_rows.height == 10
     assert run.targets == ["a", "b"] and run.run_id == "run-factory"
-    assert run.manifest == {"run_id": "run-factory", "targets": ["a", "b"]}
+    assert run.manifest is not None and run.manifest.run_id == "run-factory"
+    assert run.target_configs == {"a": {"name": "a"}, "b": {"name": "b"}}
     assert "output_text" not in run.rows.columns
     assert "output_text" in load_run(tmp_path, include_output_text=True).rows.columns
     assert run.requests_without_final_row == 0

@@ -8,7 +8,7 @@ import gzip
 import json
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shadowreplay.cli import main
 from shadowreplay.replay.ingest import IngestOptions, detect_format, ingest, quarantine_path
 from shadowreplay.replay.ingest.casting import cast_locating_failures
 from shadowreplay.replay.ingest.csv_blocks import CsvRecordReader
@@ -28,10 +29,9 @@ from shadowreplay.replay.ingest.quarantine import QUARANTINE_SCHEMA
 from shadowreplay.replay.ingest.times import arrival_times
 from shadowreplay.replay.ingest.token_counts import INT32_MAX, token_counts
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA, open_traffic_log
-from shadowreplay.cli import main
-
 from tests.support.traces import AZURE_CONV as AZURE
 from tests.support.traces import MOONCAKE
+
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 
 
@@ -48,7 +48,7 @@ def quarantined(log_path: Path) -> dict[int, tuple[str | None, str, str]]:
 def azure_time(text: str) -> datetime:
     """An Azure TIMESTAMP (7 decimals) read independently of the engine, truncated to microseconds."""
     whole, fraction = text.split(".")
-    return datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(microsecond=int(fraction[:6]), tzinfo=timezone.utc)
+    return datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(microsecond=int(fraction[:6]), tzinfo=UTC)
 
 
 # ---- the real traces -------------------------------------------------------------------------
@@ -56,7 +56,12 @@ def azure_time(text: str) -> datetime:
 
 def test_the_azure_trace_ingests_every_row_with_its_values(tmp_path):
     summary = ingest(AZURE, tmp_path / "conv.parquet")
-    assert (summary.format, summary.kept, summary.quarantined_total, summary.in_arrival_order) == ("azure", 19_366, 0, True)
+    assert (summary.format, summary.kept, summary.quarantined_total, summary.in_arrival_order) == (
+        "azure",
+        19_366,
+        0,
+        True,
+    )
     assert not quarantine_path(tmp_path / "conv.parquet").exists()
     log = read_log(tmp_path / "conv.parquet")
     assert log.schema.equals(TRAFFIC_LOG_SCHEMA) and log.schema.metadata == TRAFFIC_LOG_SCHEMA.metadata
@@ -70,7 +75,7 @@ def test_the_azure_trace_ingests_every_row_with_its_values(tmp_path):
 
 
 def test_the_mooncake_trace_ingests_with_prefix_block_ids(tmp_path):
-    start = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
+    start = datetime(2025, 3, 1, 12, tzinfo=UTC)
     summary = ingest(MOONCAKE, tmp_path / "mc.parquet", IngestOptions(start=start, tag="mooncake"))
     assert (summary.format, summary.kept, summary.quarantined_total) == ("mooncake", 3_993, 0)
     log = read_log(tmp_path / "mc.parquet")
@@ -79,13 +84,15 @@ def test_the_mooncake_trace_ingests_with_prefix_block_ids(tmp_path):
     assert log.column("prefix_block_ids").to_pylist() == [entry["hash_ids"] for entry in source]
     assert log.column("prompt_tokens").to_pylist() == [entry["input_length"] for entry in source]
     assert log.column("completion_tokens").to_pylist() == [entry["output_length"] for entry in source]
-    assert log.column("arrival_time").to_pylist() == [start + timedelta(milliseconds=entry["timestamp"]) for entry in source]
+    assert log.column("arrival_time").to_pylist() == [
+        start + timedelta(milliseconds=entry["timestamp"]) for entry in source
+    ]
     assert set(log.column("tag").to_pylist()) == {"mooncake"}
 
 
 def test_mooncake_times_start_at_the_documented_default(tmp_path):
     ingest(MOONCAKE, tmp_path / "mc.parquet")
-    assert read_log(tmp_path / "mc.parquet").column("arrival_time")[0].as_py() == datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert read_log(tmp_path / "mc.parquet").column("arrival_time")[0].as_py() == datetime(2024, 1, 1, tzinfo=UTC)
 
 
 # ---- corrupted copies ------------------------------------------------------------------------
@@ -113,11 +120,15 @@ def test_a_corrupted_azure_copy_quarantines_exactly_the_corrupted_rows(tmp_path)
 
     summary = ingest(src, tmp_path / "bad.parquet")
     assert summary.kept == 2000 - len(corrupt) - 1
-    assert quarantined(tmp_path / "bad.parquet") == {row: (field, reason, text) for row, (text, field, reason) in corrupt.items()}
+    assert quarantined(tmp_path / "bad.parquet") == {
+        row: (field, reason, text) for row, (text, field, reason) in corrupt.items()
+    }
     log = read_log(tmp_path / "bad.parquet")
     kept_rows = [int(request_id.removeprefix("azure-")) for request_id in log.column("request_id").to_pylist()]
     assert sorted(kept_rows) == sorted(set(range(1, 2001)) - set(corrupt) - {1500})
-    for row, prompt, completion in zip(kept_rows, log.column("prompt_tokens").to_pylist(), log.column("completion_tokens").to_pylist()):
+    for row, prompt, completion in zip(
+        kept_rows, log.column("prompt_tokens").to_pylist(), log.column("completion_tokens").to_pylist()
+    ):
         assert (prompt, completion) == (int(original[row][1]), int(original[row][2]))
 
 
@@ -126,23 +137,39 @@ def test_a_corrupted_mooncake_copy_quarantines_exactly_the_corrupted_lines(tmp_p
     corrupt = {
         5: ("{not json", None, "unparseable_row"),
         6: ("[1, 2]", None, "unparseable_row"),
-        20: (json.dumps({"timestamp": 9, "input_length": -1, "output_length": 3}), "prompt_tokens", "negative_token_count"),
-        21: (json.dumps({"timestamp": 9, "input_length": 10, "output_length": 2.5}), "completion_tokens", "non_integer_token_count"),
-        22: (json.dumps({"timestamp": 9, "input_length": 10, "output_length": 3, "hash_ids": [1, "x"]}), "prefix_block_ids", "invalid_prefix_block_ids"),
+        20: (
+            json.dumps({"timestamp": 9, "input_length": -1, "output_length": 3}),
+            "prompt_tokens",
+            "negative_token_count",
+        ),
+        21: (
+            json.dumps({"timestamp": 9, "input_length": 10, "output_length": 2.5}),
+            "completion_tokens",
+            "non_integer_token_count",
+        ),
+        22: (
+            json.dumps({"timestamp": 9, "input_length": 10, "output_length": 3, "hash_ids": [1, "x"]}),
+            "prefix_block_ids",
+            "invalid_prefix_block_ids",
+        ),
         23: (json.dumps({"timestamp": "soon", "input_length": 10, "output_length": 3}), "arrival_time", "invalid_time"),
         24: (json.dumps({"input_length": 10, "output_length": 3}), "arrival_time", "missing_value"),
         25: (json.dumps({"timestamp": 9, "output_length": 3}), "prompt_tokens", "missing_value"),
     }
     for line, (text, _, _) in corrupt.items():
         lines[line - 1] = text
-    lines[299] = json.dumps({"timestamp": 9, "input_length": 7.0, "output_length": 3})  # an integral float is an integer
+    lines[299] = json.dumps(
+        {"timestamp": 9, "input_length": 7.0, "output_length": 3}
+    )  # an integral float is an integer
     lines[199] = ""  # a blank line: skipped
     src = tmp_path / "mc_bad.jsonl"
     src.write_text("\n".join(lines) + "\n")
 
     summary = ingest(src, tmp_path / "bad.parquet")
     assert summary.kept == 400 - len(corrupt) - 1
-    assert quarantined(tmp_path / "bad.parquet") == {line: (field, reason, text) for line, (text, field, reason) in corrupt.items()}
+    assert quarantined(tmp_path / "bad.parquet") == {
+        line: (field, reason, text) for line, (text, field, reason) in corrupt.items()
+    }
     log = read_log(tmp_path / "bad.parquet").to_pylist()
     kept_lines = {int(row["request_id"].removeprefix("mooncake-")) for row in log}
     assert kept_lines == set(range(1, 401)) - set(corrupt) - {200}
@@ -154,21 +181,55 @@ def test_a_corrupted_mooncake_copy_quarantines_exactly_the_corrupted_lines(tmp_p
 
 def test_an_openai_request_log_keeps_text_params_usage_and_finds_bad_lines(tmp_path):
     entries = [
-        {"id": "a", "timestamp": "2024-05-01T10:00:02Z", "session_id": "s1", "tag": "support", "reference": "ref",
-         "request": {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
-                     "tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}},
-         "response": {"choices": [{"message": {"content": "yo"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}},
-        {"custom_id": "b", "url": "/v1/completions", "body": {"prompt": "Once", "max_tokens": 7, "stop": ["\n"]}, "timestamp": 1714557601},
+        {
+            "id": "a",
+            "timestamp": "2024-05-01T10:00:02Z",
+            "session_id": "s1",
+            "tag": "support",
+            "reference": "ref",
+            "request": {
+                "model": "m",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 5,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "response_format": {"type": "json_object"},
+            },
+            "response": {
+                "choices": [{"message": {"content": "yo"}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            },
+        },
+        {
+            "custom_id": "b",
+            "url": "/v1/completions",
+            "body": {"prompt": "Once", "max_tokens": 7, "stop": ["\n"]},
+            "timestamp": 1714557601,
+        },
         {"request_id": "c", "time": 1714557600500, "request": {"messages": [{"role": "robot", "content": "x"}]}},
         {"timestamp": "2024-05-01T12:00:03+02:00", "prompt_tokens": 10, "completion_tokens": 3},
         {"timestamp": "2024-05-01T10:00:03", "request": {}},
         {"id": "a", "timestamp": "2024-05-01T10:00:09Z", "messages": [{"role": "user", "content": "again"}]},
         {"id": "e", "timestamp": "2024-05-01T10:00:09Z", "messages": "not a list"},
         {"id": "f", "created_at": "yesterday", "prompt": "p"},
-        {"id": "g", "timestamp": 1714557605, "request": {"prompt": "p", "messages": [{"role": "user", "content": "both"}]}},
+        {
+            "id": "g",
+            "timestamp": 1714557605,
+            "request": {"prompt": "p", "messages": [{"role": "user", "content": "both"}]},
+        },
         {"id": "h", "timestamp": 1714557606, "request": {"prompt": "p"}, "prompt_tokens": -2},
-        {"id": "i", "response": {"body": {"id": "resp", "created": 1714557607, "choices": [{"text": "done"}], "usage": {"prompt_tokens": 4}}},
-         "body": {"prompt": "q"}},
+        {
+            "id": "i",
+            "response": {
+                "body": {
+                    "id": "resp",
+                    "created": 1714557607,
+                    "choices": [{"text": "done"}],
+                    "usage": {"prompt_tokens": 4},
+                }
+            },
+            "body": {"prompt": "q"},
+        },
     ]
     lines = [json.dumps(entry) for entry in entries] + ["", "[1]", "{broken"]
     src = tmp_path / "requests.jsonl"
@@ -180,18 +241,31 @@ def test_an_openai_request_log_keeps_text_params_usage_and_finds_bad_lines(tmp_p
     assert list(log) == ["b", "a", "openai-jsonl-4", "i"]  # arrival order
     a = log["a"]
     assert json.loads(a["messages"]) == [{"role": "user", "content": "hi"}]
-    assert json.loads(a["params"]) == {"max_tokens": 5, "tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}}
+    assert json.loads(a["params"]) == {
+        "max_tokens": 5,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "response_format": {"type": "json_object"},
+    }
     assert (a["api"], a["prompt_tokens"], a["completion_tokens"], a["response_text"]) == ("chat", 3, 2, "yo")
     assert (a["session_id"], a["tag"], a["reference"]) == ("s1", "support", "ref")
-    assert a["arrival_time"] == datetime(2024, 5, 1, 10, 0, 2, tzinfo=timezone.utc)
+    assert a["arrival_time"] == datetime(2024, 5, 1, 10, 0, 2, tzinfo=UTC)
     b = log["b"]
-    assert (b["api"], b["prompt"], json.loads(b["params"]), b["tag"]) == ("completions", "Once", {"max_tokens": 7, "stop": ["\n"]}, "default-tag")
-    assert b["arrival_time"] == datetime(2024, 5, 1, 10, 0, 1, tzinfo=timezone.utc)
+    assert (b["api"], b["prompt"], json.loads(b["params"]), b["tag"]) == (
+        "completions",
+        "Once",
+        {"max_tokens": 7, "stop": ["\n"]},
+        "default-tag",
+    )
+    assert b["arrival_time"] == datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)
     fourth = log["openai-jsonl-4"]
-    assert fourth["arrival_time"] == datetime(2024, 5, 1, 10, 0, 3, tzinfo=timezone.utc)
+    assert fourth["arrival_time"] == datetime(2024, 5, 1, 10, 0, 3, tzinfo=UTC)
     assert (fourth["api"], fourth["prompt_tokens"], fourth["messages"]) == ("chat", 10, None)
     i = log["i"]
-    assert (i["arrival_time"], i["response_text"], i["prompt_tokens"]) == (datetime(2024, 5, 1, 10, 0, 7, tzinfo=timezone.utc), "done", 4)
+    assert (i["arrival_time"], i["response_text"], i["prompt_tokens"]) == (
+        datetime(2024, 5, 1, 10, 0, 7, tzinfo=UTC),
+        "done",
+        4,
+    )
 
     assert {row: (field, reason) for row, (field, reason, _) in quarantined(tmp_path / "log.parquet").items()} == {
         3: ("messages", "invalid_messages"),
@@ -208,19 +282,36 @@ def test_an_openai_request_log_keeps_text_params_usage_and_finds_bad_lines(tmp_p
 
 
 def test_a_mapped_parquet_table_ingests(tmp_path):
-    table = pa.table({
-        "when": pa.array([datetime(2024, 1, 1, 0, 0, 1), datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 0, 2)], pa.timestamp("ms")),
-        "in": [10, 20, None], "out": [5.0, 6.0, 7.0], "route": ["a", "b", "c"], "conv": [1, 1, 2],
-        "chat": [None, json.dumps([{"role": "user", "content": "x"}]), None],
-        "ignored": ["x", "y", "z"],
-    })
+    table = pa.table(
+        {
+            "when": pa.array(
+                [datetime(2024, 1, 1, 0, 0, 1), datetime(2024, 1, 1), datetime(2024, 1, 1, 0, 0, 2)], pa.timestamp("ms")
+            ),
+            "in": [10, 20, None],
+            "out": [5.0, 6.0, 7.0],
+            "route": ["a", "b", "c"],
+            "conv": [1, 1, 2],
+            "chat": [None, json.dumps([{"role": "user", "content": "x"}]), None],
+            "ignored": ["x", "y", "z"],
+        }
+    )
     pq.write_table(table, tmp_path / "export.parquet")
-    options = IngestOptions(column_map={"when": "arrival_time", "in": "prompt_tokens", "out": "completion_tokens",
-                                        "route": "tag", "conv": "session_id", "chat": "messages"})
+    options = IngestOptions(
+        column_map={
+            "when": "arrival_time",
+            "in": "prompt_tokens",
+            "out": "completion_tokens",
+            "route": "tag",
+            "conv": "session_id",
+            "chat": "messages",
+        }
+    )
     summary = ingest(tmp_path / "export.parquet", tmp_path / "log.parquet", options)
     assert (summary.format, summary.kept) == ("table", 2)
     log = read_log(tmp_path / "log.parquet").to_pylist()
-    assert [(r["request_id"], r["prompt_tokens"], r["completion_tokens"], r["tag"], r["session_id"], r["api"]) for r in log] == [
+    assert [
+        (r["request_id"], r["prompt_tokens"], r["completion_tokens"], r["tag"], r["session_id"], r["api"]) for r in log
+    ] == [
         ("table-2", 20, 6, "b", "1", "chat"),
         ("table-1", 10, 5, "a", "1", "chat"),
     ]
@@ -230,7 +321,15 @@ def test_a_mapped_parquet_table_ingests(tmp_path):
 def test_a_mapped_csv_table_with_quoted_json_and_line_breaks_ingests(tmp_path):
     rows = [
         ["ts", "rid", "msgs", "text", "blocks", "extra", "kind"],
-        ["2024-01-01T00:00:00Z", "x1", json.dumps([{"role": "user", "content": "a, \"quoted\"\nline"}]), "", "[1, 2]", '{"temperature": 0.5}', ""],
+        [
+            "2024-01-01T00:00:00Z",
+            "x1",
+            json.dumps([{"role": "user", "content": 'a, "quoted"\nline'}]),
+            "",
+            "[1, 2]",
+            '{"temperature": 0.5}',
+            "",
+        ],
         ["2024-01-01T00:00:01Z", "x2", "", "complete me", "", "", "completions"],
         ["2024-01-01T00:00:02Z", "x3", "[not json", "", "", "", ""],
         ["2024-01-01T00:00:03Z", "x1", "", "dup", "", "", ""],
@@ -241,14 +340,27 @@ def test_a_mapped_csv_table_with_quoted_json_and_line_breaks_ingests(tmp_path):
     src = tmp_path / "export.csv"
     with src.open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    options = IngestOptions(column_map={"ts": "arrival_time", "rid": "request_id", "msgs": "messages", "text": "prompt",
-                                        "blocks": "prefix_block_ids", "extra": "params", "kind": "api"})
+    options = IngestOptions(
+        column_map={
+            "ts": "arrival_time",
+            "rid": "request_id",
+            "msgs": "messages",
+            "text": "prompt",
+            "blocks": "prefix_block_ids",
+            "extra": "params",
+            "kind": "api",
+        }
+    )
     summary = ingest(src, tmp_path / "log.parquet", options)
     assert summary.kept == 2
     log = read_log(tmp_path / "log.parquet").to_pylist()
     assert [r["request_id"] for r in log] == ["x1", "x2"]
-    assert json.loads(log[0]["messages"])[0]["content"] == "a, \"quoted\"\nline"
-    assert (log[0]["api"], log[0]["prefix_block_ids"], json.loads(log[0]["params"])) == ("chat", [1, 2], {"temperature": 0.5})
+    assert json.loads(log[0]["messages"])[0]["content"] == 'a, "quoted"\nline'
+    assert (log[0]["api"], log[0]["prefix_block_ids"], json.loads(log[0]["params"])) == (
+        "chat",
+        [1, 2],
+        {"temperature": 0.5},
+    )
     assert (log[1]["api"], log[1]["prompt"], log[1]["messages"]) == ("completions", "complete me", None)
     assert {row: (field, reason) for row, (field, reason, _) in quarantined(tmp_path / "log.parquet").items()} == {
         3: ("messages", "invalid_messages"),
@@ -262,8 +374,15 @@ def test_a_mapped_csv_table_with_quoted_json_and_line_breaks_ingests(tmp_path):
 def test_a_table_without_an_arrival_time_column_is_refused(tmp_path):
     pq.write_table(pa.table({"t": [1], "prompt_tokens": [3]}), tmp_path / "export.parquet")
     assert main(["ingest", str(tmp_path / "export.parquet"), "-o", str(tmp_path / "log.parquet")]) == 1
-    assert main(["ingest", str(tmp_path / "export.parquet"), "-o", str(tmp_path / "log.parquet"), "--map", "t=arrival_time"]) == 0
-    assert read_log(tmp_path / "log.parquet").column("arrival_time")[0].as_py() == datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+    assert (
+        main(
+            ["ingest", str(tmp_path / "export.parquet"), "-o", str(tmp_path / "log.parquet"), "--map", "t=arrival_time"]
+        )
+        == 0
+    )
+    assert read_log(tmp_path / "log.parquet").column("arrival_time")[0].as_py() == datetime(
+        1970, 1, 1, 0, 0, 1, tzinfo=UTC
+    )
 
 
 # ---- arrival order -----------------------------------------------------------------------------
@@ -272,7 +391,9 @@ def test_a_table_without_an_arrival_time_column_is_refused(tmp_path):
 def test_unsorted_input_comes_out_sorted_with_ties_in_source_order(tmp_path):
     rng = random.Random(7)
     seconds = [rng.randrange(600) for _ in range(6000)]  # many equal times
-    lines = [AZURE_HEADER] + [f"2024-01-01 00:{s // 60:02d}:{s % 60:02d}.0000000,{row},1" for row, s in enumerate(seconds, start=1)]
+    lines = [AZURE_HEADER] + [
+        f"2024-01-01 00:{s // 60:02d}:{s % 60:02d}.0000000,{row},1" for row, s in enumerate(seconds, start=1)
+    ]
     src = tmp_path / "shuffled.csv"
     src.write_text("\n".join(lines) + "\n")
     summary = ingest(src, tmp_path / "log.parquet", run_rows=500)
@@ -288,17 +409,26 @@ def test_the_run_merge_reads_each_run_in_several_chunks(tmp_path):
     rng = np.random.default_rng(3)
     count = 9000
     micros = rng.integers(0, 2_000_000, count)
-    table = pa.table({
-        "request_id": [f"r{i}" for i in range(count)],
-        "arrival_time": pa.array(micros, pa.timestamp("us", tz="UTC")),
-        "api": ["chat"] * count,
-        "prompt_tokens": pa.array(np.arange(count), pa.int32()),
-    })
+    table = pa.table(
+        {
+            "request_id": [f"r{i}" for i in range(count)],
+            "arrival_time": pa.array(micros, pa.timestamp("us", tz="UTC")),
+            "api": ["chat"] * count,
+            "prompt_tokens": pa.array(np.arange(count), pa.int32()),
+        }
+    )
     writer = TrafficLogWriter(tmp_path / "log.parquet", run_rows=3000, merge_memory_bytes=1)  # 1,024-row chunks
     for start in range(0, count, 700):
         piece = table.slice(start, 700)
-        writer.write(pa.Table.from_arrays([piece.column(f.name) if f.name in piece.column_names else pa.nulls(piece.num_rows, f.type)
-                                           for f in TRAFFIC_LOG_SCHEMA], schema=TRAFFIC_LOG_SCHEMA))
+        writer.write(
+            pa.Table.from_arrays(
+                [
+                    piece.column(f.name) if f.name in piece.column_names else pa.nulls(piece.num_rows, f.type)
+                    for f in TRAFFIC_LOG_SCHEMA
+                ],
+                schema=TRAFFIC_LOG_SCHEMA,
+            )
+        )
     result = writer.close()
     assert (result.rows, result.in_arrival_order, result.runs) == (count, False, 3)
     order = np.argsort(micros, kind="stable")
@@ -387,7 +517,7 @@ FIELD_TEXT = st.text(alphabet=st.sampled_from(list("ab ,\"\n\r'é;1")), max_size
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(FIELD_TEXT, FIELD_TEXT, FIELD_TEXT), max_size=40), st.integers(8, 200))
-def test_the_csv_record_reader_returns_every_record_with_its_number(tmp_path_factory, records, block_bytes):
+def test_the_csv_record_reader_returns_every_record_with_its_number(tmp_path_factory, records, block_bytes) -> None:
     path = tmp_path_factory.mktemp("csv") / "t.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -410,7 +540,14 @@ def test_the_csv_record_reader_returns_every_record_with_its_number(tmp_path_fac
 _INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
-@given(st.lists(st.one_of(st.text(max_size=8), st.integers(-(2**40), 2**40).map(str), st.integers(0, 99).map(lambda n: f" {n}\t")), max_size=30))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=8), st.integers(-(2**40), 2**40).map(str), st.integers(0, 99).map(lambda n: f" {n}\t")
+        ),
+        max_size=30,
+    )
+)
 def test_token_count_text_accepts_exactly_the_non_negative_int32_integers(texts):
     problems = RowProblems(len(texts))
     counts = token_counts(pa.array(texts, pa.string()), "prompt_tokens", problems, required=True).to_pylist()
@@ -423,12 +560,23 @@ def test_token_count_text_accepts_exactly_the_non_negative_int32_integers(texts)
             assert counts[index] is None and problems.has_problem(index)
 
 
-@given(st.lists(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**33).map(float)), max_size=30))
+@given(
+    st.lists(
+        st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 2**33).map(float)),
+        max_size=30,
+    )
+)
 def test_token_count_numbers_accept_exactly_the_integral_values_in_range(values):
     problems = RowProblems(len(values))
     counts = token_counts(pa.array(values, pa.float64()), "completion_tokens", problems, required=False).to_pylist()
     for index, value in enumerate(values):
-        valid = value is not None and value == value and abs(value) != float("inf") and value.is_integer() and 0 <= value <= INT32_MAX
+        valid = (
+            value is not None
+            and value == value
+            and abs(value) != float("inf")
+            and value.is_integer()
+            and 0 <= value <= INT32_MAX
+        )
         assert counts[index] == (int(value) if valid else None)
         assert problems.has_problem(index) == (value is not None and not valid)
 
@@ -440,7 +588,7 @@ def test_token_count_integers_accept_exactly_the_int32_range(values):
     assert counts == [value if 0 <= value <= INT32_MAX else None for value in values]
 
 
-MOMENTS = st.datetimes(min_value=datetime(1974, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc))
+MOMENTS = st.datetimes(min_value=datetime(1974, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
 OFFSETS = st.integers(-14 * 60, 14 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes)))
 
 
@@ -461,7 +609,7 @@ def test_iso_times_round_trip_in_every_written_form(moment, offset):
 @given(MOMENTS)
 def test_epoch_times_round_trip_in_seconds_and_milliseconds(moment):
     seconds = moment.timestamp()
-    millis = (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+    millis = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     problems = RowProblems(3)
     parsed = arrival_times(pa.array([seconds, float(millis), None]), "arrival_time", problems).to_pylist()
     assert abs(parsed[0] - moment) <= timedelta(microseconds=1)
@@ -485,12 +633,15 @@ def test_arbitrary_text_is_a_time_only_when_python_also_reads_one(text):
     except ValueError:
         pass
     python = datetime.fromisoformat(stripped.replace("Z", "+00:00").replace("z", "+00:00"))
-    python = python if python.tzinfo else python.replace(tzinfo=timezone.utc)
+    python = python if python.tzinfo else python.replace(tzinfo=UTC)
     assert abs(python - parsed) < timedelta(microseconds=1)
 
 
 ROLES = st.sampled_from(["system", "developer", "user", "assistant", "tool"])
-CONTENT = st.one_of(st.text(max_size=10), st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=5)}), max_size=3))
+CONTENT = st.one_of(
+    st.text(max_size=10),
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=5)}), max_size=3),
+)
 
 
 @given(st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), min_size=1, max_size=5))
@@ -499,9 +650,21 @@ def test_openai_shaped_messages_are_accepted(messages):
     assert messages_problem(json.loads(json.dumps(messages))) is None
 
 
-@given(st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), min_size=1, max_size=5), st.integers(0, 4),
-       st.sampled_from([{"role": "robot", "content": "x"}, {"content": "x"}, {"role": "user", "content": 5}, {"role": "user"},
-                        {"role": "user", "content": [{"text": "no type"}]}, "text", None]))
+@given(
+    st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), min_size=1, max_size=5),
+    st.integers(0, 4),
+    st.sampled_from(
+        [
+            {"role": "robot", "content": "x"},
+            {"content": "x"},
+            {"role": "user", "content": 5},
+            {"role": "user"},
+            {"role": "user", "content": [{"text": "no type"}]},
+            "text",
+            None,
+        ]
+    ),
+)
 def test_a_message_out_of_shape_is_refused(messages, position, bad):
     messages.insert(min(position, len(messages)), bad)
     assert messages_problem(messages) is not None
@@ -510,12 +673,16 @@ def test_a_message_out_of_shape_is_refused(messages, position, bad):
 @given(st.lists(st.one_of(st.none(), st.integers(-(2**70), 2**70).map(str), st.text(max_size=4)), max_size=40))
 def test_casting_locates_exactly_the_values_that_fail(texts):
     cast, failed = cast_locating_failures(pa.array(texts, pa.string()), pa.int64())
+
     def casts(text):
         try:
             pa.array([text]).cast(pa.int64())
             return True
         except (pa.ArrowInvalid, OverflowError):
             return False
+
     expected_failures = [i for i, text in enumerate(texts) if text is not None and not casts(text)]
     assert failed.tolist() == expected_failures
-    assert cast.to_pylist() == [None if text is None or i in expected_failures else int(text) for i, text in enumerate(texts)]
+    assert cast.to_pylist() == [
+        None if text is None or i in expected_failures else int(text) for i, text in enumerate(texts)
+    ]

@@ -12,8 +12,8 @@ import pytest
 
 import shadowreplay.replay.telemetry.nvml_sampler as nvml_sampler
 from shadowreplay.replay.clock import ClockMapping
-from shadowreplay.replay.telemetry.nvml_sampler import NvmlSampler, check_nvml
 from shadowreplay.replay.schemas.telemetry import TELEMETRY_SCHEMA
+from shadowreplay.replay.telemetry.nvml_sampler import NvmlSampler, check_nvml
 
 # pynvml's codes (nvml.h)
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -269,8 +269,10 @@ def test_real_gpu(tmp_path):
     time.sleep(2.0)
     stats = sampler.stop()
     rows = read_rows(stats["files"])
-    print(f"\nNVML on this host: {status.reason}; {stats['samples']} rounds in 2 s, "
-          f"unsupported {stats['unsupported']}, errors {stats['errors']}, thread CPU {stats['thread_cpu_s']:.4f} s")
+    print(
+        f"\nNVML on this host: {status.reason}; {stats['samples']} rounds in 2 s, "
+        f"unsupported {stats['unsupported']}, errors {stats['errors']}, thread CPU {stats['thread_cpu_s']:.4f} s"
+    )
     assert stats["samples"] >= 10 and not stats["errors"]
     for gpu in status.gpus:
         metrics = by_metric(rows, str(gpu["index"]))

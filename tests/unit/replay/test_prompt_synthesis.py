@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +37,7 @@ def hf_tokenizer(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def synthesizers(tiny_model_dir):
+def synthesizers(tiny_model_dir) -> Callable[..., PromptSynthesizer]:
     """One synthesizer per block size, made on first use."""
     made: dict[int, PromptSynthesizer] = {}
 
@@ -51,7 +52,9 @@ def synthesizers(tiny_model_dir):
 def server_token_ids(hf_tokenizer, body: dict) -> list[int]:
     """Token ids of the prompt as vLLM builds them."""
     if "messages" in body:
-        encoded = hf_tokenizer.apply_chat_template(body["messages"], tokenize=True, add_generation_prompt=True, return_dict=True)
+        encoded = hf_tokenizer.apply_chat_template(
+            body["messages"], tokenize=True, add_generation_prompt=True, return_dict=True
+        )
         return list(encoded["input_ids"])
     return hf_tokenizer(body["prompt"])["input_ids"]
 
@@ -108,7 +111,9 @@ def test_text_is_tokenizer_safe(synthesizers, hf_tokenizer, api, extra, request_
     api=st.sampled_from(APIS),
     block_size=st.sampled_from([16, 64, 512]),
     shared=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=3, unique=True),
-    tails=st.tuples(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**6)).filter(lambda t: t[0] != t[1]),
+    tails=st.tuples(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**6)).filter(
+        lambda t: t[0] != t[1]
+    ),
     extra=st.tuples(st.integers(min_value=0, max_value=600), st.integers(min_value=0, max_value=600)),
 )
 def test_shared_block_ids_give_an_identical_prefix(synthesizers, hf_tokenizer, api, block_size, shared, tails, extra):
@@ -167,7 +172,9 @@ def test_too_short_is_a_clear_error_and_the_minimum_works(synthesizers, hf_token
         minimum = synthesizer.min_prompt_tokens(api)
         body = synthesizer.synthesize("short", minimum, api)
         assert len(server_token_ids(hf_tokenizer, body)) == minimum
-        with pytest.raises(PromptTooShort, match=rf"request short: prompt_tokens={minimum - 1} is below the minimum of {minimum}"):
+        with pytest.raises(
+            PromptTooShort, match=rf"request short: prompt_tokens={minimum - 1} is below the minimum of {minimum}"
+        ):
             synthesizer.synthesize("short", minimum - 1, api)
     assert synthesizer.min_prompt_tokens("completions") == 2  # BOS + one word
     with pytest.raises(PromptSynthesisError, match="api must be chat or completions"):

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shadowreplay.replay.clients.rate_limit_headers import parse_reset, rate_limit_wait_s
 from shadowreplay.replay.clients.rate_limiter import RateLimiter, RateLimits, TokenBucket, estimated_tokens
-from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.clients.retry_policy import RetryBudget, RetryBudgetConfig, RetryPolicy
+from shadowreplay.replay.schemas.results import StreamOutcome
 
 
 class FakeClock:
@@ -57,7 +57,9 @@ def test_both_limits_apply_and_the_later_one_decides():
     limiter = RateLimiter(RateLimits(rpm=600, tpm=600, burst_s=1.0), clock=clock)  # 10 req/s, 10 tok/s
     assert limiter.reserve(10) == 100.0
     assert limiter.reserve(10) == pytest.approx(101.0)  # the token bucket is the bottleneck
-    assert limiter.reserve(0) == pytest.approx(101.0)  # no tokens: only the request bucket, but not before earlier bookings
+    assert limiter.reserve(0) == pytest.approx(
+        101.0
+    )  # no tokens: only the request bucket, but not before earlier bookings
 
 
 def test_a_worker_share_divides_the_limits():
@@ -74,11 +76,11 @@ def test_no_limits_never_wait():
 def test_acquire_really_waits_in_booking_order():
     limiter = RateLimiter(RateLimits(rpm=600, burst_s=0.1))  # 10/s, bucket of 1
 
-    async def go():
+    async def go() -> tuple[list[float], list[int]]:
         started = time.perf_counter()
         order: list[int] = []
 
-        async def one(i: int):
+        async def one(i: int) -> float:
             await limiter.acquire()
             order.append(i)
             return time.perf_counter() - started
@@ -127,15 +129,25 @@ def test_retry_policy_uses_the_servers_wait_then_backoff():
 
 
 # -- providers' rate-limit headers ----------------------------------------------------------------
-NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("2m59.56s", 179.56), ("1h2m3s", 3723.0), ("7.66s", 7.66),
-    ("12", 12.0), ("0.5", 0.5),
-    (str(int(NOW.timestamp()) + 30), 30.0),  # a Unix time
-    ("2025-06-01T12:00:05Z", 5.0), ("2025-06-01T12:00:01.250000+00:00", 1.25),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("2m59.56s", 179.56),
+        ("1h2m3s", 3723.0),
+        ("7.66s", 7.66),
+        ("12", 12.0),
+        ("0.5", 0.5),
+        (str(int(NOW.timestamp()) + 30), 30.0),  # a Unix time
+        ("2025-06-01T12:00:05Z", 5.0),
+        ("2025-06-01T12:00:01.250000+00:00", 1.25),
+    ],
+)
 def test_reset_values(value, seconds):
     assert parse_reset(value, NOW) == pytest.approx(seconds)
 
@@ -146,8 +158,10 @@ def test_unreadable_resets_are_none():
 
 def test_openai_headers_the_exhausted_limit_decides():
     headers = {
-        "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s",
-        "x-ratelimit-remaining-tokens": "1200", "x-ratelimit-reset-tokens": "6m0s",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-remaining-tokens": "1200",
+        "x-ratelimit-reset-tokens": "6m0s",
     }
     assert rate_limit_wait_s(headers, NOW) == 1.0
     headers["x-ratelimit-remaining-tokens"] = "0"
@@ -158,8 +172,10 @@ def test_anthropic_headers_and_the_earliest_reset_when_nothing_is_exhausted():
     reset = (NOW + timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
     later = (NOW + timedelta(seconds=40)).isoformat().replace("+00:00", "Z")
     headers = {
-        "anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset,
-        "anthropic-ratelimit-tokens-remaining": "5000", "anthropic-ratelimit-tokens-reset": later,
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset,
+        "anthropic-ratelimit-tokens-remaining": "5000",
+        "anthropic-ratelimit-tokens-reset": later,
     }
     assert rate_limit_wait_s(headers, NOW) == pytest.approx(3.0)
     headers["anthropic-ratelimit-requests-remaining"] = "4"

@@ -1,12 +1,13 @@
 """Replay plans: window, limit, duration, clamps and the split across workers."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shadowreplay.replay.run.plan import (
     LengthClamp,
@@ -22,7 +23,7 @@ from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 
 def make_log(path, offsets, prompt_tokens=None, sessions=None, texts=None):
-    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     n = len(offsets)
     rows = [
         {
@@ -69,8 +70,12 @@ def test_durations_parse_with_units(value, unit):
 
 
 def test_clamp_applies_only_to_synthesized_rows_and_is_recorded(tmp_path):
-    log = make_log(tmp_path / "log.parquet", [0, 1, 2], prompt_tokens=[3000, 10, 3000],
-                   texts=[None, None, '[{"role": "user", "content": "hi"}]'])
+    log = make_log(
+        tmp_path / "log.parquet",
+        [0, 1, 2],
+        prompt_tokens=[3000, 10, 3000],
+        texts=[None, None, '[{"role": "user", "content": "hi"}]'],
+    )
     rows = select_rows(log)
     plan = build_plan(rows, arrival_offsets_s(rows), LengthClamp(max_prompt_tokens=1000, max_completion_tokens=20))
     assert plan.column("expected_prompt_tokens").to_pylist() == [1000, 10, 3000]

@@ -17,9 +17,7 @@ def parse_all(chunks: list[bytes]) -> list[SSEEvent]:
 
 
 # -- a model of a valid stream, and its expected events -----------------------------------------
-_value_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"), max_size=12
-)
+_value_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\0"), max_size=12)
 _event_block = st.fixed_dictionaries(
     {
         "data": st.lists(_value_text, min_size=1, max_size=3),

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from shadowreplay.replay.targets.config import TargetConfigError, load_target, load_targets
-
 from tests.support.paths import REPO
 
 
@@ -31,8 +30,11 @@ def test_openai_target_needs_base_url(tmp_path):
 
 
 def test_unknown_field_and_bad_timeout_are_named(tmp_path):
-    path = write(tmp_path, "t.yaml", "name: a\nkind: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1\n"
-                 "timeouts: {connect_s: -1}\nflavour: x\n")
+    path = write(
+        tmp_path,
+        "t.yaml",
+        "name: a\nkind: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1\ntimeouts: {connect_s: -1}\nflavour: x\n",
+    )
     with pytest.raises(TargetConfigError) as err:
         load_target(path)
     message = str(err.value)
@@ -40,8 +42,11 @@ def test_unknown_field_and_bad_timeout_are_named(tmp_path):
 
 
 def test_key_comes_from_the_named_variable_and_never_appears_in_the_public_dict(tmp_path, monkeypatch):
-    path = write(tmp_path, "t.yaml", "name: a\nkind: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1\n"
-                 "api_key_env: SR_TEST_KEY\n")
+    path = write(
+        tmp_path,
+        "t.yaml",
+        "name: a\nkind: openai\nmodel: m\nbase_url: http://127.0.0.1:1/v1\napi_key_env: SR_TEST_KEY\n",
+    )
     monkeypatch.setenv("SR_TEST_KEY", "sk-canary-123")
     target = load_target(path)
     assert target.api_key() == "sk-canary-123"

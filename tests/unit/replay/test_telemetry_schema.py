@@ -6,7 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import shadowreplay.analysis.data.telemetry_data as reader
-from shadowreplay.replay.schemas.telemetry import TELEMETRY_SCHEMA, TelemetryShardWriter, bucket_metric, parse_bucket_metric
+from shadowreplay.replay.schemas.telemetry import (
+    TELEMETRY_SCHEMA,
+    TelemetryShardWriter,
+    bucket_metric,
+    parse_bucket_metric,
+)
 
 
 def test_schema_has_designs_columns_and_version_metadata():
@@ -27,8 +32,15 @@ def test_writer_rotates_closed_shards_and_keeps_every_row(tmp_path):
     assert table.schema.equals(TELEMETRY_SCHEMA, check_metadata=True)
     rows = pq.ParquetDataset(writer.files).read().sort_by("t_s").to_pylist()
     assert len(rows) == writer.rows_written == 100
-    assert rows[7] == {"run_id": "run-1", "source": "nvml", "host": "node-a", "device": "1",
-                       "t_s": pytest.approx(0.7), "metric": "power_w", "value": 107.0}
+    assert rows[7] == {
+        "run_id": "run-1",
+        "source": "nvml",
+        "host": "node-a",
+        "device": "1",
+        "t_s": pytest.approx(0.7),
+        "metric": "power_w",
+        "value": 107.0,
+    }
     loaded = reader.load_telemetry(tmp_path)  # what analysis reads back
     assert loaded is not None and loaded.samples.height == 100
 

@@ -18,8 +18,14 @@ from shadowreplay.replay.clients.sse import SSEEvent
 
 
 def chat_event(delta: dict, finish_reason=None, **extra) -> SSEEvent:
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        **extra,
+    }
     return SSEEvent(json.dumps(chunk))
 
 
@@ -74,12 +80,24 @@ def test_finish_chunk_with_empty_delta_carries_no_output():
 
 def test_usage_only_final_chunk_and_logprob_token_counts():
     chat = OpenAIChat()
-    final = chat.interpret(SSEEvent(json.dumps({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})))
+    final = chat.interpret(
+        SSEEvent(
+            json.dumps(
+                {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+            )
+        )
+    )
     assert final.usage == Usage(3, 4) and not final.carries_output
     logprobs = {"content": [{"token": "a", "logprob": -1.0}, {"token": "b", "logprob": -2.0}]}
-    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "ab"}, "logprobs": logprobs, "finish_reason": None}]}
+    chunk = {
+        "id": "c",
+        "choices": [{"index": 0, "delta": {"content": "ab"}, "logprobs": logprobs, "finish_reason": None}],
+    }
     assert chat.interpret(SSEEvent(json.dumps(chunk))).tokens == 2
-    completion = {"id": "c", "choices": [{"index": 0, "text": "ab", "logprobs": {"tokens": ["a", "b"]}, "finish_reason": None}]}
+    completion = {
+        "id": "c",
+        "choices": [{"index": 0, "text": "ab", "logprobs": {"tokens": ["a", "b"]}, "finish_reason": None}],
+    }
     assert OpenAICompletions().interpret(SSEEvent(json.dumps(completion))).tokens == 2
 
 
@@ -108,7 +126,10 @@ def test_invalid_events_raise():
 
 def test_error_message_of_bodies():
     chat = OpenAIChat()
-    assert chat.error_message(b'{"error": {"message": "rate", "type": "rate_limit_exceeded"}}') == "rate_limit_exceeded: rate"
+    assert (
+        chat.error_message(b'{"error": {"message": "rate", "type": "rate_limit_exceeded"}}')
+        == "rate_limit_exceeded: rate"
+    )
     assert chat.error_message(b'{"detail": "Not Found"}') == "Not Found"
     assert chat.error_message(b"<html>\n bad gateway </html>") == "<html> bad gateway </html>"
 

@@ -19,8 +19,9 @@ def run_dir(tmp_path):
         rows.append(result_row(f"r{i}", target="vllm-tiny", scheduled_s=i * 0.5, tag=tag, ttft_ms=10.0 + i,
                                gaps_ms=[4.0] * (i % 5)))  # fmt: skip
         status = "timeout" if i == 7 else "ok"
-        rows.append(result_row(f"r{i}", target="hosted-api", scheduled_s=i * 0.5, tag=tag, ttft_ms=None if status != "ok"
-                               else 100.0 + 10 * i, gaps_ms=[20.0] * 3, status=status, http_status=None))  # fmt: skip
+        rows.append(result_row(f"r{i}", target="hosted-api", scheduled_s=i * 0.5, tag=tag,
+                               ttft_ms=None if status != "ok" else 100.0 + 10 * i, gaps_ms=[20.0] * 3,
+                               status=status, http_status=None))  # fmt: skip
     rows.append(result_row("r3", target="hosted-api", scheduled_s=1.5, tag="chat", attempt=0, final=False,
                            status="http_error", http_status=429, ttft_ms=None))  # fmt: skip
     write_results(tmp_path, rows, shards=2, manifest={"run_id": "run-factory"})

@@ -1,0 +1,188 @@
+"""The Session: what every verb that runs traffic shares, from the keys to the manifest.
+
+`with Session(targets, run_dir) as session:` reads every target's key once (a key that cannot be
+read is one clear error, before anything starts), starts a vLLM server for each `kind: vllm`
+target (its log in the run directory), starts a local Ray instance or joins `ray_address` (unless
+`use_ray=False`), and hands out the run's telemetry samplers. On *any* exit (a normal end, an
+error, Ctrl-C) it stops the servers it started by pid, stops the Ray instance it started, and
+writes the run's manifest (`session.manifest`, filled in by the verb) with its `status` and every
+secret removed by the run's one `Scrubber`. `replay`, `sweep` and `locust` use it, so each gets the
+same guarantees without writing them again.
+
+A verb whose manifest is written by another process (Locust's) passes `external_manifest=True`:
+the Session then adds the servers and status to that file instead of replacing it, and writes its
+own only when that process wrote none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from shadowreplay.replay.schemas.manifest import Manifest
+from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.secrets import Scrubber
+from shadowreplay.replay.targets.config import TargetConfig, read_keys
+from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers, print_line
+
+ERROR_TEXT_LIMIT = 500
+
+
+def start_local_servers(
+    targets: Sequence[TargetConfig], run_dir: RunDir, stack: contextlib.ExitStack
+) -> tuple[list[TargetConfig], list[dict[str, Any]]]:
+    """Start a vLLM server for every `kind: vllm` target, each stopped by `stack`; returns the
+    targets with their base_url set and each server's identity (version, arguments, served model)
+    for the manifest."""
+    ready: list[TargetConfig] = []
+    identities: list[dict[str, Any]] = []
+    for target in targets:
+        if target.kind != "vllm":
+            ready.append(target)
+            continue
+        from shadowreplay.replay.targets.vllm_server import VllmServer, default_vllm_python  # only where one starts
+
+        launch = target.vllm
+        assert launch is not None, "a vllm target has vllm settings (TargetConfig checks it)"
+        server = stack.enter_context(
+            VllmServer(
+                model=launch.model,
+                served_model_name=target.model,
+                python=launch.python or default_vllm_python(),
+                args=launch.args,
+                port=launch.port,
+                env=launch.env,
+                log_path=run_dir.server_log_path(target.name),
+                startup_timeout_s=launch.startup_timeout_s,
+            )
+        )
+        identities.append({"target": target.name, **server.identity()})
+        ready.append(target.model_copy(update={"base_url": server.base_url}))
+    return ready, identities
+
+
+class Session:
+    """Keys, local servers, Ray and the manifest of one run of a verb (see the module docstring)."""
+
+    def __init__(
+        self,
+        targets: Sequence[TargetConfig],
+        run_dir: RunDir,
+        *,
+        use_ray: bool = True,
+        ray_address: str | None = None,
+        external_manifest: bool = False,
+    ):
+        self.configured_targets = list(targets)
+        self.run_dir = run_dir
+        self.use_ray = use_ray
+        self.ray_address = ray_address
+        self.external_manifest = external_manifest
+        self.scrubber = Scrubber()
+        self.targets: list[TargetConfig] = []  # with the started servers' base_url, once entered
+        self.servers: list[dict[str, Any]] = []
+        self.cluster: dict[str, Any] | None = None
+        self.manifest = Manifest(targets=[t.public_dict() for t in self.configured_targets])
+        self._stack = contextlib.ExitStack()
+        self._started_ray = False
+        self._gpu_lines: set[str] = set()
+
+    def __enter__(self) -> Session:
+        self.scrubber = Scrubber(read_keys(self.configured_targets))
+        self.manifest.started_at = time.time()
+        try:
+            self.targets, self.servers = start_local_servers(self.configured_targets, self.run_dir, self._stack)
+            self.manifest.targets = [t.public_dict() for t in self.targets]
+            self.manifest.servers = self.servers
+            if self.use_ray:
+                self._start_ray()
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._finish(exc)
+
+    # -- what the verbs ask for ------------------------------------------------------------------
+    def telemetry_samplers(self, run_id: str, run_dir: RunDir) -> list[Any]:
+        """The samplers that run in this process: the Prometheus /metrics (1 Hz) of every server
+        the session started and of every target that names a `metrics_url`. GPUs are sampled by
+        `gpu_samplers`, on their own nodes."""
+        from shadowreplay.replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget
+
+        scrape = [ScrapeTarget(s["target"], s["url"] + "/metrics") for s in self.servers if s.get("url")]
+        scrape += [ScrapeTarget(t.name, t.metrics_url) for t in self.targets if t.metrics_url]
+        return [PrometheusSampler(run_id, run_dir.telemetry_dir, scrape)] if scrape else []
+
+    def gpu_samplers(self, run_id: str, run_dir: RunDir, report_once: bool = False) -> GpuNodeSamplers:
+        """NVML sampler actors for every GPU node of the cluster (a context manager); where NVML is
+        off, one line says so (with `report_once`, once per session, for a sweep's many points)."""
+        report: Callable[[str], None] = self._report_once if report_once else print_line
+        return GpuNodeSamplers(run_id, run_dir.telemetry_dir, report=report)
+
+    def write_manifest(self, run_dir: RunDir, manifest: Manifest) -> None:
+        """Write another run directory's manifest (a sweep point's) with this session's servers,
+        cluster and scrubber."""
+        manifest.servers = manifest.servers or self.servers
+        manifest.cluster = manifest.cluster or self.cluster
+        run_dir.write_manifest(manifest, self.scrubber)
+
+    def error_text(self, exc: BaseException) -> str:
+        """An exception as a line for the manifest or the console, secrets removed, cut to length."""
+        return self.scrubber.cut(f"{type(exc).__name__}: {exc}", ERROR_TEXT_LIMIT)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _start_ray(self) -> None:
+        import ray
+
+        from shadowreplay.replay.run.runner import start_ray
+
+        self._started_ray = not ray.is_initialized()
+        self.cluster = start_ray(self.ray_address)
+        self.manifest.cluster = self.cluster
+
+    def _report_once(self, line: str) -> None:
+        if line not in self._gpu_lines:
+            self._gpu_lines.add(line)
+            print_line(line)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Stop what the session started, then write the manifest, whatever happened."""
+        try:
+            self._stack.close()  # the servers, stopped by pid
+        finally:
+            try:
+                if self._started_ray:
+                    import ray
+
+                    ray.shutdown()
+                    self._started_ray = False
+            finally:
+                self._write_final_manifest(exc)
+
+    def _write_final_manifest(self, exc: BaseException | None) -> None:
+        manifest = self.manifest
+        manifest.ended_at = time.time()
+        if exc is None:
+            manifest.status = manifest.status or "completed"
+        elif isinstance(exc, KeyboardInterrupt):
+            manifest.status = "interrupted"
+        else:
+            manifest.status = "failed"
+            manifest.error = self.error_text(exc)
+        if self.external_manifest:
+            updated = self.run_dir.update_manifest(
+                self.scrubber,
+                servers=self.servers,
+                status=manifest.status,
+                error=manifest.error,
+            )
+            if updated is not None:
+                return
+        self.run_dir.write_manifest(manifest, self.scrubber)

@@ -1,0 +1,230 @@
+"""The one owner of a run directory's layout (docs/DESIGN.md, "Run directory").
+
+```
+RUN_DIR/
+  manifest.json          Manifest (replay/schemas/manifest.py), secrets removed
+  results/part-<worker>-<seq>.parquet      result shards (replay/schemas/results.py)
+  telemetry/<sampler>-<seq>.parquet        telemetry shards (replay/schemas/telemetry.py)
+  summary.json           the report's summary (analysis/summary/)
+  report.html            the report's page (analysis/report/)
+  vllm-<target>.log      the log of each vLLM server the run started
+SWEEP_DIR/
+  curve.parquet  summary.json  report.html
+  points/<nn>-<level>/   one RUN_DIR per load point
+```
+
+No other module spells these names: writers ask a `RunDir` (or `SweepDir`) for a path or a
+writer, readers for the committed shards. Shards are written by the one `ShardWriter`
+(replay/schemas/shards.py), committed atomically; `final_rows()` says which (request, target)
+pairs already have their final row, for resuming a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.schemas.manifest import Manifest
+from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
+from shadowreplay.replay.schemas.shards import ShardWriter, is_committed_shard
+from shadowreplay.replay.secrets import Scrubber
+
+RESULTS_DIRNAME = "results"
+TELEMETRY_DIRNAME = "telemetry"
+MANIFEST_NAME = "manifest.json"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.html"
+CURVE_NAME = "curve.parquet"
+POINTS_DIRNAME = "points"
+
+
+class RunDirError(ShadowReplayError):
+    """A run directory that cannot be used as asked: it already holds results, or its manifest is
+    not readable."""
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` into `path` through a hidden temporary file and a rename: readers see the old file
+    or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_model(path: Path, model: BaseModel) -> Path:
+    """A pydantic model as indented JSON at `path`, atomically."""
+    write_text_atomically(path, model.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def committed_shards(directory: Path) -> list[Path]:
+    """The committed Parquet shards in `directory`, by name (temporary files are not listed)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and is_committed_shard(p))
+
+
+@dataclass(frozen=True)
+class FinalRowIndex:
+    """Which (request_id, target) pairs have their final row on disk."""
+
+    pairs: frozenset[tuple[str, str]]
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self.pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def missing(self, request_ids: list[str], targets: list[str]) -> list[tuple[str, str]]:
+        """The (request_id, target) pairs of a plan that have no final row yet, in plan order."""
+        return [(r, t) for r in request_ids for t in targets if (r, t) not in self.pairs]
+
+
+class RunDir:
+    """A run directory: its paths, its writers, its manifest and its index of final rows."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- paths -----------------------------------------------------------------------------------
+    @property
+    def results_dir(self) -> Path:
+        return self.path / RESULTS_DIRNAME
+
+    @property
+    def telemetry_dir(self) -> Path:
+        return self.path / TELEMETRY_DIRNAME
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_NAME
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_NAME
+
+    def server_log_path(self, target: str) -> Path:
+        """The log file of the vLLM server started for `target`."""
+        return self.path / f"vllm-{target}.log"
+
+    # -- shards ----------------------------------------------------------------------------------
+    def result_shards(self) -> list[Path]:
+        return committed_shards(self.results_dir)
+
+    def telemetry_shards(self) -> list[Path]:
+        return committed_shards(self.telemetry_dir)
+
+    def has_results(self) -> bool:
+        return bool(self.result_shards())
+
+    def create_new(self) -> RunDir:
+        """Make the directory for a new run; a directory that already holds results is refused."""
+        if self.has_results():
+            raise RunDirError(f"{self.path} already holds results; choose a new run directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def result_writer(
+        self, worker: str, *, max_rows: int = 1000, max_age_s: float = 5.0, background: bool = False
+    ) -> ShardWriter:
+        """The writer of one worker's result shards, `results/part-<worker>-<seq>.parquet`."""
+        return ShardWriter(
+            self.results_dir, RESULTS_SCHEMA, f"part-{worker}", max_rows, max_age_s, background=background
+        )
+
+    def final_rows(self) -> FinalRowIndex:
+        """The (request_id, target) pairs whose final row is in a committed result shard."""
+        pairs: set[tuple[str, str]] = set()
+        for shard in self.result_shards():
+            table = pq.read_table(shard, columns=["request_id", "target", "final"])
+            finals = table.filter(table.column("final"))
+            pairs.update(zip(finals.column("request_id").to_pylist(), finals.column("target").to_pylist()))
+        return FinalRowIndex(frozenset(pairs))
+
+    # -- manifest --------------------------------------------------------------------------------
+    def write_manifest(self, manifest: Manifest, scrubber: Scrubber) -> Path:
+        """manifest.json with every secret the scrubber knows removed, written atomically."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = scrubber.value(manifest.model_dump(mode="json"))
+        write_text_atomically(self.manifest_path, json.dumps(data, indent=2) + "\n")
+        return self.manifest_path
+
+    def read_manifest_json(self) -> dict[str, Any] | None:
+        """manifest.json as a JSON object, or None when the run has none."""
+        path = self.manifest_path
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{path}: not readable JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return data
+
+    def read_manifest(self) -> Manifest | None:
+        """manifest.json as a Manifest (fields this version does not know are ignored), or None."""
+        data = self.read_manifest_json()
+        if data is None:
+            return None
+        try:
+            return Manifest.from_json_dict(data)
+        except ValueError as exc:
+            raise RunDirError(f"{self.manifest_path}: not a manifest: {exc}") from None
+
+    def update_manifest(self, scrubber: Scrubber, **fields: Any) -> Manifest | None:
+        """Set `fields` in an existing manifest.json (None when there is none; nothing is made)."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return None
+        updated = Manifest.model_validate(manifest.model_dump() | fields)
+        self.write_manifest(updated, scrubber)
+        return updated
+
+
+class SweepDir:
+    """A sweep directory: its curve, summary and page, and one RunDir per load point."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def curve_path(self) -> Path:
+        return self.path / CURVE_NAME
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_NAME
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_NAME
+
+    def point(self, index: int, label: str) -> RunDir:
+        """The run directory of load point `index` (labelled by its level, e.g. `2.5rps`)."""
+        return RunDir(self.path / POINTS_DIRNAME / f"{index:02d}-{label}")
+
+    def relative(self, run_dir: RunDir) -> str:
+        """A point's directory as the curve records it, relative to the sweep directory."""
+        return str(run_dir.path.relative_to(self.path))
