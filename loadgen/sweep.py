@@ -24,6 +24,7 @@ import ray
 from shadowreplay.analysis.data.run_data import load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics.slo import Slo, format_slos
+from shadowreplay.analysis.summary.models import CurvePoint, SweepSummary
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.loadgen.shapes import FixedConcurrency, LoadShape, Poisson
@@ -184,7 +185,7 @@ class LoadSweep:
             return FixedConcurrency(users=int(level), duration_s=s.duration_s)
         return Poisson(rate=level, duration_s=s.duration_s, seed=s.seed + len(self.curve))
 
-    def _measure(self, level: float, phase: str) -> dict:
+    def _measure(self, level: float, phase: Literal["ramp", "bisect"]) -> dict:
         s = self.settings
         index = len(self.curve)
         label = f"{int(level)}users" if s.shape == "concurrency" else f"{level:.3g}rps"
@@ -226,30 +227,29 @@ class LoadSweep:
         summary = summarize(
             load_run(run_dir), slos=s.slos, warmup_fraction=s.warmup_fraction, telemetry=load_telemetry(run_dir)
         )
-        stats = summary["targets"][self.targets[0].name]["all"]
-        latency = stats["latency_ms"]
-        gpu = summary["gpu"]
-        point = {
-            "point": index,
-            "phase": phase,
-            "shape": s.shape,
-            "offered_rps": float(level) if s.shape == "poisson" else None,
-            "concurrency": int(level) if s.shape == "concurrency" else None,
-            "requests": stats["requests"],
-            "achieved_rps": stats["throughput"]["requests_per_s"],
-            "output_tokens_per_s": stats["throughput"]["output_tokens_per_s"],
-            "ttft_p50_ms": latency["ttft"]["p50"],
-            "ttft_p95_ms": latency["ttft"]["p95"],
-            "tpot_p95_ms": latency["tpot"]["p95"],
-            "e2e_p95_ms": latency["e2e"]["p95"],
-            "error_rate": stats["error_rate"],
-            "gpu_util_mean_pct": gpu["gpu_util_pct"]["mean"] if gpu.get("status") == "measured" else None,
-            "joules_per_output_token": (
-                gpu["energy"]["joules_per_output_token"] if gpu.get("status") == "measured" else None
-            ),
-            "slo_met": bool(stats["slos_met"]) if s.slos else None,
-            "run_dir": self.layout.relative(point_dir),
-        }
+        stats = summary.targets[self.targets[0].name].all
+        latency = stats.latency_ms
+        gpu = summary.gpu
+        measured = gpu.get("status") == "measured"
+        point = CurvePoint(
+            point=index,
+            phase=phase,
+            shape=s.shape,
+            offered_rps=float(level) if s.shape == "poisson" else None,
+            concurrency=int(level) if s.shape == "concurrency" else None,
+            requests=stats.requests,
+            achieved_rps=stats.throughput.requests_per_s,
+            output_tokens_per_s=stats.throughput.output_tokens_per_s,
+            ttft_p50_ms=latency["ttft"].p50,
+            ttft_p95_ms=latency["ttft"].p95,
+            tpot_p95_ms=latency["tpot"].p95,
+            e2e_p95_ms=latency["e2e"].p95,
+            error_rate=stats.error_rate,
+            gpu_util_mean_pct=gpu["gpu_util_pct"]["mean"] if measured else None,
+            joules_per_output_token=gpu["energy"]["joules_per_output_token"] if measured else None,
+            slo_met=bool(stats.slos_met) if s.slos else None,
+            run_dir=self.layout.relative(point_dir),
+        ).model_dump()
         self.curve.append(point)
         if self.on_point:
             self.on_point(point)
@@ -267,19 +267,18 @@ class LoadSweep:
     def _write(self, saturation: dict | None, capacity: float | None) -> None:
         pq.write_table(pa.Table.from_pylist(self.curve, schema=CURVE_SCHEMA), self.layout.curve_path)
         unit = "users" if self.settings.shape == "concurrency" else "rps"
-        summary = {
-            "kind": "shadowreplay.sweep",
-            "schema_version": 1,
-            "target": self.targets[0].name,
-            "shape": self.settings.shape,
-            "levels": self.settings.levels(),
-            "duration_s": self.settings.duration_s,
-            "slos": format_slos(self.settings.slos) if self.settings.slos else None,
-            "saturation": saturation,
-            f"slo_capacity_{unit}": capacity,
-            "points": len(self.curve),
-            "curve": CURVE_NAME,
-        }
-        if self.session.servers:
-            summary["servers"] = self.session.servers
-        write_text_atomically(self.layout.summary_path, json.dumps(summary, indent=2) + "\n")
+        summary = SweepSummary.model_validate(
+            {
+                "target": self.targets[0].name,
+                "shape": self.settings.shape,
+                "levels": self.settings.levels(),
+                "duration_s": self.settings.duration_s,
+                "slos": format_slos(self.settings.slos) if self.settings.slos else None,
+                "saturation": saturation,
+                f"slo_capacity_{unit}": capacity,
+                "points": len(self.curve),
+                "curve": CURVE_NAME,
+                "servers": self.session.servers or None,
+            }
+        )
+        write_text_atomically(self.layout.summary_path, json.dumps(summary.json_dict(), indent=2) + "\n")

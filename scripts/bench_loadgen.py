@@ -65,6 +65,8 @@ from peers.peer_tool import PeerRunFailed, PeerTool, PeerUnavailable  # noqa: E4
 from peers.tool_run import WARMUP_FRACTION, ToolRun, grid_lateness_ms  # noqa: E402
 from peers.vllm_bench_serve import VllmBenchServe  # noqa: E402
 
+from shadowreplay.replay.schemas.run_dir import RunDir  # noqa: E402
+
 OURS = "shadowreplay"
 OURS_BUSY = "shadowreplay busy"  # replay --busy-poll
 FLOOR = "floor (raw socket)"  # scripts/bench_floor_client.py: the platform's floor, not a peer
@@ -279,7 +281,7 @@ def run_ours(
         str(workdir),
     ] + (["--busy-poll"] if busy_poll else [])
     answer = run_pinned(cpu, "bench_one_worker.py", arguments, count / rate + 120, workdir / "worker.log")
-    rows = pq.read_table(workdir / "results").to_pylist()
+    rows = pq.read_table(RunDir(workdir).results_dir).to_pylist()
     ok = sorted((r for r in rows if r["status"] == "ok" and r["final"]), key=lambda r: r["sent_s"])
     send_s = np.array([r["sent_s"] for r in ok])
     tokens_s = [sent + np.asarray(r["token_times_ms"], dtype=float) / 1000.0 for sent, r in zip(send_s, ok)]

@@ -58,6 +58,7 @@ REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
 from shadowreplay.replay.clock import ClockMapping  # noqa: E402
+from shadowreplay.replay.schemas.run_dir import RunDir  # noqa: E402
 from shadowreplay.replay.telemetry.nvml_sampler import NvmlSampler  # noqa: E402
 from shadowreplay.replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget  # noqa: E402
 
@@ -417,10 +418,10 @@ def run_samplers(args: argparse.Namespace, metrics_url: str, workdir: Path) -> d
     """Both samplers for args.seconds; each one's thread CPU + stop() CPU, and the process's CPU."""
     nvml = None if args.nvml == "real" else StandInNvml(args.gpus)
     clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), time.time())
-    gpu_sampler = NvmlSampler("bench", workdir / "telemetry", interval_s=1.0 / NVML_HZ, nvml=nvml, host="bench")
+    gpu_sampler = NvmlSampler("bench", RunDir(workdir).telemetry_dir, interval_s=1.0 / NVML_HZ, nvml=nvml, host="bench")
     targets = [ScrapeTarget(f"server-{i}", f"{metrics_url}?server={i}") for i in range(args.servers)]
     server_sampler = PrometheusSampler(
-        "bench", workdir / "telemetry", targets, interval_s=1.0 / PROMETHEUS_HZ, host="bench"
+        "bench", RunDir(workdir).telemetry_dir, targets, interval_s=1.0 / PROMETHEUS_HZ, host="bench"
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     status = gpu_sampler.start(clock)

@@ -8,27 +8,16 @@ vLLM is a failure with the fix named (scripts/setup.sh), never a skip.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from shadowreplay.replay.targets.vllm_server import (
-    EMBEDDED_DEFAULT_ARGS,
-    EMBEDDED_DEFAULT_ENV,
-    PROJECT_ROOT,
-    TINY_MODEL_NAME,
-    VllmNotInstalled,
-    VllmServer,
-    VllmStartError,
-    default_vllm_python,
-)
-
-BUILD_SCRIPT = PROJECT_ROOT / "scripts" / "build_tiny_model.py"
-CACHED_TINY_MODEL = PROJECT_ROOT / ".cache" / TINY_MODEL_NAME
+from shadowreplay.embedded import checkout
+from shadowreplay.embedded.checkout import TINY_MODEL_ARGS, TINY_MODEL_ENV, TINY_MODEL_NAME, EmbeddedError
+from shadowreplay.embedded.tiny_model import build
+from shadowreplay.replay.targets.vllm_server import VllmServer, VllmStartError
 
 
 @dataclass(frozen=True)
@@ -46,27 +35,28 @@ class RunningVllm:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny model: .cache/tiny-llama when scripts/setup.sh built it, else built for this session."""
-    if (CACHED_TINY_MODEL / "build_info.json").exists():
-        return CACHED_TINY_MODEL
-    out = tmp_path_factory.mktemp("models") / TINY_MODEL_NAME
-    subprocess.run([sys.executable, str(BUILD_SCRIPT), "--out", str(out)], check=True)
-    return out
+    try:
+        return checkout.tiny_model_dir(build=False)
+    except EmbeddedError:
+        out = tmp_path_factory.mktemp("models") / TINY_MODEL_NAME
+        build(out, seed=0)
+        return out
 
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir, tmp_path_factory) -> Iterator[RunningVllm]:
     """One real vLLM-CPU server serving the tiny model for the whole test session."""
     try:
-        python = default_vllm_python()
-    except VllmNotInstalled as exc:
+        python = checkout.vllm_python()
+    except EmbeddedError as exc:
         pytest.fail(f"{exc}", pytrace=False)
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
     server = VllmServer(
         model=tiny_model_dir,
         served_model_name=TINY_MODEL_NAME,
         python=python,
-        args=EMBEDDED_DEFAULT_ARGS,
-        env=EMBEDDED_DEFAULT_ENV,
+        args=TINY_MODEL_ARGS,
+        env=TINY_MODEL_ENV,
         log_path=log_path,
         startup_timeout_s=300,
     )

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
 from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.config_files import read_yaml_mapping, validation_problems
 
 SELF_HOSTED = "self_hosted"
 DEFAULT_PRICES_PATH = Path("configs") / "prices.yaml"
@@ -229,24 +229,12 @@ def _canonical(book: PriceBook, name: str) -> str:
     return f"{provider}/{book.providers[provider].model_named(model)}"
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(file)"
-
-
 def load_prices(path: str | Path) -> PriceBook:
     """Read and validate a price file; PriceError names the file and the field of every problem."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PriceError(f"{path}: cannot read price file: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise PriceError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise PriceError(f"{path}: a price file must be a mapping (schema_version, currency, providers, ...)")
+    raw = read_yaml_mapping(path, "price file", PriceError, "schema_version, currency, providers, ...")
     try:
         book = PriceBook.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_location(err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise PriceError(f"{path}: invalid price file: {problems}") from None
+        raise PriceError(f"{path}: invalid price file: {validation_problems(exc)}") from None
     return book.model_copy(update={"source": str(path)})

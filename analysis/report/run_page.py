@@ -26,6 +26,7 @@ from shadowreplay.analysis.data.telemetry_data import VLLM_KV_CACHE_USAGE, VLLM_
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.report.charts import Band, ColourMap, Panel, Series, quantile_grid, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
+from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.tables import summary_tables
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
@@ -201,27 +202,25 @@ def distribution_panels(final_rows: pl.DataFrame, colours: ColourMap) -> list[Pa
     return panels
 
 
-def _subtitle(summary: dict[str, Any]) -> str:
-    source, window = summary["source"], summary["window"]
-    targets = len(summary["targets"])
+def _subtitle(summary: RunSummary) -> str:
+    source, window = summary.source, summary.window
+    targets = len(summary.targets)
     text = (
-        f"{summary['run_dir']} · {targets} target{'s' if targets != 1 else ''}, {source['final_rows']} final rows "
-        f"({source['rows']} attempts) · {window['kind']} window {window['start_s']:.2f}–{window['end_s']:.2f} s"
+        f"{summary.run_dir} · {targets} target{'s' if targets != 1 else ''}, {source.final_rows} final rows "
+        f"({source.rows} attempts) · {window.kind} window {window.start_s:.2f}–{window.end_s:.2f} s"
     )
-    if summary["slos"]:
-        text += " · SLOs: " + ", ".join(summary["slos"])
+    if summary.slos:
+        text += " · SLOs: " + ", ".join(summary.slos)
     return text
 
 
-def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry | None) -> ReportPage:
+def build_run_page(summary: RunSummary, run: RunData, telemetry: Telemetry | None) -> ReportPage:
     """The run report's page from its summary (analysis/summary/run_summary.py), result rows and telemetry."""
-    page = ReportPage(
-        f"shadowreplay run {summary['run_id'] or '?'}", _subtitle(summary), summary.get("shadowreplay_version")
-    )
+    page = ReportPage(f"shadowreplay run {summary.run_id or '?'}", _subtitle(summary), summary.shadowreplay_version)
     final = run.final_rows
-    window = summary["window"]
+    window = summary.window
     colours = ColourMap()
-    for target in summary["targets"]:
+    for target in summary.targets:
         colours(target)
     end = final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max())).item() or 0.0
     first_scheduled = cast("float | None", final.get_column("scheduled_s").min())  # a Float64 column
@@ -229,7 +228,7 @@ def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry |
 
     over_time = page.section("Over time")
     panels = load_panels(final, bin_s, colours) + telemetry_panels(telemetry, bin_s, colours)
-    band = Band(window["start_s"], window["end_s"], f"{window['kind']} window")
+    band = Band(window.start_s, window.end_s, f"{window.kind} window")
     over_time.add(
         Figure(
             "Load, latency and resources on one time axis (run seconds)",
@@ -252,24 +251,23 @@ def build_run_page(summary: dict[str, Any], run: RunData, telemetry: Telemetry |
     )
 
     tables = page.section("Summary tables")
-    cost = summary.get("cost") or {}
+    cost = summary.cost
     if cost.get("example_prices"):
         tables.add(Text("Costs use EXAMPLE prices from the price file, not a contract.", tone="warning"))
     for table in summary_tables(summary):
         tables.add(table)
-    for block in ("cost", "gpu"):
-        part = summary.get(block) or {}
+    for label, part in (("Cost", cost), ("GPU telemetry", summary.gpu)):
         if part.get("status") == "absent":
-            tables.add(Text(f"{'Cost' if block == 'cost' else 'GPU telemetry'}: {part['reason']}."))
+            tables.add(Text(f"{label}: {part['reason']}."))
     definitions = {
-        **summary["definitions"],
+        **summary.definitions,
         **cost.get("definitions", {}),
-        **(summary.get("gpu") or {}).get("definitions", {}),
+        **summary.gpu.get("definitions", {}),
     }
     tables.add(Definitions("How every figure is computed", definitions))
     return page
 
 
-def write_run_report(run_dir: str | Path, summary: dict[str, Any], run: RunData, telemetry: Telemetry | None) -> Path:
+def write_run_report(run_dir: str | Path, summary: RunSummary, run: RunData, telemetry: Telemetry | None) -> Path:
     """Write RUN_DIR/report.html; returns its path."""
     return build_run_page(summary, run, telemetry).write(RunDir(run_dir).report_path)

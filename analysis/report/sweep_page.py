@@ -30,6 +30,7 @@ import polars as pl
 from shadowreplay.analysis.metrics.slo import Slo, parse_slos
 from shadowreplay.analysis.report.charts import Panel, Series, Threshold, XMarker, line_chart, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
+from shadowreplay.analysis.summary.models import Saturation, SweepSummary
 from shadowreplay.analysis.summary.run_summary import DEFINITIONS as SUMMARY_DEFINITIONS
 from shadowreplay.analysis.summary.tables import NO_VALUE, SummaryTable, number
 from shadowreplay.replay.schemas.run_dir import CURVE_NAME, SweepDir
@@ -96,15 +97,15 @@ class SweepView:
     by level, then point index (the line through them follows rising load).
     """
 
-    def __init__(self, summary: dict[str, Any], curve: pl.DataFrame) -> None:
+    def __init__(self, summary: SweepSummary, curve: pl.DataFrame) -> None:
         self.summary = summary
-        self.shape: str = summary.get("shape") or (curve.get_column("shape")[0] if curve.height else "poisson")
+        self.shape: str = summary.shape
         self.concurrency = self.shape == "concurrency"
         self.level = "concurrency" if self.concurrency else "offered_rps"
         self.points = curve.sort(self.level, "point", nulls_last=True)
-        self.slos: tuple[Slo, ...] = parse_slos(summary["slos"]) if summary.get("slos") else ()
-        self.capacity: float | None = summary.get("slo_capacity_users" if self.concurrency else "slo_capacity_rps")
-        self.saturation: dict[str, Any] | None = summary.get("saturation")
+        self.slos: tuple[Slo, ...] = parse_slos(summary.slos) if summary.slos else ()
+        self.capacity: float | None = summary.slo_capacity
+        self.saturation: Saturation | None = summary.saturation
 
     def column(self, name: str) -> list[Any]:
         return self.points.get_column(name).to_list()
@@ -139,12 +140,12 @@ class SweepView:
     def markers(self) -> list[XMarker]:
         """The saturation point and the SLO capacity as vertical lines at their load levels."""
         markers = []
-        if self.saturation is not None and self.saturation.get("level") is not None:
-            level = float(self.saturation["level"])
+        if self.saturation is not None:
+            level = float(self.saturation.level)
             markers.append(
                 XMarker(
                     level,
-                    f"saturation: point {self.saturation['point']}, {self.level_text(level)}",
+                    f"saturation: point {self.saturation.point}, {self.level_text(level)}",
                     SATURATION_COLOUR,
                     side="left",  # the last load measured: the label stays inside the plot
                 )
@@ -246,7 +247,7 @@ def latency_against_throughput(view: SweepView, throughput: str, x_title: str) -
 
 def curve_table(view: SweepView) -> SummaryTable:
     """The curve itself, one row per load point in the order measured, with its run directory."""
-    saturated_point = view.saturation.get("point") if view.saturation else None
+    saturated_point = view.saturation.point if view.saturation else None
     rows = []
     for p in view.points.sort("point").iter_rows(named=True):
         level = p[view.level]
@@ -309,8 +310,8 @@ def _outcome_texts(view: SweepView) -> list[Text]:
     if view.saturation is not None:
         texts.append(
             Text(
-                f"Saturation at point {view.saturation['point']} ({view.level_text(view.saturation.get('level'))}): "
-                f"{view.saturation.get('reason', 'no reason recorded')}."
+                f"Saturation at point {view.saturation.point} ({view.level_text(view.saturation.level)}): "
+                f"{view.saturation.reason}."
             )
         )
     elif view.points.height:
@@ -333,23 +334,22 @@ def _outcome_texts(view: SweepView) -> list[Text]:
     return texts
 
 
-def _subtitle(summary: dict[str, Any], sweep_dir: str, points: int) -> str:
+def _subtitle(summary: SweepSummary, sweep_dir: str, points: int) -> str:
     parts = [
         sweep_dir,
-        f"target {summary.get('target', '?')}",
-        f"{summary.get('shape', '?')} load, {points} point{'s' if points != 1 else ''}"
-        + (f" of {summary['duration_s']:g} s" if summary.get("duration_s") is not None else ""),
+        f"target {summary.target}",
+        f"{summary.shape} load, {points} point{'s' if points != 1 else ''} of {summary.duration_s:g} s",
     ]
-    if summary.get("slos"):
-        parts.append(f"SLOs: {summary['slos']}")
+    if summary.slos:
+        parts.append(f"SLOs: {summary.slos}")
     return " · ".join(parts)
 
 
-def build_sweep_page(summary: dict[str, Any], curve: pl.DataFrame, sweep_dir: str | Path) -> ReportPage:
-    """The sweep report's page from the sweep's summary.json object and its curve.parquet rows."""
+def build_sweep_page(summary: SweepSummary, curve: pl.DataFrame, sweep_dir: str | Path) -> ReportPage:
+    """The sweep report's page from the sweep's summary.json and its curve.parquet rows."""
     view = SweepView(summary, curve)
     page = ReportPage(
-        f"shadowreplay sweep of {summary.get('target', '?')}",
+        f"shadowreplay sweep of {summary.target}",
         _subtitle(summary, str(sweep_dir), curve.height),
         _package_version(),
     )
@@ -397,6 +397,6 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     """Write SWEEP_DIR/report.html from SWEEP_DIR/summary.json and SWEEP_DIR/curve.parquet; returns its path."""
     directory = Path(sweep_dir)
     sweep = SweepDir(directory)
-    summary = json.loads(sweep.summary_path.read_text(encoding="utf-8"))
+    summary = SweepSummary.model_validate(json.loads(sweep.summary_path.read_text(encoding="utf-8")))
     curve = pl.read_parquet(sweep.curve_path)
     return build_sweep_page(summary, curve, directory).write(sweep.report_path)

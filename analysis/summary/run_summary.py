@@ -91,6 +91,7 @@ from shadowreplay.analysis.data.run_data import RunData
 from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.telemetry.energy import gpu_summary
 from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
 from shadowreplay.replay.schemas.results import STATUSES
@@ -253,8 +254,8 @@ def summarize(
     prices: PriceBook | None = None,
     monthly: MonthlyVolume = RUN_SPAN,
     telemetry: Telemetry | None = None,
-) -> dict[str, Any]:
-    """The summary object of a run (keys in this module's docstring); raises metrics.WindowError.
+) -> RunSummary:
+    """The summary of a run (keys in this module's docstring), typed; raises metrics.WindowError.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
     load_telemetry) the gpu and server_histograms blocks do.
@@ -271,46 +272,48 @@ def summarize(
             "all": by_target[(target,)],
             "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags] if has_tags else [],
         }
-    return {
-        "kind": SUMMARY_KIND,
-        "schema_version": SUMMARY_SCHEMA_VERSION,
-        "shadowreplay_version": _package_version(),
-        "run_dir": str(run.run_dir),
-        "run_id": run.run_id,
-        "source": {
-            "results_files": len(run.files),
-            "rows": run.rows.height,
-            "final_rows": final.height,
-            "requests_without_final_row": run.requests_without_final_row,
-            "manifest": MANIFEST_NAME if run.manifest is not None else None,
-        },
-        "definitions": DEFINITIONS,
-        "window": {
-            "kind": window.kind,
-            "start_s": window.start_s,
-            "end_s": window.end_s,
-            "duration_s": window.duration_s,
-            "warmup_s": window.warmup_s,
-            "schedule_start_s": window.schedule_start_s,
-            "schedule_end_s": window.schedule_end_s,
-        },
-        "slos": [str(slo) for slo in slos],
-        "targets": targets,
-        "cost": cost_summary(
-            final,
-            window,
-            prices,
-            run.target_configs,
-            {name: entry["all"]["throughput"]["output_tokens_per_s"] for name, entry in targets.items()},
-            monthly,
-        ),
-        "gpu": gpu_summary(telemetry, final, window, run.target_configs),
-        "server_histograms": server_histogram_summary(telemetry, run.rows),
-    }
+    return RunSummary.model_validate(
+        {
+            "kind": SUMMARY_KIND,
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "shadowreplay_version": _package_version(),
+            "run_dir": str(run.run_dir),
+            "run_id": run.run_id,
+            "source": {
+                "results_files": len(run.files),
+                "rows": run.rows.height,
+                "final_rows": final.height,
+                "requests_without_final_row": run.requests_without_final_row,
+                "manifest": MANIFEST_NAME if run.manifest is not None else None,
+            },
+            "definitions": DEFINITIONS,
+            "window": {
+                "kind": window.kind,
+                "start_s": window.start_s,
+                "end_s": window.end_s,
+                "duration_s": window.duration_s,
+                "warmup_s": window.warmup_s,
+                "schedule_start_s": window.schedule_start_s,
+                "schedule_end_s": window.schedule_end_s,
+            },
+            "slos": [str(slo) for slo in slos],
+            "targets": targets,
+            "cost": cost_summary(
+                final,
+                window,
+                prices,
+                run.target_configs,
+                {name: entry["all"]["throughput"]["output_tokens_per_s"] for name, entry in targets.items()},
+                monthly,
+            ),
+            "gpu": gpu_summary(telemetry, final, window, run.target_configs),
+            "server_histograms": server_histogram_summary(telemetry, run.rows),
+        }
+    )
 
 
-def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+def write_summary(run_dir: str | Path, summary: RunSummary) -> Path:
     """Write RUN_DIR/summary.json atomically (temporary file, then rename); returns its path."""
     path = RunDir(run_dir).summary_path
-    write_text_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(summary.json_dict(), indent=2, allow_nan=False) + "\n")
     return path

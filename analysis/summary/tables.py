@@ -1,6 +1,6 @@
 """The summary's tables as formatted cells, for both the terminal (rich) and report.html.
 
-Each function reads a summary object (analysis/summary/run_summary.py) and returns a `SummaryTable` (or None
+Each function reads a run's `RunSummary` (analysis/summary/models.py) and returns a `SummaryTable` (or None
 when it would be empty): a title, column names, rows of text cells, the rows where a new group
 (target) starts, and a note saying how the figures were counted. No figure is computed here;
 cells only format what the summary holds.
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.analysis.summary.models import RunSummary, SliceStats, TargetSummary
 
 METRIC_LABELS = {
     "ttft": "TTFT",
@@ -60,42 +61,42 @@ def tag_label(tag: str | None) -> str:
     return "(untagged)" if tag is None else tag
 
 
-def slices(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def slices(entry: TargetSummary) -> list[tuple[str, SliceStats]]:
     """(label, STATS) for a target: the whole target, then each tag (none when one tag is the whole)."""
-    tags = entry["tags"] if len(entry["tags"]) > 1 else []
-    return [("all", entry["all"]), *((tag_label(tagged["tag"]), tagged) for tagged in tags)]
+    tags = entry.tags if len(entry.tags) > 1 else []
+    return [("all", entry.all), *((tag_label(tagged.tag), tagged) for tagged in tags)]
 
 
 def _grouped(
-    summary: dict[str, Any], rows_of: Callable[[str, dict[str, Any]], list[list[str]]]
+    summary: RunSummary, rows_of: Callable[[str, TargetSummary], list[list[str]]]
 ) -> tuple[list[list[str]], frozenset[int]]:
     rows: list[list[str]] = []
     starts = set()
-    for target, entry in summary["targets"].items():
+    for target, entry in summary.targets.items():
         starts.add(len(rows))
         rows += rows_of(target, entry)
     return rows, frozenset(starts)
 
 
-def overview_table(summary: dict[str, Any]) -> SummaryTable:
+def overview_table(summary: RunSummary) -> SummaryTable:
     """Requests, errors, retries, rates and token mismatches per target and tag."""
 
-    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+    def rows_of(target: str, entry: TargetSummary) -> list[list[str]]:
         rows = []
         for label, stats in slices(entry):
-            throughput, mismatch = stats["throughput"], stats["token_mismatch"]
+            throughput, mismatch = stats.throughput, stats.token_mismatch
             rows.append(
                 [
                     target,
                     label,
-                    str(stats["requests"]),
-                    str(stats["ok"]),
-                    str(stats["errors"]),
-                    str(stats["retries"]),
-                    number(throughput["requests_per_s"], 2),
-                    number(throughput["output_tokens_per_s"], 1),
-                    number(throughput["goodput_rps"], 2),
-                    f"{mismatch['mismatched']}/{mismatch['compared']}",
+                    str(stats.requests),
+                    str(stats.ok),
+                    str(stats.errors),
+                    str(stats.retries),
+                    number(throughput.requests_per_s, 2),
+                    number(throughput.output_tokens_per_s, 1),
+                    number(throughput.goodput_rps, 2),
+                    f"{mismatch.mismatched}/{mismatch.compared}",
                 ]
             )
         return rows
@@ -113,14 +114,14 @@ def overview_table(summary: dict[str, Any]) -> SummaryTable:
     )
 
 
-def errors_table(summary: dict[str, Any]) -> SummaryTable | None:
+def errors_table(summary: RunSummary) -> SummaryTable | None:
     """Final attempts by error status, per target and tag; None when nothing failed."""
 
-    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+    def rows_of(target: str, entry: TargetSummary) -> list[list[str]]:
         return [
             [target, label, status, str(count)]
             for label, stats in slices(entry)
-            for status, count in stats["errors_by_status"].items()
+            for status, count in stats.errors_by_status.items()
             if count
         ]
 
@@ -132,18 +133,23 @@ def errors_table(summary: dict[str, Any]) -> SummaryTable | None:
     )
 
 
-def latency_tables(summary: dict[str, Any]) -> list[SummaryTable]:
+def latency_tables(summary: RunSummary) -> list[SummaryTable]:
     """One latency table per target: count and percentiles of every latency metric, per tag."""
-    keys = [metrics.percentile_key(p) for p in SHOWN_PERCENTILES]
+    keys = [metrics.percentile_key(p) for p in SHOWN_PERCENTILES]  # LatencyStats' field names: p50, p90, p99
     tables = []
-    for target, entry in summary["targets"].items():
+    for target, entry in summary.targets.items():
         rows: list[list[str]] = []
         starts = set()
         for label, stats in slices(entry):
             starts.add(len(rows))
-            for name, values in stats["latency_ms"].items():
+            for name, values in stats.latency_ms.items():
                 rows.append(
-                    [label, METRIC_LABELS.get(name, name), str(values["count"]), *(number(values[key]) for key in keys)]
+                    [
+                        label,
+                        METRIC_LABELS.get(name, name),
+                        str(values.count),
+                        *(number(getattr(values, key)) for key in keys),
+                    ]
                 )
         tables.append(
             SummaryTable(
@@ -157,23 +163,23 @@ def latency_tables(summary: dict[str, Any]) -> list[SummaryTable]:
     return tables
 
 
-def slo_table(summary: dict[str, Any]) -> SummaryTable | None:
+def slo_table(summary: RunSummary) -> SummaryTable | None:
     """SLO verdicts per target and tag; None without SLOs."""
-    if not summary["slos"]:
+    if not summary.slos:
         return None
 
-    def rows_of(target: str, entry: dict[str, Any]) -> list[list[str]]:
+    def rows_of(target: str, entry: TargetSummary) -> list[list[str]]:
         return [
             [
                 target,
                 label,
-                result["slo"],
-                number(result["value_ms"]),
-                {True: "yes", False: "no", None: NO_VALUE}[result["met"]],
-                f"{result['requests_meeting']}/{result['requests_checked']}",
+                result.slo,
+                number(result.value_ms),
+                {True: "yes", False: "no", None: NO_VALUE}[result.met],
+                f"{result.requests_meeting}/{result.requests_checked}",
             ]
             for label, stats in slices(entry)
-            for result in stats["slo"]
+            for result in stats.slo
         ]
 
     rows, starts = _grouped(summary, rows_of)
@@ -194,9 +200,9 @@ def _monthly_cell(monthly: dict[str, Any] | None) -> str:
     return money(monthly["cost_usd"]) + (f" x{deployments}" if deployments is not None else "")
 
 
-def cost_table(summary: dict[str, Any]) -> SummaryTable | None:
+def cost_table(summary: RunSummary) -> SummaryTable | None:
     """Run cost, cost per million tokens and the monthly projection per target; None without a price file."""
-    cost = summary.get("cost") or {}
+    cost = summary.cost
     if cost.get("status") != "computed":
         return None
     rows = []
@@ -235,9 +241,9 @@ def cost_table(summary: dict[str, Any]) -> SummaryTable | None:
     return SummaryTable("Cost", columns, rows, frozenset(columns[2:9]), frozenset(), note)
 
 
-def gpu_table(summary: dict[str, Any]) -> SummaryTable | None:
+def gpu_table(summary: RunSummary) -> SummaryTable | None:
     """GPU utilisation, memory, power and energy per device and in total; None without NVML telemetry."""
-    gpu = summary.get("gpu") or {}
+    gpu = summary.gpu
     if gpu.get("status") != "measured":
         return None
     rows = []
@@ -306,10 +312,10 @@ def _bucket_cell(bounds: list[float | None] | None) -> str:
 VERDICTS = {True: "agree", False: "DISAGREE", None: NO_VALUE}
 
 
-def server_histogram_table(summary: dict[str, Any]) -> SummaryTable | None:
+def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
     """vLLM's own TTFT/ITL histograms against our client-side values, per target, metric and quantile;
     None without scraped histograms. The note starts with a DISAGREE (or COUNTS DIFFER) line when one applies."""
-    block = summary.get("server_histograms") or {}
+    block = summary.server_histograms
     if block.get("status") != "compared":
         return None
     rows: list[list[str]] = []
@@ -377,7 +383,7 @@ def _gib(value: float | None) -> float | None:
     return None if value is None else value / GIB
 
 
-def summary_tables(summary: dict[str, Any]) -> list[SummaryTable]:
+def summary_tables(summary: RunSummary) -> list[SummaryTable]:
     """Every table of the summary, in reading order, leaving out the empty ones."""
     tables = [
         overview_table(summary),

@@ -49,12 +49,13 @@ from shadowreplay.replay.clients.sse import SSEParser
 from shadowreplay.replay.clients.stream_client import (
     DRAIN_AFTER_DONE_S,
     ERROR_BODY_LIMIT,
-    KeyScrubber,
+    ERROR_TEXT_LIMIT,
     StreamAttempt,
     StreamLimits,
     TokenCounter,
 )
 from shadowreplay.replay.schemas.results import StreamOutcome
+from shadowreplay.replay.secrets import Scrubber
 from shadowreplay.replay.targets.config import TargetConfig
 
 LINE_END = b"\n"
@@ -105,7 +106,7 @@ class GeventStreamingClient:
         self.token_counter = token_counter
         self.keep_output_text = keep_output_text
         self._api_key = target.api_key()
-        self.scrubber = KeyScrubber(self._api_key)
+        self.scrubber = Scrubber([self._api_key])
 
     def send(self, body: dict) -> StreamOutcome:
         """Send one canonical (OpenAI-shaped) request body and follow its stream to the end.
@@ -116,7 +117,7 @@ class GeventStreamingClient:
             payload = json.dumps(request.body).encode()
         except (RequestNotTranslatable, TypeError, ValueError) as exc:
             outcome.status = "http_error"
-            outcome.error = self.scrubber.error(f"request not sent: {exc}")
+            outcome.error = self.scrubber.cut(f"request not sent: {exc}", ERROR_TEXT_LIMIT)
             return outcome
         url = URL(self.base_url + request.path)
         exchange = _Exchange(self, outcome)

@@ -75,6 +75,7 @@ from shadowreplay.replay.clients.rate_limit_headers import rate_limit_wait_s
 from shadowreplay.replay.clients.read_stamps import read_stamp
 from shadowreplay.replay.clients.sse import SSEParser
 from shadowreplay.replay.schemas.results import StreamOutcome
+from shadowreplay.replay.secrets import Scrubber
 from shadowreplay.replay.targets.config import TargetConfig
 
 TokenCounter = Callable[[str], int]
@@ -82,7 +83,6 @@ TokenCounter = Callable[[str], int]
 ERROR_TEXT_LIMIT = 300  # characters of a server's error message kept in `error`
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error response body read
 DRAIN_AFTER_DONE_S = 1.0  # after [DONE], how long to wait for the body's end (keeps the connection reusable)
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +240,7 @@ class StreamingClient:
         self.token_counter = token_counter
         self.keep_output_text = keep_output_text
         self._api_key = target.api_key()
-        self.scrubber = KeyScrubber(self._api_key)
+        self.scrubber = Scrubber([self._api_key])
         self._http_timeout = aiohttp.ClientTimeout(
             total=None, connect=self.limits.connect_s, sock_connect=self.limits.connect_s
         )
@@ -253,7 +253,7 @@ class StreamingClient:
             payload = json.dumps(request.body).encode()
         except (RequestNotTranslatable, TypeError, ValueError) as exc:
             outcome.status = "http_error"
-            outcome.error = self.scrubber.error(f"request not sent: {exc}")
+            outcome.error = self.scrubber.cut(f"request not sent: {exc}", ERROR_TEXT_LIMIT)
             return outcome
         exchange = _Exchange(self, outcome)
         loop = asyncio.get_running_loop()
@@ -291,24 +291,6 @@ class StreamingClient:
 
 
 @dataclass(frozen=True)
-class KeyScrubber:
-    """Takes an API key out of texts that leave the client (a server may echo anything back, even
-    in its answer)."""
-
-    key: str | None
-
-    def all(self, text: str) -> str:
-        """`text` with the key replaced by REDACTED."""
-        return text.replace(self.key, REDACTED) if self.key else text
-
-    def error(self, text: str) -> str:
-        """An error text: the key removed, cut to ERROR_TEXT_LIMIT characters."""
-        text = self.all(text)
-        if len(text) > ERROR_TEXT_LIMIT:
-            text = text[: ERROR_TEXT_LIMIT - 3] + "..."
-        return text
-
-
 class StreamAttempt:
     """What one request's stream has shown so far, whatever does the I/O (this module's asyncio
     client; loadgen/locust/gevent_stream_client.py's gevent client for Locust): the events taken in, the
@@ -324,7 +306,7 @@ class StreamAttempt:
         protocol: WireProtocol,
         token_counter: TokenCounter | None,
         keep_output_text: bool,
-        scrubber: KeyScrubber,
+        scrubber: Scrubber,
     ):
         self.protocol = protocol
         self.outcome = outcome
@@ -345,7 +327,7 @@ class StreamAttempt:
         if self.settled:
             return
         self.outcome.status = status
-        self.outcome.error = self.scrubber.error(error)
+        self.outcome.error = self.scrubber.cut(error, ERROR_TEXT_LIMIT)
         self.settled = True
 
     def take(self, events: Iterable, at: float) -> None:
@@ -408,7 +390,7 @@ class StreamAttempt:
     def http_error_body(self, status: int, body: bytes) -> None:
         message = self.protocol.error_message(body)
         if message:
-            self.outcome.error = self.scrubber.error(f"HTTP {status}: {message}")
+            self.outcome.error = self.scrubber.cut(f"HTTP {status}: {message}", ERROR_TEXT_LIMIT)
 
     def finish(self) -> None:
         """Fill in the token timings (whatever the status) and the end time."""
@@ -422,7 +404,7 @@ class StreamAttempt:
             outcome.first_token = token_times[0]
             outcome.last_token = token_times[-1]
         if self.content is not None:
-            outcome.output_text = self.scrubber.all("".join(self.content))
+            outcome.output_text = self.scrubber.text("".join(self.content))
 
 
 class _Exchange(StreamAttempt):

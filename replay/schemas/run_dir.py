@@ -88,17 +88,33 @@ class FinalRowIndex:
         return [(r, t) for r in request_ids for t in targets if (r, t) not in self.pairs]
 
 
-class RunDir:
-    """A run directory: its paths, its writers, its manifest and its index of final rows."""
+class _OutputDir:
+    """What run and sweep directories share: a path, a summary and a page."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_NAME
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_NAME
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+
+class RunDir(_OutputDir):
+    """A run directory: its paths, its writers, its manifest and its index of final rows."""
 
     # -- paths -----------------------------------------------------------------------------------
     @property
@@ -108,18 +124,6 @@ class RunDir:
     @property
     def telemetry_dir(self) -> Path:
         return self.path / TELEMETRY_DIRNAME
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST_NAME
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / SUMMARY_NAME
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / REPORT_NAME
 
     def server_log_path(self, target: str) -> Path:
         """The log file of the vLLM server started for `target`."""
@@ -200,26 +204,12 @@ class RunDir:
         return updated
 
 
-class SweepDir:
-    """A sweep directory: its curve, summary and page, and one RunDir per load point."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
+class SweepDir(_OutputDir):
+    """A sweep directory: its curve, summary, page and manifest, and one RunDir per load point."""
 
     @property
     def curve_path(self) -> Path:
         return self.path / CURVE_NAME
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / SUMMARY_NAME
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / REPORT_NAME
 
     def point(self, index: int, label: str) -> RunDir:
         """The run directory of load point `index` (labelled by its level, e.g. `2.5rps`)."""

@@ -33,12 +33,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.clients.rate_limiter import RateLimits
 from shadowreplay.replay.clients.retry_policy import RetryPolicy
+from shadowreplay.replay.config_files import read_yaml_mapping, validation_problems
+from shadowreplay.replay.secrets import KeyReadError, read_key
 
 TargetKind = Literal["openai", "vllm", "anthropic", "azure_openai"]
 
@@ -92,7 +93,7 @@ class VllmLaunch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     args: list[str] = Field(default_factory=list)
-    python: str | None = None  # None: $SHADOWREPLAY_VLLM_PYTHON, else <project>/.venv-vllm/bin/python
+    python: str | None = None  # None: $SHADOWREPLAY_VLLM_PYTHON, else this interpreter if it has vLLM
     port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=300.0, gt=0)
@@ -202,22 +203,12 @@ class TargetConfig(BaseModel):
         return self.ignore_eos if self.ignore_eos is not None else self.kind == "vllm"
 
     def api_key(self) -> str | None:
-        """The key, read at the moment of use from the environment or the key file; never stored."""
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if key is None:
-                raise TargetConfigError(
-                    f"{self.source or self.name}: api_key_env names {self.api_key_env}, which is not set"
-                )
-            return key
-        if self.api_key_file:
-            try:
-                return Path(self.api_key_file).read_text().strip()
-            except OSError as exc:
-                raise TargetConfigError(
-                    f"{self.source or self.name}: api_key_file {self.api_key_file}: {exc.strerror}"
-                ) from None
-        return None
+        """The key, read at the moment of use from the environment or the key file (replay/secrets.py);
+        never stored. A key that cannot be read is a TargetConfigError naming the file and the variable."""
+        try:
+            return read_key(self.source or self.name, env_name=self.api_key_env, key_file=self.api_key_file)
+        except KeyReadError as exc:
+            raise TargetConfigError(str(exc)) from None
 
     @property
     def env_bindings(self) -> dict[str, str]:
@@ -309,22 +300,12 @@ def _apply_environment(raw: dict, path: Path) -> tuple[dict, dict[str, str]]:
 def load_target(path: str | Path) -> TargetConfig:
     """Read and validate one target file; errors name the file and the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise TargetConfigError(f"{path}: cannot read target file: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise TargetConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise TargetConfigError(f"{path}: a target file must be a mapping of fields")
+    raw = read_yaml_mapping(path, "target file", TargetConfigError, "of fields")
     raw, bindings = _apply_environment(raw, path)
     try:
         config = TargetConfig.model_validate(_resolve_paths(raw, path.parent.resolve()))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise TargetConfigError(f"{path}: invalid target: {problems}") from None
+        raise TargetConfigError(f"{path}: invalid target: {validation_problems(exc)}") from None
     config.source = str(path)
     config._env_bindings = bindings
     return config

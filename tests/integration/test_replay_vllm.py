@@ -15,7 +15,7 @@ from shadowreplay.cli import main
 from tests.support.paths import REPO
 from tests.support.traces import AZURE_CONV
 
-BUNDLED = REPO / "shadowreplay" / "data" / "azure_conv_first5min.csv"
+BUNDLED = REPO / "shadowreplay" / "embedded" / "data" / "azure_conv_first5min.csv"
 
 
 def openai_target(path: Path, server) -> Path:

@@ -14,6 +14,7 @@ import pytest
 
 from shadowreplay.analysis.data.run_data import load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
+from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.analysis.summary.tables import server_histogram_table
 from shadowreplay.analysis.telemetry.server_histograms import QUANTILES, HistogramDelta, agrees, histogram_delta
@@ -79,12 +80,12 @@ def scrape_times(last_s: float) -> list[float]:
     return [float(t) for t in range(-1, int(last_s) + 2)]
 
 
-def summary_of(run_dir: Path, rows: list[dict], telemetry_rows: list[dict] | None) -> dict:
+def summary_of(run_dir: Path, rows: list[dict], telemetry_rows: list[dict] | None) -> RunSummary:
     write_results(run_dir, rows, shards=1)
     if telemetry_rows is not None:
         write_telemetry(run_dir, telemetry_rows)
     summary = summarize(load_run(run_dir), telemetry=load_telemetry(run_dir))
-    json.dumps(summary, allow_nan=False)  # summary.json must stay valid JSON (+Inf as null)
+    json.dumps(summary.json_dict(), allow_nan=False)  # summary.json must stay valid JSON (+Inf as null)
     return summary
 
 
@@ -96,7 +97,7 @@ def rng():
 def test_agreement_with_server_slightly_lower(tmp_path, rng):
     rows = requests(rng.uniform(14.0, 30.0, 40).round(3).tolist())
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, scrape_times(5.0), server_ttft_observations(rows, 2.0))
-    block = summary_of(tmp_path, rows, telemetry)["server_histograms"]
+    block = summary_of(tmp_path, rows, telemetry).server_histograms
     assert block["status"] == "compared" and block["disagreements"] == [] and block["count_differences"] == []
     ttft = block["targets"][TARGET]["metrics"]["ttft"]
     assert ttft["status"] == "compared" and ttft["vllm_family"] == TTFT
@@ -131,13 +132,13 @@ def test_ours_shifted_by_several_buckets_disagrees(tmp_path, rng):
     observations = [(first_token_s(r) - 0.001, rng.uniform(0.011, 0.019)) for r in rows]
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, scrape_times(4.0), observations)
     summary = summary_of(tmp_path, rows, telemetry)
-    ttft = summary["server_histograms"]["targets"][TARGET]["metrics"]["ttft"]
+    ttft = summary.server_histograms["targets"][TARGET]["metrics"]["ttft"]
     assert ttft["counts"]["equal"] is True
     for row in ttft["quantiles"]:
         assert row["vllm_bucket_ms"] == [10.0, 20.0]
         assert row["agree"] is False and row["higher"] == "ours" and row["bucket_offset"] >= 3
     assert ttft["agree"] is False
-    lines = summary["server_histograms"]["disagreements"]
+    lines = summary.server_histograms["disagreements"]
     assert len(lines) == 3 and lines[0].startswith(f"{TARGET} ttft p50: ours ")
     assert "vLLM bucket 10-20 ms (ours higher)" in lines[0]
     table = server_histogram_table(summary)
@@ -149,7 +150,7 @@ def test_server_higher_than_ours_is_said_and_one_bucket_apart_agrees(tmp_path):
     rows = requests([30.0] * 20)
     observations = [(first_token_s(r) - 0.001, 0.045) for r in rows]  # 40-60 ms bucket; ours in 20-40
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, scrape_times(3.0), observations)
-    ttft = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]["metrics"]["ttft"]
+    ttft = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]["metrics"]["ttft"]
     p50 = ttft["quantiles"][0]
     assert p50["vllm_bucket_ms"] == [40.0, 60.0] and p50["ours_bucket_ms"] == [20.0, 40.0]
     assert p50["higher"] == "vllm" and p50["bucket_offset"] == -1 and p50["agree"] is True
@@ -162,7 +163,7 @@ def test_counters_from_before_the_run_are_subtracted(tmp_path, rng):
     telemetry = histogram_rows(
         TTFT, TTFT_BOUNDS_S, scrape_times(4.0), server_ttft_observations(rows, 1.0), before_run_s=earlier
     )
-    block = summary_of(tmp_path, rows, telemetry)["server_histograms"]
+    block = summary_of(tmp_path, rows, telemetry).server_histograms
     assert block["targets"][TARGET]["scrapes"]["baseline"] == "before_first_send"
     assert block["targets"][TARGET]["scrapes"]["baseline_t_s"] == 0.0  # the last scrape before the first send (0.501 s)
     ttft = block["targets"][TARGET]["metrics"]["ttft"]
@@ -175,7 +176,7 @@ def test_scrapes_that_start_after_the_first_send_compare_what_they_cover(tmp_pat
     rows = requests([20.0] * 30)  # first tokens from 0.521 s to 3.421 s
     scrapes = [2.0, 3.0, 4.0]
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, scrapes, server_ttft_observations(rows, 1.0))
-    block = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]
+    block = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]
     assert block["scrapes"]["baseline"] == "after_first_send" and block["scrapes"]["baseline_t_s"] == 2.0
     counts = block["metrics"]["ttft"]["counts"]
     covered = sum(2.0 < r["first_token_s"] <= 4.0 for r in rows)
@@ -186,7 +187,7 @@ def test_requests_after_the_last_scrape_are_counted_apart(tmp_path):
     rows = requests([20.0] * 30)  # the last first token at 3.421 s
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, [-1.0, 0.0, 1.0, 2.0, 3.0], server_ttft_observations(rows, 1.0))
     summary = summary_of(tmp_path, rows, telemetry)
-    counts = summary["server_histograms"]["targets"][TARGET]["metrics"]["ttft"]["counts"]
+    counts = summary.server_histograms["targets"][TARGET]["metrics"]["ttft"]["counts"]
     late = sum(r["first_token_s"] > 3.0 for r in rows)
     assert late > 0 and counts["ours_outside_scrape_span"] == late and counts["vllm"] == counts["ours"] == 30 - late
     # a count that differs within the span is flagged
@@ -194,7 +195,7 @@ def test_requests_after_the_last_scrape_are_counted_apart(tmp_path):
     seen = [*server_ttft_observations(rows, 1.0), *extra]
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, [-1.0, 0.0, 1.0, 2.0, 3.0], seen)
     other = tmp_path / "other"
-    flags = summary_of(other, rows, telemetry)["server_histograms"]["count_differences"]
+    flags = summary_of(other, rows, telemetry).server_histograms["count_differences"]
     assert flags == [f"{TARGET} ttft: vLLM counted {34 - late}, we {30 - late}"]
     assert "COUNTS DIFFER" in server_histogram_table(summarize(load_run(other), telemetry=load_telemetry(other))).note
 
@@ -203,7 +204,7 @@ def test_inf_bucket(tmp_path):
     rows = requests([20.0] * 90 + [3000.0] * 10)
     observations = server_ttft_observations(rows, 1.0)  # 10 of them beyond the last finite bound (1 s)
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, scrape_times(14.0), observations)
-    ttft = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]["metrics"]["ttft"]
+    ttft = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]["metrics"]["ttft"]
     p99 = ttft["quantiles"][2]
     assert p99["vllm_bucket_ms"] == [1000.0, None] and p99["vllm_estimate_ms"] == 1000.0  # histogram_quantile's rule
     assert p99["ours_ms"] == pytest.approx(3000.0) and p99["ours_bucket_ms"] == [1000.0, None]
@@ -251,7 +252,7 @@ def test_itl_is_compared_gap_by_gap(tmp_path, rng):
         *histogram_rows(TTFT, TTFT_BOUNDS_S, scrape_times(3.0), server_ttft_observations(rows, 1.0)),
         *histogram_rows(ITL, ITL_BOUNDS_S, scrape_times(3.0), ends),
     ]
-    itl = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]["metrics"]["itl"]
+    itl = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]["metrics"]["itl"]
     assert itl["vllm_family"] == ITL and itl["counts"]["vllm"] == itl["counts"]["ours"] == 20 * len(gaps)
     assert itl["mean_ms"]["ours"] == pytest.approx(4.0) and itl["higher"] == "ours"
     assert all(row["vllm_bucket_ms"] == [0.0, 10.0] and row["agree"] for row in itl["quantiles"])
@@ -261,7 +262,7 @@ def test_older_vllm_itl_name_is_used(tmp_path):
     rows = requests([20.0] * 5, gaps_ms=[30.0])
     ends = [(r["sent_s"] + r["token_times_ms"][1] / 1000.0, 0.03) for r in rows]
     telemetry = histogram_rows("vllm:time_per_output_token_seconds", ITL_BOUNDS_S, scrape_times(2.0), ends)
-    metrics_block = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]["metrics"]
+    metrics_block = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]["metrics"]
     assert metrics_block["itl"]["vllm_family"] == "vllm:time_per_output_token_seconds"
     assert metrics_block["itl"]["agree"] is True and metrics_block["ttft"]["status"] == "absent"
 
@@ -270,23 +271,23 @@ def test_a_counter_that_goes_down_voids_the_comparison(tmp_path):
     rows = requests([20.0] * 10)
     telemetry = histogram_rows(TTFT, TTFT_BOUNDS_S, [-1.0, 0.0], [], before_run_s=[0.02] * 50)
     telemetry += histogram_rows(TTFT, TTFT_BOUNDS_S, [1.0, 2.0], server_ttft_observations(rows, 1.0))  # restarted
-    ttft = summary_of(tmp_path, rows, telemetry)["server_histograms"]["targets"][TARGET]["metrics"]["ttft"]
+    ttft = summary_of(tmp_path, rows, telemetry).server_histograms["targets"][TARGET]["metrics"]["ttft"]
     assert ttft["status"] == "counter_reset" and "went down" in ttft["reason"]
 
 
 def test_without_prometheus_telemetry_the_block_is_absent(tmp_path):
     rows = requests([20.0] * 5)
-    assert summary_of(tmp_path / "none", rows, None)["server_histograms"] == {
+    assert summary_of(tmp_path / "none", rows, None).server_histograms == {
         "status": "absent",
         "reason": "the run has no telemetry (RUN_DIR/telemetry)",
     }
     nvml_only = gpu_samples([0.0, 1.0], [50.0, 60.0], [100.0, 110.0], [1e9, 1e9])
-    block = summary_of(tmp_path / "nvml", rows, nvml_only)["server_histograms"]
+    block = summary_of(tmp_path / "nvml", rows, nvml_only).server_histograms
     assert block["status"] == "absent" and "kind: vllm" in block["reason"]
     gauges_only = [
         sample("vllm:num_requests_running", t, 1.0, source=SOURCE_PROMETHEUS, device=TARGET) for t in (0.0, 1.0)
     ]
-    block = summary_of(tmp_path / "gauges", rows, gauges_only)["server_histograms"]
+    block = summary_of(tmp_path / "gauges", rows, gauges_only).server_histograms
     assert block["status"] == "absent" and TTFT in block["reason"]
     assert server_histogram_table(summarize(load_run(tmp_path / "gauges"), telemetry=None)) is None
 

@@ -24,6 +24,7 @@ import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
 from shadowreplay.analysis.report.page import Figure, Text
 from shadowreplay.analysis.report.sweep_page import build_sweep_page, write_sweep_report
+from shadowreplay.analysis.summary.models import SweepSummary
 from shadowreplay.analysis.summary.tables import SummaryTable
 from shadowreplay.cli import main
 from shadowreplay.replay.run.runner import RunOutcome, RunSettings
@@ -32,7 +33,7 @@ from tests.integration.test_html_report import _rendered, chromium_dom
 from tests.support.paths import REPO
 from tests.support.results_factory import result_row, write_results
 
-BUNDLED = REPO / "shadowreplay" / "data" / "azure_conv_first5min.csv"
+BUNDLED = REPO / "shadowreplay" / "embedded" / "data" / "azure_conv_first5min.csv"
 SERVER_RPS = 6.0  # the modelled server completes one request every 1 / SERVER_RPS s
 FIRST_TOKEN_MS = 15.0
 OUTPUT_TOKENS = 8
@@ -173,7 +174,7 @@ def test_every_figure_is_the_curve_ordered_by_load(swept):
     summary = json.loads((sweep_dir / "summary.json").read_text())
     curve = pl.read_parquet(sweep_dir / "curve.parquet")
     by_load = curve.sort("offered_rps")
-    page = build_sweep_page(summary, curve, sweep_dir)
+    page = build_sweep_page(SweepSummary.model_validate(summary), curve, sweep_dir)
     load, by_tokens, by_requests = (figure.figure for figure in _figures(page))
 
     x = by_load.get_column("offered_rps").to_list()
@@ -237,14 +238,19 @@ def _curve_row(point: int, users: int, ttft: float, tokens: float, **extra) -> d
 def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_path):
     rows = [_curve_row(0, 1, 20.0, 100.0), _curve_row(1, 2, 22.0, 190.0), _curve_row(2, 3, 25.0, 260.0)]
     curve = pl.from_arrow(pa.Table.from_pylist(rows, schema=load_sweep.CURVE_SCHEMA))
-    summary = {
-        "target": "t",
-        "shape": "concurrency",
-        "duration_s": 5.0,
-        "slos": "e2e_p99=2s,e2e_p95=1s",
-        "saturation": None,
-        "slo_capacity_users": None,
-    }
+    summary = SweepSummary.model_validate(
+        {
+            "target": "t",
+            "shape": "concurrency",
+            "levels": [1.0, 2.0, 3.0],
+            "duration_s": 5.0,
+            "slos": "e2e_p99=2s,e2e_p95=1s",
+            "saturation": None,
+            "slo_capacity_users": None,
+            "points": 3,
+            "curve": "curve.parquet",
+        }
+    )
     page = build_sweep_page(summary, curve, tmp_path)
     load = _figures(page)[0].figure
     names = [trace.name for trace in load.data]
@@ -257,6 +263,6 @@ def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_
     assert "SLO capacity: none; no load point met every SLO." in texts
     assert any("e2e_p99=2000ms" in t for t in texts)
     curve.write_parquet(tmp_path / "curve.parquet")
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "summary.json").write_text(json.dumps(summary.json_dict()))
     written = write_sweep_report(tmp_path).read_text(encoding="utf-8")
     assert "closed-loop users" in written and "points/02-3users" in written

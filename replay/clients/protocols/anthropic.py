@@ -252,9 +252,9 @@ class AnthropicMessages(WireProtocol):
         try:
             data = json.loads(event.data)
         except ValueError:
-            raise WireProtocolError(f"invalid JSON in stream event: {event.data[:200]!r}") from None
+            raise WireProtocolError(f"invalid JSON in stream event: {event.data!r}") from None
         if not isinstance(data, dict):
-            raise WireProtocolError(f"stream event is not a JSON object: {event.data[:200]!r}")
+            raise WireProtocolError(f"stream event is not a JSON object: {event.data!r}")
         kind = data.get("type") or event.event
         if kind == "content_block_delta":
             return _delta(data.get("delta"), event.data)
@@ -263,7 +263,7 @@ class AnthropicMessages(WireProtocol):
         if kind == "message_start":
             message = data.get("message")
             if not isinstance(message, dict):
-                raise WireProtocolError(f"message_start without a message: {event.data[:200]!r}")
+                raise WireProtocolError(f"message_start without a message: {event.data!r}")
             usage = message.get("usage")
             return StreamEvent(usage=Usage(_prompt_tokens(usage), None)) if isinstance(usage, dict) else None
         if kind == "message_delta":
@@ -278,13 +278,13 @@ class AnthropicMessages(WireProtocol):
         if kind == "message_stop":
             return StreamEvent(done=True)
         if kind == "error":
-            return StreamEvent(error=error_text(data) or event.data[:200])
+            return StreamEvent(error=error_text(data) or event.data)
         return None  # ping, content_block_stop, and event types added later
 
 
 def _delta(delta, raw: str) -> StreamEvent | None:
     if not isinstance(delta, dict):
-        raise WireProtocolError(f"content_block_delta without a delta: {raw[:200]!r}")
+        raise WireProtocolError(f"content_block_delta without a delta: {raw!r}")
     kind = delta.get("type")
     if kind == "text_delta":
         return StreamEvent(content=delta.get("text", ""))
@@ -297,7 +297,7 @@ def _delta(delta, raw: str) -> StreamEvent | None:
 
 def _block_start(block, raw: str) -> StreamEvent | None:
     if not isinstance(block, dict):
-        raise WireProtocolError(f"content_block_start without a content_block: {raw[:200]!r}")
+        raise WireProtocolError(f"content_block_start without a content_block: {raw!r}")
     kind = block.get("type")
     if kind == "text" and block.get("text"):
         return StreamEvent(content=block["text"])

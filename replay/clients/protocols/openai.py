@@ -55,21 +55,21 @@ class _OpenAIStreaming(WireProtocol):
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise WireProtocolError(f"invalid JSON in stream event: {data[:200]!r}") from None
+            raise WireProtocolError(f"invalid JSON in stream event: {data!r}") from None
         if not isinstance(chunk, dict):
-            raise WireProtocolError(f"stream event is not a JSON object: {data[:200]!r}")
+            raise WireProtocolError(f"stream event is not a JSON object: {data!r}")
         if chunk.get("error") or chunk.get("object") == "error":
-            return StreamEvent(error=error_text(chunk) or data[:200])
+            return StreamEvent(error=error_text(chunk) or data)
         result = StreamEvent()
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             result.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
-            raise WireProtocolError(f"`choices` is not a list in stream event: {data[:200]!r}")
+            raise WireProtocolError(f"`choices` is not a list in stream event: {data!r}")
         for choice in choices:
             if not isinstance(choice, dict):
-                raise WireProtocolError(f"a choice is not an object in stream event: {data[:200]!r}")
+                raise WireProtocolError(f"a choice is not an object in stream event: {data!r}")
             self._read_choice(choice, result)
             if choice.get("finish_reason"):
                 result.finish_reason = choice["finish_reason"]

@@ -211,7 +211,7 @@ def test_matching_rules_in_order(tmp_path):
 def test_run_cost_per_target_recomputed_by_hand(tmp_path, run_dir, run_rows):
     book = load_prices(write_book(tmp_path / "p.yaml", PRICE_BOOK))
     summary = summarize(load_run(run_dir), prices=book)
-    cost = summary["cost"]
+    cost = summary.cost
     assert cost["status"] == "computed" and cost["example_prices"] is True
     assert cost["billing"] == {"failed_requests": False} and cost["monthly_volume"]["basis"] == "run_span"
 
@@ -263,7 +263,7 @@ def test_run_cost_per_target_recomputed_by_hand(tmp_path, run_dir, run_rows):
 
 def test_failed_requests_are_billed_only_when_the_price_file_says_so(tmp_path, run_dir, run_rows):
     book = load_prices(write_book(tmp_path / "p.yaml", _mutated(lambda b: b.update(billing={"failed_requests": True}))))
-    hosted = summarize(load_run(run_dir), prices=book)["cost"]["targets"]["hosted"]
+    hosted = summarize(load_run(run_dir), prices=book).cost["targets"]["hosted"]
     requests, inputs, outputs = _billed(run_rows, "hosted", bill_failed=True)
     assert requests == hosted["billed"]["requests"] == 10
     assert hosted["billed"]["input_tokens"] == inputs == sum(100 + i for i in range(10))
@@ -274,9 +274,9 @@ def test_monthly_volumes_given_as_numbers(tmp_path, run_dir, run_rows):
     book = load_prices(write_book(tmp_path / "p.yaml", PRICE_BOOK))
     requests, inputs, outputs = _billed(run_rows, "hosted")
     run_cost = (inputs * HOSTED_IN + outputs * HOSTED_OUT) / 1e6
-    by_requests = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("requests", 1e6))["cost"]
+    by_requests = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("requests", 1e6)).cost
     assert by_requests["targets"]["hosted"]["monthly"]["cost_usd"] == pytest.approx(run_cost / requests * 1e6)
-    by_tokens = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("tokens", 5e9))["cost"]
+    by_tokens = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("tokens", 5e9)).cost
     assert by_tokens["targets"]["hosted"]["monthly"]["cost_usd"] == pytest.approx(run_cost * 5e9 / (inputs + outputs))
     box = by_tokens["targets"]["local"]["monthly"]
     assert box["cost_usd"] == pytest.approx(box["deployments"] * 6.0 * 720 + 7200)
@@ -291,16 +291,15 @@ def test_a_capacity_in_the_price_entry_sizes_the_deployments(tmp_path, run_dir, 
             tmp_path / "p.yaml", _mutated(lambda b: b["self_hosted"]["box"].update(capacity_output_tokens_per_s=1000.0))
         )
     )
-    monthly = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("tokens", 1e10))["cost"]["targets"][
-        "local"
-    ]["monthly"]
+    summary = summarize(load_run(run_dir), prices=book, monthly=MonthlyVolume("tokens", 1e10))
+    monthly = summary.cost["targets"]["local"]["monthly"]
     _, inputs, outputs = _billed(run_rows, "local")
     expected = math.ceil(1e10 * outputs / (inputs + outputs) / (1000.0 * MONTH_S))
     assert (monthly["capacity_from"], monthly["deployments"]) == ("price entry", expected)
 
 
 def test_no_price_file_says_absent(run_dir):
-    assert summarize(load_run(run_dir))["cost"]["status"] == "absent"
+    assert summarize(load_run(run_dir)).cost["status"] == "absent"
 
 
 # ---- through the CLI -------------------------------------------------------------------------

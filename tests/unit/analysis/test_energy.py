@@ -87,8 +87,8 @@ def _power_integral(s: dict[str, np.ndarray], start: float, end: float) -> float
 
 def test_gpu_block_recomputed_with_numpy(run_dir, rows, gpus):
     summary = summarize(load_run(run_dir), telemetry=load_telemetry(run_dir))
-    assert (summary["window"]["start_s"], summary["window"]["end_s"]) == pytest.approx(WINDOW)
-    gpu = summary["gpu"]
+    assert (summary.window.start_s, summary.window.end_s) == pytest.approx(WINDOW)
+    gpu = summary.gpu
     assert gpu["status"] == "measured" and gpu["devices_count"] == 2
     start, end = WINDOW
 
@@ -145,7 +145,7 @@ def test_a_counter_that_goes_backwards_falls_back_to_power(tmp_path, rows):
     telemetry = [sample(NVML_POWER, t, 100.0) for t in times]
     telemetry += [sample(NVML_ENERGY, t, 5000.0 - t) for t in times]  # a reset/wrap: decreasing
     write_telemetry(tmp_path, telemetry)
-    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu
     assert gpu["energy"]["method"] == "power_integral"
     assert gpu["energy"]["joules"] == pytest.approx(100.0 * (WINDOW[1] - WINDOW[0]))
     assert gpu["gpu_util_pct"] == {"mean": None, "p95": None}  # no utilisation samples: nothing invented
@@ -155,19 +155,19 @@ def test_samples_that_stop_early_say_how_much_was_covered(tmp_path, rows):
     write_results(tmp_path, rows, manifest=MANIFEST)
     times = np.arange(0.0, 6.01, 0.5)
     write_telemetry(tmp_path, [sample(NVML_POWER, t, 200.0) for t in times])
-    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu["energy"]
     assert energy["covered_s"] == pytest.approx(5.0) and energy["window_s"] == pytest.approx(9.0)
     assert energy["joules"] == pytest.approx(200.0 * 5.0)
 
 
 def test_without_gpu_samples_the_block_is_absent(tmp_path, rows):
     write_results(tmp_path, rows, manifest=MANIFEST)
-    assert summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"] == {
+    assert summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu == {
         "status": "absent",
         "reason": "the run has no telemetry files (RUN_DIR/telemetry/*.parquet)",
     }
     write_telemetry(tmp_path, server_samples("local", [0.0, 1.0], [0.1, 0.2], [1, 2], [0, 0]))
-    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu
     assert gpu["status"] == "absent" and "no NVML" in gpu["reason"]
 
 
@@ -176,7 +176,7 @@ def test_every_target_counts_when_none_is_local(tmp_path, rows, gpus):
     write_results(tmp_path, rows, manifest=manifest)
     s = gpus["0"]
     write_telemetry(tmp_path, gpu_samples(s["t"], s["util"], s["power"], s["mem"]))
-    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu["energy"]
     start, end = WINDOW
     tokens = sum(r["completion_tokens"] for r in rows if r["status"] == "ok" and start <= r["done_s"] <= end)
     assert energy["targets"] == ["hosted", "local"] and energy["output_tokens"] == tokens
@@ -228,5 +228,5 @@ def test_shards_of_the_samplers_writer_are_read(tmp_path, rows):
         writer.add("nvml", "0", float(t), NVML_POWER, 300.0)
     writer.close()
     assert len(writer.files) > 1
-    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path))["gpu"]["energy"]
+    energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu["energy"]
     assert energy["method"] == "power_integral" and energy["joules"] == pytest.approx(300.0 * 9.0)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from shadowreplay.analysis.data.run_data import load_run
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo, parse_slos
+from shadowreplay.analysis.summary.models import LatencyStats, SliceStats
 from shadowreplay.analysis.summary.run_summary import ERROR_STATUSES, summarize
 from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
 from tests.support.results_factory import DONE_AFTER_LAST_TOKEN_MS, result_row, write_results
@@ -284,38 +285,41 @@ def expected_slice(specs: list[dict], slos: tuple[Slo, ...], window: tuple[float
     }
 
 
-def assert_stats(got: dict, want: dict) -> None:
-    assert got["count"] == want["count"]
+def assert_stats(got: LatencyStats, want: dict) -> None:
+    assert got.count == want["count"]
     for key in ("mean", "p50", "p90", "p95", "p99", "max"):
+        value = getattr(got, key)
         if want[key] is None:
-            assert got[key] is None
+            assert value is None
         else:
-            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-9), key
+            assert value == pytest.approx(want[key], rel=1e-9, abs=1e-9), key
 
 
-def assert_slice(got: dict, specs: list[dict], slos: tuple[Slo, ...], window: tuple[float, float], duration: float):
+def assert_slice(
+    got: SliceStats, specs: list[dict], slos: tuple[Slo, ...], window: tuple[float, float], duration: float
+):
     want = expected_slice(specs, slos, window)
     for key in ("requests", "ok", "errors", "errors_by_status", "attempts", "retries"):
-        assert got[key] == want[key], key
-    assert got["error_rate"] == pytest.approx(want["errors"] / want["requests"])
+        assert getattr(got, key) == want[key], key
+    assert got.error_rate == pytest.approx(want["errors"] / want["requests"])
     for name, stats in want["latency_ms"].items():
-        assert_stats(got["latency_ms"][name], stats)
-    assert got["output_tokens"]["total"] == want["output_tokens_total"]
-    assert (got["token_mismatch"]["compared"], got["token_mismatch"]["mismatched"]) == want["mismatch"]
-    assert got["window"] == {
+        assert_stats(got.latency_ms[name], stats)
+    assert got.output_tokens.total == want["output_tokens_total"]
+    assert (got.token_mismatch.compared, got.token_mismatch.mismatched) == want["mismatch"]
+    assert got.window.model_dump() == {
         "completed": want["window_completed"],
         "output_tokens": want["window_tokens"],
         "good": want["window_good"],
     }
-    assert got["throughput"]["requests_per_s"] == pytest.approx(want["window_completed"] / duration)
-    assert got["throughput"]["output_tokens_per_s"] == pytest.approx(want["window_tokens"] / duration)
-    assert got["throughput"]["goodput_rps"] == pytest.approx(want["window_good"] / duration)
-    for result, value, meeting, slo in zip(got["slo"], want["slo_values"], want["slo_meeting"], slos):
-        assert result["slo"] == str(slo)
-        assert result["value_ms"] == pytest.approx(value)
-        assert result["met"] == (value <= slo.threshold_ms)
-        assert result["requests_meeting"] == meeting
-    assert got["slos_met"] == all(r["met"] for r in got["slo"])
+    assert got.throughput.requests_per_s == pytest.approx(want["window_completed"] / duration)
+    assert got.throughput.output_tokens_per_s == pytest.approx(want["window_tokens"] / duration)
+    assert got.throughput.goodput_rps == pytest.approx(want["window_good"] / duration)
+    for result, value, meeting, slo in zip(got.slo, want["slo_values"], want["slo_meeting"], slos):
+        assert result.slo == str(slo)
+        assert result.value_ms == pytest.approx(value)
+        assert result.met == (value <= slo.threshold_ms)
+        assert result.requests_meeting == meeting
+    assert got.slos_met == all(r.met for r in got.slo)
 
 
 @pytest.fixture(scope="module")
@@ -333,25 +337,25 @@ def test_summary_matches_independent_computation_per_target_and_tag(scenario):
     first = min(s["scheduled_s"] for s in specs)
     last = max(s["scheduled_s"] for s in specs)
     start = first + 0.1 * (last - first)
-    assert summary["window"]["kind"] == "steady"
-    assert summary["window"]["start_s"] == pytest.approx(start)
-    assert summary["window"]["end_s"] == last
+    assert summary.window.kind == "steady"
+    assert summary.window.start_s == pytest.approx(start)
+    assert summary.window.end_s == last
     duration = last - start
-    assert summary["source"] == {
+    assert summary.source.model_dump() == {
         "results_files": 3,
         "rows": len(specs),
         "final_rows": sum(1 for s in specs if s.get("final", True)),
         "requests_without_final_row": 0,
         "manifest": "manifest.json",
     }
-    assert list(summary["targets"]) == ["alpha", "beta"]
+    assert list(summary.targets) == ["alpha", "beta"]
     for target in ("alpha", "beta"):
-        entry = summary["targets"][target]
+        entry = summary.targets[target]
         mine = [s for s in specs if s["target"] == target]
-        assert_slice(entry["all"], mine, slos, (start, last), duration)
-        assert [t["tag"] for t in entry["tags"]] == ["x", "y", None]
-        for tagged in entry["tags"]:
-            assert_slice(tagged, [s for s in mine if s["tag"] == tagged["tag"]], slos, (start, last), duration)
+        assert_slice(entry.all, mine, slos, (start, last), duration)
+        assert [t.tag for t in entry.tags] == ["x", "y", None]
+        for tagged in entry.tags:
+            assert_slice(tagged, [s for s in mine if s["tag"] == tagged.tag], slos, (start, last), duration)
 
 
 def test_scenario_exercises_every_path(scenario):
@@ -369,31 +373,32 @@ def test_retried_attempts_do_not_move_latency(scenario, tmp_path):
     """The same run without its non-final rows gives the same latency figures, fewer attempts."""
     run_dir, specs = scenario
     write_results(tmp_path, [result_row(**s) for s in specs if s.get("final", True)])
-    with_retries = summarize(load_run(run_dir))["targets"]
-    without = summarize(load_run(tmp_path))["targets"]
+    with_retries = summarize(load_run(run_dir)).targets
+    without = summarize(load_run(tmp_path)).targets
     retried = sum(1 for s in specs if not s.get("final", True))
     assert retried > 0
-    assert sum(t["all"]["retries"] for t in with_retries.values()) == retried
+    assert sum(t.all.retries for t in with_retries.values()) == retried
     for target in with_retries:
-        for name, stats in without[target]["all"]["latency_ms"].items():
-            assert_stats(with_retries[target]["all"]["latency_ms"][name], stats)
-        assert without[target]["all"]["retries"] == 0
+        for name, stats in without[target].all.latency_ms.items():
+            assert_stats(with_retries[target].all.latency_ms[name], stats.model_dump())
+        assert without[target].all.retries == 0
 
 
 def test_explicit_warmup_moves_the_window(scenario):
     run_dir, specs = scenario
     summary = summarize(load_run(run_dir), warmup_s=10.0)
     last = max(s["scheduled_s"] for s in specs)
-    assert summary["window"]["start_s"] == 10.0 and summary["window"]["duration_s"] == pytest.approx(last - 10.0)
+    assert summary.window.start_s == 10.0 and summary.window.duration_s == pytest.approx(last - 10.0)
     alpha = [expected_request(s) for s in specs if s["target"] == "alpha" and s.get("final", True)]
     done_in = sum(1 for r in alpha if r["ok"] and 10.0 <= r["done"] <= last)
-    assert summary["targets"]["alpha"]["all"]["window"]["completed"] == done_in
-    assert summary["targets"]["alpha"]["all"]["throughput"]["goodput_rps"] is None  # no SLOs given
-    assert summary["targets"]["alpha"]["all"]["slos_met"] is None
+    assert summary.targets["alpha"].all.window.completed == done_in
+    assert summary.targets["alpha"].all.throughput.goodput_rps is None  # no SLOs given
+    assert summary.targets["alpha"].all.slos_met is None
 
 
 def test_untagged_runs_have_no_tag_slices(tmp_path):
     write_results(tmp_path, [result_row(f"r{i}", scheduled_s=float(i)) for i in range(5)])
     summary = summarize(load_run(tmp_path))
-    assert summary["targets"]["target-a"]["tags"] == []
-    assert not math.isnan(summary["targets"]["target-a"]["all"]["latency_ms"]["ttft"]["p50"])
+    assert summary.targets["target-a"].tags == []
+    p50 = summary.targets["target-a"].all.latency_ms["ttft"].p50
+    assert p50 is not None and not math.isnan(p50)

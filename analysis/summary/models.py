@@ -1,0 +1,205 @@
+"""The typed results of analysis: `summary.json` of a run, one point of a sweep's curve, and the
+sweep's `summary.json`. Built by analysis/summary/run_summary.py and loadgen/sweep.py, dumped with
+the model, read by attribute (`summary.targets[name].all.latency_ms["ttft"].p95`).
+
+The JSON shape is the one run_summary.py's docstring documents (summary `schema_version` 1): these
+models name every key of it. The cost, gpu and server_histograms blocks are kept as JSON objects
+here (their own modules, analysis/cost/model.py and analysis/telemetry/, document their keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from shadowreplay.analysis.metrics import table as metrics
+
+# The percentile fields below are the reported ones; a change there must change these models too.
+assert metrics.REPORTED_PERCENTILES == (50.0, 90.0, 95.0, 99.0), "LatencyStats names p50, p90, p95, p99"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencyStats(_Model):
+    """One latency metric over a slice's population (analysis/metrics/table.py METRICS), in ms."""
+
+    count: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class OutputTokens(_Model):
+    total: int | None
+    from_server: int
+    from_client: int
+
+
+class TokenMismatch(_Model):
+    compared: int
+    mismatched: int | None
+
+
+class WindowCounts(_Model):
+    completed: int
+    output_tokens: int | None
+    good: int
+
+
+class Throughput(_Model):
+    requests_per_s: float | None
+    output_tokens_per_s: float | None
+    goodput_rps: float | None
+
+
+class SloResult(_Model):
+    slo: str
+    metric: str
+    percentile: float
+    threshold_ms: float
+    value_ms: float | None
+    met: bool | None
+    requests_meeting: int
+    requests_checked: int
+
+
+class SliceStats(_Model):
+    """STATS of one slice: a target, or a target and tag."""
+
+    requests: int
+    ok: int
+    errors: int
+    error_rate: float | None
+    errors_by_status: dict[str, int]
+    http_statuses: dict[str, int]
+    attempts: int
+    retries: int
+    latency_ms: dict[str, LatencyStats]
+    output_tokens: OutputTokens
+    token_mismatch: TokenMismatch
+    window: WindowCounts
+    throughput: Throughput
+    slo: list[SloResult]
+    slos_met: bool | None
+
+
+class TagStats(SliceStats):
+    tag: str | None
+
+    @model_serializer(mode="wrap")
+    def _tag_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`tag` leads its slice in summary.json, as it always has."""
+        data = handler(self)
+        return {"tag": data.pop("tag"), **data}
+
+
+class TargetSummary(_Model):
+    all: SliceStats
+    tags: list[TagStats]  # empty when no row has a tag
+
+
+class SummarySource(_Model):
+    results_files: int
+    rows: int
+    final_rows: int
+    requests_without_final_row: int
+    manifest: str | None
+
+
+class SummaryWindow(_Model):
+    kind: Literal["steady", "whole_run"]
+    start_s: float
+    end_s: float
+    duration_s: float
+    warmup_s: float
+    schedule_start_s: float
+    schedule_end_s: float
+
+
+class RunSummary(_Model):
+    """RUN_DIR/summary.json."""
+
+    kind: Literal["shadowreplay.summary"] = "shadowreplay.summary"
+    schema_version: int = 1
+    shadowreplay_version: str | None
+    run_dir: str
+    run_id: str | None
+    source: SummarySource
+    definitions: dict[str, str]
+    window: SummaryWindow
+    slos: list[str]
+    targets: dict[str, TargetSummary]
+    cost: dict[str, Any]
+    gpu: dict[str, Any]
+    server_histograms: dict[str, Any]
+
+    def json_dict(self) -> dict[str, Any]:
+        """The summary as the JSON object summary.json holds."""
+        return self.model_dump(mode="json")
+
+
+class CurvePoint(_Model):
+    """One load point of a sweep: a row of SWEEP_DIR/curve.parquet (loadgen/sweep.py CURVE_SCHEMA)."""
+
+    point: int
+    phase: Literal["ramp", "bisect"]
+    shape: Literal["poisson", "concurrency"]
+    offered_rps: float | None
+    concurrency: int | None
+    requests: int
+    achieved_rps: float | None
+    output_tokens_per_s: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    tpot_p95_ms: float | None
+    e2e_p95_ms: float | None
+    error_rate: float | None
+    gpu_util_mean_pct: float | None
+    joules_per_output_token: float | None
+    slo_met: bool | None
+    run_dir: str  # the point's run directory, relative to the sweep directory
+
+
+class Saturation(_Model):
+    point: int
+    level: float
+    reason: str
+
+
+class SweepSummary(BaseModel):
+    """SWEEP_DIR/summary.json. The capacity key is `slo_capacity_rps` for Poisson sweeps and
+    `slo_capacity_users` for closed-loop ones (both kept as extra keys of the model)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["shadowreplay.sweep"] = "shadowreplay.sweep"
+    schema_version: int = 1
+    target: str
+    shape: Literal["poisson", "concurrency"]
+    levels: list[float]
+    duration_s: float
+    slos: str | None
+    saturation: Saturation | None
+    points: int
+    curve: str
+    servers: list[dict[str, Any]] | None = Field(default=None)
+
+    @property
+    def slo_capacity(self) -> float | None:
+        """The SLO capacity, in the sweep's unit (requests/s or users)."""
+        extra = self.model_extra or {}
+        value = extra.get("slo_capacity_rps", extra.get("slo_capacity_users"))
+        return float(value) if value is not None else None
+
+    def json_dict(self) -> dict[str, Any]:
+        """The summary as the JSON object summary.json holds (`servers` only when there are any)."""
+        data = self.model_dump(mode="json")
+        if data.get("servers") is None:
+            data.pop("servers", None)
+        return data
