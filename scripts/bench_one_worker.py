@@ -6,7 +6,7 @@ uvloop event loop, aiohttp session, streaming client and Parquet result shards),
 this one process, so the benchmark can pin it to one core and call the figures "per process".
 The plan is N completions requests of a fixed prompt asking for T tokens, the i-th scheduled at
 i / R seconds after a start epoch a little in the future (the worker sets up its session first).
-Result rows go to DIR/results/*.parquet (the results schema of shared/DESIGN.md). The last line
+Result rows go to DIR/results/*.parquet (the results schema of docs/DESIGN.md). The last line
 of stdout is JSON: `by_status` (final rows by status), `run_cpu_s` (the process's CPU seconds
 during the run, every thread, the result writer's included), `cpu_ms_per_request` and `epoch`
 (the wall-clock second the rows' `*_s` times count from).

@@ -1,4 +1,4 @@
-"""Reading a run's telemetry: `RUN_DIR/telemetry/*.parquet` in the long form of shared/DESIGN.md.
+"""Reading a run's telemetry: `RUN_DIR/telemetry/*.parquet` in the long form of docs/DESIGN.md.
 
 One row per sample: `run_id`, `source` (`nvml` or `prometheus`), `host`, `device` (GPU index or
 target name), `t_s` (run seconds, the results' clock), `metric`, `value`; the contract and the

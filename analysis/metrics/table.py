@@ -1,4 +1,4 @@
-"""The metric vocabulary of shared/DESIGN.md, each metric defined once as a polars expression.
+"""The metric vocabulary of docs/DESIGN.md, each metric defined once as a polars expression.
 
 Every report, sweep curve, capacity plan and shadow comparison computes its figures through this
 module; nothing else restates a formula. The expressions read result rows (replay/schemas/results.py

@@ -94,7 +94,7 @@ def add_arguments(parser) -> None:
         env_var="SHADOWREPLAY_TARGET",
         default="",
         include_in_web_ui=False,
-        help="shadowreplay target YAML (shared/DESIGN.md, Target config)",
+        help="shadowreplay target YAML (docs/DESIGN.md, Target config)",
     )
     parser.add_argument(
         "--run-dir",

@@ -14,7 +14,7 @@ Clocks: every time is `time.perf_counter()` of the calling process.
 - `done` is the arrival of the end of the stream ([DONE], or the end of the body), or the moment
   the request failed.
 
-Which chunks are output tokens (shared/DESIGN.md: TTFT to the first content or reasoning token,
+Which chunks are output tokens (docs/DESIGN.md: TTFT to the first content or reasoning token,
 never to a role-only or empty chunk; a chunk carrying k tokens counts k times; tokens counted from
 usage, not from chunk text). An *output chunk* is an event that carries an output field (content,
 reasoning or tool-call text), even as "": role-only openings, finish-only chunks without an output

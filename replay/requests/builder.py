@@ -3,7 +3,7 @@
 Rows with recorded text (messages or prompt) are sent as recorded, with their recorded params.
 Rows without text get a synthesized prompt of exactly `expected_prompt_tokens` tokens in the
 target's own tokenizer and ask for exactly `expected_completion_tokens` output tokens
-(shared/DESIGN.md). The body is the canonical OpenAI shape; a wire protocol translates it for
+(docs/DESIGN.md). The body is the canonical OpenAI shape; a wire protocol translates it for
 other APIs.
 """
 

@@ -1,4 +1,4 @@
-"""Synthesized prompts of an exact token length in a target's own tokenizer (shared/DESIGN.md).
+"""Synthesized prompts of an exact token length in a target's own tokenizer (docs/DESIGN.md).
 
 A traffic-log row without text (Azure, Mooncake) carries only `prompt_tokens` and perhaps
 `prefix_block_ids`. The replay sends instead a prompt that the *server* counts as exactly

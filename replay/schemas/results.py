@@ -1,4 +1,4 @@
-"""Result rows: one per request per target per attempt (shared/DESIGN.md, results schema_version 1).
+"""Result rows: one per request per target per attempt (docs/DESIGN.md, results schema_version 1).
 
 Times are seconds from the run's start epoch (`*_s`) or milliseconds after send (`*_ms`).
 Columns past DESIGN.md's list, added with the replay engine and documented in the README:

@@ -1,4 +1,4 @@
-"""Telemetry rows (shared/DESIGN.md, telemetry schema_version 1) and the shard writer the samplers use.
+"""Telemetry rows (docs/DESIGN.md, telemetry schema_version 1) and the shard writer the samplers use.
 
 One row per sample, long form: `run_id`, `source` (`nvml` or `prometheus`), `host`, `device` (GPU
 index or target name, as a string), `t_s` (seconds on the run's timeline, the results' clock),

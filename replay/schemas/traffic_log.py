@@ -1,4 +1,4 @@
-"""The canonical traffic log: one row per production request (shared/DESIGN.md, schema_version 1).
+"""The canonical traffic log: one row per production request (docs/DESIGN.md, schema_version 1).
 
 This module is the single definition of the contract. Every writer (ingest, capture proxy) and
 every reader (replay, inspect, shadow comparison) goes through it.

@@ -1,4 +1,4 @@
-"""Target configuration: one YAML file per target (shared/DESIGN.md, "Target config").
+"""Target configuration: one YAML file per target (docs/DESIGN.md, "Target config").
 
 A target is what a replay sends requests to; `kind` is the wire format it speaks:
 - `openai`: an already running OpenAI-compatible server, self-hosted or hosted (OpenAI, Groq,
@@ -234,7 +234,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
             return str(expanded)
         candidate = base / expanded
         if value.startswith(".") or candidate.exists():
-            return str(candidate.resolve())
+            # Normalized, not resolved: a venv's bin/python is a symlink, and following it would
+            # run the base interpreter without the venv's packages.
+            return os.path.normpath(candidate)
         return value
 
     raw = dict(raw)

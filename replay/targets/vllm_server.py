@@ -2,7 +2,7 @@
 
 vLLM usually lives in its own Python environment (`.venv-vllm`, made by scripts/setup.sh), so the
 server runs from a given interpreter as `python -m vllm.entrypoints.openai.api_server ...` (the
-`vllm` console script of the CPU build fails on its own version lookup, shared/DESIGN.md).
+`vllm` console script of the CPU build fails on its own version lookup, docs/DESIGN.md).
 
 Life cycle (`with VllmServer(...) as server:`)
 - start: a free port unless one is given; the server in its own process group, its stdout and

@@ -36,9 +36,10 @@ from shadowreplay.replay.schemas.telemetry import (
 )
 from shadowreplay.replay.targets.config import load_target
 from shadowreplay.replay.telemetry.gpu_node_samplers import NO_GPU_NODE_LINE, GpuNodeSamplers, gpu_nodes, node_off_line
-from tests.integration.test_replay_runner import log_row, write_log, write_target
 from tests.support.faulty_server import FaultyServerThread
-from tests.unit.replay.test_nvml_sampler import StandInNvml
+from tests.support.nvml_stand_in import StandInNvml
+from tests.support.target_files import write_target
+from tests.support.traffic_logs import log_row, write_log
 
 NVML_METRICS = {
     NVML_GPU_UTIL,

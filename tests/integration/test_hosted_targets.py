@@ -197,7 +197,7 @@ def test_an_unreadable_key_stops_a_replay_before_any_server_or_worker_starts(tmp
     import ray
 
     from shadowreplay.cli import main
-    from tests.integration.test_replay_runner import log_row, write_log
+    from tests.support.traffic_logs import log_row, write_log
 
     monkeypatch.delenv("SHADOWREPLAY_TEST_UNSET_KEY", raising=False)
     target = write(

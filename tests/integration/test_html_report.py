@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
-import subprocess
-import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +18,10 @@ from shadowreplay.analysis.report.page import Figure, ReportPage
 from shadowreplay.analysis.report.run_page import time_bin_s
 from shadowreplay.cli import main
 from shadowreplay.replay.schemas.run_dir import REPORT_NAME
+from tests.support.chromium import chromium_dom, plotly_drawing
 from tests.support.results_factory import result_row, write_results
 from tests.support.telemetry_factory import gpu_samples, server_samples, write_telemetry
 
-RENDER_TIMEOUT_S = 120
 MANIFEST = {
     "run_id": "run-html",
     "targets": [
@@ -42,63 +38,6 @@ TELEMETRY_TITLES = (
 )
 DISTRIBUTION_TITLES = ("TTFT", "ITL", "TPOT", "e2e")
 ODD_TAG = "<b>tag & co</b>"
-
-
-def chromium_dom(page: Path, profile: Path) -> tuple[str, float]:
-    """The DOM of `page` after its scripts ran in headless Chromium, and the seconds it took."""
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail(
-            "chromium is not installed; scripts/setup.sh installs Debian's package: apt-get install -y chromium"
-        )
-    command = [
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.resolve().as_uri(),
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S, check=False)
-    elapsed = time.perf_counter() - started
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout, elapsed
-
-
-class _Rendered(HTMLParser):
-    """Collects the figure divs' classes and the texts plotly drew into its SVGs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.figure_classes: dict[str, str] = {}
-        self.svg_texts: set[str] = set()
-        self.traces = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        figure_id = found.get("id") or ""
-        if tag == "div" and figure_id.startswith("fig-"):
-            self.figure_classes[figure_id] = found.get("class") or ""
-        unformatted = found.get("data-unformatted")
-        if tag == "text" and unformatted:
-            self.svg_texts.add(html.unescape(unformatted))
-        if tag == "g" and "trace" in (found.get("class") or "").split():
-            self.traces += 1
-
-
-def _rendered(dom: str) -> _Rendered:
-    parser = _Rendered()
-    parser.feed(dom)
-    return parser
 
 
 @pytest.fixture
@@ -160,7 +99,7 @@ def test_report_html_renders_offline_with_every_chart(run_dir, tmp_path, capsys)
     assert html.escape(ODD_TAG) in text and ODD_TAG not in text.split("<script")[0]
 
     dom, seconds = chromium_dom(page, tmp_path / "profile")
-    rendered = _rendered(dom)
+    rendered = plotly_drawing(dom)
     assert set(rendered.figure_classes) == {"fig-0-0", "fig-1-0"}
     assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values()), rendered.figure_classes
     for title in (*OVER_TIME_TITLES, *TELEMETRY_TITLES, *DISTRIBUTION_TITLES, "steady window"):
@@ -175,7 +114,7 @@ def test_report_html_renders_offline_with_every_chart(run_dir, tmp_path, capsys)
 def test_without_telemetry_the_page_says_so_and_still_draws(run_dir, tmp_path, capsys):
     assert main(["report", str(run_dir), "--json", "--prices", "none"]) == 0
     dom, _ = chromium_dom(run_dir / REPORT_NAME, tmp_path / "profile")
-    rendered = _rendered(dom)
+    rendered = plotly_drawing(dom)
     assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values())
     assert set(OVER_TIME_TITLES) <= rendered.svg_texts
     assert not set(TELEMETRY_TITLES) & rendered.svg_texts

@@ -5,9 +5,7 @@ with the right status, sessions in order, retries as their own rows, the schedul
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,49 +15,8 @@ import pytest
 from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 from tests.support.faulty_server import FaultyServerThread
-
-MESSAGES = json.dumps([{"role": "user", "content": "Say something."}])
-
-
-def log_row(
-    i: int, offset_s: float, faulty: dict | None = None, session: str | None = None, max_tokens: int = 6
-) -> dict:
-    params: dict[str, Any] = {"max_tokens": max_tokens}
-    if faulty:
-        params["faulty"] = faulty
-    return {
-        "request_id": f"req-{i:03d}",
-        "arrival_time": datetime(2024, 5, 1, tzinfo=UTC) + timedelta(seconds=offset_s),
-        "session_id": session,
-        "api": "chat",
-        "messages": MESSAGES,
-        "prompt": None,
-        "params": json.dumps(params),
-        "prompt_tokens": 5,
-        "completion_tokens": max_tokens,
-        "prefix_block_ids": None,
-        "tag": "faulty" if faulty else "normal",
-        "response_text": None,
-        "reference": None,
-    }
-
-
-def write_log(path: Path, rows: list[dict]) -> Path:
-    pq.write_table(pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA), path)
-    return path
-
-
-def write_target(path: Path, base_url: str, **extra) -> Path:
-    lines = [
-        "name: faulty",
-        "kind: openai",
-        f"base_url: {base_url}",
-        "model: scripted",
-        "timeouts: {connect_s: 2, first_token_s: 1.5, total_s: 3}",
-    ]
-    lines += [f"{key}: {json.dumps(value)}" for key, value in extra.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.support.target_files import write_target
+from tests.support.traffic_logs import log_row, write_log
 
 
 def read_results(run_dir: Path) -> list[dict]:

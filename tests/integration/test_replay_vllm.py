@@ -5,44 +5,13 @@ for, exact synthesized lengths, and `report --json` recomputed independently fro
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from shadowreplay.cli import main
-from tests.support.paths import REPO
-from tests.support.traces import AZURE_CONV
-
-BUNDLED = REPO / "shadowreplay" / "embedded" / "data" / "azure_conv_first5min.csv"
-
-
-def openai_target(path: Path, server) -> Path:
-    path.write_text(
-        "\n".join(
-            [
-                "name: tiny-cpu",
-                "kind: openai",
-                f"base_url: {server.base_url}",
-                f"model: {server.model}",
-                "api: chat",
-                f"tokenizer: {server.tokenizer_dir}",
-                "ignore_eos: true",
-                "timeouts: {connect_s: 10, first_token_s: 120, total_s: 300}",
-            ]
-        )
-        + "\n"
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def azure_log(tmp_path_factory):
-    trace = AZURE_CONV
-    log = tmp_path_factory.mktemp("log") / "conv.parquet"
-    assert main(["ingest", str(trace), "-o", str(log), "--format", "azure"]) == 0
-    return log
+from tests.support.target_files import vllm_openai_target as openai_target
 
 
 def test_sixty_seconds_of_the_azure_trace_at_recorded_times(tmp_path, vllm_server, azure_log, capsys):

@@ -331,10 +331,10 @@ def scraped_target(path: Path, server) -> Path:
 
 
 def test_real_vllm_histograms_match_our_client_side_ttft(tmp_path, vllm_server, capsys):
-    from tests.integration.test_replay_vllm import AZURE_CONV, BUNDLED
+    from tests.support.traces import AZURE_CONV
 
     log = tmp_path / "conv.parquet"
-    trace = AZURE_CONV if AZURE_CONV.exists() else BUNDLED
+    trace = AZURE_CONV
     assert main(["ingest", str(trace), "-o", str(log), "--format", "azure"]) == 0
     run_dir = tmp_path / "run"
     target = scraped_target(tmp_path / "target.yaml", vllm_server)

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadowreplay.cli import main
-from tests.integration.test_html_report import _rendered, chromium_dom
-from tests.integration.test_replay_vllm import azure_log, openai_target  # noqa: F401 - the module's fixture
+from tests.support.chromium import chromium_dom, plotly_drawing
+from tests.support.target_files import vllm_openai_target as openai_target
 
 
-def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_log, capsys):  # noqa: F811
+def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_log, capsys):
     target = openai_target(tmp_path / "target.yaml", vllm_server)
     sweep_dir = tmp_path / "sweep"
     code = main(
@@ -57,7 +57,7 @@ def test_sweep_finds_saturation_and_slo_capacity(tmp_path, vllm_server, azure_lo
     assert summary["slo_capacity_rps"] is not None and summary["slo_capacity_rps"] >= 1, printed
     assert "SLO capacity" in printed
     dom, _ = chromium_dom(report, tmp_path / "profile")  # the real sweep's page renders offline
-    rendered = _rendered(dom)
+    rendered = plotly_drawing(dom)
     assert len(rendered.figure_classes) == 3 and all("js-plotly-plot" in c for c in rendered.figure_classes.values())
     assert "SLO ttft_p95=5000ms" in rendered.svg_texts
     assert f"SLO capacity {summary['slo_capacity_rps']:.3g} req/s" in rendered.svg_texts

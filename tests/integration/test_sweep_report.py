@@ -29,7 +29,7 @@ from shadowreplay.analysis.summary.tables import SummaryTable
 from shadowreplay.cli import main
 from shadowreplay.replay.run.runner import RunOutcome, RunSettings
 from shadowreplay.replay.schemas.run_dir import REPORT_NAME as SWEEP_REPORT_NAME
-from tests.integration.test_html_report import _rendered, chromium_dom
+from tests.support.chromium import chromium_dom, plotly_drawing
 from tests.support.paths import REPO
 from tests.support.results_factory import result_row, write_results
 
@@ -150,7 +150,7 @@ def test_sweep_writes_a_self_contained_report_that_renders_offline(swept, tmp_pa
         assert list((sweep_dir / run_dir / "results").glob("*.parquet"))
 
     dom, seconds = chromium_dom(page_path, tmp_path / "profile")
-    rendered = _rendered(dom)
+    rendered = plotly_drawing(dom)
     assert set(rendered.figure_classes) == {"fig-0-2", "fig-1-0", "fig-1-1"}, rendered.figure_classes
     assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values()), rendered.figure_classes
     saturation_rps = summary["saturation"]["level"]

@@ -14,7 +14,6 @@ import pytest
 
 from shadowreplay.analysis.cost.prices import load_prices
 from shadowreplay.cli import main
-from tests.integration.test_replay_vllm import azure_log  # noqa: F401 - the module's fixture
 from tests.support.anthropic_server import AnthropicScript, AnthropicServer
 from tests.support.paths import REPO
 from tests.support.server_thread import ServerThread
@@ -32,7 +31,7 @@ def write_yaml(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_vllm_and_anthropic_side_by_side_with_cost(tmp_path, vllm_server, azure_log, capsys):  # noqa: F811
+def test_vllm_and_anthropic_side_by_side_with_cost(tmp_path, vllm_server, azure_log, capsys):
     key_file = tmp_path / "anthropic.key"  # Ray workers read keys in their own processes: a file reaches them
     key_file.write_text(KEY + "\n")
     with ServerThread(AnthropicServer(AnthropicScript(ttft_ms=30, itl_ms=4), api_key=KEY)) as claude_server:

@@ -1,4 +1,4 @@
-"""Builds telemetry samples in the long form of shared/DESIGN.md and writes them under RUN_DIR/telemetry.
+"""Builds telemetry samples in the long form of docs/DESIGN.md and writes them under RUN_DIR/telemetry.
 
 `gpu_samples` makes one GPU's NVML series from per-sample utilisation and power, with an energy
 counter that integrates that power exactly by the trapezoid rule (so a test can check the counter
