@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.manifest import Manifest
@@ -56,12 +55,6 @@ def write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def write_model(path: Path, model: BaseModel) -> Path:
-    """A pydantic model as indented JSON at `path`, atomically."""
-    write_text_atomically(path, model.model_dump_json(indent=2) + "\n")
-    return path
 
 
 def committed_shards(directory: Path) -> list[Path]:

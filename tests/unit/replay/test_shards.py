@@ -126,11 +126,11 @@ def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypat
     real_write = shards.write_parquet
     failures = {"left": 1}
 
-    def flaky(path, rows, schema, paced=False):
+    def flaky(path, rows, schema, paced=False, to_table=None):
         if failures["left"]:
             failures["left"] -= 1
             raise OSError("disk full (simulated)")
-        return real_write(path, rows, schema, paced)
+        return real_write(path, rows, schema, paced, to_table)
 
     monkeypatch.setattr(shards, "write_parquet", flaky)
     writer = result_writer(tmp_path, "w0", max_rows=10, background=background)
@@ -146,7 +146,7 @@ def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypat
 
 
 def test_a_write_that_keeps_failing_is_raised_and_its_rows_kept(tmp_path, monkeypatch):
-    def broken(path, rows, schema, paced=False):
+    def broken(path, rows, schema, paced=False, to_table=None):
         raise OSError("read-only file system (simulated)")
 
     monkeypatch.setattr(shards, "write_parquet", broken)
