@@ -16,7 +16,9 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.shadowreplay-stamp 2>/dev/null)"
   echo "setup: installing shadowreplay into .venv"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   quiet_pip .venv/bin/python -m pip install -q --upgrade pip
-  quiet_pip .venv/bin/python -m pip install -q -e '.[dev]'
+  # setuptools reports every editable build with an "Editable installation." UserWarning (InformationOnly)
+  # that pip relays even with -q; this filter drops exactly that message, in pip and in its build backend.
+  quiet_pip env PYTHONWARNINGS="ignore:Editable installation.:UserWarning" .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$stamp" > .venv/.shadowreplay-stamp
 fi
 

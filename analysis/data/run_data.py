@@ -2,8 +2,9 @@
 
 Only Parquet and JSON are read here, so a report can be recomputed from a copied run directory on
 any machine (no Ray, no runner, no client). Every shard is checked against the results contract
-(replay/schemas/results.py, schema_version 1): kind and version metadata, columns, required fields and
-statuses; a bad shard raises RunDataError naming the file, and the row and field where it applies.
+(replay/schemas/results.py, schema_version 2; version 1 files, which lack `raised`, read with it
+null): kind and version metadata, columns, required fields and statuses; a bad shard raises
+RunDataError naming the file, and the row and field where it applies.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY
 from shadowreplay.replay.schemas.manifest import Manifest
-from shadowreplay.replay.schemas.results import KIND, RESULTS_SCHEMA, SCHEMA_VERSION, STATUSES
+from shadowreplay.replay.schemas.results import ADDED_COLUMNS, KIND, READABLE_VERSIONS, RESULTS_SCHEMA, STATUSES
 from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 
 REQUIRED_FIELDS = tuple(field.name for field in RESULTS_SCHEMA if not field.nullable)
@@ -96,15 +97,22 @@ def read_result_shard(path: Path, columns: list[str]) -> pa.Table:
     if kind != KIND.encode():
         raise RunDataError(f"{path}: not a results shard (file metadata kind {kind!r}, expected {KIND!r})")
     version = meta.get(METADATA_VERSION_KEY)
-    if version is None or version.decode() != str(SCHEMA_VERSION):
-        raise RunDataError(f"{path}: results schema_version {version!r}, this shadowreplay reads {SCHEMA_VERSION}")
-    missing = [name for name in RESULTS_SCHEMA.names if name not in schema.names]
+    readable = [str(v) for v in READABLE_VERSIONS]
+    if version is None or version.decode() not in readable:
+        raise RunDataError(f"{path}: results schema_version {version!r}, this shadowreplay reads {', '.join(readable)}")
+    later = {name for name, added in ADDED_COLUMNS.items() if added > int(version.decode())}
+    missing = [name for name in RESULTS_SCHEMA.names if name not in schema.names and name not in later]
     if missing:
         raise RunDataError(f"{path}: results shard lacks columns {missing}")
+    present = [name for name in columns if name in schema.names]
     try:
-        table = parquet_file.read(columns=columns).select(columns)
+        table = parquet_file.read(columns=present)
     except (OSError, pa.ArrowException) as exc:
         raise RunDataError(f"{path}: cannot read: {exc}") from None
+    for name in columns:  # columns added after the shard's version: null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, RESULTS_SCHEMA.field(name).type))
+    table = table.select(columns)
     _check_required(path, table)
     target_schema = pa.schema([RESULTS_SCHEMA.field(name) for name in columns])
     if not table.schema.equals(target_schema):

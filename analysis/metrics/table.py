@@ -67,6 +67,12 @@ def itl_gaps_ms() -> pl.Expr:
     return pl.col("token_times_ms").list.diff(null_behavior="drop").alias("itl_gaps_ms")
 
 
+def read_together(gap_ms: pl.Expr) -> pl.Expr:
+    """A gap of 0 ms: two output tokens that arrived in one socket read (or one multi-token chunk) and
+    share its stamp; ITL reports their share ("multi-token reads") rather than pass them for real gaps."""
+    return gap_ms == 0.0
+
+
 def itl_ms() -> pl.Expr:
     """ITL = every gap between consecutive output tokens, all requests' gaps exploded into one column, ms."""
     return itl_gaps_ms().explode().drop_nulls().alias("itl_ms")
@@ -116,7 +122,13 @@ def lateness_ms() -> pl.Expr:
 
 
 def token_mismatch() -> pl.Expr:
-    """Mismatch = |completion_tokens - client_tokens| / completion_tokens > 2%; null unless both counts are given."""
+    """Mismatch = |completion_tokens - client_tokens| / completion_tokens > 2%; null unless both counts are given.
+
+    `client_tokens` is the client's own count, never read from the server's usage
+    (replay/clients/stream_client.py: one per token event where the server streams one token
+    each, "" events included; the tokenizer's count of a chunk's text where chunks carry several,
+    replacement characters counting one each; logprobs entries where the wire gives them), so a
+    healthy server shows no mismatch and a server that miscounts its usage does."""
     server = pl.col("completion_tokens").cast(pl.Float64)
     client = pl.col("client_tokens").cast(pl.Float64)
     # Written without the division so that a server count of 0 compares cleanly (0 vs 0 is no mismatch).

@@ -4,8 +4,10 @@ The builders know nothing of runs or sweeps: a `Series` is a named line of (x, y
 `Panel` a titled y axis of series. `stacked_panels` draws panels one above the other on a shared
 x axis (so request rate, TTFT, GPU use, power and KV cache line up in time), `line_chart` one
 panel with optional horizontal threshold lines (an SLO), `quantile_grid` latency distributions as
-percentile curves. A series keeps its colour everywhere through `ColourMap`, so a target has one
-colour on the whole page. Figures are rendered into a page by analysis/report/page.py.
+percentile curves. A log axis carries its magnitudes (`log_ticks`: 10 ms, 100 ms, 1 s; or 0.5,
+1, 10 for other units), not plotly's bare 2 and 5 between decades. A series keeps its colour
+everywhere through `ColourMap`, so a target has one colour on the whole page. Figures are
+rendered into a page by analysis/report/page.py.
 """
 
 from __future__ import annotations
@@ -71,6 +73,37 @@ class Panel:
     series: Sequence[Series]
     thresholds: Sequence[Threshold] = ()
     log_y: bool = False
+
+
+def _magnitude(value: float, unit: str) -> str:
+    """A log axis tick: `10 ms`, `100 ms`, `1 s`, `20 s` for milliseconds; `0.5`, `10`, `1,000` otherwise."""
+    if unit == "ms":
+        if value >= 1000:
+            return f"{value / 1000:,g} s"
+        return f"{value:g} ms"
+    return f"{value:,g}"
+
+
+def log_ticks(values: Sequence[float | None], unit: str) -> dict:
+    """Tick settings for a log axis over `values` (the positive ones), each label carrying its magnitude
+    (`_magnitude`): one tick a decade where three or more decades fall inside the values, else 1-2-5
+    steps; where fewer than two of those fall inside (values within a factor of about 2), plotly's own
+    ticks, which then read as whole values, with the unit as a suffix for ms. Empty for no positive value."""
+    positive = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not positive:
+        return {}
+    low, high = min(positive) * (1 - 1e-9), max(positive) * (1 + 1e-9)
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for steps, enough in (((1,), 3), ((1, 2, 5), 2)):
+        ticks = [float(f"{m * 10.0**k:.12g}") for k in range(first, last + 1) for m in steps]
+        inside = [tick for tick in ticks if low <= tick <= high]
+        if len(inside) >= enough:
+            return {"tickmode": "array", "tickvals": inside, "ticktext": [_magnitude(t, unit) for t in inside]}
+    return {"ticksuffix": " ms"} if unit == "ms" else {}
+
+
+def _series_values(series: Sequence[Series], axis: str) -> list[float | None]:
+    return [v for s in series for v in (s.x if axis == "x" else s.y)]
 
 
 @dataclass
@@ -159,6 +192,9 @@ def stacked_panels(
                 text=threshold.label,
             )
         fig.update_yaxes(title_text=panel.y_title, type="log" if panel.log_y else "linear", row=row, col=1)
+        if panel.log_y:
+            values = [*_series_values(panel.series, "y"), *(threshold.y for threshold in panel.thresholds)]
+            fig.update_yaxes(**log_ticks(values, panel.y_title), row=row, col=1)
     for band in bands:
         fig.add_vrect(x0=band.x0, x1=band.x1, fillcolor="seagreen", opacity=0.07, line_width=0, row="all", col=1)
     if bands:
@@ -189,7 +225,8 @@ def stacked_panels(
         )
     fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
     if log_x:
-        fig.update_xaxes(type="log")
+        x_values = [*(v for panel in panels for v in _series_values(panel.series, "x")), *(m.x for m in markers)]
+        fig.update_xaxes(type="log", **log_ticks(x_values, x_title))
     return _style(fig, PANEL_HEIGHT_PX * len(panels) + 80)
 
 
@@ -216,7 +253,13 @@ def quantile_grid(panels: Sequence[Panel], columns: int = 2) -> go.Figure:
         for series in panel.series:
             fig.add_trace(_trace(series, series.name not in seen), row=row, col=col)
             seen.add(series.name)
-        fig.update_xaxes(title_text=panel.y_title, type="log", row=row, col=col)
+        fig.update_xaxes(
+            title_text=panel.y_title,
+            type="log",
+            **log_ticks(_series_values(panel.series, "x"), panel.y_title),
+            row=row,
+            col=col,
+        )
         fig.update_yaxes(title_text="percentile", range=[0, 100], row=row, col=col)
     fig = _style(fig, (PANEL_HEIGHT_PX + 90) * rows + 60)
     fig.update_layout(hovermode="closest")

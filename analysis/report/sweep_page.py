@@ -73,12 +73,23 @@ CURVE_DEFINITIONS: dict[str, str] = {
     "error rate": "final requests whose status is not ok / final requests",
     "SLO met": "the point's percentiles are all within every SLO threshold (percentile-level SLOs)",
     "saturation": (
-        "the first rising-series point whose output tokens/s rose less than the sweep's saturation gain over "
-        "the previous point, or whose error rate passed the sweep's limit (the reason is in summary.json)"
+        "the first rising-series point (confirmed by its repeat) where a criterion fired: errors (error rate above "
+        "the limit), follow (Poisson: kept req/s under the follow ratio x sent req/s), latency (TTFT p95 "
+        "above the factor x the lowest-load point's, at least the floor) or throughput (output tokens/s rising less "
+        "than the gain over the peak of the points below); each criterion's figures are in summary.json"
+    ),
+    "sent req/s, kept req/s": (
+        "Poisson sweeps: the requests scheduled in the steady window / its length, and the ok requests done in "
+        "that window shifted later by the point's median e2e latency / its length; a server that keeps up has kept "
+        "= sent x (1 - error rate), lag for lag, however long its requests take"
+    ),
+    "repeat": (
+        "a point measured once more: a saturated point before the ramp stops, or one that missed the SLOs below a "
+        "point that met them; when the repeat does not reproduce it, the first is an outlier (shown, not used)"
     ),
     "SLO capacity": (
-        "the highest measured load that met every SLO: the last ramp point meeting them, refined by "
-        "bisection (geometric for rates, integer for users) towards the first point that did not"
+        "the highest measured load that met every SLO without saturating, below the lowest load (outliers left "
+        "out) that did not, refined by bisection (geometric for rates, integer for users) towards that load"
     ),
 }
 
@@ -102,7 +113,7 @@ class SweepView:
         self.shape: str = summary.shape
         self.concurrency = self.shape == "concurrency"
         self.level = "concurrency" if self.concurrency else "offered_rps"
-        self.points = curve.sort(self.level, "point", nulls_last=True)
+        self.points = complete_curve(curve).sort(self.level, "point", nulls_last=True)
         self.slos: tuple[Slo, ...] = parse_slos(summary.slos) if summary.slos else ()
         self.capacity: float | None = summary.slo_capacity
         self.saturation: Saturation | None = summary.saturation
@@ -254,6 +265,12 @@ def curve_table(view: SweepView) -> SummaryTable:
         marks = []
         if p["point"] == saturated_point:
             marks.append("saturation")
+        elif p["saturation"]:
+            marks.append(f"saturated: {p['saturation']}")
+        if p["repeat_of"] is not None:
+            marks.append(f"repeat of {p['repeat_of']}")
+        if p["outlier"]:
+            marks.append("outlier")
         if view.capacity is not None and level is not None and p["slo_met"] and float(level) == float(view.capacity):
             marks.append("SLO capacity")
         rows.append(
@@ -310,13 +327,20 @@ def _outcome_texts(view: SweepView) -> list[Text]:
     if view.saturation is not None:
         texts.append(
             Text(
-                f"Saturation at point {view.saturation.point} ({view.level_text(view.saturation.level)}): "
-                f"{view.saturation.reason}."
+                f"Saturation at point {view.saturation.point} ({view.level_text(view.saturation.level)})"
+                + (
+                    f", confirmed by point {view.saturation.confirmed_by}"
+                    if view.saturation.confirmed_by is not None
+                    else ""
+                )
+                + f": {view.saturation.reason}."
             )
         )
     elif view.points.height:
         top = max(view.levels())
         texts.append(Text(f"No saturation up to {view.level_text(top)}: the sweep did not reach the server's limit."))
+    for repeat in view.summary.repeats:
+        texts.append(Text(f"{repeat.text}.", tone="warning" if repeat.verdict == "outlier" else "plain"))
     if view.slos:
         if view.capacity is not None:
             met = ", ".join(map(str, view.slos))
@@ -393,10 +417,35 @@ def build_sweep_page(summary: SweepSummary, curve: pl.DataFrame, sweep_dir: str 
     return page
 
 
+CURVE_V2_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
+    "sent_rps": pl.Float64,
+    "kept_rps": pl.Float64,
+    "saturation": pl.String,
+    "repeat_of": pl.Int32,
+    "outlier": pl.Boolean,
+}
+"""The columns curve version 2 added, filled in (null, or False for `outlier`) for older curves."""
+
+
+def complete_curve(curve: pl.DataFrame) -> pl.DataFrame:
+    """`curve` with every column of the current curve version (a version-1 curve gains empty ones)."""
+    missing = [
+        (pl.lit(False) if name == "outlier" else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in CURVE_V2_COLUMNS.items()
+        if name not in curve.columns
+    ]
+    return curve.with_columns(missing) if missing else curve
+
+
+def read_sweep(sweep_dir: str | Path) -> tuple[SweepSummary, pl.DataFrame]:
+    """SWEEP_DIR/summary.json and SWEEP_DIR/curve.parquet (completed to the current curve version)."""
+    sweep = SweepDir(sweep_dir)
+    summary = SweepSummary.model_validate(json.loads(sweep.summary_path.read_text(encoding="utf-8")))
+    return summary, complete_curve(pl.read_parquet(sweep.curve_path))
+
+
 def write_sweep_report(sweep_dir: str | Path) -> Path:
     """Write SWEEP_DIR/report.html from SWEEP_DIR/summary.json and SWEEP_DIR/curve.parquet; returns its path."""
     directory = Path(sweep_dir)
-    sweep = SweepDir(directory)
-    summary = SweepSummary.model_validate(json.loads(sweep.summary_path.read_text(encoding="utf-8")))
-    curve = pl.read_parquet(sweep.curve_path)
-    return build_sweep_page(summary, curve, directory).write(sweep.report_path)
+    summary, curve = read_sweep(directory)
+    return build_sweep_page(summary, curve, directory).write(SweepDir(directory).report_path)

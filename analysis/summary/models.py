@@ -65,8 +65,22 @@ class SloResult(_Model):
     threshold_ms: float
     value_ms: float | None
     met: bool | None
+    over_ms: float | None = None  # value_ms - threshold_ms (absent from summaries written before it)
     requests_meeting: int
     requests_checked: int
+
+
+class OutputLengths(_Model):
+    """Final rows' length flags (`clamped`, `raised`) and the output shortfall: final ok rows that
+    asked for an exact output length (`expected_completion_tokens`) and whose server usage reports
+    fewer tokens (a hosted API cannot force a length; a context window can end an answer)."""
+
+    clamped: int = 0
+    raised: int = 0
+    exact_checked: int = 0  # final ok rows with an exact length asked and server completion_tokens
+    short: int = 0  # of those, completion_tokens < expected_completion_tokens
+    expected_tokens: int = 0  # expected_completion_tokens summed over exact_checked
+    tokens_short: int = 0  # expected - completion_tokens summed over the short rows
 
 
 class SliceStats(_Model):
@@ -87,6 +101,7 @@ class SliceStats(_Model):
     throughput: Throughput
     slo: list[SloResult]
     slos_met: bool | None
+    output_lengths: OutputLengths = Field(default_factory=OutputLengths)
 
 
 class TagStats(SliceStats):
@@ -122,6 +137,18 @@ class SummaryWindow(_Model):
     schedule_end_s: float
 
 
+class LoadWarning(_Model):
+    """The load was not offered as recorded (analysis/summary/load_fidelity.py): which check, for
+    which target, on which figure, its value against its limit, and what to do."""
+
+    check: str
+    target: str
+    figure: str
+    value: float
+    limit: float
+    message: str
+
+
 class RunSummary(_Model):
     """RUN_DIR/summary.json."""
 
@@ -138,6 +165,7 @@ class RunSummary(_Model):
     cost: dict[str, Any]
     gpu: dict[str, Any]
     server_histograms: dict[str, Any]
+    load_warnings: list[LoadWarning] = Field(default_factory=list)
 
     def json_dict(self) -> dict[str, Any]:
         """The summary as the JSON object summary.json holds."""
@@ -148,7 +176,7 @@ class CurvePoint(_Model):
     """One load point of a sweep: a row of SWEEP_DIR/curve.parquet (loadgen/sweep.py CURVE_SCHEMA)."""
 
     point: int
-    phase: Literal["ramp", "bisect"]
+    phase: Literal["ramp", "bisect", "repeat"]  # "repeat": a point measured again (`repeat_of`)
     shape: Literal["poisson", "concurrency"]
     offered_rps: float | None
     concurrency: int | None
@@ -164,12 +192,40 @@ class CurvePoint(_Model):
     joules_per_output_token: float | None
     slo_met: bool | None
     run_dir: str  # the point's run directory, relative to the sweep directory
+    # Curve version 2 (loadgen/sweep.py CURVE_VERSION): the saturation criteria and the repeats.
+    sent_rps: float | None = None  # Poisson: requests scheduled in the steady window / its length
+    kept_rps: float | None = None  # Poisson: ok requests done in that window shifted by the median e2e / its length
+    saturation: str | None = None  # the saturation criteria that fired at this point, comma-separated
+    repeat_of: int | None = None  # the point this one measures again
+    outlier: bool = False  # contradicted by its repeat: shown, not used for saturation or SLO capacity
+
+
+class SaturationFinding(_Model):
+    """One saturation criterion that fired at a point (loadgen/sweep.py CRITERIA)."""
+
+    criterion: Literal["errors", "follow", "latency", "throughput"]
+    value: float  # the point's figure (error rate, kept/sent, TTFT p95 / baseline, output tokens/s gain)
+    limit: float  # the criterion's limit
+    text: str
 
 
 class Saturation(_Model):
     point: int
     level: float
     reason: str
+    criteria: list[SaturationFinding] = Field(default_factory=list)  # empty in sweeps before curve version 2
+    confirmed_by: int | None = None  # the repeat that saturated too
+
+
+class SweepRepeat(_Model):
+    """A point measured again because the curve contradicted it, and what the repeat said."""
+
+    point: int
+    repeat: int
+    level: float
+    why: Literal["saturated", "missed"]  # saturated: before the ramp stopped; missed: below a point meeting the SLOs
+    verdict: Literal["confirmed", "outlier"]  # outlier: the repeat did not reproduce the first measurement
+    text: str
 
 
 class SweepSummary(BaseModel):
@@ -179,7 +235,7 @@ class SweepSummary(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     kind: Literal["shadowreplay.sweep"] = "shadowreplay.sweep"
-    schema_version: int = 1
+    schema_version: int = 2  # 2: saturation criteria, repeats
     target: str
     shape: Literal["poisson", "concurrency"]
     levels: list[float]
@@ -189,6 +245,8 @@ class SweepSummary(BaseModel):
     points: int
     curve: str
     servers: list[dict[str, Any]] | None = Field(default=None)
+    repeats: list[SweepRepeat] = Field(default_factory=list)  # (schema_version 2)
+    criteria: dict[str, float] = Field(default_factory=dict)  # the saturation criteria's limits (schema_version 2)
 
     @property
     def slo_capacity(self) -> float | None:

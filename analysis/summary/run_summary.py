@@ -35,11 +35,16 @@ was computed from. Keys (summary `schema_version` 1; new keys may be added, none
                          (before_first_send | after_first_send)}, metrics {ttft, itl: {status
                          (compared | absent | counter_reset), vllm_family, counts {vllm, ours, ours_ok_total,
                          ours_outside_scrape_span, vllm_minus_ours, equal}, mean_ms {vllm, ours,
-                         ours_minus_vllm}, higher (by mean: ours | vllm | equal), quantiles [{quantile, q,
-                         vllm_bucket_ms [lower, upper], vllm_estimate_ms, ours_ms, ours_bucket_ms,
-                         bucket_offset, higher (by bucket: ours | vllm | same_bucket), agree}], agree,
+                         ours_minus_vllm}, higher (by mean: ours | vllm | equal), tolerance_ms,
+                         multi_token_reads (itl: {zero_gaps, gaps, share, limit}; ttft: null), comparable,
+                         quantiles [{quantile, q, vllm_bucket_ms [lower, upper], vllm_estimate_ms, ours_ms,
+                         ours_bucket_ms, beyond_bucket_ms, bucket_offset, higher (by bucket: ours | vllm |
+                         same_bucket), agree (null: not comparable)}], agree,
                          buckets [{le_ms (null: +Inf), vllm, ours}] (cumulative)}}}},
-                         targets_not_scraped, disagreements, count_differences (one line each)
+                         targets_not_scraped, disagreements, count_differences, not_comparable (one line each)
+    load_warnings        [{check, target, figure, value, limit, message}]: where the load was not offered as
+                         recorded (analysis/summary/load_fidelity.py: send lateness p99 above 10 ms, most ITL
+                         gaps exactly 0 ms while vLLM's ITL is not); empty when the client kept up
 
 STATS (one slice: a target, or a target and tag):
     requests             final rows (one per scheduled request)
@@ -58,9 +63,14 @@ STATS (one slice: a target, or a target and tag):
     throughput           {requests_per_s, output_tokens_per_s, goodput_rps}: window counts / duration_s
                          (goodput_rps null when no SLO is given)
     slo                  [{slo, metric, percentile, threshold_ms, value_ms (the slice's percentile),
-                         met (value_ms <= threshold_ms; null with no data), requests_meeting
-                         (final ok rows meeting it on their own value), requests_checked}]
+                         met (value_ms <= threshold_ms; null with no data), over_ms (value_ms -
+                         threshold_ms: > 0 missed by that much, <= 0 the headroom; null with no data),
+                         requests_meeting (final ok rows meeting it on their own value), requests_checked}]
     slos_met             every SLO met at the percentile level (null with no SLOs or no data)
+    output_lengths       {clamped, raised (final rows with those flags), exact_checked (final ok rows that
+                         asked for an exact output length, with server usage), short (of those, fewer
+                         completion_tokens than expected_completion_tokens: the output shortfall),
+                         expected_tokens, tokens_short (expected - completion over the short rows)}
 
 COST (one target; money in USD, null where the target has no price):
     price, matched_by    the price entry (`provider/model` or `self_hosted/name`) and the rule that chose it
@@ -91,6 +101,7 @@ from shadowreplay.analysis.data.run_data import RunData
 from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.analysis.summary.load_fidelity import CHECKS, LoadCheck, load_warnings
 from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.telemetry.energy import gpu_summary
 from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
@@ -116,7 +127,11 @@ DEFINITIONS = {
         "unless given; whole_run: [first scheduled send, last done] when the steady window is empty; "
         "a request counts when done_s is inside"
     ),
-    "token_mismatch": f"|server - client| / server > {metrics.MISMATCH_TOLERANCE:.0%}",
+    "token_mismatch": (
+        f"|server - client| / server > {metrics.MISMATCH_TOLERANCE:.0%}; client = the client's own count, never "
+        "the usage: one per token event where the server streams one token each (empty-text events too), the "
+        "tokenizer's count of each chunk's text where chunks carry several (a replacement character counts one)"
+    ),
     "slo_per_request": (
         "a request meets an SLO when its own value is within the threshold (ITL: the SLO's percentile of its "
         "own gaps); a missing TPOT/ITL (fewer than 2 tokens) meets it, a missing TTFT/e2e does not"
@@ -167,6 +182,17 @@ def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.
         metrics.output_tokens_per_s(window).alias("throughput.output_tokens_per_s"),
         (metrics.goodput_rps(window, slos) if slos else pl.lit(None, dtype=pl.Float64)).alias("throughput.goodput_rps"),
     ]
+    expected, served = pl.col("expected_completion_tokens"), pl.col("completion_tokens")
+    exact = metrics.is_ok() & expected.is_not_null() & served.is_not_null()
+    short = exact & (served < expected)
+    exprs += [
+        pl.col("clamped").fill_null(False).sum().alias("output_lengths.clamped"),
+        pl.col("raised").fill_null(False).sum().alias("output_lengths.raised"),
+        exact.sum().alias("output_lengths.exact_checked"),
+        short.sum().alias("output_lengths.short"),
+        expected.filter(exact).sum().alias("output_lengths.expected_tokens"),
+        (expected - served).filter(short).sum().alias("output_lengths.tokens_short"),
+    ]
     for index, slo in enumerate(slos):
         meets = metrics.meets_slo(slo).filter(metrics.is_ok())
         exprs += [
@@ -204,6 +230,7 @@ def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, i
                 "threshold_ms": slo.threshold_ms,
                 "value_ms": value,
                 "met": None if value is None else bool(value <= slo.threshold_ms),
+                "over_ms": None if value is None else value - slo.threshold_ms,
                 "requests_meeting": row["requests_meeting"],
                 "requests_checked": row["requests_checked"],
             }
@@ -227,6 +254,7 @@ def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, i
         "throughput": stats["throughput"],
         "slo": results,
         "slos_met": None if not verdicts or None in verdicts else all(verdicts),
+        "output_lengths": stats["output_lengths"],
     }
 
 
@@ -254,11 +282,13 @@ def summarize(
     prices: PriceBook | None = None,
     monthly: MonthlyVolume = RUN_SPAN,
     telemetry: Telemetry | None = None,
+    checks: Sequence[LoadCheck] = CHECKS,
 ) -> RunSummary:
     """The summary of a run (keys in this module's docstring), typed; raises metrics.WindowError.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
-    load_telemetry) the gpu and server_histograms blocks do.
+    load_telemetry) the gpu and server_histograms blocks do. `checks` are the load checks
+    (analysis/summary/load_fidelity.py) behind `load_warnings`.
     """
     final = run.final_rows
     window = metrics.steady_window(final, warmup_s=warmup_s, warmup_fraction=warmup_fraction)
@@ -272,7 +302,7 @@ def summarize(
             "all": by_target[(target,)],
             "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags] if has_tags else [],
         }
-    return RunSummary.model_validate(
+    summary = RunSummary.model_validate(
         {
             "kind": SUMMARY_KIND,
             "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -310,6 +340,8 @@ def summarize(
             "server_histograms": server_histogram_summary(telemetry, run.rows),
         }
     )
+    summary.load_warnings = load_warnings(summary.targets, final, summary.server_histograms, checks)
+    return summary
 
 
 def write_summary(run_dir: str | Path, summary: RunSummary) -> Path:

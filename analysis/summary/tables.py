@@ -133,6 +133,52 @@ def errors_table(summary: RunSummary) -> SummaryTable | None:
     )
 
 
+def output_lengths_table(summary: RunSummary) -> SummaryTable | None:
+    """Length flags and the output shortfall per target and tag; None when no request was clamped
+    or raised and none asked for an exact output length."""
+
+    def rows_of(target: str, entry: TargetSummary) -> list[list[str]]:
+        rows = []
+        for label, stats in slices(entry):
+            lengths = stats.output_lengths
+            share = lengths.short / lengths.exact_checked if lengths.exact_checked else None
+            rows.append(
+                [
+                    target,
+                    label,
+                    str(stats.requests),
+                    str(lengths.clamped),
+                    str(lengths.raised),
+                    str(lengths.exact_checked),
+                    str(lengths.short),
+                    NO_VALUE if share is None else f"{share:.1%}",
+                    f"{lengths.tokens_short:,}/{lengths.expected_tokens:,}",
+                ]
+            )
+        return rows
+
+    if not any(
+        stats.output_lengths.clamped or stats.output_lengths.raised or stats.output_lengths.exact_checked
+        for entry in summary.targets.values()
+        for _, stats in slices(entry)
+    ):
+        return None
+    rows, starts = _grouped(summary, rows_of)
+    columns = ["Target", "Tag", "Requests", "Clamped", "Raised", "Exact asked", "Short", "Short %", "Tokens short"]
+    return SummaryTable(
+        "Output lengths",
+        columns,
+        rows,
+        frozenset(columns[2:]),
+        starts,
+        "Clamped: a --max-*-tokens bound cut the request's lengths; Raised: a length raised above the recorded "
+        "one (a prompt below the chat template's floor); Exact asked: ok requests that asked for an exact "
+        "output length and have server usage; Short (the output shortfall): of those, fewer output tokens "
+        "than asked (a hosted API that cannot force a length, or the context window); Tokens short: tokens "
+        "missing / tokens asked.",
+    )
+
+
 def latency_tables(summary: RunSummary) -> list[SummaryTable]:
     """One latency table per target: count and percentiles of every latency metric, per tag."""
     keys = [metrics.percentile_key(p) for p in SHOWN_PERCENTILES]  # LatencyStats' field names: p50, p90, p99
@@ -310,11 +356,20 @@ def _bucket_cell(bounds: list[float | None] | None) -> str:
 
 
 VERDICTS = {True: "agree", False: "DISAGREE", None: NO_VALUE}
+NOT_COMPARABLE = "not comparable"
+
+
+def _share_cell(reads: dict | None) -> str:
+    """`66%` of ITL gaps that are 0 ms (tokens read together); "" for TTFT."""
+    if not reads or reads.get("share") is None:
+        return ""
+    return f"{reads['share']:.0%}"
 
 
 def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
     """vLLM's own TTFT/ITL histograms against our client-side values, per target, metric and quantile;
-    None without scraped histograms. The note starts with a DISAGREE (or COUNTS DIFFER) line when one applies."""
+    None without scraped histograms. The note starts with a DISAGREE (or COUNTS DIFFER, or NOT COMPARABLE)
+    line when one applies."""
     block = summary.server_histograms
     if block.get("status") != "compared":
         return None
@@ -325,9 +380,10 @@ def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
         for metric, result in entry["metrics"].items():
             label = METRIC_LABELS.get(metric, metric)
             if result["status"] != "compared":
-                rows.append([target, label, NO_VALUE, NO_VALUE, NO_VALUE, result["status"], "", "", "", "", ""])
+                rows.append([target, label, NO_VALUE, NO_VALUE, "", NO_VALUE, result["status"], *[""] * 5])
                 continue
             counts = result["counts"]
+            comparable = result.get("comparable", True)
             for index, row in enumerate(result["quantiles"]):
                 first = index == 0
                 rows.append(
@@ -336,13 +392,14 @@ def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
                         label,
                         f"{counts['vllm']:,}" if first else "",
                         f"{counts['ours']:,}" if first else "",
+                        _share_cell(result.get("multi_token_reads")) if first else "",
                         row["quantile"],
                         _bucket_cell(row["vllm_bucket_ms"]),
                         number(row["vllm_estimate_ms"]),
                         number(row["ours_ms"]),
-                        _bucket_cell(row["ours_bucket_ms"]),
+                        number(row.get("beyond_bucket_ms")),
                         row["higher"] or NO_VALUE,
-                        VERDICTS[row["agree"]],
+                        VERDICTS[row["agree"]] if comparable else NOT_COMPARABLE,
                     ]
                 )
     columns = [
@@ -350,11 +407,12 @@ def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
         "Metric",
         "vLLM N",
         "Our N",
+        "0 ms gaps",
         "Quantile",
         "vLLM bucket ms",
         "vLLM est ms",
         "Ours ms",
-        "Our bucket ms",
+        "Beyond ms",
         "Higher",
         "Verdict",
     ]
@@ -363,17 +421,23 @@ def server_histogram_table(summary: RunSummary) -> SummaryTable | None:
         flags.append("DISAGREE: " + "; ".join(block["disagreements"]) + ".")
     if block["count_differences"]:
         flags.append("COUNTS DIFFER: " + "; ".join(block["count_differences"]) + ".")
+    if block.get("not_comparable"):
+        flags.append("NOT COMPARABLE: " + "; ".join(block["not_comparable"]) + ".")
     note = (
         "vLLM's histograms (server side: request arrival to first token; gaps between output steps) over the run "
         "(last scrape - the scrape before the first send) against ours (client side, final ok requests observed "
-        "between those scrapes, so normally a little higher); vLLM est: interpolated inside its bucket; agree: ours "
-        "within vLLM's bucket widened by one neighbour either side, or within one bucket width of vLLM est."
+        "between those scrapes, so normally a little higher); vLLM est: interpolated inside its bucket; "
+        "beyond: how far ours lies outside vLLM's bucket (+ above, - below, 0 inside); agree: "
+        + (block.get("definitions") or {}).get("server_histogram_agree", "")
+        + "; 0 ms gaps: "
+        + (block.get("definitions") or {}).get("server_histogram_itl_reads", "")
+        + "."
     )
     return SummaryTable(
         "Server histograms (vLLM /metrics) vs ours",
         columns,
         rows,
-        frozenset({"vLLM N", "Our N", "vLLM est ms", "Ours ms"}),
+        frozenset({"vLLM N", "Our N", "0 ms gaps", "vLLM est ms", "Ours ms", "Beyond ms"}),
         frozenset(starts),
         " ".join([*flags, note]),
     )
@@ -388,6 +452,7 @@ def summary_tables(summary: RunSummary) -> list[SummaryTable]:
     tables = [
         overview_table(summary),
         errors_table(summary),
+        output_lengths_table(summary),
         *latency_tables(summary),
         slo_table(summary),
         cost_table(summary),

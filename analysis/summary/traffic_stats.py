@@ -3,10 +3,16 @@
 Definitions
 - span: last arrival - first arrival (s); rate: rows / span.
 - peak-to-average at w seconds: the largest count of requests in windows of w seconds aligned at
-  the first arrival, divided by rows * w / span.
+  the first arrival, divided by rows * w / span; null (n/a) when w is longer than the span, where
+  no whole window fits and the ratio would only restate span / w.
 - percentiles: linear interpolation (as analysis/metrics/table.py), of the non-null counts.
 - monthly tokens: (prompt + completion tokens) / span x 30 days (a 30-day month).
-- prefix reuse: the share of requests with at least one prefix block id seen in an earlier request.
+- prefix reuse, requests: the share of all requests with at least one prefix block id seen in an
+  earlier request (arrival order). One shared block (a common system prompt) is enough, so this
+  reads near 100% on a trace where every request starts with the same block.
+- prefix reuse, blocks: over the block lists of all requests, the share of block ids that appeared
+  in an earlier request (arrival order; a repeat inside one request's own list does not count):
+  how much of the prompt blocks a prefix cache could serve, at best, with unlimited capacity.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ def _distribution(frame: pl.LazyFrame, column: str) -> dict:
 
 
 def peak_to_average(frame: pl.LazyFrame, rows: int, span_s: float, window_s: float) -> float | None:
-    """Largest count in w-second windows aligned at the first arrival / (rows * w / span)."""
-    if rows < 2 or span_s <= 0:
+    """Largest count in w-second windows aligned at the first arrival / (rows * w / span); None
+    for fewer than two rows, no span, or a window longer than the span."""
+    if rows < 2 or span_s <= 0 or window_s > span_s:
         return None
     offset = (pl.col("arrival_time") - pl.col("arrival_time").min()).dt.total_microseconds() / 1e6
     peak = (
@@ -48,8 +55,11 @@ def peak_to_average(frame: pl.LazyFrame, rows: int, span_s: float, window_s: flo
     return peak / (rows * window_s / span_s)
 
 
-def prefix_reuse_share(frame: pl.LazyFrame, rows: int) -> float | None:
-    """Share of requests with a prefix block id seen in an earlier request (arrival order)."""
+def prefix_reuse(frame: pl.LazyFrame, rows: int) -> dict[str, float | int | None]:
+    """Prefix reuse in arrival order (definitions in the module docstring): `requests_share` (requests
+    with a block id seen in an earlier request / all requests) and `blocks_share` (block ids, over
+    all requests' lists, that appeared in an earlier request / all block ids), with their counts;
+    the shares are None when no request has a block id."""
     blocks = (
         frame.with_row_index("position")
         .select("position", "prefix_block_ids")
@@ -57,17 +67,27 @@ def prefix_reuse_share(frame: pl.LazyFrame, rows: int) -> float | None:
         .explode("prefix_block_ids")
         .drop_nulls("prefix_block_ids")
     )
-    if blocks.select(pl.len()).collect().item() == 0:
-        return None
     first_use = blocks.group_by("prefix_block_ids").agg(pl.col("position").min().alias("first"))
-    reusing = (
+    reused = pl.col("position") > pl.col("first")
+    counts = (
         blocks.join(first_use, on="prefix_block_ids")
-        .filter(pl.col("position") > pl.col("first"))
-        .select(pl.col("position").n_unique())
+        .select(
+            pl.len().alias("blocks"),
+            reused.sum().alias("blocks_reused"),
+            pl.col("position").filter(reused).n_unique().alias("requests_reusing"),
+        )
         .collect()
-        .item()
+        .row(0, named=True)
     )
-    return reusing / rows
+    total, reused_blocks, reusing = counts["blocks"], counts["blocks_reused"] or 0, counts["requests_reusing"]
+    return {
+        "requests_share": reusing / rows if total and rows else None,
+        "requests_reusing": reusing,
+        "requests": rows,
+        "blocks_share": reused_blocks / total if total else None,
+        "blocks_reused": reused_blocks,
+        "blocks": total,
+    }
 
 
 def _stats(frame: pl.LazyFrame) -> dict:
@@ -85,6 +105,7 @@ def _stats(frame: pl.LazyFrame) -> dict:
     prompt = _distribution(frame, "prompt_tokens")
     completion = _distribution(frame, "completion_tokens")
     tokens = (prompt["total"] or 0) + (completion["total"] or 0)
+    reuse = prefix_reuse(frame, rows)
     return {
         "rows": rows,
         "first_arrival": head["first"].isoformat() if head["first"] else None,
@@ -97,7 +118,9 @@ def _stats(frame: pl.LazyFrame) -> dict:
         "completion_tokens": {k: completion[k] for k in ("p50", "p90", "p99", "max", "total", "count")},
         "tokens_per_s": tokens / span_s if span_s > 0 else None,
         "monthly_tokens": tokens / span_s * SECONDS_PER_MONTH if span_s > 0 else None,
-        "prefix_reuse_share": prefix_reuse_share(frame, rows) if rows else None,
+        "prefix_reuse_share": reuse["requests_share"],
+        "prefix_block_reuse_share": reuse["blocks_share"],
+        "prefix_reuse": reuse,
     }
 
 
@@ -105,7 +128,7 @@ def traffic_stats(path: str | Path) -> dict:
     """Statistics of the traffic log at `path` (checked for its schema first), with a per-tag
     breakdown when any row has a tag."""
     open_traffic_log(path)  # raises TrafficLogError for a file that is not a traffic log
-    frame = pl.scan_parquet(path).sort("arrival_time")
+    frame = pl.scan_parquet(path).sort("arrival_time", maintain_order=True)  # ties: file order
     stats = _stats(frame)
     stats["definitions"] = __doc__.split("Definitions\n", 1)[1].strip()
     tags = frame.select(pl.col("tag").drop_nulls().unique()).collect().to_series().sort().to_list()

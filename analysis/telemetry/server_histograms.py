@@ -22,9 +22,20 @@ summary.json), per target (the telemetry `device` of source `prometheus`) and co
   vLLM's estimate vllm_q = linear interpolation inside b (Prometheus histogram_quantile: the first
   bucket's lower bound is 0; in the +Inf bucket the estimate is the largest finite bound); ours_q =
   metrics.percentile (linear interpolation) of our values.
-- Verdict, in one line: agree(q) = lower[b-1] <= ours_q <= upper[b+1]  or  |ours_q - vllm_q| <= upper[b] - lower[b]
-  (b's bounds widened by one neighbouring bucket either side, or a gap within b's width; the +Inf
-  bucket has no width, so only the first test applies there; lower[-1] = 0, upper[last+1] = +Inf).
+- Verdict, one rule for every quantile: beyond_bucket_ms = how far ours_q lies outside vLLM's bucket
+  b = (lower[b], upper[b]] (ours_q - upper[b] above it, ours_q - lower[b] below it, 0 inside; the
+  +Inf bucket reaches up without end), and agree(q) = |beyond_bucket_ms| <= AGREE_TOLERANCE_MS of
+  the metric (TTFT 20 ms: the request path vLLM's clock does not see, HTTP, template and
+  tokenization before its arrival stamp and the first SSE write after it, plus the client's own
+  read; ITL 5 ms: one SSE write and one read per gap). The verdict depends on that distance alone,
+  so of two quantiles the one further from vLLM's bucket is never judged better.
+- ITL from reads that carried several tokens: tokens that arrive in one socket read share its stamp,
+  so the gaps between them read 0 ms (a starved client, or a server that put several tokens in one
+  chunk), while vLLM measured real gaps between its steps. `multi_token_reads` gives their share
+  (zero_gaps / gaps, in the scrape span). Above MULTI_TOKEN_READ_LIMIT (10%) the ITL quantiles are
+  not compared: agree is null and `comparable` false, with the share in `not_comparable` (0 ms
+  gaps cannot be told from real ones, and spreading a read's wait over its tokens would invent
+  the gaps vLLM measured). At or under the limit the gaps are compared as they are, the share shown.
   Per quantile, `bucket_offset` = how many buckets ours_q lies above (+) or below (-) vLLM's bucket,
   and `higher` its side ("same_bucket" at 0): inside one bucket the interpolated vllm_q cannot say
   which side is higher. Per metric, `higher` compares the exact means (vLLM: delta of `_sum` / N_vllm;
@@ -49,6 +60,8 @@ from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, parse_bucke
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
 MS_PER_S = 1000.0
+AGREE_TOLERANCE_MS = {"ttft": 20.0, "itl": 5.0}  # how far ours_q may lie outside vLLM's bucket
+MULTI_TOKEN_READ_LIMIT = 0.10  # share of 0 ms ITL gaps (tokens read together) above which ITL is not compared
 
 DEFINITIONS = {
     "server_histogram": "per bucket: cumulative count at the last scrape - at the baseline scrape (the last one at "
@@ -57,8 +70,12 @@ DEFINITIONS = {
     "scrape span (TTFT at first_token_s, an ITL gap at its end)",
     "server_histogram_quantile": "vLLM's bucket b = first bucket with cumulative >= q x N_vllm; vllm_q = linear "
     "interpolation inside b (Prometheus histogram_quantile); ours_q = linear-interpolation percentile of ours",
-    "server_histogram_agree": "lower[b-1] <= ours_q <= upper[b+1] or |ours_q - vllm_q| <= upper[b] - lower[b] "
-    "(no width in the +Inf bucket)",
+    "server_histogram_agree": "agree = |beyond_bucket_ms| <= tolerance, the same for every quantile; "
+    "beyond_bucket_ms = ours_q - upper[b] above vLLM's bucket b, ours_q - lower[b] below it, 0 inside; "
+    "tolerance: " + ", ".join(f"{metric.upper()} {ms:g} ms" for metric, ms in AGREE_TOLERANCE_MS.items()),
+    "server_histogram_itl_reads": "multi-token reads: share of our ITL gaps that are 0 ms (tokens read together "
+    f"in one socket read); above {MULTI_TOKEN_READ_LIMIT:.0%} the ITL quantiles are not comparable (agree null), "
+    "at or under it compared as they are",
 }
 
 Baseline = Literal["before_first_send", "after_first_send"]
@@ -224,12 +241,18 @@ def _bound(value: float) -> float | None:
     return None if math.isinf(value) else value
 
 
-def agrees(histogram: HistogramDelta, bucket: int, vllm_q: float, ours_q: float) -> bool:
-    """agree = lower[b-1] <= ours_q <= upper[b+1] or |ours_q - vllm_q| <= upper[b] - lower[b] (b: vLLM's bucket)."""
-    if histogram.lower_ms(bucket - 1) <= ours_q <= histogram.upper_of(bucket + 1):
-        return True
-    width = histogram.upper_of(bucket) - histogram.lower_ms(bucket)
-    return not math.isinf(width) and abs(ours_q - vllm_q) <= width
+def beyond_bucket_ms(histogram: HistogramDelta, bucket: int, ours_q: float) -> float:
+    """How far ours_q lies outside vLLM's bucket b: ours_q - upper[b] above, ours_q - lower[b] below, 0 inside."""
+    upper = histogram.upper_of(bucket)
+    if ours_q > upper:
+        return ours_q - upper
+    lower = histogram.lower_ms(bucket)
+    return ours_q - lower if ours_q < lower else 0.0
+
+
+def agrees(histogram: HistogramDelta, bucket: int, ours_q: float, tolerance_ms: float) -> bool:
+    """agree = |beyond_bucket_ms| <= tolerance_ms (module docstring: one rule for every quantile)."""
+    return abs(beyond_bucket_ms(histogram, bucket, ours_q)) <= tolerance_ms
 
 
 def _higher(ours: float, vllm: float) -> Literal["ours", "vllm", "equal"]:
@@ -240,7 +263,9 @@ def _higher_bucket(offset: int) -> Literal["ours", "vllm", "same_bucket"]:
     return "ours" if offset > 0 else "vllm" if offset < 0 else "same_bucket"
 
 
-def _quantile_row(histogram: HistogramDelta, values: pl.Series, q: float) -> dict[str, Any]:
+def _quantile_row(
+    histogram: HistogramDelta, values: pl.Series, q: float, tolerance_ms: float, comparable: bool
+) -> dict[str, Any]:
     bucket = histogram.quantile_bucket(q)
     vllm_q = histogram.quantile_estimate_ms(q)
     ours_q = values.to_frame("v").select(metrics.percentile(pl.col("v"), q * 100.0)).item() if len(values) else None
@@ -251,6 +276,7 @@ def _quantile_row(histogram: HistogramDelta, values: pl.Series, q: float) -> dic
         "vllm_estimate_ms": vllm_q,
         "ours_ms": ours_q,
         "ours_bucket_ms": None,
+        "beyond_bucket_ms": None,
         "bucket_offset": None,
         "higher": None,
         "agree": None,
@@ -263,12 +289,24 @@ def _quantile_row(histogram: HistogramDelta, values: pl.Series, q: float) -> dic
         if bucket is not None and vllm_q is not None:
             row["bucket_offset"] = ours_bucket - bucket
             row["higher"] = _higher_bucket(ours_bucket - bucket)
-            row["agree"] = agrees(histogram, bucket, vllm_q, ours_q)
+            row["beyond_bucket_ms"] = beyond_bucket_ms(histogram, bucket, ours_q)
+            row["agree"] = agrees(histogram, bucket, ours_q, tolerance_ms) if comparable else None
     return row
 
 
+def multi_token_reads(gaps_ms: pl.Series) -> dict[str, Any]:
+    """The share of ITL gaps that are 0 ms (metrics.read_together: tokens read together), against the limit."""
+    gaps = len(gaps_ms)
+    zero = int(gaps_ms.to_frame("gap").select(metrics.read_together(pl.col("gap")).sum()).item()) if gaps else 0
+    share = zero / gaps if gaps else None
+    return {"zero_gaps": zero, "gaps": gaps, "share": share, "limit": MULTI_TOKEN_READ_LIMIT}
+
+
 def compare_metric(
-    histogram: HistogramDelta, observations: pl.DataFrame, quantiles: tuple[float, ...] = QUANTILES
+    histogram: HistogramDelta,
+    observations: pl.DataFrame,
+    quantiles: tuple[float, ...] = QUANTILES,
+    metric: str = "ttft",
 ) -> dict[str, Any]:
     """One metric of one target: counts, means, quantile verdicts and both cumulative histograms."""
     if histogram.counter_reset:
@@ -281,7 +319,10 @@ def compare_metric(
     values = in_span.get_column("value_ms")
     vllm_count = int(round(histogram.count))
     ours_count = len(values)
-    rows = [_quantile_row(histogram, values, q) for q in quantiles]
+    reads = multi_token_reads(values) if metric == "itl" else None
+    comparable = reads is None or reads["share"] is None or reads["share"] <= MULTI_TOKEN_READ_LIMIT
+    tolerance = AGREE_TOLERANCE_MS[metric]
+    rows = [_quantile_row(histogram, values, q, tolerance, comparable) for q in quantiles]
     verdicts = [row["agree"] for row in rows if row["agree"] is not None]
     vllm_mean = histogram.sum_ms / histogram.count if histogram.sum_ms is not None and histogram.count > 0 else None
     ours_mean = float(values.mean()) if ours_count else None  # type: ignore[arg-type]
@@ -304,6 +345,9 @@ def compare_metric(
             "ours_minus_vllm": gap,
         },
         "higher": None if vllm_mean is None or ours_mean is None else _higher(ours_mean, vllm_mean),
+        "tolerance_ms": tolerance,
+        "multi_token_reads": reads,
+        "comparable": comparable,
         "quantiles": rows,
         "agree": all(verdicts) if verdicts else None,
         "buckets": [
@@ -334,13 +378,13 @@ def _target_block(device_samples: pl.DataFrame, target_rows: pl.DataFrame) -> di
                 "end_t_s": histogram.end_t_s,
                 "baseline": histogram.baseline,
             }
-        compared[spec.metric] = compare_metric(histogram, spec.observations(final))
+        compared[spec.metric] = compare_metric(histogram, spec.observations(final), metric=spec.metric)
     return {"scrapes": scrape, "metrics": compared}
 
 
-def _flags(targets: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """One line per disagreeing quantile and per count difference."""
-    disagreements, count_differences = [], []
+def _flags(targets: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """One line per disagreeing quantile, per count difference and per metric not compared."""
+    disagreements, count_differences, not_comparable = [], [], []
     for target, block in targets.items():
         for metric, result in block["metrics"].items():
             if result["status"] != "compared":
@@ -350,12 +394,20 @@ def _flags(targets: dict[str, Any]) -> tuple[list[str], list[str]]:
                     low, high = row["vllm_bucket_ms"]
                     disagreements.append(
                         f"{target} {metric} {row['quantile']}: ours {row['ours_ms']:.1f} ms vs vLLM bucket "
-                        f"{low:,.10g}-{'+Inf' if high is None else f'{high:,.10g}'} ms ({row['higher']} higher)"
+                        f"{low:,.10g}-{'+Inf' if high is None else f'{high:,.10g}'} ms, "
+                        f"{abs(row['beyond_bucket_ms']):.1f} ms {'above' if row['beyond_bucket_ms'] > 0 else 'below'} "
+                        f"it, tolerance {result['tolerance_ms']:g} ms ({row['higher']} higher)"
                     )
+            reads = result.get("multi_token_reads")
+            if not result["comparable"] and reads is not None:
+                not_comparable.append(
+                    f"{target} {metric}: multi-token reads, {reads['share']:.0%} of gaps are 0 ms (tokens read "
+                    f"together), over the {reads['limit']:.0%} limit"
+                )
             counts = result["counts"]
             if not counts["equal"]:
                 count_differences.append(f"{target} {metric}: vLLM counted {counts['vllm']}, we {counts['ours']}")
-    return disagreements, count_differences
+    return disagreements, count_differences, not_comparable
 
 
 def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) -> dict[str, Any]:
@@ -378,7 +430,7 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
     if not targets:
         families = ", ".join(family for spec in COMPARED_METRICS for family in spec.families)
         return {"status": "absent", "reason": f"the /metrics scrapes hold none of these histograms: {families}"}
-    disagreements, count_differences = _flags(targets)
+    disagreements, count_differences, not_comparable = _flags(targets)
     return {
         "status": "compared",
         "definitions": DEFINITIONS,
@@ -387,4 +439,5 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
         "targets_not_scraped": sorted(set(rows.get_column("target").unique().to_list()) - set(targets)),
         "disagreements": disagreements,
         "count_differences": count_differences,
+        "not_comparable": not_comparable,
     }

@@ -57,7 +57,7 @@ from shadowreplay.loadgen.locust.gevent_stream_client import GeventStreamingClie
 from shadowreplay.loadgen.locust.request_mix import RequestMix, SynthesizedLengths
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.requests.builder import RequestBuilder
-from shadowreplay.replay.run.plan import LengthClamp, PlanError
+from shadowreplay.replay.run.plan import OUTPUT_LENGTHS, LengthClamp, PlanError
 from shadowreplay.replay.run.result_rows import result_row
 from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import StreamOutcome
@@ -139,6 +139,13 @@ def add_arguments(parser) -> None:
         help="clamp the log's output lengths (0: no clamp)",
     )
     parser.add_argument(
+        "--output-lengths",
+        choices=OUTPUT_LENGTHS,
+        default="recorded",
+        include_in_web_ui=False,
+        help="the log's rows: recorded (exactly their completion_tokens) or natural (the model ends its answer)",
+    )
+    parser.add_argument(
         "--keep-output-text",
         action="store_true",
         default=False,
@@ -202,7 +209,9 @@ class RunOptions:
             run_dir=Path(parsed.run_dir),
             traffic_log=Path(parsed.traffic_log) if parsed.traffic_log else None,
             lengths=lengths,
-            clamp=LengthClamp(parsed.max_prompt_tokens or None, parsed.max_completion_tokens or None),
+            clamp=LengthClamp(
+                parsed.max_prompt_tokens or None, parsed.max_completion_tokens or None, parsed.output_lengths
+            ),
             keep_output_text=bool(parsed.keep_output_text),
             mix_seed=int(parsed.mix_seed),
             base_url=parsed.target_base_url or None,
@@ -537,6 +546,7 @@ def _write_manifest(environment: Environment, final: bool) -> None:
             "completion_tokens": None if options.traffic_log else options.lengths.completion_tokens,
             "max_prompt_tokens": options.clamp.max_prompt_tokens,
             "max_completion_tokens": options.clamp.max_completion_tokens,
+            "output_lengths": options.clamp.output_lengths if options.traffic_log else "recorded",
             "seed": options.mix_seed,
         },
         targets=[target.public_dict()],

@@ -15,27 +15,37 @@ Clocks: every time is `time.perf_counter()` of the calling process.
   the request failed.
 
 Which chunks are output tokens (docs/DESIGN.md: TTFT to the first content or reasoning token,
-never to a role-only or empty chunk; a chunk carrying k tokens counts k times; tokens counted from
-usage, not from chunk text). An *output chunk* is an event that carries an output field (content,
-reasoning or tool-call text), even as "": role-only openings, finish-only chunks without an output
-field and the usage-only final chunk are not output chunks. At the end of the stream:
-1. If the server's usage gives `completion_tokens` equal to the number of output chunks (or to it
-   minus a trailing empty chunk that carries the finish reason), the server streamed one token per
-   chunk, as vLLM does: every output chunk is one token, *including* empty-text ones (vLLM sends ""
-   for a token whose bytes end inside a UTF-8 character, about 3% of tokens). Then
-   `len(token_times) == completion_tokens` exactly.
-2. Otherwise each output chunk counts k tokens: k as the wire says where it does (logprobs entries,
-   or the step in cumulative usage when the server reports usage in every chunk, vLLM's
-   `continuous_usage_stats`); else k = the token counter's count of the chunk's text (at least 1)
-   when a counter is given; else 1 per non-empty chunk. Empty chunks count 0 here: nothing proves
-   they carried a token. Where such estimated counts do not add up to the server's usage (vLLM
-   coalesces several tokens into one chunk when it falls behind, and re-tokenizing text need not
-   give the server's tokens back), the usage total is shared over the chunks in proportion to
-   the estimates, so `len(token_times) == completion_tokens` still.
-`token_times` holds one entry per token (k equal entries for a k-token chunk), non-decreasing;
-`first_token` and `last_token` are its first and last entries. `client_tokens` is the counter's
-count of the whole output text when a counter is given (independent of the server's usage, for
-the mismatch check), else `len(token_times)`.
+never to a role-only or empty chunk; a chunk carrying k tokens counts k times). An *output chunk*
+is an event that carries an output field (content, reasoning or tool-call text), even as "":
+role-only openings, finish-only chunks without an output field and the usage-only final chunk are
+not output chunks.
+
+1. The client's own count, `client_tokens`, never reads the server's usage (it is what the
+   token-count mismatch check holds against the usage, so it must be able to differ):
+   - a chunk whose logprobs say how many tokens it carries counts that many;
+   - every other output chunk is a token event and counts at least 1, empty text included (a
+     server streaming one token per chunk, as vLLM does, sends "" for a token whose bytes end
+     inside a UTF-8 character, about 3% of tokens, and for special tokens);
+   - where chunks carry several tokens, the token counter (when given) counts a chunk's text, and
+     the chunk with the empty chunks just before it (the bytes of the same characters) counts
+     max(their number, the counter's count). The counter's count is trusted only where text
+     round-trips: a replacement character U+FFFD in the text stands for bytes the decoder lost, so
+     the pieces between replacement characters are counted and each one counts one token. The
+     decoded text of the whole answer is never re-tokenized: split characters and token
+     boundaries do not survive it. Without a counter, a chunk with text counts 1.
+   - The one reading the wire leaves open: a trailing chunk with empty text and the finish reason
+     is a token on vLLM (its end-of-sequence token, or a split character) and no token on
+     OpenAI-style servers; it counts 1 only where the server's usage equals the count with it, so
+     that this alone never makes a mismatch. Every other difference from the usage stays.
+   A broken counter leaves `client_tokens` None.
+2. `token_times`, one entry per token (k equal entries for a k-token chunk), non-decreasing:
+   if the server's usage gives `completion_tokens` equal to the number of output chunks (or to it
+   minus that trailing empty finish chunk), one entry per chunk; else k per chunk as the wire says
+   (logprobs entries, or the step in cumulative usage when the server reports usage in every
+   chunk, vLLM's `continuous_usage_stats`), else the client's count of rule 1. Where such client
+   counts do not add up to the server's usage, the usage total is shared over the chunks in
+   proportion to them, so `len(token_times) == completion_tokens` still.
+`first_token` and `last_token` are the first and last entries of `token_times`.
 
 Status rules: HTTP status >= 300 -> `http_error` (the body's error message, `retry_after_s` from
 Retry-After or retry-after-ms, else from the provider's rate-limit reset headers, see
@@ -126,7 +136,11 @@ class _OutputChunk:
     at: float  # arrival, perf_counter seconds
     text: str  # all output text of the chunk
     finish: bool  # carried a finish reason
-    wire_tokens: int | None  # tokens the wire says the chunk carries
+    wire_tokens: int | None  # tokens the wire says the chunk carries (logprobs entries)
+    usage_step: int | None  # the step in cumulative usage, where usage comes with every chunk
+
+
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes that do not make whole UTF-8 characters
 
 
 def apportion(weights: list[int], total: int) -> list[int]:
@@ -141,7 +155,8 @@ def apportion(weights: list[int], total: int) -> list[int]:
 
 
 class TokenTimeline:
-    """Arrival times of the output tokens of one stream, by the rule in this module's docstring."""
+    """Arrival times of the output tokens of one stream, and the client's own count of them, by the
+    rules in this module's docstring."""
 
     __slots__ = ("_counter", "_chunks", "_usage_seen", "_cumulative", "first_output_at")
 
@@ -156,54 +171,77 @@ class TokenTimeline:
         """Take one interpreted event that arrived at `at`."""
         reported = event.usage.completion_tokens if event.usage is not None else None
         if event.carries_output:
-            wire_tokens = event.tokens
-            if wire_tokens is None and reported is not None and self._usage_seen:
-                wire_tokens = max(0, reported - self._cumulative)
+            step = max(0, reported - self._cumulative) if reported is not None and self._usage_seen else None
             text = event.output_text
-            self._chunks.append(_OutputChunk(at, text, event.finish_reason is not None, wire_tokens))
-            if self.first_output_at is None and (text or wire_tokens):
+            self._chunks.append(_OutputChunk(at, text, event.finish_reason is not None, event.tokens, step))
+            if self.first_output_at is None and (text or event.tokens or step):
                 self.first_output_at = at
         if reported is not None:
             self._usage_seen = True
             self._cumulative = reported
 
+    def client_counts(self) -> tuple[list[int], bool]:
+        """Per output chunk, the tokens the client counts on its own (rule 1 of the module
+        docstring; never from the server's usage), and False where the token counter failed."""
+        counts: list[int] = []
+        counted = True
+        pending = 0  # empty-text chunks since the last chunk with text: bytes of a character not yet whole
+        for chunk in self._chunks:
+            if chunk.wire_tokens is not None:
+                counts.append(chunk.wire_tokens)
+                pending = 0
+            elif not chunk.text:
+                counts.append(1)
+                pending += 1
+            else:
+                k = 1
+                if self._counter is not None:
+                    estimate = self._estimate(chunk.text)
+                    if estimate is None:
+                        counted = False
+                    else:  # this chunk and the empty ones before it carried at least `estimate` tokens
+                        k = max(1, estimate - pending)
+                counts.append(k)
+                pending = 0
+        return counts, counted
+
     def resolve(self, completion_tokens: int | None) -> tuple[list[float], int | None]:
         """(token_times, client_tokens) given the server's final `completion_tokens` (None if unknown)."""
         chunks = self._chunks
+        counts, counted = self.client_counts()
+        finish_only = bool(chunks) and chunks[-1].finish and not chunks[-1].text and chunks[-1].wire_tokens is None
+        if finish_only and completion_tokens != sum(counts):
+            counts[-1] = 0  # a trailing empty chunk with the finish reason: no token, unless usage counts it
+        client = sum(counts) if counted else None
         if completion_tokens and chunks:
             if completion_tokens == len(chunks):
-                return [c.at for c in chunks], self._client_count(len(chunks))
-            last = chunks[-1]
-            if completion_tokens == len(chunks) - 1 and last.finish and not last.text:
-                return [c.at for c in chunks[:-1]], self._client_count(len(chunks) - 1)
-        counts = []
-        for chunk in chunks:
-            if chunk.wire_tokens is not None:
-                k = chunk.wire_tokens
-            elif not chunk.text:
-                k = 0
-            elif self._counter is not None:
-                k = max(1, self._count(chunk.text) or 1)
-            else:
-                k = 1
-            counts.append(k)
-        estimated = sum(counts)
-        if (
-            completion_tokens
-            and sum(counts)
-            and sum(counts) != completion_tokens
-            and all(c.wire_tokens is None for c in chunks)
-        ):
-            # Estimated counts (re-tokenized chunk text) disagree with the server's usage: keep the
-            # server's total and share it over the chunks in proportion to the estimates.
-            counts = apportion(counts, completion_tokens)
-        times = [chunk.at for chunk, k in zip(chunks, counts) for _ in range(k)]
-        return times, self._client_count(estimated)
+                return [c.at for c in chunks], client
+            if completion_tokens == len(chunks) - 1 and finish_only:
+                return [c.at for c in chunks[:-1]], client
+        wire = [c.wire_tokens if c.wire_tokens is not None else c.usage_step for c in chunks]
+        weights = [n if k is None else k for k, n in zip(wire, counts, strict=True)]
+        if all(k is None for k in wire) and completion_tokens and sum(weights) and sum(weights) != completion_tokens:
+            # The client's count is not the server's (chunks that carried several tokens, text that
+            # re-tokenizes otherwise): the timings keep the server's total, shared over the chunks
+            # in proportion to the client's counts.
+            weights = apportion(weights, completion_tokens)
+        times = [chunk.at for chunk, k in zip(chunks, weights, strict=True) for _ in range(k)]
+        return times, client
 
-    def _client_count(self, chunk_count: int) -> int | None:
-        if self._counter is None:
-            return chunk_count
-        return self._count("".join(c.text for c in self._chunks))
+    def _estimate(self, text: str) -> int | None:
+        """The counter's count of one chunk's text: where the text holds replacement characters
+        (bytes lost in decoding, so re-tokenizing cannot give the server's tokens back), the
+        pieces between them are counted and each replacement character counts one token."""
+        if REPLACEMENT_CHARACTER not in text:
+            return self._count(text)
+        total = text.count(REPLACEMENT_CHARACTER)
+        for piece in text.split(REPLACEMENT_CHARACTER):
+            if piece:
+                n = self._count(piece)
+                if n is None:
+                    return None
+                total += n
+        return total
 
     def _count(self, text: str) -> int | None:
         try:

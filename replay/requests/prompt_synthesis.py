@@ -29,7 +29,10 @@ and everything is deterministic per request_id. Block texts are cached.
 
 Lengths
 `prompt_tokens` below `min_prompt_tokens(api)` (the frame plus one word) raises `PromptTooShort`;
-the replay plan clamps lengths up to it. Lengths above the server's context are the caller's clamp.
+the request builder raises such lengths to it and flags the row `raised`. Lengths above the
+server's context are the caller's clamp (--max-prompt-tokens).
+Output lengths: `forced_output_fields` are what vLLM needs to emit exactly N tokens; the builder
+adds them where the target `forces_output_length` and the row asks for an exact length.
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ class PromptTooShort(PromptSynthesisError):
 
 def forced_output_fields(completion_tokens: int) -> dict:
     """Request fields that make vLLM emit exactly `completion_tokens` output tokens: a cap
-    (`max_tokens`), a floor (`min_tokens`), and no stop at the end-of-sequence token (`ignore_eos`)."""
+    (`max_tokens`), a floor (`min_tokens`, which also holds back stop strings and stop token ids),
+    and no stop at the end-of-sequence token (`ignore_eos`). Only the context window can end it
+    sooner. Hosted APIs have no such fields: there the cap alone is sent."""
     if completion_tokens < 1:
         raise PromptSynthesisError(f"completion_tokens must be at least 1, got {completion_tokens}")
     return {"max_tokens": completion_tokens, "min_tokens": completion_tokens, "ignore_eos": True}

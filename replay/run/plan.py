@@ -1,9 +1,27 @@
 """The replay plan: which rows of a traffic log are sent, when, and with what length limits.
 
 A plan is a pyarrow Table of the traffic-log columns plus `scheduled_s` (seconds from the run's
-start), `expected_prompt_tokens`, `expected_completion_tokens` and `clamped`, in send order.
-Send times come from a load shape (loadgen) or from the log's own arrival times; the plan only
-selects, clamps and splits rows, so the runner never needs to know which.
+start), `expected_prompt_tokens`, `expected_completion_tokens`, `completion_cap`, `clamped` and
+`raised`, in send order. Send times come from a load shape (loadgen) or from the log's own arrival
+times; the plan only selects, clamps and splits rows, so the runner never needs to know which.
+
+Lengths (docs/DESIGN.md "Output lengths"; the request builder turns them into a body):
+- `expected_prompt_tokens`: the recorded `prompt_tokens`, cut to `--max-prompt-tokens` for rows
+  whose prompt is synthesized. A row with recorded text is sent as recorded, never cut: its
+  expected length stays the recorded one, it is not flagged `clamped`, and `prompts_over_max`
+  counts it (the server may refuse it; that is its row's status).
+- `expected_completion_tokens`: the exact output length the request asks for: with
+  `output_lengths="recorded"` the recorded `completion_tokens` of every row (text or synthesized),
+  cut to `--max-completion-tokens` and raised to 1; null with `"natural"` or where nothing was
+  recorded (the model ends its answer).
+- `completion_cap`: where no exact length is asked, the most output tokens the request may ask
+  for: a synthesized row's recorded length (cut to the bound), a text row's bound (its body's own
+  `max_tokens` is cut to it by the builder); null: no cap.
+- `clamped`: a bound cut this row's prompt or recorded output length (the builder adds rows
+  whose body's own max_tokens it cut); `raised`: a length was raised above the recorded one (a
+  recorded output of 0 asked as 1 here; a prompt below the chat template's floor, in the builder).
+The builder's additions are per target, so a run's counts are read from its result rows
+(`length_counts`), which carry the flags each request really had.
 """
 
 from __future__ import annotations
@@ -12,6 +30,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -58,12 +77,23 @@ class Window:
         return window
 
 
+OutputLengths = Literal["recorded", "natural"]
+OUTPUT_LENGTHS: tuple[OutputLengths, ...] = ("recorded", "natural")
+
+
 @dataclass(frozen=True)
 class LengthClamp:
-    """Upper bounds on synthesized prompt and output lengths, for small models' context windows."""
+    """Upper bounds on prompt and output lengths (for small models' context windows) and how output
+    lengths are asked for: "recorded" (exactly the logged `completion_tokens`, where known) or
+    "natural" (the model ends its answer; a body's own max_tokens kept, cut to the bound)."""
 
     max_prompt_tokens: int | None = None
     max_completion_tokens: int | None = None
+    output_lengths: OutputLengths = "recorded"
+
+    def __post_init__(self) -> None:
+        if self.output_lengths not in OUTPUT_LENGTHS:
+            raise PlanError(f"output lengths {self.output_lengths!r}: expected one of {', '.join(OUTPUT_LENGTHS)}")
 
 
 def arrival_offsets_s(table: pa.Table) -> np.ndarray:
@@ -101,11 +131,8 @@ def build_plan(
     clamp: LengthClamp = LengthClamp(),
     duration_s: float | None = None,
 ) -> pa.Table:
-    """Attach send times and clamped lengths to the selected rows, dropping sends past `duration_s`.
-
-    Lengths are clamped only where the replay synthesizes the prompt (rows without text);
-    `clamped` says per row whether a bound cut either length.
-    """
+    """Attach send times and the lengths each row asks for (module docstring) to the selected rows,
+    dropping sends past `duration_s`."""
     if len(scheduled_s) != rows.num_rows:
         raise PlanError(f"{len(scheduled_s)} send times for {rows.num_rows} rows")
     plan = rows.append_column("scheduled_s", pa.array(scheduled_s, pa.float64()))
@@ -115,22 +142,46 @@ def build_plan(
             raise PlanError(f"no request is scheduled within the first {duration_s:g} s")
 
     synthesized = pc.and_(pc.is_null(plan.column("messages")), pc.is_null(plan.column("prompt")))
-    prompt = plan.column("prompt_tokens")
-    completion = plan.column("completion_tokens")
-    expected_prompt, expected_completion = prompt, completion
+    prompt = plan.column("prompt_tokens").cast(pa.int32())
+    completion = plan.column("completion_tokens").cast(pa.int32())
+    expected_prompt, recorded_output = prompt, completion
     clamped = pa.array(np.zeros(plan.num_rows, dtype=bool))
     if clamp.max_prompt_tokens is not None:
+        # Only synthesized prompts can be cut: recorded text is sent whole (prompts_over_max counts it).
         cut = pc.and_(synthesized, pc.greater(prompt, clamp.max_prompt_tokens))
         expected_prompt = pc.if_else(cut, pa.scalar(clamp.max_prompt_tokens, pa.int32()), prompt)
         clamped = pc.or_(clamped, pc.fill_null(cut, False))
+    bound = pa.scalar(clamp.max_completion_tokens, pa.int32())
     if clamp.max_completion_tokens is not None:
-        cut = pc.and_(synthesized, pc.greater(completion, clamp.max_completion_tokens))
-        expected_completion = pc.if_else(cut, pa.scalar(clamp.max_completion_tokens, pa.int32()), completion)
+        cut = pc.greater(completion, clamp.max_completion_tokens)  # every row: text rows' outputs too
+        recorded_output = pc.if_else(cut, bound, completion)
         clamped = pc.or_(clamped, pc.fill_null(cut, False))
+    # A recorded output of 0 tokens (or less) cannot be asked for: ask for 1, and say so.
+    low = pc.fill_null(pc.less(recorded_output, 1), False)
+    recorded_output = pc.if_else(low, pa.scalar(1, pa.int32()), recorded_output)
+    if clamp.output_lengths == "recorded":
+        expected_completion = recorded_output
+        raised = low
+    else:
+        expected_completion = pa.nulls(plan.num_rows, pa.int32())
+        raised = pc.and_(low, synthesized)  # a synthesized row's recorded length is its cap
+    cap = pc.if_else(synthesized, pc.coalesce(recorded_output, bound), bound)
     plan = plan.append_column("expected_prompt_tokens", expected_prompt.cast(pa.int32()))
     plan = plan.append_column("expected_completion_tokens", expected_completion.cast(pa.int32()))
+    plan = plan.append_column("completion_cap", cap.cast(pa.int32()))
     plan = plan.append_column("clamped", clamped)
+    plan = plan.append_column("raised", raised)
     return plan.sort_by([("scheduled_s", "ascending")])
+
+
+def prompts_over_max(plan: pa.Table, clamp: LengthClamp) -> int:
+    """Rows with recorded text whose recorded prompt is longer than `clamp.max_prompt_tokens`: sent
+    whole (recorded text is never cut), so not `clamped`; the manifest counts them."""
+    if clamp.max_prompt_tokens is None:
+        return 0
+    text = pc.or_(pc.is_valid(plan.column("messages")), pc.is_valid(plan.column("prompt")))
+    over = pc.and_(text, pc.greater(plan.column("prompt_tokens"), clamp.max_prompt_tokens))
+    return int(pc.sum(pc.fill_null(over, False).cast(pa.int64())).as_py() or 0)
 
 
 def split_plan(plan: pa.Table, workers: int) -> list[pa.Table]:

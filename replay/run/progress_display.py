@@ -6,20 +6,37 @@ from __future__ import annotations
 import sys
 import time
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from shadowreplay.replay.run.running_sketch import ProgressSnapshot
+from shadowreplay.replay.run.running_sketch import LATENESS_WARN_MS, ProgressSnapshot
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.0f} ms" if value is not None else "-"
+
+
+def behind_line(snapshot: ProgressSnapshot) -> str | None:
+    """The warning while the client sends late, else None."""
+    if not snapshot.behind_schedule:
+        return None
+    return (
+        f"WARNING: the client is behind its schedule (send lateness p99 {snapshot.lateness_p99_ms:.0f} ms > "
+        f"{LATENESS_WARN_MS:.0f} ms): the load is not offered as recorded"
+    )
 
 
 def _line(snapshot: ProgressSnapshot) -> str:
-    ttft = f"{snapshot.ttft_p50_ms:.0f} ms" if snapshot.ttft_p50_ms is not None else "-"
     errors = ", ".join(f"{s} {n}" for s, n in sorted(snapshot.by_status.items()) if s != "ok") or "none"
-    return (
+    line = (
         f"sent {snapshot.sent}/{snapshot.scheduled}  done {snapshot.done}  in flight {snapshot.in_flight}  "
-        f"{snapshot.recent_done_per_s:.1f} req/s  TTFT p50 {ttft}  errors: {errors}"
+        f"{snapshot.recent_done_per_s:.1f} req/s  TTFT p50 {_ms(snapshot.ttft_p50_ms)}  "
+        f"lateness p99 {_ms(snapshot.lateness_p99_ms)}  errors: {errors}"
     )
+    behind = behind_line(snapshot)
+    return f"{line}\n{behind}" if behind else line
 
 
 class ProgressDisplay:
@@ -54,13 +71,19 @@ class ProgressDisplay:
             self._last_plain = time.monotonic()
             self.console.print(f"{self.title}: {_line(snapshot)}", highlight=False, soft_wrap=True)
 
-    def _table(self, s: ProgressSnapshot) -> Table:
+    def _table(self, s: ProgressSnapshot) -> Table | Group:
         table = Table(title=self.title, show_header=True, header_style="bold")
-        for column in ("sent", "done", "in flight", "req/s (5 s)", "TTFT p50", "errors"):
+        for column in ("sent", "done", "in flight", "req/s (5 s)", "TTFT p50", "lateness p99", "errors"):
             table.add_column(column, justify="right")
         errors = ", ".join(f"{k} {v}" for k, v in sorted(s.by_status.items()) if k != "ok") or "0"
-        ttft = f"{s.ttft_p50_ms:.0f} ms" if s.ttft_p50_ms is not None else "-"
         table.add_row(
-            f"{s.sent}/{s.scheduled}", str(s.done), str(s.in_flight), f"{s.recent_done_per_s:.1f}", ttft, errors
+            f"{s.sent}/{s.scheduled}",
+            str(s.done),
+            str(s.in_flight),
+            f"{s.recent_done_per_s:.1f}",
+            _ms(s.ttft_p50_ms),
+            _ms(s.lateness_p99_ms),
+            errors,
         )
-        return table
+        behind = behind_line(s)
+        return Group(table, Text(behind, style="bold red")) if behind else table

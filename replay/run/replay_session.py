@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from shadowreplay.replay.run.plan import (
     LengthClamp,
+    OutputLengths,
     Window,
     arrival_offsets_s,
     build_plan,
     parse_duration_s,
+    prompts_over_max,
     select_rows,
 )
 from shadowreplay.replay.run.progress_display import ProgressDisplay
@@ -39,6 +43,9 @@ class ReplayRequest:
     address: str | None = None
     max_prompt_tokens: int | None = None
     max_completion_tokens: int | None = None
+    # "recorded": every row asks for exactly its recorded completion_tokens (where known); "natural":
+    # the model ends its answer (replay/run/plan.py LengthClamp)
+    output_lengths: OutputLengths = "recorded"
     keep_output_text: bool = False
     block_size: int = 512
     busy_poll: bool = False  # workers poll without sleeping (RunSettings.busy_poll)
@@ -56,10 +63,11 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
     rows = select_rows(request.log, Window.parse(request.window) if request.window else None, request.limit)
     offsets = arrival_offsets_s(rows)
     send_times = request.send_times or (lambda offsets: offsets)
+    clamp = LengthClamp(request.max_prompt_tokens, request.max_completion_tokens, request.output_lengths)
     plan = build_plan(
         rows,
         send_times(offsets),
-        LengthClamp(request.max_prompt_tokens, request.max_completion_tokens),
+        clamp,
         parse_duration_s(request.duration) if request.duration else None,
     )
     run_dir = RunDir(request.run_dir).create_new()
@@ -72,6 +80,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         busy_poll=request.busy_poll,
     )
     with Session(targets, run_dir, ray_address=request.address) as session:
+        settings.worker_cpus = session.placement.loadgen_cpus  # off the local server's CPUs
         manifest = session.manifest
         manifest.run_id = settings.run_id
         manifest.traffic_log = str(request.log)
@@ -82,6 +91,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             schedule=request.schedule,
             max_prompt_tokens=request.max_prompt_tokens,
             max_completion_tokens=request.max_completion_tokens,
+            output_lengths=request.output_lengths,
             block_size=request.block_size,
         )
         manifest.busy_poll = request.busy_poll
@@ -89,7 +99,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             requests=plan.num_rows,
             targets=len(session.targets),
             scheduled=plan.num_rows * len(session.targets),
-            clamped_requests=int(sum(plan.column("clamped").to_pylist())),
+            prompts_over_max=prompts_over_max(plan, clamp),
         )
         samplers = session.telemetry_samplers(settings.run_id, run_dir)
         # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has
@@ -111,8 +121,27 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         manifest.clock_offsets = {w["worker"]: w["wall_minus_perf"] for w in outcome.workers}
         manifest.counts.rows_by_status = outcome.by_status
         manifest.counts.rows_written_by_runner_for_lost_workers = outcome.lost_rows
+        # From the rows on disk, not the plan: the builder flags rows on the workers (a prompt raised
+        # to a target's chat-template floor, a body's own max_tokens cut), per target.
+        manifest.counts.clamped_requests, manifest.counts.raised_requests = length_counts(run_dir)
         manifest.telemetry = outcome.telemetry
         manifest.cancelled = outcome.cancelled
         if outcome.cancelled:
             manifest.status = "interrupted"
     return outcome
+
+
+def length_counts(run_dir: RunDir) -> tuple[int, int]:
+    """(clamped, raised): requests with a final result row flagged `clamped` / `raised`, for any
+    target, over the run's committed result shards; the manifest's counts, so they equal the rows'."""
+    clamped: set[str] = set()
+    raised: set[str] = set()
+    for shard in run_dir.result_shards():
+        names = pq.read_schema(shard).names
+        table = pq.read_table(shard, columns=[c for c in ("request_id", "final", "clamped", "raised") if c in names])
+        table = table.filter(table.column("final"))
+        for flag, found in (("clamped", clamped), ("raised", raised)):
+            if flag in names:
+                flagged = table.filter(pc.fill_null(table.column(flag), False))
+                found.update(flagged.column("request_id").to_pylist())
+    return len(clamped), len(raised)

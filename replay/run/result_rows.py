@@ -34,7 +34,7 @@ def result_row(
 
     `row` is the request as sent (a plan row with the lengths the request really asked for, as
     `shadowreplay.replay.requests.builder.BuiltRequest.recorded_row` gives): `request_id`, `scheduled_s`,
-    `expected_prompt_tokens`, `expected_completion_tokens`, `clamped` and `tag` are read from it.
+    `expected_prompt_tokens`, `expected_completion_tokens`, `clamped`, `raised` and `tag` are read from it.
     """
     sent_s = to_run_s(outcome.sent)
     first_s = to_run_s(outcome.first_token)
@@ -63,6 +63,7 @@ def result_row(
         "expected_prompt_tokens": row["expected_prompt_tokens"],
         "expected_completion_tokens": row["expected_completion_tokens"],
         "clamped": row["clamped"],
+        "raised": row.get("raised"),
         "finish_reason": outcome.finish_reason,
         "status": outcome.status,
         "http_status": outcome.http_status,

@@ -19,12 +19,16 @@ import pyarrow as pa
 import ray
 
 from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.run.cpu_placement import LOADGEN_NICE, ProcessPriority
 from shadowreplay.replay.run.plan import split_plan
+from shadowreplay.replay.run.ray_notices import silence_ray_auth_notice
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot
 from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError
 from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
+
+silence_ray_auth_notice()  # Ray's "token authentication is enabled" line on every local start (ray_notices.py)
 
 START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
 ACTOR_THREADS = 4  # max_concurrency of a worker actor
@@ -35,6 +39,8 @@ class ReplayWorkerActor:
     `progress` and `cancel` answer from another. The Ray actor class is REPLAY_WORKER_ACTOR."""
 
     def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
+        # First, so that the tokenizers load on the worker's own cores (replay/run/cpu_placement.py).
+        self.priority = ProcessPriority.raise_to(cpus=settings.cpus)
         self.worker = ReplayWorker(settings, targets, shard)
 
     def ready(self) -> dict:
@@ -44,6 +50,8 @@ class ReplayWorkerActor:
             "pid": os.getpid(),
             "wall_minus_perf": self.worker.wall_minus_perf,
             "requests": self.worker.shard.num_rows,
+            **self.priority.model_dump(),
+            "priority_warning": self.priority.warning(f"a replay worker on {socket.gethostname()}"),
         }
 
     def run(self, epoch: float) -> dict:
@@ -71,6 +79,7 @@ class RunSettings:
     concurrency: int | None = None  # closed loop with this many users in all; None: open loop
     duration_s: float | None = None  # closed loop: stop taking new requests after this long
     busy_poll: bool = False  # every worker's event loop polls without sleeping (a core each; see replay_worker)
+    worker_cpus: list[int] | None = None  # pin every worker to these CPUs (Session.placement); None: not pinned
 
 
 def worker_failure(exc: BaseException) -> str:
@@ -99,7 +108,8 @@ def start_ray(address: str | None) -> dict:
     """Join `address` or start a small local instance; returns facts for the manifest."""
     if not ray.is_initialized():
         # Joining a cluster: its own resources. Local: a small object store (plans and results
-        # travel as Parquet shards, not objects); None is ray.init's default for each.
+        # travel as Parquet shards, not objects), and workers at the default priority, not Ray's
+        # nice 15 (replay/run/cpu_placement.py); None is ray.init's default for each.
         ray.init(
             address=address or None,
             num_cpus=None if address else os.cpu_count() or 1,
@@ -109,6 +119,7 @@ def start_ray(address: str | None) -> dict:
             log_to_driver=True,
             # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
             runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
+            _system_config=None if address else {"worker_niceness": LOADGEN_NICE},
         )
     nodes = [
         {"host": n["NodeManagerHostname"], "address": n["NodeManagerAddress"], "resources": n["Resources"]}
@@ -134,7 +145,8 @@ def run_plan(
     the same timeline; every sampler's stats end up in RunOutcome.telemetry."""
     run_dir = RunDir(settings.run_dir)
     run_dir.results_dir.mkdir(parents=True, exist_ok=True)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # One worker per CPU of the cluster, or per CPU the placement gave the workers.
+    cpus = len(settings.worker_cpus) if settings.worker_cpus else int(ray.cluster_resources().get("CPU", 1))
     n_workers = max(1, min(settings.workers or cpus, plan.num_rows, settings.concurrency or plan.num_rows))
     shards = split_plan(plan, n_workers)
     # Closed loop: the users are spread over the workers as evenly as they go.
@@ -153,6 +165,7 @@ def run_plan(
             duration_s=settings.duration_s,
             worker_count=n_workers,
             busy_poll=settings.busy_poll,
+            cpus=tuple(settings.worker_cpus) if settings.worker_cpus else None,
         )
         actor = REPLAY_WORKER_ACTOR.options(num_cpus=0, max_concurrency=ACTOR_THREADS)
         actors.append(actor.remote(worker_settings, targets, shard))
@@ -162,6 +175,8 @@ def run_plan(
     cancelled = False
     try:
         workers = ray.get([a.ready.remote() for a in actors])
+        for line in sorted({w["priority_warning"] for w in workers if w["priority_warning"]}):
+            print(f"replay: WARNING: {line}", flush=True)
         if gpu_samplers is not None:
             gpu_samplers.wait_ready()  # so that they sample from before the epoch on
         epoch = time.time() + START_LEAD_S
@@ -231,7 +246,12 @@ def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, 
     writer = run_dir.result_writer("runner")
     missing = 0
     for row in plan.select(
-        ["request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "tag"]
+        [
+            name
+            for name in ("request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens")
+            + ("clamped", "raised", "tag")
+            if name in plan.column_names
+        ]
     ).to_pylist():
         for target in targets:
             if (row["request_id"], target.name) in seen:

@@ -11,6 +11,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
+LATENESS_WARN_MS = 10.0  # the live display warns above this p99 (the report's check: analysis/summary/load_fidelity.py)
+
 
 @dataclass
 class ProgressSnapshot:
@@ -23,6 +27,7 @@ class ProgressSnapshot:
     by_status: dict[str, int] = field(default_factory=dict)
     recent_done_per_s: float = 0.0
     recent_ttft_ms: list[float] = field(default_factory=list)
+    recent_lateness_ms: list[float] = field(default_factory=list)  # of the latest first sends
 
     @staticmethod
     def combine(parts: list[ProgressSnapshot]) -> ProgressSnapshot:
@@ -34,6 +39,7 @@ class ProgressSnapshot:
             total.in_flight += part.in_flight
             total.recent_done_per_s += part.recent_done_per_s
             total.recent_ttft_ms.extend(part.recent_ttft_ms)
+            total.recent_lateness_ms.extend(part.recent_lateness_ms)
             for status, count in part.by_status.items():
                 total.by_status[status] = total.by_status.get(status, 0) + count
         return total
@@ -43,6 +49,17 @@ class ProgressSnapshot:
         return statistics.median(self.recent_ttft_ms) if self.recent_ttft_ms else None
 
     @property
+    def lateness_p99_ms(self) -> float | None:
+        """p99 of the recent sends' lateness (numpy's linear percentile, as the report's)."""
+        return float(np.percentile(self.recent_lateness_ms, 99)) if self.recent_lateness_ms else None
+
+    @property
+    def behind_schedule(self) -> bool:
+        """The client is sending late: recent lateness p99 above LATENESS_WARN_MS."""
+        p99 = self.lateness_p99_ms
+        return p99 is not None and p99 > LATENESS_WARN_MS
+
+    @property
     def errors(self) -> int:
         return sum(count for status, count in self.by_status.items() if status != "ok")
 
@@ -50,17 +67,25 @@ class ProgressSnapshot:
 class RunningSketch:
     """Counters updated by a worker's event loop; `snapshot()` may be called from another thread."""
 
-    def __init__(self, scheduled: int, rate_window_s: float = 5.0, ttft_samples: int = 256):
+    def __init__(
+        self, scheduled: int, rate_window_s: float = 5.0, ttft_samples: int = 256, lateness_samples: int = 512
+    ):
         self.scheduled = scheduled
         self.sent = 0
         self.done = 0
         self.by_status: collections.Counter[str] = collections.Counter()
         self._done_times: collections.deque[float] = collections.deque()
         self._ttfts: collections.deque[float] = collections.deque(maxlen=ttft_samples)
+        self._lateness: collections.deque[float] = collections.deque(maxlen=lateness_samples)
         self._rate_window_s = rate_window_s
 
     def on_sent(self) -> None:
         self.sent += 1
+
+    def on_first_send(self, lateness_ms: float | None) -> None:
+        """A request's first attempt went out `lateness_ms` after its scheduled moment (None: never sent)."""
+        if lateness_ms is not None:
+            self._lateness.append(lateness_ms)
 
     def on_done(self, status: str, ttft_ms: float | None) -> None:
         self.done += 1
@@ -84,4 +109,5 @@ class RunningSketch:
             by_status=dict(self.by_status),
             recent_done_per_s=len(recent) / self._rate_window_s,
             recent_ttft_ms=list(self._ttfts),
+            recent_lateness_ms=list(self._lateness),
         )

@@ -3,7 +3,9 @@
 `with Session(targets, run_dir) as session:` reads every target's key once (a key that cannot be
 read is one clear error, before anything starts), starts a vLLM server for each `kind: vllm`
 target (its log in the run directory), starts a local Ray instance or joins `ray_address` (unless
-`use_ray=False`), and hands out the run's telemetry samplers. On *any* exit (a normal end, an
+`use_ray=False`), and hands out the run's telemetry samplers. Where it starts a server on this host
+for workers on this host, it gives the server and the workers separate CPUs (`session.placement`,
+replay/run/cpu_placement.py; the verbs pass `placement.loadgen_cpus` to the runner). On *any* exit (a normal end, an
 error, Ctrl-C) it stops the servers it started by pid, stops the Ray instance it started, and
 writes the run's manifest (`session.manifest`, filled in by the verb) with its `status` and every
 secret removed by the run's one `Scrubber`. `replay`, `sweep` and `locust` use it, so each gets the
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+from shadowreplay.replay.run.cpu_placement import CpuPlacement, ProcessPriority, usable_cpus
 from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.secrets import Scrubber
@@ -32,11 +35,14 @@ ERROR_TEXT_LIMIT = 500
 
 
 def start_local_servers(
-    targets: Sequence[TargetConfig], run_dir: RunDir, stack: contextlib.ExitStack
+    targets: Sequence[TargetConfig],
+    run_dir: RunDir,
+    stack: contextlib.ExitStack,
+    cpus: Sequence[int] | None = None,
 ) -> tuple[list[TargetConfig], list[dict[str, Any]]]:
-    """Start a vLLM server for every `kind: vllm` target, each stopped by `stack`; returns the
-    targets with their base_url set and each server's identity (version, arguments, served model)
-    for the manifest."""
+    """Start a vLLM server for every `kind: vllm` target, each stopped by `stack` (on `cpus` where
+    given); returns the targets with their base_url set and each server's identity (version,
+    arguments, served model, CPUs, niceness) for the manifest."""
     ready: list[TargetConfig] = []
     identities: list[dict[str, Any]] = []
     for target in targets:
@@ -57,6 +63,7 @@ def start_local_servers(
                 env=launch.env,
                 log_path=run_dir.server_log_path(target.name),
                 startup_timeout_s=launch.startup_timeout_s,
+                cpus=cpus,
             )
         )
         identities.append({"target": target.name, **server.identity()})
@@ -85,6 +92,11 @@ class Session:
         self.targets: list[TargetConfig] = []  # with the started servers' base_url, once entered
         self.servers: list[dict[str, Any]] = []
         self.cluster: dict[str, Any] | None = None
+        self.placement = CpuPlacement.plan(
+            usable_cpus(),
+            local_server=any(t.kind == "vllm" for t in self.configured_targets),
+            local_workers=not ray_address,  # a local Ray instance, or Locust's own processes here
+        )
         self.manifest = Manifest(targets=[t.public_dict() for t in self.configured_targets])
         self._stack = contextlib.ExitStack()
         self._started_ray = False
@@ -94,8 +106,15 @@ class Session:
         self.scrubber = Scrubber(read_keys(self.configured_targets))
         self.manifest.started_at = time.time()
         try:
-            self.targets, self.servers = start_local_servers(self.configured_targets, self.run_dir, self._stack)
+            self.targets, self.servers = start_local_servers(
+                self.configured_targets, self.run_dir, self._stack, self.placement.server_cpus
+            )
             self.manifest.targets = [t.public_dict() for t in self.targets]
+            self.manifest.placement = self.placement.model_dump()
+            driver = ProcessPriority.current()  # the user's own process: recorded, never changed
+            self.manifest.driver = driver.model_dump()
+            if line := driver.warning("this process (the telemetry samplers, the live display)"):
+                print(f"WARNING: {line}", flush=True)
             self.manifest.servers = self.servers
             if self.use_ray:
                 self._start_ray()
@@ -131,6 +150,8 @@ class Session:
         cluster and scrubber."""
         manifest.servers = manifest.servers or self.servers
         manifest.cluster = manifest.cluster or self.cluster
+        manifest.placement = manifest.placement or self.manifest.placement
+        manifest.driver = manifest.driver or self.manifest.driver
         run_dir.write_manifest(manifest, self.scrubber)
 
     def error_text(self, exc: BaseException) -> str:
@@ -180,6 +201,8 @@ class Session:
             updated = self.run_dir.update_manifest(
                 self.scrubber,
                 servers=self.servers,
+                placement=manifest.placement,
+                driver=manifest.driver,
                 status=manifest.status,
                 error=manifest.error,
             )

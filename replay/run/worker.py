@@ -84,6 +84,7 @@ class WorkerSettings:
     duration_s: float | None = None  # closed loop: stop taking rows after this many seconds
     worker_count: int = 1  # workers in the run: each enforces this share of a target's rate limits and retry budget
     busy_poll: bool = False  # keep the event loop polling for the whole run (a full core): see the module docstring
+    cpus: tuple[int, ...] | None = None  # the CPUs this worker runs on (replay/run/cpu_placement.py); None: any
 
 
 async def _poll_forever() -> None:
@@ -350,19 +351,20 @@ class ReplayWorker:
         attempt: int,
         final: bool = True,
     ) -> None:
-        self._writer.add(
-            result_row(
-                run_id=self.settings.run_id,
-                target=target.name,
-                worker=self.settings.worker,
-                row=row,
-                outcome=outcome,
-                attempt=attempt,
-                final=final,
-                to_run_s=clock.to_run_s,
-                keep_output_text=self.settings.keep_output_text,
-            )
+        result = result_row(
+            run_id=self.settings.run_id,
+            target=target.name,
+            worker=self.settings.worker,
+            row=row,
+            outcome=outcome,
+            attempt=attempt,
+            final=final,
+            to_run_s=clock.to_run_s,
+            keep_output_text=self.settings.keep_output_text,
         )
+        self._writer.add(result)
+        if attempt == 1:  # a retry's send is late by design
+            self.sketch.on_first_send(result["lateness_ms"])
         if final:
             ttft = (outcome.first_token - outcome.sent) * 1000.0 if outcome.first_token and outcome.sent else None
             self.sketch.on_done(outcome.status, ttft)

@@ -46,6 +46,7 @@ class Selection(_Part):
     schedule: str | None = None
     max_prompt_tokens: int | None = None
     max_completion_tokens: int | None = None
+    output_lengths: str | None = None  # "recorded" (exact recorded output lengths) or "natural"
     block_size: int | None = None
 
 
@@ -56,7 +57,11 @@ class Counts(_Part):
     targets: int | None = None
     scheduled: int | None = None
     rows_by_status: dict[str, int] = Field(default_factory=dict)
-    clamped_requests: int | None = None
+    # Length flags, counted from the final result rows after the run (the rows' own `clamped` and
+    # `raised`): requests with such a row for any target.
+    clamped_requests: int | None = None  # a bound (--max-*-tokens) cut a length
+    raised_requests: int | None = None  # a length raised above the recorded one (chat-template floor)
+    prompts_over_max: int | None = None  # recorded text longer than --max-prompt-tokens, sent whole
     rows_written_by_runner_for_lost_workers: int | None = None
 
 
@@ -64,8 +69,9 @@ class SweepPoint(_Part):
     """A sweep point's place in its sweep."""
 
     index: int
-    phase: str
+    phase: str  # ramp, bisect or repeat
     shape: dict[str, Any]
+    repeat_of: int | None = None  # phase repeat: the point measured again
 
 
 class Manifest(BaseModel):
@@ -91,7 +97,9 @@ class Manifest(BaseModel):
     targets: list[dict[str, Any]] = Field(default_factory=list)  # TargetConfig.public_dict() each
     servers: list[dict[str, Any]] = Field(default_factory=list)  # local servers' identities
     cluster: dict[str, Any] | None = None
-    workers: list[dict[str, Any]] = Field(default_factory=list)
+    workers: list[dict[str, Any]] = Field(default_factory=list)  # each: host, pid, nice, cpus (ProcessPriority)
+    placement: dict[str, Any] | None = None  # CpuPlacement: the workers' and a local server's CPUs, and why
+    driver: dict[str, Any] | None = None  # the process that ran the verb and its samplers: nice, cpus
     busy_poll: bool | None = None
     clock_offsets: dict[str, float] = Field(default_factory=dict)
     counts: Counts = Field(default_factory=Counts)

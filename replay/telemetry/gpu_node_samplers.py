@@ -34,6 +34,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from shadowreplay.replay.clock import ClockMapping
+from shadowreplay.replay.run.cpu_placement import ProcessPriority
 from shadowreplay.replay.schemas.telemetry import SOURCE_NVML
 from shadowreplay.replay.telemetry.nvml_sampler import DEFAULT_INTERVAL_S, DEFAULT_NVML_MODULE, NvmlSampler, load_nvml
 
@@ -93,6 +94,7 @@ class NodeNvmlSampler:
         max_age_s: float = 30.0,
     ):
         self.host = socket.gethostname()
+        self.priority = ProcessPriority.raise_to()  # Ray's workers start at nice 15 (replay/run/cpu_placement.py)
         # Imported here, in this process (a stand-in must be importable here), while the run is
         # still starting; one that cannot be is left to NvmlSampler.start() to say why.
         try:
@@ -110,9 +112,9 @@ class NodeNvmlSampler:
         )
 
     def where(self) -> dict:
-        """Where this actor runs: host, Ray node id and pid."""
+        """Where this actor runs: host, Ray node id, pid and priority."""
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        return {"host": self.host, "node_id": node_id, "pid": os.getpid()}
+        return {"host": self.host, "node_id": node_id, "pid": os.getpid(), "nice": self.priority.nice}
 
     def start(self, epoch: float) -> dict:
         """Start sampling on the run's timeline that begins at wall-clock `epoch`; returns

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from shadowreplay.errors import UserError
+from shadowreplay.verbs.length_options import add_length_options
 
 WEB_HOST = "127.0.0.1"
 LOCUST_STOP_WAIT_S = 30.0  # after Ctrl-C, how long Locust gets to stop its users and write its files
@@ -73,8 +75,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--completion-tokens", type=int, default=128, metavar="C", help="without --log: output tokens (default 128)"
     )
-    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp the log's synthesized prompt lengths")
-    parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp the log's output lengths")
+    add_length_options(parser)  # for the log's rows; --prompt-tokens/--completion-tokens are always exact
     parser.add_argument("--keep-output-text", action="store_true", help="keep answer texts in the result rows")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws from the log (default 0)")
     parser.add_argument("locust_args", nargs="*", metavar="-- LOCUST_ARG", help="further Locust arguments, after `--`")
@@ -123,6 +124,7 @@ def locust_command(args: argparse.Namespace, base_url: str | None) -> list[str]:
         command += ["--max-prompt-tokens", str(args.max_prompt_tokens)]
     if args.max_completion_tokens:
         command += ["--max-completion-tokens", str(args.max_completion_tokens)]
+    command += ["--output-lengths", args.output_lengths]
     if args.keep_output_text:
         command.append("--keep-output-text")
     if args.headless:
@@ -177,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     # Ray: Locust brings its own processes) and adds the server and the outcome to that manifest.
     with Session([target], run_dir, use_ray=False, external_manifest=True) as session:
         (live,) = session.targets
-        code = _run_locust(locust_command(args, live.base_url if target.kind == "vllm" else None))
+        command = locust_command(args, live.base_url if target.kind == "vllm" else None)
+        code = _run_locust(command, session.placement.loadgen_cpus)
     results = run_dir.result_shards()
     if results:
         print(
@@ -190,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_locust(command: list[str]) -> int:
-    """Run Locust in the foreground; Ctrl-C reaches it too (same process group), and it is waited
-    for while it stops its users and writes its files."""
-    process = subprocess.Popen(command)
+def _run_locust(command: list[str], cpus: list[int] | None = None) -> int:
+    """Run Locust in the foreground (on `cpus`, off a local server's, where given: its worker
+    processes inherit them); Ctrl-C reaches it too (same process group), and it is waited for while
+    it stops its users and writes its files."""
+    process = subprocess.Popen(command, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shadowreplay.errors import UserError
+from shadowreplay.verbs.length_options import add_length_options
+from shadowreplay.verbs.load_check_options import add_max_lateness, checks_from
 from shadowreplay.verbs.worker_options import add_busy_poll
+
+if TYPE_CHECKING:
+    from shadowreplay.analysis.summary.load_fidelity import LoadCheck
 
 
 def add_parser(subparsers) -> None:
@@ -16,8 +23,9 @@ def add_parser(subparsers) -> None:
         description=(
             "Send every request of LOG at its recorded moment (relative to the first arrival, divided by "
             "--speed) to every target, on Ray workers sharing one timeline. Sessions replay in order. Rows "
-            "without text get synthesized prompts of their recorded length in each target's tokenizer and "
-            "ask for exactly their recorded output length. One result row per request, target and attempt "
+            "without text get synthesized prompts of their recorded length in each target's tokenizer; every "
+            "row asks for exactly its recorded output length unless --output-lengths natural. One result row "
+            "per request, target and attempt "
             "lands in RUN_DIR/results/*.parquet; RUN_DIR/manifest.json records what ran."
         ),
     )
@@ -44,12 +52,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance"
     )
-    parser.add_argument(
-        "--max-prompt-tokens", type=int, metavar="N", help="clamp synthesized prompt lengths (recorded per row)"
-    )
-    parser.add_argument(
-        "--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths (recorded per row)"
-    )
+    add_length_options(parser)
     parser.add_argument("--keep-output-text", action="store_true", help="store each response's text in the results")
     parser.add_argument(
         "--block-size",
@@ -57,6 +60,15 @@ def add_parser(subparsers) -> None:
         default=512,
         help="tokens per prefix block for synthesized prompts (default 512, as Mooncake)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            "exit 3 when the load was not offered as recorded (send lateness p99 above 10 ms, or most ITL gaps "
+            "0 ms while vLLM's are not; the checks of `report`), after writing every row"
+        ),
+    )
+    add_max_lateness(parser)
     add_busy_poll(parser)
     parser.set_defaults(func=run)
 
@@ -72,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.speed <= 0:
         raise UserError("--speed must be positive")
+    checks = checks_from(args)  # checked before the run, used after it with --strict
     for name in ("limit", "workers", "max_prompt_tokens", "max_completion_tokens"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -87,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens,
+        output_lengths=args.output_lengths,
         keep_output_text=args.keep_output_text,
         block_size=args.block_size,
         busy_poll=args.busy_poll,
@@ -99,4 +113,24 @@ def run(args: argparse.Namespace) -> int:
         f"({', '.join(f'{k} {v}' for k, v in sorted(outcome.by_status.items()))}); "
         f"next: shadowreplay report {args.output}"
     )
-    return 130 if outcome.cancelled else 0
+    if outcome.cancelled:
+        return 130
+    return _strict_check(args.output, checks) if args.strict else 0
+
+
+STRICT_EXIT = 3
+
+
+def _strict_check(run_dir: Path, checks: Sequence[LoadCheck]) -> int:
+    """`--strict`: the report's load checks over the rows just written; STRICT_EXIT if any fires."""
+    from shadowreplay.analysis.data.run_data import load_run
+    from shadowreplay.analysis.data.telemetry_data import load_telemetry
+    from shadowreplay.analysis.summary.run_summary import summarize
+
+    summary = summarize(load_run(run_dir), telemetry=load_telemetry(run_dir), checks=checks)
+    for warning in summary.load_warnings:
+        print(f"replay: WARNING {warning.message}", flush=True)
+    if summary.load_warnings:
+        print(f"replay: --strict: the load was not offered as recorded (exit {STRICT_EXIT})", flush=True)
+        return STRICT_EXIT
+    return 0

@@ -24,8 +24,12 @@ from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
 from shadowreplay.analysis.report.run_page import write_run_report
 from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.run_summary import summarize, write_summary
+from shadowreplay.analysis.summary.slo_check import check_exit_code, check_lines, slo_verdicts
 from shadowreplay.analysis.summary.tables import SummaryTable, summary_tables
+from shadowreplay.analysis.summary.terminal_tables import terminal_table
 from shadowreplay.analysis.summary.traffic_stats import traffic_stats
+from shadowreplay.errors import UserError
+from shadowreplay.verbs.load_check_options import add_max_lateness, checks_from
 
 MET_STYLES = {"yes": "[green]yes[/green]", "no": "[red]no[/red]"}
 
@@ -45,7 +49,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "status ok; rates and energy count the steady window."
         ),
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `shadowreplay replay`")
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help=(
+            "run directory written by `shadowreplay replay`; or a SWEEP_DIR written by `shadowreplay sweep`, whose "
+            "curve, saturation, repeats and SLO capacity are printed and whose report.html is rebuilt"
+        ),
+    )
     parser.add_argument(
         "--slo",
         action="append",
@@ -56,6 +67,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    add_max_lateness(parser)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=(
+            "for CI: after the report, one line per target and SLO (met, MISSED with the value and by how much "
+            "over the threshold, or NO DATA when no request succeeded, which counts as missed), on stdout (on "
+            "stderr with --json); exit 0 when every SLO is met on every target (its whole slice; tags are not "
+            "checked), 1 when any is missed; without --slo there is nothing to check: exit 2 before reading the run"
+        ),
+    )
     parser.add_argument(
         "--steady-warmup",
         type=float,
@@ -126,12 +148,24 @@ def _monthly_volume(args: argparse.Namespace) -> MonthlyVolume:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _is_sweep_dir(args.run_dir):
+        return report_sweep(args)
     slos = parse_slos(",".join(args.slo)) if args.slo else ()
+    if args.check and not slos:
+        raise UserError(f"--check needs at least one --slo to check (e.g. --slo {EXAMPLE}); nothing was checked")
     prices = _price_book(args.prices)
     monthly = _monthly_volume(args)
     data = load_run(args.run_dir)
     telemetry = load_telemetry(args.run_dir)
-    summary = summarize(data, slos, warmup_s=args.steady_warmup, prices=prices, monthly=monthly, telemetry=telemetry)
+    summary = summarize(
+        data,
+        slos,
+        warmup_s=args.steady_warmup,
+        prices=prices,
+        monthly=monthly,
+        telemetry=telemetry,
+        checks=checks_from(args),
+    )
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)
     if args.json:
@@ -139,6 +173,57 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(summary, _console())
         Console(stderr=True).print(f"[dim]wrote {path} and {html}[/dim]")
+    if args.check:
+        return print_check(summary, Console(stderr=True) if args.json else _console())
+    return 0
+
+
+def print_check(summary: RunSummary, console: Console) -> int:
+    """`--check`: one line per target and SLO and the outcome (analysis/summary/slo_check.py); the exit code."""
+    verdicts = slo_verdicts(summary)
+    *lines, outcome = check_lines(verdicts)
+    for verdict, line in zip(verdicts, lines, strict=True):
+        console.print(line, style="green" if verdict.passed else "bold red", highlight=False, soft_wrap=True)
+    code = check_exit_code(verdicts)
+    console.print(outcome, style="bold red" if code else "bold green", highlight=False, soft_wrap=True)
+    return code
+
+
+def _is_sweep_dir(path: str | Path) -> bool:
+    """A sweep directory: its curve, and no results of its own (its points are run directories)."""
+    from shadowreplay.replay.schemas.run_dir import RunDir, SweepDir
+
+    return SweepDir(path).curve_path.is_file() and not RunDir(path).results_dir.is_dir()
+
+
+def report_sweep(args: argparse.Namespace) -> int:
+    """`report SWEEP_DIR`: the sweep's curve and findings as `sweep` printed them, from its summary.json
+    and curve.parquet, and SWEEP_DIR/report.html rebuilt. The points were judged when measured:
+    --slo and --steady-warmup apply to one point's run directory (SWEEP_DIR/points/...)."""
+    from shadowreplay.analysis.report.sweep_page import read_sweep, write_sweep_report
+    from shadowreplay.verbs.sweep import print_sweep
+
+    asked = [
+        option
+        for option, given in (
+            ("--slo", args.slo),
+            ("--steady-warmup", args.steady_warmup is not None),
+            ("--check", getattr(args, "check", False)),
+        )
+        if given
+    ]
+    if asked:
+        raise UserError(
+            f"{args.run_dir} is a sweep directory, judged when each point was measured; {', '.join(asked)} "
+            f"applies to a run directory: report one of {Path(args.run_dir) / 'points'}/* instead"
+        )
+    summary, curve = read_sweep(args.run_dir)
+    html = write_sweep_report(args.run_dir)
+    if args.json:
+        print(json.dumps({"summary": summary.json_dict(), "curve": curve.to_dicts()}, indent=2, allow_nan=False))
+    else:
+        print_sweep(summary, curve.to_dicts(), _console())
+        Console(stderr=True).print(f"[dim]wrote {html}[/dim]")
     return 0
 
 
@@ -150,18 +235,10 @@ def _console() -> Console:
     return console
 
 
-def rich_table(table: SummaryTable) -> Table:
-    """A SummaryTable as a rich Table: numeric columns right-aligned, a rule between groups, verdicts coloured."""
-    rendered = Table(title=table.title, title_justify="left")
-    for column in table.columns:
-        rendered.add_column(column, justify="right" if column in table.numeric else "left")
-    met = table.columns.index("Met") if "Met" in table.columns else None
-    for index, row in enumerate(table.rows):
-        if index in table.group_starts and index > 0:
-            rendered.add_section()
-        cells = [MET_STYLES.get(cell, cell) if column == met else cell for column, cell in enumerate(row)]
-        rendered.add_row(*cells)
-    return rendered
+def rich_table(table: SummaryTable, width: int = 120) -> Table:
+    """A SummaryTable as a rich Table fitting `width` columns with target names whole
+    (analysis/summary/terminal_tables.py): numeric columns right-aligned, a rule between groups, verdicts coloured."""
+    return terminal_table(table, width, lambda column, text: MET_STYLES.get(text, text) if column == "Met" else text)
 
 
 def print_summary(summary: RunSummary, console: Console) -> None:
@@ -178,9 +255,9 @@ def print_summary(summary: RunSummary, console: Console) -> None:
     if summary.slos:
         console.print(f"SLOs: {', '.join(summary.slos)}")
     for table in summary_tables(summary):
-        console.print(rich_table(table))
+        console.print(rich_table(table, console.width))
         if table.note:
-            if table.note.startswith(("DISAGREE", "COUNTS DIFFER")):
+            if table.note.startswith(("DISAGREE", "COUNTS DIFFER", "NOT COMPARABLE")):
                 style = "bold red"
             else:
                 style = "yellow" if table.note.startswith("EXAMPLE") else "dim"
@@ -192,3 +269,5 @@ def print_summary(summary: RunSummary, console: Console) -> None:
     ):
         if part.get("status") == "absent":
             console.print(f"[dim]{label}: {part['reason']}[/dim]")
+    for warning in summary.load_warnings:  # last, where it is read: the figures above are the client's too
+        console.print(f"[bold red]WARNING[/bold red] {warning.message}", highlight=False)

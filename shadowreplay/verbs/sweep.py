@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shadowreplay.errors import UserError
+from shadowreplay.verbs.length_options import add_length_options
 from shadowreplay.verbs.worker_options import add_busy_poll
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shadowreplay.analysis.summary.models import SweepSummary
 
 
 def add_parser(subparsers) -> None:
@@ -15,9 +22,14 @@ def add_parser(subparsers) -> None:
         help="sweep load against one target to saturation and find its SLO capacity",
         description=(
             "Run load points of rising load (Poisson arrivals at --from..--to requests/s, or --from..--to "
-            "closed-loop users), each request drawn from LOG's own prompt/output mix, until throughput stops "
-            "rising or errors explode; then bisect for the highest load that meets every --slo (the "
-            "replica's SLO capacity). Each point is a run directory under SWEEP_DIR/points/; the curve is "
+            "closed-loop users), each request drawn from LOG's own prompt/output mix, until the server saturates: "
+            "errors above --max-error-rate, requests done (lag for lag) under --follow-ratio of those sent (Poisson), "
+            "TTFT p95 over --latency-factor times the lowest load's, or output tokens/s no longer rising above "
+            "the earlier peak (each criterion that fires is named with its figures). A saturated point, and a "
+            "point that missed the SLOs below one that met them, is measured once more; a repeat that does not "
+            "reproduce it marks it an outlier. Then bisect for the highest load that meets every --slo without "
+            "saturating, never above a confirmed miss (the replica's SLO capacity). "
+            "Each point is a run directory under SWEEP_DIR/points/; the curve is "
             "SWEEP_DIR/curve.parquet, SWEEP_DIR/summary.json holds saturation and slo_capacity, and "
             "SWEEP_DIR/report.html draws the curve (a self-contained page that opens with no network)."
         ),
@@ -42,9 +54,35 @@ def add_parser(subparsers) -> None:
         "--slo", action="append", default=[], metavar="SPEC", help="e.g. ttft_p95=500ms,tpot_p95=50ms (repeatable)"
     )
     parser.add_argument("--bisect-steps", type=int, default=3, help="bisection steps for the SLO capacity (default 3)")
+    parser.add_argument(
+        "--follow-ratio",
+        type=float,
+        default=0.9,
+        metavar="R",
+        help="saturated when the requests done, lag for lag, fall under R x those sent (Poisson; default 0.9)",
+    )
+    parser.add_argument(
+        "--latency-factor",
+        type=float,
+        default=10.0,
+        metavar="F",
+        help="saturated when TTFT p95 passes F x the lowest-load point's (at least 100 ms; default 10)",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.10,
+        metavar="E",
+        help="saturated when the error rate passes E (default 0.10)",
+    )
+    parser.add_argument(
+        "--no-recheck",
+        dest="recheck",
+        action="store_false",
+        help="do not measure a saturated or contradicted point again (its first measurement stands)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help="clamp synthesized prompt lengths")
-    parser.add_argument("--max-completion-tokens", type=int, metavar="N", help="clamp requested output lengths")
+    add_length_options(parser)
     parser.add_argument(
         "--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance"
     )
@@ -55,10 +93,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from shadowreplay.analysis.metrics.slo import parse_slos
-    from shadowreplay.analysis.report.sweep_page import write_sweep_report
+    from shadowreplay.analysis.report.sweep_page import read_sweep, write_sweep_report
     from shadowreplay.loadgen.sweep import LoadSweep, SweepSettings
     from shadowreplay.replay.run.plan import LengthClamp, parse_duration_s, select_rows
     from shadowreplay.replay.run.session import Session
@@ -77,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
         slos=slos,
         bisect_steps=args.bisect_steps,
         seed=args.seed,
-        clamp=LengthClamp(args.max_prompt_tokens, args.max_completion_tokens),
+        follow_ratio=args.follow_ratio,
+        latency_factor=args.latency_factor,
+        max_error_rate=args.max_error_rate,
+        recheck=args.recheck,
+        clamp=LengthClamp(args.max_prompt_tokens, args.max_completion_tokens, args.output_lengths),
         busy_poll=args.busy_poll,
     )
     targets = load_targets([args.target])
@@ -93,47 +134,23 @@ def run(args: argparse.Namespace) -> int:
             f"sweep point {point['point']} ({point['phase']}): {level}: {point['achieved_rps']:.2f} req/s, "
             f"{point['output_tokens_per_s']:.0f} tok/s, TTFT p95 {point['ttft_p95_ms'] or 0:.0f} ms, "
             f"errors {point['error_rate']:.1%}, "
-            f"SLO {'met' if point['slo_met'] else 'missed' if point['slo_met'] is False else '-'}",
+            f"SLO {'met' if point['slo_met'] else 'missed' if point['slo_met'] is False else '-'}"
+            + (f", saturated: {point['saturation']}" if point["saturation"] else ""),
             highlight=False,
             soft_wrap=True,
         )
 
+    def note(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
     # The session reads the key (one clear line if it cannot), starts the server and Ray, and
     # stops them and writes SWEEP_DIR/manifest.json on any exit.
     with Session(targets, RunDir(args.output), ray_address=args.address) as session:
-        outcome = LoadSweep(rows, session, settings, args.output, on_point=show).run()
-    live_targets = session.targets
-
-    table = Table(title=f"Sweep of {live_targets[0].name} ({args.shape})")
-    for column in ("point", "load", "req/s", "tok/s", "TTFT p50", "TTFT p95", "TPOT p95", "e2e p95", "errors", "SLO"):
-        table.add_column(column, justify="right")
-    for p in outcome.curve:
-        load = f"{p['concurrency']} users" if p["concurrency"] else f"{p['offered_rps']:.3g}/s"
-        table.add_row(
-            f"{p['point']} {p['phase']}",
-            load,
-            f"{p['achieved_rps']:.2f}",
-            f"{p['output_tokens_per_s']:.0f}",
-            *(
-                f"{p[k]:.0f}" if p[k] is not None else "-"
-                for k in ("ttft_p50_ms", "ttft_p95_ms", "tpot_p95_ms", "e2e_p95_ms")
-            ),
-            f"{p['error_rate']:.1%}",
-            {True: "met", False: "missed", None: "-"}[p["slo_met"]],
-        )
-    console.print(table)
-    unit = "users" if args.shape == "concurrency" else "req/s"
-    if outcome.saturation:
-        console.print(f"saturation at point {outcome.saturation['point']}: {outcome.saturation['reason']}")
-    else:
-        console.print(f"no saturation up to {args.stop:g} {unit}: raise --to to find it")
-    if slos:
-        capacity = (
-            f"{outcome.slo_capacity:.3g} {unit}"
-            if outcome.slo_capacity is not None
-            else "none (no load point met every SLO)"
-        )
-        console.print(f"SLO capacity: {capacity}")
+        outcome = LoadSweep(rows, session, settings, args.output, on_point=show, on_note=note).run()
+    summary, curve = read_sweep(args.output)
+    print_sweep(summary, curve.to_dicts(), console)
+    if outcome.saturation is None:
+        console.print("raise --to to find the saturation point", highlight=False)
     report = write_sweep_report(args.output)
     console.print(
         f"curve: {args.output / 'curve.parquet'}; summary: {args.output / 'summary.json'}; report: {report}",
@@ -141,3 +158,66 @@ def run(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def print_sweep(summary: SweepSummary, curve: list[dict], console: Console) -> None:
+    """The sweep's curve as a table, then what it found: the saturation point and the criteria that
+    fired there, the repeats and their verdicts, the SLO capacity (`sweep` and `report SWEEP_DIR`)."""
+    from rich.table import Table
+
+    concurrency = summary.shape == "concurrency"
+    unit = "users" if concurrency else "req/s"
+
+    def level_text(value: float) -> str:
+        return f"{int(value)} users" if concurrency else f"{value:.3g} req/s"
+
+    table = Table(title=f"Sweep of {summary.target} ({summary.shape})")
+    columns = ("point", "load", "req/s", "sent/s", "kept/s", "tok/s", "TTFT p95", "e2e p95", "errors")
+    for column in (*columns, "SLO", "saturated", "notes"):
+        table.add_column(column, justify="right" if column in columns else "left", no_wrap=column == "point")
+    saturated_point = summary.saturation.point if summary.saturation else None
+    for p in curve:
+        notes = []
+        if p["point"] == saturated_point:
+            notes.append("saturation")
+        if p.get("repeat_of") is not None:
+            notes.append(f"repeat of {p['repeat_of']}")
+        if p.get("outlier"):
+            notes.append("outlier")
+        table.add_row(
+            f"{p['point']} {p['phase']}",
+            f"{p['concurrency']} users" if concurrency else f"{p['offered_rps']:.3g}/s",
+            "-" if p["achieved_rps"] is None else f"{p['achieved_rps']:.2f}",
+            *("-" if p.get(k) is None else f"{p[k]:.2f}" for k in ("sent_rps", "kept_rps")),
+            "-" if p["output_tokens_per_s"] is None else f"{p['output_tokens_per_s']:.0f}",
+            *(f"{p[k]:.0f}" if p[k] is not None else "-" for k in ("ttft_p95_ms", "e2e_p95_ms")),
+            "-" if p["error_rate"] is None else f"{p['error_rate']:.1%}",
+            {True: "met", False: "missed", None: "-"}[p["slo_met"]],
+            p.get("saturation") or "",
+            ", ".join(notes),
+        )
+    console.print(table)
+    saturation = summary.saturation
+    if saturation is not None:
+        confirmed = f", confirmed by point {saturation.confirmed_by}" if saturation.confirmed_by is not None else ""
+        console.print(
+            f"saturation at point {saturation.point} ({level_text(saturation.level)}){confirmed}: {saturation.reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        measured = [p["concurrency"] if concurrency else p["offered_rps"] for p in curve]
+        top = f" up to {level_text(max(measured))}" if measured else ""
+        limits = summary.criteria
+        checked = ", ".join(f"{k} {v:g}" for k, v in limits.items())
+        console.print(f"no saturation{top}" + (f" (criteria: {checked})" if checked else ""), highlight=False)
+    for repeat in summary.repeats:
+        console.print(repeat.text, highlight=False, soft_wrap=True)
+    if summary.slos:
+        capacity = summary.slo_capacity
+        text = (
+            f"{capacity:.3g} {unit}"
+            if capacity is not None
+            else "none (no load point met every SLO without saturating)"
+        )
+        console.print(f"SLO capacity: {text} (SLOs: {summary.slos})", highlight=False, soft_wrap=True)

@@ -269,7 +269,7 @@ def test_each_sweep_point_samples_the_gpu_nodes(tmp_path, fake_gpu_ray, faulty_s
     )
     target = load_target(write_target(tmp_path / "t.yaml", faulty_server.base_url))
     settings = load_sweep.SweepSettings(
-        shape="poisson", start=4, stop=8, points=2, duration_s=2.0, saturation_gain=-1.0
+        shape="poisson", start=4, stop=8, points=2, duration_s=2.0, saturation_gain=-1.0, follow_ratio=0, recheck=False
     )
     with run_session.Session([target], RunDir(tmp_path / "sweep")) as session:  # Ray is already up: kept
         outcome = load_sweep.LoadSweep(rows, session, settings, tmp_path / "sweep").run()

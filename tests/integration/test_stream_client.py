@@ -154,7 +154,7 @@ def test_empty_text_chunks_are_tokens_when_usage_shows_one_token_per_chunk(serve
     )
     assert outcome.status == "ok" and outcome.completion_tokens == 9
     assert len(outcome.token_times) == 9  # the three "" chunks carried tokens too
-    assert outcome.client_tokens == 6  # the client's own count sees only the visible text
+    assert outcome.client_tokens == 9  # the client's own count: token events, "" ones included
     assert outcome.output_text == " t0 t1 t3 t4 t6 t7"
     assert_timings_consistent(outcome)
 
@@ -171,11 +171,11 @@ def test_vllm_style_finish_on_the_last_token_even_when_it_is_empty(server):
     assert len(outcome.token_times) == 6 == outcome.completion_tokens
 
 
-def test_without_usage_empty_chunks_are_not_tokens(server):
+def test_without_usage_every_output_chunk_is_a_token_event(server):
     outcome = send(target(server.base_url), body(tokens=6, empty_text_every=3, send_usage=False))
     assert outcome.status == "ok"
     assert outcome.completion_tokens is None and outcome.prompt_tokens is None
-    assert len(outcome.token_times) == 4 == outcome.client_tokens
+    assert len(outcome.token_times) == 6 == outcome.client_tokens  # the "" chunks are tokens too
 
 
 def test_crlf_and_cr_line_endings_with_comments(server):
@@ -387,7 +387,13 @@ def test_timeline_uses_cumulative_usage_steps_when_usage_comes_with_every_chunk(
     timeline.add(2.0, StreamEvent(content="ab", usage=Usage(5, 2)))
     timeline.add(3.0, StreamEvent(content="", usage=Usage(5, 3)))
     timeline.add(4.0, StreamEvent(content="cde", usage=Usage(5, 6)))
-    assert timeline.resolve(6) == ([2.0, 2.0, 3.0, 4.0, 4.0, 4.0], 6)
+    # the timings follow the usage steps; the client's own count never reads usage: 3 token events
+    # (no counter to count several tokens in a chunk), which the mismatch check holds against 6
+    assert timeline.resolve(6) == ([2.0, 2.0, 3.0, 4.0, 4.0, 4.0], 3)
+    counted = TokenTimeline(counter=len)  # one token a character
+    for at, text, used in ((2.0, "ab", 2), (3.0, "", 3), (4.0, "cde", 6)):
+        counted.add(at, StreamEvent(content=text, usage=Usage(5, used)))
+    assert counted.resolve(6)[1] == 5  # "ab" 2, then "" and "cde" together max(2, 3) = 3
 
 
 def test_timeline_uses_wire_token_counts_and_does_not_trust_a_lone_final_usage():
@@ -422,3 +428,114 @@ def test_estimated_chunk_counts_are_reconciled_with_the_servers_usage():
     times, client = timeline.resolve(completion_tokens=4)  # the server says 4; the counter says 8
     assert len(times) == 4 and times == sorted(times) and client == 8
     assert times.count(1.0) + times.count(2.0) + times.count(3.0) == 4
+
+
+def test_client_count_never_reads_the_usage():
+    timeline = TokenTimeline(counter=lambda text: len(text.split()))
+    for at, text in ((1.0, " a"), (2.0, ""), (3.0, " b"), (4.0, " c d")):
+        timeline.add(at, StreamEvent(content=text))
+    for usage in (None, 5, 6, 4, 50):
+        assert timeline.resolve(usage)[1] == 5  # " a" 1, then "" and " b" max(2, 1) = 2, " c d" 2
+
+
+def test_a_trailing_empty_finish_chunk_is_the_one_reading_left_to_the_usage():
+    timeline = TokenTimeline()
+    for at, text in ((1.0, " a"), (2.0, " b")):
+        timeline.add(at, StreamEvent(content=text))
+    timeline.add(3.0, StreamEvent(content="", finish_reason="stop"))
+    # vLLM: the end-of-sequence token, "" with the finish reason, is counted in usage
+    assert timeline.resolve(3) == ([1.0, 2.0, 3.0], 3)
+    # OpenAI-style servers: a finish-only chunk with empty text carries no token
+    assert timeline.resolve(2) == ([1.0, 2.0], 2)
+    assert timeline.resolve(None) == ([1.0, 2.0], 2)
+    assert timeline.resolve(7)[1] == 2  # any other usage is a mismatch
+
+
+def test_replacement_characters_are_counted_one_each_not_re_tokenized():
+    bytes_of = lambda text: len(text.encode())  # noqa: E731 - a byte-level count: U+FFFD alone is 3
+    timeline = TokenTimeline(counter=bytes_of)
+    for at, text in ((1.0, "a"), (2.0, ""), (3.0, "\ufffdb"), (4.0, "\u00e9")):
+        timeline.add(at, StreamEvent(content=text))
+    # "" and "\ufffdb" together: max(2, 1 + 1) = 2; "\u00e9" two bytes, two tokens
+    assert timeline.resolve(None)[1] == 1 + 2 + 2
+
+
+# -- the client's count against a healthy server and a miscounting one ---------------------------
+@pytest.fixture(scope="module")
+def byte_level():
+    """A byte-level BPE tokenizer, the tiny model's kind, trained here on a few of Python's own sources."""
+    import inspect
+    import json
+    import textwrap
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([inspect.getsource(m) for m in (textwrap, json.decoder, json.encoder)], trainer)
+    return tokenizer
+
+
+def streamed_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text as vLLM streams it, one token a chunk: incremental decoding, "" while a
+    character's bytes are incomplete, U+FFFD for bytes that never make one."""
+    from tokenizers.decoders import DecodeStream
+
+    stream = DecodeStream(skip_special_tokens=True)
+    return [stream.step(tokenizer, i) or "" for i in ids]
+
+
+def mismatch(outcome) -> bool:
+    import polars as pl
+
+    from shadowreplay.analysis.metrics.table import token_mismatch
+
+    frame = pl.DataFrame({"completion_tokens": [outcome.completion_tokens], "client_tokens": [outcome.client_tokens]})
+    return frame.select(token_mismatch()).item()
+
+
+def test_one_token_per_event_with_split_characters_shows_no_mismatch(server, byte_level):
+    import random
+
+    rng = random.Random(11)
+    ids = [rng.randrange(byte_level.get_vocab_size()) for _ in range(120)]  # a random model's output
+    texts = streamed_texts(byte_level, ids)
+    assert "" in texts and any("\ufffd" in t for t in texts)  # split characters, as the tiny model makes them
+
+    def count(text: str) -> int:
+        return len(byte_level.encode(text, add_special_tokens=False).ids)
+
+    assert count("".join(texts)) != len(ids)  # re-tokenizing the decoded answer does not give the tokens back
+    script = {"tokens": len(ids), "token_texts": texts, "finish_in_last_chunk": True}
+    outcome = send(target(server.base_url), body(**script), token_counter=count)
+    assert outcome.status == "ok" and outcome.completion_tokens == len(ids) == outcome.client_tokens
+    assert len(outcome.token_times) == len(ids) and mismatch(outcome) is False
+    for error in (0.2, -0.2):  # a server whose usage is off by 20% is caught
+        wrong = send(target(server.base_url), body(**script, usage_error=error), token_counter=count)
+        assert wrong.client_tokens == len(ids) and wrong.completion_tokens == round(len(ids) * (1 + error))
+        assert mismatch(wrong) is True
+
+
+def test_multi_token_chunks_are_counted_by_the_tokenizer(server, byte_level):
+    import inspect
+    import textwrap
+
+    ids = byte_level.encode(inspect.getsource(textwrap.dedent), add_special_tokens=False).ids[:90]
+    texts = streamed_texts(byte_level, ids)
+
+    def count(text: str) -> int:
+        return len(byte_level.encode(text, add_special_tokens=False).ids)
+
+    script = {"tokens": len(ids), "token_texts": texts, "tokens_per_chunk": 4}
+    outcome = send(target(server.base_url), body(**script), token_counter=count)
+    assert outcome.status == "ok" and outcome.completion_tokens == len(ids) == outcome.client_tokens
+    assert mismatch(outcome) is False
+    wrong = send(target(server.base_url), body(**script, usage_error=0.2), token_counter=count)
+    assert wrong.client_tokens == len(ids) and mismatch(wrong) is True
+    # without a tokenizer the client counts token events only: 23 chunks of up to 4 tokens
+    blind = send(target(server.base_url), body(**script))
+    assert blind.client_tokens == -(-len(ids) // 4) and mismatch(blind) is True

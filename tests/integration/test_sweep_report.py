@@ -18,6 +18,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import shadowreplay.loadgen.sweep as load_sweep
@@ -151,7 +152,8 @@ def test_sweep_writes_a_self_contained_report_that_renders_offline(swept, tmp_pa
 
     dom, seconds = chromium_dom(page_path, tmp_path / "profile")
     rendered = plotly_drawing(dom)
-    assert set(rendered.figure_classes) == {"fig-0-2", "fig-1-0", "fig-1-1"}, rendered.figure_classes
+    # the load figure follows the outcome texts: saturation, the saturation's repeat, the SLO capacity
+    assert set(rendered.figure_classes) == {"fig-0-3", "fig-1-0", "fig-1-1"}, rendered.figure_classes
     assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values()), rendered.figure_classes
     saturation_rps = summary["saturation"]["level"]
     for title in (
@@ -192,7 +194,9 @@ def test_every_figure_is_the_curve_ordered_by_load(swept):
         assert list(trace.y) == pytest.approx([v * scale for v in by_load.get_column(column).to_list()]), name
     assert list(_trace(load, "offered req/s").y) == x
     assert load.layout.xaxis.type == "log"  # 1..32 req/s
-    assert any(e > 0 for e in by_load.get_column("error_rate")), "the model times requests out past saturation"
+    # 8 req/s into a 6 req/s server: the sweep sees it stop following the load before any request times out
+    assert [c["criterion"] for c in summary["saturation"]["criteria"]] == ["follow"]
+    assert summary["saturation"]["level"] == pytest.approx(8.0)
 
     shapes = load.layout.shapes
     assert [s.y0 for s in shapes if s.type == "line" and s.y0 == s.y1] == [300.0]  # the SLO line, on the TTFT panel
@@ -266,3 +270,57 @@ def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_
     (tmp_path / "summary.json").write_text(json.dumps(summary.json_dict()))
     written = write_sweep_report(tmp_path).read_text(encoding="utf-8")
     assert "closed-loop users" in written and "points/02-3users" in written
+
+
+def test_report_on_a_sweep_directory_prints_the_curve_and_rebuilds_its_page(swept, capsys):
+    sweep_dir, printed = swept
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    curve = pl.read_parquet(sweep_dir / "curve.parquet")
+    assert curve.schema["saturation"] == pl.String and "repeat_of" in curve.columns  # curve version 2
+    saturation = summary["saturation"]
+    assert saturation["criteria"] and saturation["confirmed_by"] is not None  # the FIFO model saturates for real
+    line = f"saturation at point {saturation['point']} ({saturation['level']:.3g} req/s), confirmed by point"
+    assert line in printed, printed
+    page = sweep_dir / SWEEP_REPORT_NAME
+    page.unlink()
+    assert main(["report", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert page.is_file() and saturation["reason"][:40] in page.read_text(encoding="utf-8")
+    assert "Sweep of modelled (poisson)" in out and line in out
+    assert f"SLO capacity: {summary['slo_capacity_rps']:.3g} req/s" in out
+    for point in curve.iter_rows(named=True):  # one table row per point, in the order measured
+        assert f"{point['point']} {point['phase']}" in out, out
+    assert main(["report", str(sweep_dir), "--json"]) == 0
+    printed_json = json.loads(capsys.readouterr().out)
+    assert printed_json["summary"]["saturation"] == saturation and len(printed_json["curve"]) == curve.height
+
+
+def test_report_reads_a_version_1_sweep(tmp_path, capsys):
+    rows = [_curve_row(0, 1, 20.0, 100.0), _curve_row(1, 2, 22.0, 190.0)]
+    old = pa.Table.from_pylist(rows, schema=load_sweep.CURVE_SCHEMA).drop_columns(
+        ["sent_rps", "kept_rps", "saturation", "repeat_of", "outlier"]
+    )
+    pq.write_table(old.replace_schema_metadata(None), tmp_path / "curve.parquet")
+    (tmp_path / "summary.json").write_text(
+        json.dumps(
+            {
+                "kind": "shadowreplay.sweep",
+                "schema_version": 1,
+                "target": "t",
+                "shape": "concurrency",
+                "levels": [1.0, 2.0],
+                "duration_s": 5.0,
+                "slos": None,
+                "saturation": {"point": 1, "level": 2.0, "reason": "error rate 50.0% above 10%"},
+                "points": 2,
+                "curve": "curve.parquet",
+            }
+        )
+    )
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "saturation at point 1 (2 users): error rate 50.0% above 10%" in out
+    assert (tmp_path / SWEEP_REPORT_NAME).is_file()
+    # --slo judges a run directory, not a sweep's points after the fact
+    assert main(["report", str(tmp_path), "--slo", "ttft_p95=1s"]) == 2
+    assert "is a sweep directory" in capsys.readouterr().err

@@ -50,7 +50,9 @@ class Script:
     `reasoning_content`; every `empty_text_every`-th token chunk carries "" (a token whose text is
     held back, as vLLM does when a token ends inside a UTF-8 character; usage still counts it);
     `finish_in_last_chunk` puts the finish reason on the last token chunk (vLLM style) instead of a
-    separate chunk with an empty delta (OpenAI style).
+    separate chunk with an empty delta (OpenAI style). `token_texts` gives the tokens' texts in
+    order, cycled (e.g. "" for the first bytes of a split character, as vLLM sends them), instead
+    of " t<i>"; `usage_error` makes usage miscount: it reports round(tokens x (1 + usage_error)).
     `status` >= 400 answers with an OpenAI error body (and `retry_after` as Retry-After) instead.
     `fault` after `fault_after_tokens` tokens: `reset` (TCP reset), `stall` (pause `stall_ms`, then
     go on), `invalid_json` (a data line that is not JSON, then the rest), `malformed_sse` (lines
@@ -81,6 +83,8 @@ class Script:
     comments: bool = False
     answer_json: bool = False
     echo_headers_in_error: bool = False
+    token_texts: list[str] | None = None
+    usage_error: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -257,7 +261,8 @@ class FaultyServer:
             count = min(script.tokens_per_chunk, tokens - sent)
             await _sleep_until(arrived + (script.ttft_ms + sent * script.itl_ms / script.tokens_per_chunk) / 1000.0)
             chunk_index += 1
-            text = "".join(f" t{sent + j}" for j in range(count))
+            texts = script.token_texts
+            text = "".join(texts[(sent + j) % len(texts)] if texts else f" t{sent + j}" for j in range(count))
             if script.empty_text_every and chunk_index % script.empty_text_every == 0:
                 text = ""
             last = sent + count == tokens
@@ -276,8 +281,8 @@ class FaultyServer:
             prompt_tokens = 7
             usage = {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": tokens,
-                "total_tokens": prompt_tokens + tokens,
+                "completion_tokens": round(tokens * (1.0 + script.usage_error)),
+                "total_tokens": prompt_tokens + round(tokens * (1.0 + script.usage_error)),
             }
             await stream.chunk([], usage=usage)
         if script.send_done:

@@ -58,19 +58,32 @@ def test_the_azure_trace_figures_match_an_independent_computation(tmp_path, caps
         assert stats[name]["max"] == values.max()
     assert stats["tokens_per_s"] == pytest.approx((prompt.sum() + output.sum()) / span)
     assert stats["monthly_tokens"] == pytest.approx((prompt.sum() + output.sum()) / span * SECONDS_PER_MONTH)
-    assert stats["prefix_reuse_share"] is None and stats["tags"] == {}
+    assert stats["prefix_reuse_share"] is None and stats["prefix_block_reuse_share"] is None and stats["tags"] == {}
 
 
 def test_prefix_reuse_on_the_mooncake_trace_matches_a_direct_count(tmp_path, capsys) -> None:
     log = tmp_path / "mc.parquet"
     assert main(["ingest", str(MOONCAKE), "-o", str(log)]) == 0
     seen: set[int] = set()
-    reusing = 0
+    reusing = blocks_total = blocks_reused = 0
     for line in MOONCAKE.read_text().splitlines():  # the trace is in arrival order
         blocks = json.loads(line)["hash_ids"]
         reusing += any(block in seen for block in blocks)
+        blocks_total += len(blocks)
+        blocks_reused += sum(block in seen for block in blocks)
         seen.update(blocks)
-    assert inspect_json(log, capsys)["prefix_reuse_share"] == pytest.approx(reusing / 3_993)
+    stats = inspect_json(log, capsys)
+    assert stats["prefix_reuse_share"] == pytest.approx(reusing / 3_993)
+    assert stats["prefix_block_reuse_share"] == pytest.approx(blocks_reused / blocks_total)
+    assert round(stats["prefix_reuse_share"], 3) == 0.446 and round(stats["prefix_block_reuse_share"], 3) == 0.640
+    assert stats["prefix_reuse"] == {
+        "requests_share": stats["prefix_reuse_share"],
+        "requests_reusing": reusing,
+        "requests": 3_993,
+        "blocks_share": stats["prefix_block_reuse_share"],
+        "blocks_reused": blocks_reused,
+        "blocks": blocks_total,
+    }
 
 
 def test_peak_windows_are_aligned_at_the_first_arrival(tmp_path, capsys):
@@ -82,7 +95,24 @@ def test_peak_windows_are_aligned_at_the_first_arrival(tmp_path, capsys):
     stats = inspect_json(log, capsys)
     assert stats["span_s"] == pytest.approx(3.0)
     assert stats["peak_to_average_1s"] == pytest.approx(3 / (6 * 1 / 3.0))
-    assert stats["peak_to_average_60s"] == pytest.approx(6 / (6 * 60 / 3.0))
+    assert stats["peak_to_average_60s"] is None  # a 60 s window on a 3 s log: no peak-to-average
+
+
+def test_a_window_longer_than_the_span_has_no_peak_to_average(tmp_path, capsys):
+    # 47.8 s of arrivals: one 60 s window holds them all, and rows x 60 / span would read 0.80.
+    offsets = [i * 47.8 / 99 for i in range(100)]
+    log = write_log(tmp_path / "log.parquet", [{"arrival_time": at(s), "prompt_tokens": 1} for s in offsets])
+    stats = inspect_json(log, capsys)
+    assert stats["span_s"] == pytest.approx(47.8)
+    assert stats["peak_to_average_60s"] is None and stats["peak_to_average_1s"] is not None
+    assert "longer than the span" in stats["definitions"]
+    assert main(["inspect", str(log)]) == 0
+    table = capsys.readouterr().out
+    line = next(line for line in table.splitlines() if "60 s windows" in line)
+    assert "n/a (window longer than the log's span)" in line and "0.80" not in table
+    # 60 s of arrivals or more: the ratio is there again
+    longer = write_log(tmp_path / "long.parquet", [{"arrival_time": at(s * 2), "prompt_tokens": 1} for s in offsets])
+    assert inspect_json(longer, capsys)["peak_to_average_60s"] == pytest.approx(1.0, abs=0.25)
 
 
 def test_prefix_reuse_counts_blocks_seen_in_earlier_requests_only(tmp_path, capsys):
@@ -91,7 +121,30 @@ def test_prefix_reuse_counts_blocks_seen_in_earlier_requests_only(tmp_path, caps
         tmp_path / "log.parquet",
         [{"arrival_time": at(i), "prefix_block_ids": b, "prompt_tokens": 8} for i, b in enumerate(blocks)],
     )
-    assert inspect_json(log, capsys)["prefix_reuse_share"] == pytest.approx(2 / 6)
+    stats = inspect_json(log, capsys)
+    assert stats["prefix_reuse_share"] == pytest.approx(2 / 6)
+    # blocks: 1 2 | 3 | 2* 4 | 5 5 | 4* -> 2 of 8 block ids appeared in an earlier request
+    assert stats["prefix_block_reuse_share"] == pytest.approx(2 / 8)
+    assert stats["prefix_reuse"]["blocks"] == 8 and stats["prefix_reuse"]["blocks_reused"] == 2
+
+
+def test_a_shared_first_block_reads_100_percent_of_requests_but_not_of_blocks(tmp_path, capsys):
+    # Every request starts with block 0 (a common system prompt), then 9 blocks of its own: each request
+    # after the first reuses a block, yet only 1 block in 10 was seen before.
+    blocks = [[0, *range(10 * i + 1, 10 * i + 10)] for i in range(20)]
+    log = write_log(
+        tmp_path / "log.parquet",
+        [{"arrival_time": at(i), "prefix_block_ids": b, "prompt_tokens": 5120} for i, b in enumerate(blocks)],
+    )
+    stats = inspect_json(log, capsys)
+    assert stats["prefix_reuse_share"] == pytest.approx(19 / 20)
+    assert stats["prefix_block_reuse_share"] == pytest.approx(19 / 200)
+    assert main(["inspect", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "95.0% (19 of 20 requests)" in out and "9.5% (19 of 200 blocks)" in out
+    flat = " ".join(out.split())
+    assert "appeared in an earlier request / all block ids" in flat
+    assert "seen in an earlier request / all requests" in flat
 
 
 def test_tags_get_their_own_breakdown(tmp_path, capsys):

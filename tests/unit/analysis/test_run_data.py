@@ -60,9 +60,22 @@ def test_a_parquet_file_without_results_metadata(tmp_path):
 
 
 def test_another_schema_version(tmp_path):
-    schema = RESULTS_SCHEMA.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"2"})
+    schema = RESULTS_SCHEMA.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"99"})
     write_results(tmp_path, [result_row("r0")], shards=1, schema=schema)
     assert "schema_version" in _error(tmp_path)
+
+
+def test_a_version_1_shard_reads_without_the_raised_column(tmp_path):
+    schema = RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("raised"))
+    schema = schema.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"1"})
+    write_results(tmp_path, [result_row("r0")], shards=1, schema=schema)
+    rows = load_run(tmp_path).rows
+    assert rows.get_column("raised").to_list() == [None]
+    # Version 2 must have it.
+    write_results(
+        tmp_path, [result_row("r0")], shards=1, schema=RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("raised"))
+    )
+    assert "lacks columns ['raised']" in _error(tmp_path)
 
 
 def test_a_missing_column(tmp_path):

@@ -16,13 +16,14 @@ from shadowreplay.replay.run.plan import (
     arrival_offsets_s,
     build_plan,
     parse_duration_s,
+    prompts_over_max,
     select_rows,
     split_plan,
 )
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 
-def make_log(path, offsets, prompt_tokens=None, sessions=None, texts=None):
+def make_log(path, offsets, prompt_tokens=None, sessions=None, texts=None, completion_tokens=None):
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     n = len(offsets)
     rows = [
@@ -35,7 +36,7 @@ def make_log(path, offsets, prompt_tokens=None, sessions=None, texts=None):
             "prompt": None,
             "params": None,
             "prompt_tokens": (prompt_tokens or [100] * n)[i],
-            "completion_tokens": 50,
+            "completion_tokens": (completion_tokens or [50] * n)[i],
             "prefix_block_ids": None,
             "tag": None,
             "response_text": None,
@@ -69,7 +70,7 @@ def test_durations_parse_with_units(value, unit):
     assert parse_duration_s(f"{value!r}{unit}") == pytest.approx(value * scale)
 
 
-def test_clamp_applies_only_to_synthesized_rows_and_is_recorded(tmp_path):
+def test_prompt_clamp_cuts_synthesized_rows_only_and_output_clamp_cuts_every_row(tmp_path):
     log = make_log(
         tmp_path / "log.parquet",
         [0, 1, 2],
@@ -77,10 +78,50 @@ def test_clamp_applies_only_to_synthesized_rows_and_is_recorded(tmp_path):
         texts=[None, None, '[{"role": "user", "content": "hi"}]'],
     )
     rows = select_rows(log)
-    plan = build_plan(rows, arrival_offsets_s(rows), LengthClamp(max_prompt_tokens=1000, max_completion_tokens=20))
+    clamp = LengthClamp(max_prompt_tokens=1000, max_completion_tokens=20)
+    plan = build_plan(rows, arrival_offsets_s(rows), clamp)
+    # Recorded text is never cut (its prompt stays 3000 and is counted apart); outputs are cut everywhere.
     assert plan.column("expected_prompt_tokens").to_pylist() == [1000, 10, 3000]
-    assert plan.column("expected_completion_tokens").to_pylist() == [20, 20, 50]
+    assert plan.column("expected_completion_tokens").to_pylist() == [20, 20, 20]
+    assert plan.column("clamped").to_pylist() == [True, True, True]
+    assert plan.column("raised").to_pylist() == [False, False, False]
+    assert prompts_over_max(plan, clamp) == 1
+    assert prompts_over_max(plan, LengthClamp(max_completion_tokens=20)) == 0
+
+
+def test_recorded_output_lengths_are_asked_exactly_for_text_rows_too(tmp_path):
+    log = make_log(
+        tmp_path / "log.parquet",
+        [0, 1, 2, 3],
+        texts=[None, '[{"role": "user", "content": "hi"}]', None, '[{"role": "user", "content": "yo"}]'],
+        completion_tokens=[41, 41, 0, None],
+    )
+    rows = select_rows(log)
+    plan = build_plan(rows, arrival_offsets_s(rows), LengthClamp(max_completion_tokens=64))
+    # Row 2 recorded 0 output tokens: asked for 1 and raised; row 3 has no recorded length: natural, capped.
+    assert plan.column("expected_completion_tokens").to_pylist() == [41, 41, 1, None]
+    assert plan.column("completion_cap").to_pylist() == [41, 64, 1, 64]
+    assert plan.column("clamped").to_pylist() == [False, False, False, False]
+    assert plan.column("raised").to_pylist() == [False, False, True, False]
+
+
+def test_natural_output_lengths_ask_for_no_exact_length(tmp_path):
+    log = make_log(
+        tmp_path / "log.parquet",
+        [0, 1, 2],
+        texts=[None, '[{"role": "user", "content": "hi"}]', '[{"role": "user", "content": "yo"}]'],
+        completion_tokens=[1968, 1968, 41],
+    )
+    rows = select_rows(log)
+    plan = build_plan(rows, arrival_offsets_s(rows), LengthClamp(max_completion_tokens=64, output_lengths="natural"))
+    assert plan.column("expected_completion_tokens").to_pylist() == [None, None, None]
+    # A synthesized row is capped at its recorded length (cut to the bound); a text row at the bound.
+    assert plan.column("completion_cap").to_pylist() == [64, 64, 64]
     assert plan.column("clamped").to_pylist() == [True, True, False]
+    unbounded = build_plan(rows, arrival_offsets_s(rows), LengthClamp(output_lengths="natural"))
+    assert unbounded.column("completion_cap").to_pylist() == [1968, None, None]
+    with pytest.raises(PlanError, match="output lengths"):
+        LengthClamp(output_lengths="exact")
 
 
 def test_duration_drops_late_sends_and_speed_is_the_callers(tmp_path):

@@ -1,0 +1,99 @@
+"""Where the load generator runs: the CPU split beside a local server, and the priority it asks for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shadowreplay.replay.run.cpu_placement import CpuPlacement, ProcessPriority, cpu_list
+from shadowreplay.replay.run.progress_display import behind_line
+from shadowreplay.replay.run.running_sketch import ProgressSnapshot, RunningSketch
+from shadowreplay.replay.targets.vllm_server import OMP_BIND_ENV, VllmServer
+
+
+def test_cpu_lists_are_written_as_linux_and_vllm_read_them():
+    assert cpu_list([0]) == "0"
+    assert cpu_list([3, 1, 2]) == "1-3"
+    assert cpu_list([0, 2, 3, 4, 7]) == "0,2-4,7"
+
+
+@pytest.mark.parametrize(
+    ("cpus", "loadgen", "server"),
+    [([0, 1], [0], [1]), (list(range(16)), [0, 1, 2, 3], list(range(4, 16))), ([2, 5, 6], [2], [5, 6])],
+)
+def test_a_local_server_and_local_workers_get_separate_cpus(cpus, loadgen, server):
+    placement = CpuPlacement.plan(cpus, local_server=True, local_workers=True)
+    assert placement.loadgen_cpus == loadgen and placement.server_cpus == server
+    assert set(placement.loadgen_cpus).isdisjoint(placement.server_cpus)
+    assert cpu_list(server) in placement.reason
+
+
+@pytest.mark.parametrize(
+    ("cpus", "local_server", "local_workers", "why"),
+    [
+        ([0, 1], False, True, "no local server"),
+        ([0, 1], True, False, "joined cluster"),
+        ([0], True, True, "one usable CPU"),
+    ],
+)
+def test_nothing_is_split_where_it_cannot_help(cpus, local_server, local_workers, why):
+    placement = CpuPlacement.plan(cpus, local_server=local_server, local_workers=local_workers)
+    assert placement.loadgen_cpus is None and placement.server_cpus is None
+    assert why in placement.reason
+
+
+def test_the_server_is_bound_to_its_cpus_unless_the_target_says_otherwise():
+    server = VllmServer(model="m", python=sys.executable, cpus=[3, 1, 2])
+    assert server.explicit_env()[OMP_BIND_ENV] == "1-3"
+    own = VllmServer(model="m", python=sys.executable, cpus=[1], env={OMP_BIND_ENV: "nobind"})
+    assert own.explicit_env()[OMP_BIND_ENV] == "nobind"
+    assert OMP_BIND_ENV not in VllmServer(model="m", python=sys.executable).explicit_env()
+
+
+RAISE = """
+import json, os
+from shadowreplay.replay.run.cpu_placement import ProcessPriority
+os.nice(7)
+cpus = sorted(os.sched_getaffinity(0))[:1]
+print(ProcessPriority.raise_to(cpus=cpus).model_dump_json())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs CAP_SYS_NICE")
+def test_a_process_below_the_load_generators_priority_is_raised_and_pinned():
+    out = subprocess.run([sys.executable, "-c", RAISE], capture_output=True, text=True, check=True).stdout
+    facts = ProcessPriority.model_validate_json(out)
+    assert facts.nice_at_start == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    assert facts.nice == 0 and facts.refused is None and len(facts.cpus) == 1
+    assert facts.warning("w") is None
+
+
+def test_a_refused_raise_is_recorded_and_said(monkeypatch):
+    monkeypatch.setattr(os, "getpriority", lambda which, who: 15)
+
+    def refuse(which, who, value):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    facts = ProcessPriority.raise_to()
+    assert facts.nice_at_start == 15 and facts.nice == 15
+    assert facts.refused is not None and "Operation not permitted" in facts.refused
+    line = facts.warning("a replay worker")
+    assert line is not None and "nice 15" in line and "RAY_worker_niceness=0" in line
+
+
+def test_the_live_sketch_reports_lateness_and_warns_when_behind():
+    sketch = RunningSketch(scheduled=300)
+    for _ in range(200):
+        sketch.on_first_send(1.0)
+    on_time = sketch.snapshot()
+    assert on_time.lateness_p99_ms == pytest.approx(1.0) and behind_line(on_time) is None
+    for _ in range(10):
+        sketch.on_first_send(80.0)
+    late = ProgressSnapshot.combine([sketch.snapshot(), on_time])
+    assert late.lateness_p99_ms is not None and late.lateness_p99_ms > 10
+    line = behind_line(late)
+    assert line is not None and "not offered as recorded" in line
