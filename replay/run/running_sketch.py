@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 LATENESS_WARN_MS = 10.0  # the live display warns above this p99 (the report's check: analysis/summary/load_fidelity.py)
+LATENESS_WARN_MIN_SENDS = 100  # ... over at least this many recent sends (a p99 of fewer is nearly their maximum)
 
 
 @dataclass
@@ -55,9 +56,10 @@ class ProgressSnapshot:
 
     @property
     def behind_schedule(self) -> bool:
-        """The client is sending late: recent lateness p99 above LATENESS_WARN_MS."""
+        """The client is sending late: recent lateness p99 above LATENESS_WARN_MS, over at least
+        LATENESS_WARN_MIN_SENDS sends."""
         p99 = self.lateness_p99_ms
-        return p99 is not None and p99 > LATENESS_WARN_MS
+        return len(self.recent_lateness_ms) >= LATENESS_WARN_MIN_SENDS and p99 is not None and p99 > LATENESS_WARN_MS
 
     @property
     def errors(self) -> int:

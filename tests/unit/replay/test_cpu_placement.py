@@ -86,6 +86,10 @@ def test_a_refused_raise_is_recorded_and_said(monkeypatch):
 
 
 def test_the_live_sketch_reports_lateness_and_warns_when_behind():
+    few = RunningSketch(scheduled=300)
+    for _ in range(50):
+        few.on_first_send(80.0)
+    assert few.snapshot().lateness_p99_ms == 80.0 and behind_line(few.snapshot()) is None  # too few sends to say
     sketch = RunningSketch(scheduled=300)
     for _ in range(200):
         sketch.on_first_send(1.0)
