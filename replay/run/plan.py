@@ -35,9 +35,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
-from shadowreplay.replay.schemas.traffic_log import read_traffic_log
+from shadowreplay.replay.schemas.traffic_log import arrival_time_ranges, open_traffic_log
 
 _DURATION = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -109,8 +110,103 @@ def select_rows(
     window: Window | None = None,
     limit: int | None = None,
 ) -> pa.Table:
-    """The rows of the log inside the window (by arrival offset), at most `limit` of them, in order."""
-    table = read_traffic_log(log_path)
+    """The rows of the log inside the window (by arrival offset), at most `limit` of them, in order.
+
+    The order is arrival time, rows with equal times in the order of the file (a stable sort), and
+    `limit` keeps the first rows of that order inside the window. With a window or a limit only the
+    rows they select are read: row groups whose `arrival_time` statistics put them outside are
+    skipped, the others are first read by that column alone, and whole rows are read only from the
+    row groups that hold selected rows (so start-up does not grow with the rows left out)."""
+    pf = open_traffic_log(log_path)
+    if window is None and limit is None:
+        table = pf.read().sort_by([("arrival_time", "ascending")])
+    else:
+        table = _read_selected(pf, window, limit)
+    if table.num_rows == 0:
+        raise PlanError(f"{log_path}: no rows left to replay after the window and limit")
+    return table
+
+
+def _read_selected(pf: pq.ParquetFile, window: Window | None, limit: int | None) -> pa.Table:
+    """select_rows with a window or a limit, reading only the row groups that can hold its rows.
+
+    The result is the one of sorting the whole log and then filtering and slicing it: the window
+    test is the same float expression as `arrival_offsets_s` on the same int64 times, and a row
+    group is skipped only when that (monotone) expression on its statistics' min/max puts every
+    one of its rows outside."""
+    if limit is not None and limit <= 0:
+        return pf.schema_arrow.empty_table()
+    ranges = arrival_time_ranges(pf)
+    times: dict[int, np.ndarray] = {}
+    if ranges is None:  # no usable statistics: one read of the arrival_time column alone
+        column = pf.read(columns=["arrival_time"]).column("arrival_time")
+        if column.null_count:  # not a valid log; select exactly as a full read would
+            return _select_from_table(pf.read(), window, limit)
+        all_times = column.cast(pa.int64()).to_numpy()
+        ranges = []
+        at = 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            times[g] = all_times[at : at + n]
+            ranges.append((int(times[g].min()), int(times[g].max())) if n else None)
+            at += n
+    nonempty = [(r, g) for g, r in enumerate(ranges) if r is not None]
+    if not nonempty:
+        return pf.schema_arrow.empty_table()
+    first = np.int64(min(r[0] for r, _ in nonempty))
+
+    def inside(micros: np.ndarray) -> np.ndarray:
+        offsets = (micros - first) / 1e6  # exactly arrival_offsets_s's values
+        keep = offsets >= window.start_s if window is not None else np.ones(len(micros), dtype=bool)
+        if window is not None and window.end_s is not None:
+            keep &= offsets < window.end_s
+        return keep
+
+    def may_hold(lo: int, hi: int) -> bool:
+        """Whether a row group whose times lie in [lo, hi] can hold a row inside the window."""
+        if window is None:
+            return True
+        low, high = (np.array([lo, hi], dtype=np.int64) - first) / 1e6
+        return bool(high >= window.start_s and (window.end_s is None or low < window.end_s))
+
+    candidates = sorted((lo, g) for (lo, hi), g in nonempty if may_hold(lo, hi))
+    # In-window rows found so far: arrival time, row group, row within it (with a limit: the first
+    # `limit` of them by time and file order, once that many are found).
+    found_t: list[np.ndarray] = []
+    found_g: list[np.ndarray] = []
+    found_r: list[np.ndarray] = []
+    for lo, g in candidates:
+        if limit is not None and found_t and len(found_t[0]) >= limit and lo > found_t[0][limit - 1]:
+            break  # this and every later group starts after the limit-th selected row
+        micros = times.pop(g, None)
+        if micros is None:
+            micros = pf.read_row_group(g, columns=["arrival_time"]).column("arrival_time").cast(pa.int64()).to_numpy()
+        rows = np.flatnonzero(inside(micros))
+        found_t.append(micros[rows])
+        found_g.append(np.full(len(rows), g, np.int64))
+        found_r.append(rows.astype(np.int64))
+        if limit is not None and sum(len(t) for t in found_t) >= limit:
+            kept_t, kept_g, kept_r = (np.concatenate(found) for found in (found_t, found_g, found_r))
+            order = np.lexsort((kept_r, kept_g, kept_t))[:limit]  # by time, then file order
+            found_t, found_g, found_r = [kept_t[order]], [kept_g[order]], [kept_r[order]]
+    kept_g = np.concatenate(found_g) if found_g else np.zeros(0, np.int64)
+    kept_r = np.concatenate(found_r) if found_r else np.zeros(0, np.int64)
+    order = np.lexsort((kept_r, kept_g))  # by row group, then row
+    groups, starts = np.unique(kept_g[order], return_index=True)
+    ends = [*starts[1:], len(order)] if len(order) else []
+    pieces = [
+        pf.read_row_group(int(g)).take(pa.array(kept_r[order[start:end]]))
+        for g, start, end in zip(groups, starts, ends, strict=True)
+    ]
+    if not pieces:
+        return pf.schema_arrow.empty_table()
+    # Pieces in file order, so the stable sort orders equal times as the whole log's sort does.
+    table = pa.concat_tables(pieces).sort_by([("arrival_time", "ascending")])
+    return table.slice(0, limit) if limit is not None else table
+
+
+def _select_from_table(table: pa.Table, window: Window | None, limit: int | None) -> pa.Table:
+    """The selection made on a whole log read into memory."""
     table = table.sort_by([("arrival_time", "ascending")])
     if window is not None:
         offsets = arrival_offsets_s(table)
@@ -120,8 +216,6 @@ def select_rows(
         table = table.filter(pa.array(keep))
     if limit is not None:
         table = table.slice(0, limit)
-    if table.num_rows == 0:
-        raise PlanError(f"{log_path}: no rows left to replay after the window and limit")
     return table
 
 

@@ -73,6 +73,37 @@ def open_traffic_log(path: str | Path) -> pq.ParquetFile:
     return pf
 
 
+_UNIT_NAMES = {"ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def arrival_time_ranges(pf: pq.ParquetFile) -> list[tuple[int, int] | None] | None:
+    """Each row group's smallest and largest `arrival_time` as the int64 the column casts to (its
+    Arrow unit), from the row-group statistics in the file's footer; None for an empty row group.
+    None when a non-empty row group has no usable statistics (the caller reads the column)."""
+    field = pf.schema_arrow.field("arrival_time")
+    if not pa.types.is_timestamp(field.type):
+        return None
+    metadata = pf.metadata
+    index = next((i for i in range(metadata.num_columns) if metadata.schema.column(i).path == "arrival_time"), None)
+    if index is None:
+        return None
+    unit = _UNIT_NAMES.get(field.type.unit)
+    ranges: list[tuple[int, int] | None] = []
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        if group.num_rows == 0:
+            ranges.append(None)
+            continue
+        stats = group.column(index).statistics
+        if stats is None or not stats.has_min_max or stats.physical_type != "INT64" or stats.null_count:
+            return None
+        # The raw values are in the file's unit: usable only where that is the unit the column reads as.
+        if json.loads(stats.logical_type.to_json()).get("timeUnit") != unit:
+            return None
+        ranges.append((int(stats.min_raw), int(stats.max_raw)))
+    return ranges
+
+
 def read_traffic_log(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read a whole traffic log (or some columns of it) after checking its schema."""
     pf = open_traffic_log(path)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+
 from shadowreplay.replay.ingest.batch import SourceBatch, canonical_table, constant_column, row_number_ids
 from shadowreplay.replay.ingest.csv_blocks import CsvRecordReader
 from shadowreplay.replay.ingest.errors import IngestError
@@ -25,6 +27,11 @@ TIME_COLUMN = "TIMESTAMP"
 PROMPT_TOKENS_COLUMN = "ContextTokens"
 COMPLETION_TOKENS_COLUMN = "GeneratedTokens"
 COLUMNS = (TIME_COLUMN, PROMPT_TOKENS_COLUMN, COMPLETION_TOKENS_COLUMN)
+_COLUMN_TYPES = {
+    TIME_COLUMN: pa.timestamp("ns"),
+    PROMPT_TOKENS_COLUMN: pa.int64(),
+    COMPLETION_TOKENS_COLUMN: pa.int64(),
+}
 
 
 class AzureTrace:
@@ -36,7 +43,8 @@ class AzureTrace:
     def __init__(self, path: Path, options: IngestOptions):
         self.path = path
         self.options = options
-        self.reader = CsvRecordReader(path, empty_is_null=False)
+        # typed where Arrow can: these types are read exactly as times.py and token_counts.py read the text
+        self.reader = CsvRecordReader(path, empty_is_null=False, column_types=_COLUMN_TYPES)
 
     def batches(self) -> Iterator[SourceBatch]:
         checked = False
