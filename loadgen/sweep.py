@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics.slo import Slo, format_slos
 from shadowreplay.analysis.summary.models import CurvePoint, SweepSummary
@@ -482,10 +482,10 @@ def follow_rates(final_rows: pl.DataFrame, window: Any, e2e_p50_ms: float | None
     if window.kind != "steady" or window.duration_s <= 0:
         return None, None
     lag_s = (e2e_p50_ms or 0.0) / 1000.0
-    sent = final_rows.filter(pl.col("scheduled_s").is_between(window.start_s, window.end_s)).height
-    kept = final_rows.filter(
-        (pl.col("status") == "ok") & pl.col("done_s").is_between(window.start_s + lag_s, window.end_s + lag_s)
-    ).height
+    sent, kept = final_rows.select(
+        pl.col("scheduled_s").is_between(window.start_s, window.end_s).sum(),
+        ((pl.col("status") == "ok") & pl.col("done_s").is_between(window.start_s + lag_s, window.end_s + lag_s)).sum(),
+    ).row(0)
     return sent / window.duration_s, kept / window.duration_s
 
 
@@ -581,7 +581,7 @@ class LoadSweep:
                 telemetry=outcome.telemetry,
             ),
         )
-        run = load_run(run_dir)
+        run = load_run(run_dir, columns=ANALYSIS_COLUMNS)
         summary = summarize(run, slos=s.slos, warmup_fraction=s.warmup_fraction, telemetry=load_telemetry(run_dir))
         stats = summary.targets[self.targets[0].name].all
         latency = stats.latency_ms

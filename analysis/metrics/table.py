@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import polars as pl
 
 from shadowreplay.errors import ShadowReplayError
@@ -73,9 +74,35 @@ def read_together(gap_ms: pl.Expr) -> pl.Expr:
     return gap_ms == 0.0
 
 
+def _after_first_entries(flat: pl.Expr, lists: pl.Expr) -> pl.Expr:
+    """`flat` (an expression aligned with `lists` exploded) where the entry is not its row's first."""
+    return flat.filter(pl.int_ranges(lists.list.len()).explode() > 0)
+
+
+def gaps_of(token_times_ms: pl.Expr) -> pl.Expr:
+    """The gaps of itl_gaps_ms, every row's flattened into one column in row order (nulls kept), computed on the
+    exploded token times: t[i] - t[i-1] wherever t[i] is not a row's first token (one explode, no per-list work)."""
+    return _after_first_entries(token_times_ms.explode().diff(), token_times_ms)
+
+
+def gaps_of_collected(token_times_ms: pl.Series) -> pl.Series:
+    """gaps_of over an already collected list column, nulls dropped (the ITL population of its rows): the same
+    gaps, t[i] - t[i-1] within each row, taken on the flat buffer of every row's token times at once."""
+    column = token_times_ms.to_frame("t")
+    flat = column.select(pl.col("t").explode(empty_as_null=False, keep_nulls=False)).to_series()  # no copy
+    if flat.null_count():  # a missing token time: the expression's rules (its gaps are null, dropped)
+        return column.select(gaps_of(pl.col("t")).drop_nulls()).to_series()
+    lengths = token_times_ms.list.len().fill_null(0).to_numpy()
+    values = flat.to_numpy()
+    crossing = np.cumsum(lengths)[:-1] - 1  # the diff from a row's last token to the next row's first
+    keep = np.ones(max(len(values) - 1, 0), dtype=bool)
+    keep[crossing[(crossing >= 0) & (crossing < len(keep))]] = False
+    return pl.Series("itl_ms", np.diff(values)[keep])
+
+
 def itl_ms() -> pl.Expr:
     """ITL = every gap between consecutive output tokens, all requests' gaps exploded into one column, ms."""
-    return itl_gaps_ms().explode().drop_nulls().alias("itl_ms")
+    return gaps_of(pl.col("token_times_ms")).drop_nulls().alias("itl_ms")
 
 
 def token_arrivals_s() -> pl.Expr:
@@ -86,6 +113,11 @@ def token_arrivals_s() -> pl.Expr:
 def itl_gap_ends_s() -> pl.Expr:
     """When each ITL gap ends = token_arrivals_s without its first entry, in run s (a list aligned with itl_gaps_ms)."""
     return token_arrivals_s().list.slice(1).alias("itl_gap_ends_s")
+
+
+def gap_ends_s() -> pl.Expr:
+    """itl_gap_ends_s flattened like gaps_of(token_times_ms): when each of those gaps ends, in run s."""
+    return _after_first_entries(token_arrivals_s().explode(), pl.col("token_times_ms")).alias("gap_ends_s")
 
 
 def output_tokens() -> pl.Expr:
@@ -229,13 +261,59 @@ def latency_values(metric: str) -> pl.Expr:
     if entry.population == "final sent rows":
         return entry.values().drop_nulls()
     if entry.per_gap:
-        return entry.values().filter(is_ok()).explode().drop_nulls().alias("itl_ms")
+        return gaps_of(pl.col("token_times_ms").filter(is_ok())).drop_nulls().alias("itl_ms")
     return entry.values().filter(is_ok()).drop_nulls()
+
+
+def population_values(metric: str) -> pl.Expr:
+    """A per-row metric (not ITL) for every row, null outside its population, named after the metric: computed
+    once as a column, its statistics are plain aggregations (count of non-nulls, mean, max, percentiles), which
+    ignore nulls, over that column; the same values as latency_values(metric)."""
+    entry = METRIC_BY_NAME[metric]
+    if entry.per_gap:
+        raise ValueError(f"{metric} has a value per gap, not per row: use latency_values")
+    values = entry.values() if entry.population == "final sent rows" else pl.when(is_ok()).then(entry.values())
+    return values.alias(metric)
 
 
 def percentile(values: pl.Expr, p: float) -> pl.Expr:
     """The p-th percentile (0 < p <= 100) of `values` by PERCENTILE_METHOD (linear interpolation)."""
     return values.quantile(p / 100.0, interpolation=PERCENTILE_METHOD)
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationStats:
+    """count, mean, max and percentiles (by p) of one metric's population (nulls dropped); None where it is empty."""
+
+    count: int
+    mean: float | None
+    max: float | None
+    percentiles: dict[float, float | None]
+
+
+def population_stats(values: np.ndarray, ps: Sequence[float], is_sorted: bool = False) -> PopulationStats:
+    """The statistics of an already collected population (latency_values, or population_values with the nulls
+    dropped) with all percentiles in one call (percentiles_of): the same figures as count/mean/max and
+    `percentile` over it. `is_sorted`: the values are sorted ascending already."""
+    if len(values) == 0:
+        return PopulationStats(0, None, None, {p: None for p in ps})
+    found = percentiles_of(values, ps, is_sorted)
+    return PopulationStats(len(values), float(values.mean()), float(values.max()), dict(zip(ps, found, strict=True)))
+
+
+def percentiles_of(values: np.ndarray, ps: Sequence[float], is_sorted: bool = False) -> list[float]:
+    """The ps-th percentiles (0 <= p <= 100) of an already collected column by PERCENTILE_METHOD, in one call:
+    numpy's `linear` (the same rule) over unsorted values; over sorted ones (`is_sorted`) the rule itself,
+    x[i] + (x[i+1] - x[i]) * f with i + f = (n - 1) * p / 100, read off at once for every p. [] for no values."""
+    if len(values) == 0:
+        return []
+    if not is_sorted:
+        return [float(v) for v in np.percentile(values, list(ps), method=PERCENTILE_METHOD)]
+    positions = (len(values) - 1) * np.asarray(ps, dtype=np.float64) / 100.0
+    lower = np.floor(positions).astype(np.int64)
+    upper = np.minimum(lower + 1, len(values) - 1)
+    below, above = values[lower], values[upper]
+    return [float(v) for v in below + (above - below) * (positions - lower)]
 
 
 def percentile_key(p: float) -> str:

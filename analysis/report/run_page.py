@@ -27,6 +27,7 @@ from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.report.charts import Band, ColourMap, Panel, Series, quantile_grid, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
 from shadowreplay.analysis.summary.models import RunSummary
+from shadowreplay.analysis.summary.run_summary import Curves
 from shadowreplay.analysis.summary.tables import summary_tables
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
@@ -44,6 +45,8 @@ DISTRIBUTION_PERCENTILES = (
 )
 DISTRIBUTION_METRICS = ("ttft", "itl", "tpot", "e2e")
 DISTRIBUTION_LABELS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "e2e"}
+DISTRIBUTION_CURVES = Curves(DISTRIBUTION_METRICS, DISTRIBUTION_PERCENTILES)
+"""What `summarize` is asked to keep for this page (`report` asks), so each population is sorted once."""
 
 
 def time_bin_s(span_s: float) -> float:
@@ -73,31 +76,46 @@ def load_panels(final_rows: pl.DataFrame, bin_s: float, colours: ColourMap) -> l
     """Request rate (offered, completed, errors) and TTFT p50/p95 over time, binned by `bin_s`.
 
     Rates are drawn on every bin from the first scheduled send to the last request done, so a stall
-    shows as zero; a bin without a TTFT is a gap in its line.
+    shows as zero; a bin without a TTFT is a gap in its line. Offered counts each request once in the
+    bin of its scheduled send (all targets share one schedule), telling requests apart by a 64-bit hash
+    of their id (an integer pass, not a table of strings; two ids sharing a hash, odds about n^2 / 2^65
+    for n requests, under one in a million at 5 million, would be drawn as one). Each figure is one
+    grouped pass over the columns it reads (by target and bin), never a copy of a target's rows.
     """
+    rows = final_rows.lazy()
     first, last = final_rows.select(
         _bin("scheduled_s", bin_s).min().alias("first"),
         pl.max_horizontal(_bin("done_s", bin_s).max(), _bin("scheduled_s", bin_s).max()).alias("last"),
     ).row(0)
     grid = pl.DataFrame({"bin": range(first, last + 1) if first is not None else []}, schema={"bin": pl.Int64})
     offered = _on_grid(
-        final_rows.unique("request_id")
-        .filter(pl.col("scheduled_s").is_not_null())
+        rows.filter(pl.col("scheduled_s").is_not_null() & pl.col("request_id").hash().is_first_distinct())
         .group_by(_bin("scheduled_s", bin_s))
-        .agg((pl.len() / bin_s).alias("rate")),
+        .agg((pl.len() / bin_s).alias("rate"))
+        .collect(),
         grid,
         0.0,
+    )
+    done_by_target = (
+        rows.filter(pl.col("done_s").is_not_null())
+        .group_by("target", _bin("done_s", bin_s))
+        .agg((metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors"))
+        .collect()
+    )
+    ttft_by_target = (
+        rows.filter(pl.col("sent_s").is_not_null())
+        .group_by("target", _bin("sent_s", bin_s))
+        .agg(
+            metrics.percentile(metrics.latency_values("ttft"), 50.0).alias("p50"),
+            metrics.percentile(metrics.latency_values("ttft"), 95.0).alias("p95"),
+        )
+        .collect()
     )
     rate_series = [_series(offered, "offered (scheduled)", "rate", bin_s, colour="#52606d", dash="dot")]
     ttft_series = []
     for target in sorted(final_rows.get_column("target").unique().to_list()):
-        rows = final_rows.filter(pl.col("target") == target)
-        done = (
-            rows.filter(pl.col("done_s").is_not_null())
-            .group_by(_bin("done_s", bin_s))
-            .agg((metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors"))
-            .pipe(_on_grid, grid, 0.0)
-        )
+        of_target = pl.col("target") == target
+        done = _on_grid(done_by_target.filter(of_target).drop("target"), grid, 0.0)
         rate_series.append(_series(done, target, "completed", bin_s, colour=colours(target)))
         if done.get_column("errors").sum() > 0:
             rate_series.append(
@@ -105,15 +123,7 @@ def load_panels(final_rows: pl.DataFrame, bin_s: float, colours: ColourMap) -> l
                     done, f"{target} errors", "errors", bin_s, colour=colours(target), dash="dash", mode="lines+markers"
                 )
             )
-        ttft = (
-            rows.filter(pl.col("sent_s").is_not_null())
-            .group_by(_bin("sent_s", bin_s))
-            .agg(
-                metrics.percentile(metrics.latency_values("ttft"), 50.0).alias("p50"),
-                metrics.percentile(metrics.latency_values("ttft"), 95.0).alias("p95"),
-            )
-            .pipe(_on_grid, grid, None)
-        )
+        ttft = _on_grid(ttft_by_target.filter(of_target).drop("target"), grid, None)
         ttft_series.append(_series(ttft, target, "p95", bin_s, colour=colours(target)))
         ttft_series.append(_series(ttft, f"{target} p50", "p50", bin_s, colour=colours(target), dash="dot"))
     return [
@@ -180,26 +190,39 @@ def telemetry_panels(telemetry: Telemetry | None, bin_s: float, colours: ColourM
     return panels
 
 
-def distribution_panels(final_rows: pl.DataFrame, colours: ColourMap) -> list[Panel]:
-    """Percentile curves of TTFT, ITL, TPOT and e2e per target (metrics.latency_values populations)."""
-    targets = sorted(final_rows.get_column("target").unique().to_list())
-    panels = []
+def _populations(final_rows: pl.DataFrame, target: str) -> dict[str, pl.Series]:
+    """One target's population of each of DISTRIBUTION_METRICS (metrics.latency_values), read in two passes
+    over the columns they need: the per-row metrics together, the ITL gaps with one explode."""
+    rows = final_rows.lazy().filter(pl.col("target") == target)
+    per_row = [name for name in DISTRIBUTION_METRICS if not metrics.METRIC_BY_NAME[name].per_gap]
+    values = rows.select(metrics.population_values(name) for name in per_row).collect()
+    populations = {name: values.get_column(name).drop_nulls() for name in per_row}
     for name in DISTRIBUTION_METRICS:
-        # The population once per target, then every percentile over that plain column.
-        values = final_rows.group_by("target").agg(metrics.latency_values(name).alias("v")).explode("v")
-        quantiles = values.group_by("target").agg(
-            *(metrics.percentile(pl.col("v"), p).alias(str(i)) for i, p in enumerate(DISTRIBUTION_PERCENTILES))
-        )
-        by_target = {row["target"]: row for row in quantiles.iter_rows(named=True)}
-        series = []
-        for target in targets:
-            row = by_target.get(target) or {}
-            points = [(row[str(i)], p) for i, p in enumerate(DISTRIBUTION_PERCENTILES) if row.get(str(i)) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                series.append(Series(target, xs, ys, colour=colours(target)))
-        panels.append(Panel(DISTRIBUTION_LABELS[name], "ms", series))
-    return panels
+        if name not in populations:
+            token_times = rows.filter(metrics.is_ok()).select("token_times_ms").collect().to_series()
+            populations[name] = metrics.gaps_of_collected(token_times)  # latency_values(name)
+    return populations
+
+
+def distribution_panels(
+    final_rows: pl.DataFrame, colours: ColourMap, computed: dict[str, dict[str, list[float]]] | None = None
+) -> list[Panel]:
+    """Percentile curves of TTFT, ITL, TPOT and e2e per target (metrics.latency_values populations): those the
+    summary `computed` (RunSummary.distributions, summarize with DISTRIBUTION_CURVES), else each one call
+    (metrics.percentiles_of) over its population."""
+    targets = sorted(final_rows.get_column("target").unique().to_list())
+    curves: dict[str, list[Series]] = {name: [] for name in DISTRIBUTION_METRICS}
+    for target in targets:
+        drawn = (computed or {}).get(target, {})
+        if any(name not in drawn for name in DISTRIBUTION_METRICS):
+            drawn = {
+                name: metrics.percentiles_of(values.to_numpy(), DISTRIBUTION_PERCENTILES)
+                for name, values in _populations(final_rows, target).items()
+            }
+        for name in DISTRIBUTION_METRICS:
+            if drawn[name]:
+                curves[name].append(Series(target, drawn[name], DISTRIBUTION_PERCENTILES, colour=colours(target)))
+    return [Panel(DISTRIBUTION_LABELS[name], "ms", curves[name]) for name in DISTRIBUTION_METRICS]
 
 
 def _subtitle(summary: RunSummary) -> str:
@@ -244,7 +267,7 @@ def build_run_page(summary: RunSummary, run: RunData, telemetry: Telemetry | Non
     distributions.add(
         Figure(
             "Percentile curves per target (log scale)",
-            quantile_grid(distribution_panels(final, colours)),
+            quantile_grid(distribution_panels(final, colours, summary.distributions)),
             "Final ok requests (ITL: every gap between their tokens); y = percentile. The x axes are logarithmic, "
             "so zero values (e.g. tokens that arrived in one chunk) start a curve above 0.",
         )

@@ -130,9 +130,12 @@ def load_warnings(
     final_rows: pl.DataFrame,
     server_histograms: dict[str, Any],
     checks: Sequence[LoadCheck] = CHECKS,
+    shares: dict[str, float | None] | None = None,
 ) -> list[LoadWarning]:
-    """Every check's warning for every target, in target order."""
-    shares = zero_gap_shares(final_rows)
+    """Every check's warning for every target, in target order. `shares`: zero_gap_shares(final_rows) where the
+    caller has them already (the summary takes them in its pass over the slices)."""
+    if shares is None:
+        shares = zero_gap_shares(final_rows)
     server_itl = _server_itl_means(server_histograms)
     warnings = []
     for name, stats in targets.items():

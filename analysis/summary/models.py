@@ -166,6 +166,8 @@ class RunSummary(_Model):
     gpu: dict[str, Any]
     server_histograms: dict[str, Any]
     load_warnings: list[LoadWarning] = Field(default_factory=list)
+    distributions: dict[str, dict[str, list[float]]] = Field(default_factory=dict, exclude=True)
+    """Percentile curves per target and metric (run_summary.Curves), for the report page; not in summary.json."""
 
     def json_dict(self) -> dict[str, Any]:
         """The summary as the JSON object summary.json holds."""

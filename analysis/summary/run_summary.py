@@ -89,10 +89,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from shadowreplay.analysis.cost.model import RUN_SPAN, MonthlyVolume, cost_summary
@@ -111,7 +113,8 @@ from shadowreplay.replay.schemas.run_dir import MANIFEST_NAME, RunDir, write_tex
 SUMMARY_KIND = "shadowreplay.summary"
 SUMMARY_SCHEMA_VERSION = 1
 ERROR_STATUSES = tuple(status for status in STATUSES if status != "ok")
-STAT_KEYS = ("count", "mean", *(metrics.percentile_key(p) for p in metrics.REPORTED_PERCENTILES), "max")
+PERCENTILE_KEYS = tuple(metrics.percentile_key(p) for p in metrics.REPORTED_PERCENTILES)
+STAT_KEYS = ("count", "mean", *PERCENTILE_KEYS, "max")
 
 DEFINITIONS = {
     "percentile_method": (
@@ -146,8 +149,13 @@ def _package_version() -> str | None:
         return None
 
 
+ROW_METRICS = tuple(metric.name for metric in metrics.METRICS if not metric.per_gap)
+"""The latency metrics with one value per row (metrics.population_values)."""
+
+
 def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.Expr]:
-    """Aggregations over the final rows of one slice, flat-named `a.b.c` (nested by `_nest`)."""
+    """The counts and sums over the final rows of one slice, flat-named `a.b.c` (nested by `_nest`); the latency
+    statistics are `_latency_stats`."""
     exprs: list[pl.Expr] = [
         pl.len().alias("requests"),
         metrics.is_ok().sum().alias("ok"),
@@ -155,17 +163,6 @@ def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.
         metrics.error_rate().alias("error_rate"),
     ]
     exprs += [(pl.col("status") == status).sum().alias(f"errors_by_status.{status}") for status in ERROR_STATUSES]
-    for name in metrics.LATENCY_METRICS:
-        values = metrics.latency_values(name)
-        exprs += [
-            values.len().alias(f"latency_ms.{name}.count"),
-            values.mean().alias(f"latency_ms.{name}.mean"),
-            values.max().alias(f"latency_ms.{name}.max"),
-        ]
-        exprs += [
-            metrics.percentile(values, p).alias(f"latency_ms.{name}.{metrics.percentile_key(p)}")
-            for p in metrics.REPORTED_PERCENTILES
-        ]
     ok_tokens = metrics.output_tokens().filter(metrics.is_ok())
     exprs += [
         ok_tokens.sum().alias("output_tokens.total"),
@@ -196,11 +193,60 @@ def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.
     for index, slo in enumerate(slos):
         meets = metrics.meets_slo(slo).filter(metrics.is_ok())
         exprs += [
-            metrics.percentile(metrics.latency_values(slo.metric), slo.percentile).alias(f"slo.{index}.value_ms"),
             meets.sum().alias(f"slo.{index}.requests_meeting"),
             metrics.is_ok().sum().alias(f"slo.{index}.requests_checked"),
         ]
     return exprs
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Percentile curves to keep per target (RunSummary.distributions): `metrics` at `percentiles`. Their
+    populations are sorted once and every percentile, the summary's and the curve's, is read off them."""
+
+    metrics: tuple[str, ...]
+    percentiles: tuple[float, ...]
+
+
+NO_CURVES = Curves((), ())
+
+
+def _latency_stats(
+    rows: pl.LazyFrame, slos: Sequence[Slo], curves: Curves = NO_CURVES
+) -> tuple[dict[str, Any], float | None, dict[str, list[float]]]:
+    """Every latency metric's statistics over one slice's final rows, flat-named like `_slice_aggregations` (the
+    SLOs' percentiles included), the share of its ITL gaps read together (None: no gaps) and `curves`.
+
+    Each population is collected once (the per-row metrics in one select, the ITL gaps with one explode of
+    the token times) and all of its percentiles are taken in one call (metrics.population_stats)."""
+    per_row = rows.select(metrics.population_values(name) for name in ROW_METRICS).collect()
+    populations = {name: per_row.get_column(name).drop_nulls() for name in ROW_METRICS}
+    del per_row
+    ok_token_times = rows.filter(metrics.is_ok()).select("token_times_ms").collect().to_series()
+    populations["itl"] = metrics.gaps_of_collected(ok_token_times)  # latency_values("itl"), on the flat buffer
+    del ok_token_times
+    gaps = populations["itl"]
+    zero_gaps = gaps.to_frame("gap").select(metrics.read_together(pl.col("gap")).sum()).item()
+    zero_gap_share = zero_gaps / gaps.len() if gaps.len() else None
+    flat: dict[str, Any] = {}
+    drawn: dict[str, list[float]] = {}
+    for name in list(populations):
+        values = populations.pop(name).to_numpy()  # each population is let go once its figures are taken
+        asked = [slo.percentile for slo in slos if slo.metric == name]
+        ps = sorted({*metrics.REPORTED_PERCENTILES, *asked})
+        if name in curves.metrics:
+            values = np.sort(values)
+            drawn[name] = metrics.percentiles_of(values, curves.percentiles, is_sorted=True)
+        stats = metrics.population_stats(values, ps, is_sorted=name in curves.metrics)
+        flat[f"latency_ms.{name}.count"] = stats.count
+        flat[f"latency_ms.{name}.mean"] = stats.mean
+        flat[f"latency_ms.{name}.max"] = stats.max
+        for p, key in zip(metrics.REPORTED_PERCENTILES, PERCENTILE_KEYS):
+            flat[f"latency_ms.{name}.{key}"] = stats.percentiles[p]
+        for index, slo in enumerate(slos):
+            if slo.metric == name:
+                flat[f"slo.{index}.value_ms"] = stats.percentiles[slo.percentile]
+    return flat, zero_gap_share, drawn
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -258,19 +304,39 @@ def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, i
     }
 
 
-def _slices(run: RunData, keys: list[str], window: metrics.Window, slos: Sequence[Slo]) -> dict[tuple, dict]:
-    """STATS for every group of `keys` (["target"] or ["target", "tag"]), keyed by the group values."""
+@dataclass
+class _Slices:
+    stats: dict[tuple, dict]  # STATS by group values
+    zero_gap_shares: dict[tuple, float | None]  # the share of ITL gaps read together (None: no gaps)
+    curves: dict[tuple, dict[str, list[float]]]  # the Curves asked for, by metric
+
+
+def _slices(
+    run: RunData, keys: list[str], window: metrics.Window, slos: Sequence[Slo], curves: Curves = NO_CURVES
+) -> _Slices:
+    """STATS for every group of `keys` (["target"] or ["target", "tag"]), keyed by the group values, each
+    group's share of ITL gaps read together and its `curves`.
+
+    Each group is a lazy filter of the final rows (none where one group holds every row), so a query copies
+    only the columns it reads: the group's counts in one select, its latency statistics in `_latency_stats`."""
     final = run.final_rows
-    aggregated = final.lazy().group_by(keys).agg(_slice_aggregations(window, slos)).collect()
-    attempts = {tuple(row[:-1]): row[-1] for row in run.rows.group_by(keys).agg(pl.len()).iter_rows()}
-    http: dict[tuple, dict[str, int]] = {}
-    http_rows = final.filter(pl.col("http_status").is_not_null()).group_by([*keys, "http_status"]).agg(pl.len())
-    for row in http_rows.sort("http_status").iter_rows():
-        http.setdefault(tuple(row[:-2]), {})[str(row[-2])] = row[-1]
-    result = {}
-    for named in aggregated.iter_rows(named=True):
-        group = tuple(named.pop(key) for key in keys)
-        result[group] = _slice_stats(named, attempts.get(group, 0), http.get(group, {}), slos)
+    groups = final.select(keys).unique().rows()
+    if run.rows is final:  # every row final: one attempt per request
+        attempts = {}
+    else:
+        attempts = {tuple(row[:-1]): row[-1] for row in run.rows.group_by(keys).agg(pl.len()).iter_rows()}
+    aggregations = _slice_aggregations(window, slos)
+    result = _Slices({}, {}, {})
+    for group in groups:
+        rows = final.lazy()
+        if len(groups) > 1:
+            rows = rows.filter(*(pl.col(key).eq_missing(value) for key, value in zip(keys, group)))
+        flat = rows.select(aggregations).collect().row(0, named=True)
+        latency, result.zero_gap_shares[group], result.curves[group] = _latency_stats(rows, slos, curves)
+        flat.update(latency)
+        http_rows = rows.filter(pl.col("http_status").is_not_null()).group_by("http_status").agg(pl.len())
+        http = {str(status): count for status, count in http_rows.sort("http_status").collect().iter_rows()}
+        result.stats[group] = _slice_stats(flat, attempts.get(group, flat["requests"]), http, slos)
     return result
 
 
@@ -283,24 +349,27 @@ def summarize(
     monthly: MonthlyVolume = RUN_SPAN,
     telemetry: Telemetry | None = None,
     checks: Sequence[LoadCheck] = CHECKS,
+    curves: Curves = NO_CURVES,
 ) -> RunSummary:
     """The summary of a run (keys in this module's docstring), typed; raises metrics.WindowError.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
     load_telemetry) the gpu and server_histograms blocks do. `checks` are the load checks
-    (analysis/summary/load_fidelity.py) behind `load_warnings`.
+    (analysis/summary/load_fidelity.py) behind `load_warnings`. `curves`: the percentile curves per target
+    to keep in `distributions` (the report page draws them; not written to summary.json).
     """
     final = run.final_rows
     window = metrics.steady_window(final, warmup_s=warmup_s, warmup_fraction=warmup_fraction)
-    by_target = _slices(run, ["target"], window, slos)
-    by_tag = _slices(run, ["target", "tag"], window, slos)
+    target_slices = _slices(run, ["target"], window, slos, curves)
+    by_target = target_slices.stats
     has_tags = run.rows.get_column("tag").is_not_null().any()
+    by_tag = _slices(run, ["target", "tag"], window, slos).stats if has_tags else {}
     targets: dict[str, Any] = {}
     for (target,) in sorted(by_target):
         tags = sorted((tag for (t, tag) in by_tag if t == target), key=lambda tag: (tag is None, tag or ""))
         targets[target] = {
             "all": by_target[(target,)],
-            "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags] if has_tags else [],
+            "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags],
         }
     summary = RunSummary.model_validate(
         {
@@ -340,7 +409,9 @@ def summarize(
             "server_histograms": server_histogram_summary(telemetry, run.rows),
         }
     )
-    summary.load_warnings = load_warnings(summary.targets, final, summary.server_histograms, checks)
+    summary.distributions = {target: curve for (target,), curve in target_slices.curves.items()}
+    shares = {target: share for (target,), share in target_slices.zero_gap_shares.items()}
+    summary.load_warnings = load_warnings(summary.targets, final, summary.server_histograms, checks, shares)
     return summary
 
 

@@ -134,8 +134,10 @@ def gpu_summary(
         devices.append({"host": host, "device": device, **_device_summary(samples, device_window, window)})
     served = served_targets(final_rows.get_column("target").unique().to_list(), target_configs)
     tokens = (
-        final_rows.filter(pl.col("target").is_in(served))
+        final_rows.lazy()
+        .filter(pl.col("target").is_in(served))
         .select(metrics.output_tokens().filter(metrics.completed_in_window(window)).sum())
+        .collect()
         .item()
     )
     measured = [d for d in devices if d["energy_j"] is not None]

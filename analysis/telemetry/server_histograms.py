@@ -87,20 +87,27 @@ Baseline = Literal["before_first_send", "after_first_send"]
 def ttft_observations(final_rows: pl.DataFrame) -> pl.DataFrame:
     """(value_ms, at_s): metrics.ttft_ms of every final ok row, observed at its first_token_s."""
     return (
-        final_rows.filter(metrics.is_ok())
+        final_rows.lazy()
+        .filter(metrics.is_ok())
         .select(metrics.ttft_ms().alias("value_ms"), pl.col("first_token_s").alias("at_s"))
         .drop_nulls()
+        .collect()
     )
 
 
 def itl_observations(final_rows: pl.DataFrame) -> pl.DataFrame:
     """(value_ms, at_s): every metrics.itl_gaps_ms gap of the final ok rows, observed when the gap ends."""
     return (
-        final_rows.filter(metrics.is_ok())
-        .select(metrics.itl_gaps_ms().alias("value_ms"), metrics.itl_gap_ends_s().alias("at_s"))
-        .explode("value_ms", "at_s")
+        final_rows.lazy()
+        .filter(metrics.is_ok())
+        .select(metrics.gaps_of(pl.col("token_times_ms")).alias("value_ms"), metrics.gap_ends_s().alias("at_s"))
         .drop_nulls()
+        .collect()
     )
+
+
+OBSERVED_COLUMNS = ("sent_s", "final", "status", "ttft_ms", "first_token_s", "token_times_ms")
+"""The result columns the comparison reads (each target's rows are taken with these only)."""
 
 
 @dataclass(frozen=True)
@@ -424,7 +431,8 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
         }
     targets: dict[str, Any] = {}
     for device in sorted(scraped.get_column("device").unique().to_list()):
-        block = _target_block(scraped.filter(pl.col("device") == device), rows.filter(pl.col("target") == device))
+        target_rows = rows.lazy().filter(pl.col("target") == device).select(OBSERVED_COLUMNS).collect()
+        block = _target_block(scraped.filter(pl.col("device") == device), target_rows)
         if block["scrapes"] is not None:
             targets[device] = block
     if not targets:

@@ -123,11 +123,11 @@ STRICT_EXIT = 3
 
 def _strict_check(run_dir: Path, checks: Sequence[LoadCheck]) -> int:
     """`--strict`: the report's load checks over the rows just written; STRICT_EXIT if any fires."""
-    from shadowreplay.analysis.data.run_data import load_run
+    from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
     from shadowreplay.analysis.data.telemetry_data import load_telemetry
     from shadowreplay.analysis.summary.run_summary import summarize
 
-    summary = summarize(load_run(run_dir), telemetry=load_telemetry(run_dir), checks=checks)
+    summary = summarize(load_run(run_dir, columns=ANALYSIS_COLUMNS), telemetry=load_telemetry(run_dir), checks=checks)
     for warning in summary.load_warnings:
         print(f"replay: WARNING {warning.message}", flush=True)
     if summary.load_warnings:

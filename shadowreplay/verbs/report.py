@@ -17,11 +17,11 @@ from rich.table import Table
 
 from shadowreplay.analysis.cost.model import RUN_SPAN, CostError, MonthlyVolume
 from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, PriceBook, load_prices
-from shadowreplay.analysis.data.run_data import load_run
+from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
-from shadowreplay.analysis.report.run_page import write_run_report
+from shadowreplay.analysis.report.run_page import DISTRIBUTION_CURVES, write_run_report
 from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.run_summary import summarize, write_summary
 from shadowreplay.analysis.summary.slo_check import check_exit_code, check_lines, slo_verdicts
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--check needs at least one --slo to check (e.g. --slo {EXAMPLE}); nothing was checked")
     prices = _price_book(args.prices)
     monthly = _monthly_volume(args)
-    data = load_run(args.run_dir)
+    data = load_run(args.run_dir, columns=ANALYSIS_COLUMNS)
     telemetry = load_telemetry(args.run_dir)
     summary = summarize(
         data,
@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         monthly=monthly,
         telemetry=telemetry,
         checks=checks_from(args),
+        curves=DISTRIBUTION_CURVES,
     )
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)
