@@ -473,7 +473,7 @@ def sample_mix(rows: pa.Table, count: int, rng: np.random.Generator, prefix: str
     return picked.set_column(picked.schema.get_field_index("session_id"), "session_id", pa.nulls(count, pa.string()))
 
 
-def follow_rates(final_rows: pl.DataFrame, window: Any, e2e_p50_ms: float | None) -> tuple[float | None, float | None]:
+def follow_rates(final_rows: pl.LazyFrame, window: Any, e2e_p50_ms: float | None) -> tuple[float | None, float | None]:
     """(sent_rps, kept_rps) of an open-loop point: the final requests scheduled in the steady
     window / its length, and the ok requests done in that window shifted later by the point's
     median e2e latency / its length. A server that keeps up completes, lag for lag, what was sent
@@ -482,10 +482,16 @@ def follow_rates(final_rows: pl.DataFrame, window: Any, e2e_p50_ms: float | None
     if window.kind != "steady" or window.duration_s <= 0:
         return None, None
     lag_s = (e2e_p50_ms or 0.0) / 1000.0
-    sent, kept = final_rows.select(
-        pl.col("scheduled_s").is_between(window.start_s, window.end_s).sum(),
-        ((pl.col("status") == "ok") & pl.col("done_s").is_between(window.start_s + lag_s, window.end_s + lag_s)).sum(),
-    ).row(0)
+    sent, kept = (
+        final_rows.select(
+            pl.col("scheduled_s").is_between(window.start_s, window.end_s).sum(),
+            (
+                (pl.col("status") == "ok") & pl.col("done_s").is_between(window.start_s + lag_s, window.end_s + lag_s)
+            ).sum(),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
     return sent / window.duration_s, kept / window.duration_s
 
 
@@ -586,7 +592,7 @@ class LoadSweep:
         stats = summary.targets[self.targets[0].name].all
         latency = stats.latency_ms
         sent_rps, kept_rps = (
-            follow_rates(run.final_rows, summary.window, latency["e2e"].p50) if s.shape == "poisson" else (None, None)
+            follow_rates(run.final_scan, summary.window, latency["e2e"].p50) if s.shape == "poisson" else (None, None)
         )
         gpu = summary.gpu
         measured = gpu.get("status") == "measured"

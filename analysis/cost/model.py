@@ -108,16 +108,17 @@ class Usage:
         )
 
 
-def billed_usage(final_rows: pl.DataFrame, bill_failed: bool = False) -> dict[str, tuple[Usage, int]]:
+def billed_usage(final_rows: pl.LazyFrame, bill_failed: bool = False) -> dict[str, tuple[Usage, int]]:
     """Per target: its billed Usage and how many billed rows had no server prompt_tokens (length sent used)."""
     billed = metrics.is_billed(bill_failed)
-    frame = final_rows.group_by("target").agg(
+    query = final_rows.group_by("target").agg(
         billed.sum().alias("requests"),
         metrics.input_tokens().filter(billed).sum().alias("input_tokens"),
         metrics.cached_input_tokens().filter(billed).sum().alias("cached_input_tokens"),
         metrics.output_tokens().filter(billed).sum().alias("output_tokens"),
         (billed & pl.col("prompt_tokens").is_null()).sum().alias("input_from_sent_length"),
     )
+    frame = query.collect(engine="streaming")
     return {
         row["target"]: (
             Usage(row["requests"], row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]),
@@ -152,9 +153,10 @@ def self_hosted_monthly_usd(deployments: int, price: SelfHostedPrice) -> float:
     return deployments * price.gpu_usd_per_hour * HOURS_PER_MONTH + price.engineering_usd_per_month
 
 
-def run_duration_s(final_rows: pl.DataFrame) -> dict[str, float]:
+def run_duration_s(final_rows: pl.LazyFrame) -> dict[str, float]:
     """Per target: last done_s - first scheduled_s over its final rows (how long the run held the deployment)."""
-    frame = final_rows.group_by("target").agg((pl.col("done_s").max() - pl.col("scheduled_s").min()).alias("span"))
+    span = (pl.col("done_s").max() - pl.col("scheduled_s").min()).alias("span")
+    frame = final_rows.group_by("target").agg(span).collect(engine="streaming")
     return {target: max(span or 0.0, 0.0) for target, span in frame.iter_rows()}
 
 
@@ -257,7 +259,7 @@ def target_cost(
 
 
 def cost_summary(
-    final_rows: pl.DataFrame,
+    final_rows: pl.LazyFrame,
     window: metrics.Window,
     book: PriceBook | None,
     target_configs: dict[str, dict[str, Any]],

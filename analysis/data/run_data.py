@@ -3,20 +3,25 @@
 Only Parquet and JSON are read here, so a report can be recomputed from a copied run directory on
 any machine (no Ray, no runner, no client). Every shard is checked against the results contract
 (replay/schemas/results.py, schema_version 2; version 1 files, which lack `raised`, read with it
-null): kind and version metadata, columns, required fields and statuses; a bad shard raises
-RunDataError naming the file, and the row and field where it applies. A shard whose types are the
-contract's is decoded by polars with only the columns asked for (`report` and `sweep` ask for
-ANALYSIS_COLUMNS); the rows are read once and shared, and `final_rows` is filtered once.
+null): kind and version metadata and columns from the file's schema; required fields, statuses, run
+ids and one final row per request and target in one pass over the columns they need; a bad shard
+raises RunDataError naming the file, and the row and field where it applies.
+
+Nothing else is read here: `RunData.scan` is a lazy scan of the shards (polars `scan_parquet`), and
+each analysis reads only the columns and rows its own query asks for, so memory follows the query,
+not the run's size. `rows` and `final_rows` collect the scan, for small runs and tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +35,8 @@ from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 
 REQUIRED_FIELDS = tuple(field.name for field in RESULTS_SCHEMA if not field.nullable)
 CHECKED_FIELDS = REQUIRED_FIELDS  # read from every shard to check it, whichever columns are asked for
+FACT_COLUMNS = (*CHECKED_FIELDS, "tag")
+"""What the check pass reads of every shard: the required fields, and `tag` (which slices by tag exist)."""
 RESULTS_DTYPES: dict[str, pl.DataType] = dict(
     cast(pl.DataFrame, pl.from_arrow(RESULTS_SCHEMA.empty_table())).schema  # a pa.Table reads as a DataFrame
 )
@@ -41,7 +48,7 @@ ANALYSIS_COLUMNS: tuple[str, ...] = tuple(
     if name not in (*LARGE_COLUMNS, "run_id", "attempt", "worker", "last_token_s", "finish_reason", "error")
 )
 """The columns the summary, the cost model, the telemetry blocks and the report page read (`report`
-and `sweep` load only these): the others are checked on reading but not kept."""
+and `sweep` scan only these): the others are checked on reading but not kept."""
 
 
 class RunDataError(ShadowReplayError, ValueError):
@@ -50,50 +57,90 @@ class RunDataError(ShadowReplayError, ValueError):
 
 @dataclass(frozen=True)
 class RunData:
-    """The result rows and manifest of one run.
+    """The result rows and manifest of one run, as lazy scans and the facts the check pass found.
 
-    `rows` holds every attempt (RESULTS_SCHEMA columns, less LARGE_COLUMNS unless asked for, or the
-    columns `load_run` was given); `final_rows` the one outcome per request and target that metrics
-    are computed over. Both are computed once and shared: `final_rows` is `rows` itself where every
-    row is final (no retries), never a copy per reader.
+    `shards` holds one scan per results file (its `columns`, cast to the contract's types); `scan` is
+    them all, every attempt; `final_scan` the one outcome per request and target that metrics are
+    computed over (`scan` itself where every row is final). A query on them reads only what it asks
+    for. `rows` and `final_rows` collect them (the whole run in memory: for small runs and tests).
     """
 
     run_dir: Path
     files: tuple[Path, ...]
-    rows: pl.DataFrame
+    shards: tuple[pl.LazyFrame, ...]
     manifest: Manifest | None
-    run_ids: tuple[str, ...] = ()  # every run_id of the shards (load_run reads them, kept or not)
+    run_ids: tuple[str, ...]  # every run_id of the shards (read by the check pass, kept or not)
+    row_count: int  # every row (attempt)
+    final_count: int  # final rows
+    target_names: tuple[str, ...]  # sorted
+    tags: tuple[str, ...]  # every tag a row has, sorted (none: an untagged run)
+
+    @cached_property
+    def scan(self) -> pl.LazyFrame:
+        return pl.concat(self.shards, how="vertical") if len(self.shards) > 1 else self.shards[0]
+
+    @property
+    def has_tags(self) -> bool:
+        return bool(self.tags)
+
+    @property
+    def every_row_final(self) -> bool:
+        """One attempt per request and target (no retries, nothing interrupted)."""
+        return self.final_count == self.row_count
+
+    @cached_property
+    def final_scan(self) -> pl.LazyFrame:
+        return self.scan if self.every_row_final else self.scan.filter(pl.col("final"))
+
+    @cached_property
+    def rows(self) -> pl.DataFrame:
+        return self.scan.collect()
 
     @cached_property
     def final_rows(self) -> pl.DataFrame:
-        final = self.rows.get_column("final")
-        return self.rows if final.all() else self.rows.filter(final)
+        return self.rows if self.every_row_final else self.rows.filter(pl.col("final"))
 
-    @cached_property
+    @property
     def run_id(self) -> str | None:
-        ids = self.run_ids or tuple(self.rows.get_column("run_id").unique())
-        return ids[0] if len(ids) == 1 else None
+        return self.run_ids[0] if len(self.run_ids) == 1 else None
 
-    @cached_property
+    @property
     def targets(self) -> list[str]:
-        return sorted(self.rows.get_column("target").unique().to_list())
+        return list(self.target_names)
 
     @property
     def target_configs(self) -> dict[str, dict[str, Any]]:
         """The targets' public configs from the manifest (`targets` list: name, kind, model, base_url, ...), by name."""
         return self.manifest.target_configs if self.manifest is not None else {}
 
+    def each_shard(self, query: Callable[[pl.LazyFrame], pl.LazyFrame]) -> Iterator[pl.DataFrame]:
+        """`query` over each shard, collected one shard at a time, in file order: for passes whose working
+        set per row is larger than their result (token lists), so memory holds about two shards' rows. The
+        next shard is read on a background thread while the caller works on the current one (polars and
+        numpy release the GIL)."""
+        if not self.shards:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader") as reader:
+            pending = reader.submit(query(self.shards[0]).collect, engine="streaming")
+            for following in (*self.shards[1:], None):
+                frame = pending.result()
+                if following is not None:
+                    pending = reader.submit(query(following).collect, engine="streaming")
+                yield frame
+                del frame
+
     @cached_property
     def requests_without_final_row(self) -> int:
         """(target, request_id) pairs that have attempts but no final row (an interrupted run).
 
         Only the pairs of non-final rows can lack one, so only those are looked up."""
-        keys = ["target", "request_id"]
-        retried = self.rows.filter(~pl.col("final")).select(keys).unique()
-        if retried.height == 0:
+        if self.every_row_final:
             return 0
-        finished = self.final_rows.filter(pl.col("request_id").is_in(retried.get_column("request_id").implode()))
-        return retried.join(finished.select(keys), on=keys, how="anti").height
+        keys = ["target", "request_id"]
+        retried = self.scan.filter(~pl.col("final")).select(keys).unique().collect()
+        wanted = retried.get_column("request_id").implode()
+        finished = self.final_scan.filter(pl.col("request_id").is_in(wanted)).select(keys).collect()
+        return retried.join(finished, on=keys, how="anti").height
 
 
 def result_files(run_dir: str | Path) -> list[Path]:
@@ -109,13 +156,9 @@ def result_files(run_dir: str | Path) -> list[Path]:
     return files
 
 
-def read_result_shard(path: Path, columns: Sequence[str]) -> pl.DataFrame:
-    """One results shard, checked against RESULTS_SCHEMA and cast to its types, with `columns` only.
-
-    The required fields and `status` are checked whether or not they are among `columns`. A shard
-    whose columns already have the schema's types (every shard shadowreplay writes) is decoded by
-    polars straight from the file; any other is read by pyarrow and cast.
-    """
+def _checked_schema(path: Path) -> tuple[pa.Schema, list[str]]:
+    """A shard's Parquet schema, checked for the results kind, a readable version and every column that
+    version has; with the columns added after its version (read as null)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:
@@ -128,22 +171,53 @@ def read_result_shard(path: Path, columns: Sequence[str]) -> pl.DataFrame:
     readable = [str(v) for v in READABLE_VERSIONS]
     if version is None or version.decode() not in readable:
         raise RunDataError(f"{path}: results schema_version {version!r}, this shadowreplay reads {', '.join(readable)}")
-    later = {name for name, added in ADDED_COLUMNS.items() if added > int(version.decode())}
+    later = [name for name, added in ADDED_COLUMNS.items() if added > int(version.decode())]
     missing = [name for name in RESULTS_SCHEMA.names if name not in schema.names and name not in later]
     if missing:
         raise RunDataError(f"{path}: results shard lacks columns {missing}")
+    return schema, later
+
+
+def _has_contract_types(schema: pa.Schema, columns: Sequence[str]) -> bool:
+    return all(schema.field(name).type.equals(RESULTS_SCHEMA.field(name).type) for name in columns)
+
+
+def _with_later_columns(frame: pl.LazyFrame | pl.DataFrame, wanted: Sequence[str], present: Sequence[str]) -> Any:
+    """`frame` with the columns added after its shard's version, null, in `wanted` order."""
+    later = [pl.lit(None, dtype=RESULTS_DTYPES[name]).alias(name) for name in wanted if name not in present]
+    return frame.with_columns(later).select(wanted)
+
+
+def shard_scan(path: Path, columns: Sequence[str]) -> pl.LazyFrame:
+    """A lazy scan of one results shard with `columns` in the contract's types, after checking its schema
+    (not its rows: `load_run` checks those). A shard whose columns already have the schema's types (every
+    shard shadowreplay writes) is scanned by polars from the file, reading only what a query asks for; any
+    other is read by pyarrow and cast now."""
+    schema, _ = _checked_schema(path)
+    present = [name for name in columns if name in schema.names]
+    if _has_contract_types(schema, present):
+        scan = pl.scan_parquet(path).select(present)
+    else:
+        scan = _read_and_cast(path, present).lazy()
+    return cast(pl.LazyFrame, _with_later_columns(scan, columns, present))
+
+
+def read_result_shard(path: Path, columns: Sequence[str]) -> pl.DataFrame:
+    """One results shard, checked against RESULTS_SCHEMA and cast to its types, with `columns` only, read now.
+
+    The required fields and `status` are checked whether or not they are among `columns`, naming the first
+    bad row."""
+    schema, _ = _checked_schema(path)
     wanted = list(dict.fromkeys([*columns, *CHECKED_FIELDS]))
     present = [name for name in wanted if name in schema.names]
     try:
-        if all(schema.field(name).type.equals(RESULTS_SCHEMA.field(name).type) for name in present):
+        if _has_contract_types(schema, present):
             frame = pl.read_parquet(path, columns=present)
         else:
             frame = _read_and_cast(path, present)
     except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise RunDataError(f"{path}: cannot read: {exc}") from None
-    frame = frame.with_columns(  # columns added after the shard's version: null
-        pl.lit(None, dtype=RESULTS_DTYPES[name]).alias(name) for name in wanted if name not in present
-    )
+    frame = cast(pl.DataFrame, _with_later_columns(frame, wanted, present))
     _check_required(path, frame)
     _check_statuses(path, frame)
     return frame.select(columns)
@@ -191,57 +265,88 @@ def read_manifest(run_dir: str | Path) -> Manifest | None:
         raise RunDataError(str(exc)) from None
 
 
-def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Sequence[str] | None = None) -> RunData:
-    """Read and check every results shard and the manifest of a run directory.
+FINAL_KEY_HASH = pl.col("request_id").hash().xor(pl.col("target").hash()).filter(pl.col("final"))
+"""A 64-bit hash of each final row's (request_id, target): two equal ones may be one request's two final rows."""
 
-    `columns`: the result columns to keep (e.g. ANALYSIS_COLUMNS); default every column but
-    LARGE_COLUMNS (and those too with `include_output_text`). Every shard is checked whatever is kept.
-    Rows are numbered from 0 within their file in error messages. Raises RunDataError when there
-    are no shards, a shard breaks the contract, the shards mix runs, or a request has two final
-    rows for one target.
+
+def _shard_facts(scan: pl.LazyFrame) -> pl.LazyFrame:
+    """One row of what the check pass needs to know of a shard: its row counts, the null count of each
+    required field, statuses outside the contract, its run ids, targets and tags, and the FINAL_KEY_HASH of
+    its final rows (one list), all from one read of the columns."""
+    return scan.select(
+        FINAL_KEY_HASH.implode().alias("final key hashes"),
+        pl.len().alias("rows"),
+        pl.col("final").sum().alias("final"),
+        *(pl.col(name).null_count().alias(f"null {name}") for name in REQUIRED_FIELDS),
+        (~pl.col("status").is_in(STATUSES)).sum().alias("unknown statuses"),
+        pl.col("run_id").drop_nulls().unique().implode().alias("run_ids"),
+        pl.col("target").drop_nulls().unique().implode().alias("targets"),
+        pl.col("tag").drop_nulls().unique().implode().alias("tags"),
+    )
+
+
+def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Sequence[str] | None = None) -> RunData:
+    """Check every results shard and read the manifest of a run directory; the rows stay in the files.
+
+    `columns`: the result columns the scans hold (e.g. ANALYSIS_COLUMNS); default every column but
+    LARGE_COLUMNS (and those too with `include_output_text`). Every shard is checked whatever is kept, in
+    one pass over FACT_COLUMNS (a shard found bad is then read again to name its first bad row; rows are
+    numbered from 0 within their file). Raises RunDataError when there are no shards, a shard breaks the
+    contract, the shards mix runs, or a request has two final rows for one target.
     """
     run_path = Path(run_dir)
     files = result_files(run_path)
     if columns is None:
         columns = [name for name in RESULTS_SCHEMA.names if include_output_text or name not in LARGE_COLUMNS]
-    kept = list(dict.fromkeys([*columns, *CHECKED_FIELDS]))  # the checks below read some of them
-    frames = [read_result_shard(path, kept) for path in files]
-    run_ids = sorted({run_id for frame in frames for run_id in frame.get_column("run_id").unique().to_list()})
+    wanted = list(dict.fromkeys([*columns, *FACT_COLUMNS]))
+    scans = [shard_scan(path, wanted) for path in files]
+    try:
+        found = [_shard_facts(scan).collect(engine="streaming") for scan in scans]
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise RunDataError(f"{RunDir(run_path).results_dir}: cannot read: {exc}") from None
+    hashes = np.concatenate([frame.get_column("final key hashes")[0].to_numpy() for frame in found])
+    facts = [frame.drop("final key hashes").row(0, named=True) for frame in found]
+    del found
+    for path, fact in zip(files, facts, strict=True):
+        if fact["unknown statuses"] or any(fact[f"null {name}"] for name in REQUIRED_FIELDS):
+            read_result_shard(path, CHECKED_FIELDS)  # names the first bad row
+            raise RunDataError(f"{path}: a required field is null or a status is unknown")
+    run_ids = sorted({run_id for fact in facts for run_id in fact["run_ids"]})
     if len(run_ids) > 1:
         raise RunDataError(f"{RunDir(run_path).results_dir}: shards from several runs: {', '.join(run_ids)}")
-    rows = pl.concat(frames, how="vertical")
-    _check_one_final_row(run_path, files, frames, rows)
-    return RunData(run_path, tuple(files), rows.select(columns), read_manifest(run_path), tuple(run_ids))
-
-
-def _check_one_final_row(run_path: Path, files: list[Path], frames: list[pl.DataFrame], rows: pl.DataFrame) -> None:
-    """RunDataError when a (target, request_id) has two final rows. A hash of each final row's target and
-    request id, sorted, clears the common case (no two equal); a collision, or a real duplicate, is then
-    looked up exactly."""
-    hashes = (
-        rows.lazy()
-        .filter(pl.col("final"))
-        .select(pl.col("request_id").hash().xor(pl.col("target").hash()))
-        .collect()
-        .to_series()
-        .to_numpy()
-        .copy()
+    _check_one_final_row(run_path, files, scans, hashes)
+    return RunData(
+        run_dir=run_path,
+        files=tuple(files),
+        shards=tuple(scan.select(columns) for scan in scans),
+        manifest=read_manifest(run_path),
+        run_ids=tuple(run_ids),
+        row_count=sum(fact["rows"] for fact in facts),
+        final_count=sum(fact["final"] for fact in facts),
+        target_names=tuple(sorted({target for fact in facts for target in fact["targets"]})),
+        tags=tuple(sorted({tag for fact in facts for tag in fact["tags"]})),
     )
+
+
+def _check_one_final_row(run_path: Path, files: list[Path], scans: list[pl.LazyFrame], hashes: np.ndarray) -> None:
+    """RunDataError when a (target, request_id) has two final rows. The FINAL_KEY_HASH of every final row
+    (`hashes`, from the check pass: memory holds the hashes, not the strings), sorted, clears the common case
+    (no two equal); a collision, or a real duplicate, is then looked up exactly."""
     hashes.sort()  # a sort of integers, cheaper than a hash table of millions of keys
     if not (hashes[1:] == hashes[:-1]).any():
         return
     numbered = pl.concat(
         [
-            frame.select("target", "request_id", "final").with_columns(pl.lit(i, dtype=pl.Int32).alias("_file"))
-            for i, frame in enumerate(frames)
+            scan.filter(pl.col("final")).select("target", "request_id", pl.lit(i, dtype=pl.Int32).alias("_file"))
+            for i, scan in enumerate(scans)
         ]
     )
     duplicated = (
-        numbered.filter(pl.col("final"))
-        .group_by("target", "request_id")
+        numbered.group_by("target", "request_id")
         .agg(pl.len().alias("n"), pl.col("_file").unique().sort().alias("files"))
         .filter(pl.col("n") > 1)
         .sort("target", "request_id")
+        .collect()
     )
     if duplicated.height:
         first = duplicated.row(0, named=True)

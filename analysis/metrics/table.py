@@ -74,6 +74,11 @@ def read_together(gap_ms: pl.Expr) -> pl.Expr:
     return gap_ms == 0.0
 
 
+def read_together_count(gaps_ms: np.ndarray) -> int:
+    """How many of a collected ITL population's gaps are read_together (exactly 0 ms)."""
+    return int(np.count_nonzero(gaps_ms == 0.0))
+
+
 def _after_first_entries(flat: pl.Expr, lists: pl.Expr) -> pl.Expr:
     """`flat` (an expression aligned with `lists` exploded) where the entry is not its row's first."""
     return flat.filter(pl.int_ranges(lists.list.len()).explode() > 0)
@@ -85,19 +90,27 @@ def gaps_of(token_times_ms: pl.Expr) -> pl.Expr:
     return _after_first_entries(token_times_ms.explode().diff(), token_times_ms)
 
 
-def gaps_of_collected(token_times_ms: pl.Series) -> pl.Series:
-    """gaps_of over an already collected list column, nulls dropped (the ITL population of its rows): the same
-    gaps, t[i] - t[i-1] within each row, taken on the flat buffer of every row's token times at once."""
-    column = token_times_ms.to_frame("t")
-    flat = column.select(pl.col("t").explode(empty_as_null=False, keep_nulls=False)).to_series()  # no copy
-    if flat.null_count():  # a missing token time: the expression's rules (its gaps are null, dropped)
-        return column.select(gaps_of(pl.col("t")).drop_nulls()).to_series()
+def gap_codes(token_times_ms: pl.Series, row_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gaps_of over an already collected list column, on the flat buffer of every row's token times at once:
+    (t[j] - t[j-1] for every flat entry j but the first, the code of each). A difference is a gap of row r
+    (code row_codes[r], an int array; -1 leaves a row out) when both entries are r's and neither is null;
+    every other difference (across two rows, or touching a missing token time) has code -1."""
     lengths = token_times_ms.list.len().fill_null(0).to_numpy()
-    values = flat.to_numpy()
-    crossing = np.cumsum(lengths)[:-1] - 1  # the diff from a row's last token to the next row's first
-    keep = np.ones(max(len(values) - 1, 0), dtype=bool)
-    keep[crossing[(crossing >= 0) & (crossing < len(keep))]] = False
-    return pl.Series("itl_ms", np.diff(values)[keep])
+    flat = token_times_ms.to_frame("t").select(pl.col("t").explode(empty_as_null=False, keep_nulls=False)).to_series()
+    codes = np.repeat(row_codes, lengths)[1:]  # the row code of each difference's later entry
+    row_ends = np.cumsum(lengths)[:-1] - 1  # a row's last entry, where the next difference crosses rows
+    codes[row_ends[(row_ends >= 0) & (row_ends < len(codes))]] = -1
+    if flat.null_count():  # a missing token time: its gaps are null (gaps_of), dropped here
+        missing = flat.is_null().to_numpy()
+        codes[missing[1:] | missing[:-1]] = -1
+        flat = flat.fill_null(0.0)
+    return np.diff(flat.to_numpy()), codes
+
+
+def gaps_of_collected(token_times_ms: pl.Series) -> pl.Series:
+    """gaps_of over an already collected list column, nulls dropped (the ITL population of its rows)."""
+    differences, codes = gap_codes(token_times_ms, np.zeros(token_times_ms.len(), dtype=np.int16))
+    return pl.Series("itl_ms", differences[codes == 0])
 
 
 def itl_ms() -> pl.Expr:
@@ -316,6 +329,25 @@ def percentiles_of(values: np.ndarray, ps: Sequence[float], is_sorted: bool = Fa
     return [float(v) for v in below + (above - below) * (positions - lower)]
 
 
+def binned_percentiles(
+    bins: np.ndarray, values: np.ndarray, ps: Sequence[float]
+) -> tuple[np.ndarray, list[list[float]]]:
+    """The ps-th percentiles (percentiles_of) of `values` in each bin (`bins`: an integer per value): (the bins
+    that hold values, ascending; per p, its percentile in each of them). One stable sort groups the values."""
+    if len(values) == 0:
+        return np.empty(0, dtype=np.int64), [[] for _ in ps]
+    order = np.argsort(bins, kind="stable")
+    grouped_bins, grouped = bins[order], values[order]
+    starts = np.flatnonzero(np.diff(grouped_bins)) + 1
+    found = [percentiles_of(group, ps) for group in np.split(grouped, starts)]
+    return grouped_bins[np.concatenate([[0], starts])], [[row[i] for row in found] for i in range(len(ps))]
+
+
+def time_bin(column: str, bin_s: float) -> pl.Expr:
+    """The index of the `bin_s`-wide time bin holding `column`'s value (bin i spans [i, i + 1) x bin_s)."""
+    return (pl.col(column) / bin_s).floor().cast(pl.Int64).alias("bin")
+
+
 def percentile_key(p: float) -> str:
     """The key naming a percentile in summaries: 50 -> `p50`, 99.9 -> `p99.9`."""
     text = repr(float(p))
@@ -383,7 +415,7 @@ class Window:
 
 
 def steady_window(
-    final_rows: pl.DataFrame,
+    final_rows: pl.LazyFrame,
     warmup_s: float | None = None,
     warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
 ) -> Window:
@@ -394,11 +426,15 @@ def steady_window(
     """
     if warmup_s is not None and warmup_s < 0:
         raise WindowError(f"warm-up {warmup_s} s is negative")
-    bounds = final_rows.select(
-        pl.col("scheduled_s").min().alias("first"),
-        pl.col("scheduled_s").max().alias("last"),
-        pl.col("done_s").max().alias("done"),
-    ).row(0, named=True)
+    bounds = (
+        final_rows.select(
+            pl.col("scheduled_s").min().alias("first"),
+            pl.col("scheduled_s").max().alias("last"),
+            pl.col("done_s").max().alias("done"),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     first, last, done = bounds["first"], bounds["last"], bounds["done"]
     if first is None or last is None:
         raise WindowError("no result row has a scheduled_s; cannot place a steady window")

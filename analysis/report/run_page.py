@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import polars as pl
 
@@ -26,8 +26,8 @@ from shadowreplay.analysis.data.telemetry_data import VLLM_KV_CACHE_USAGE, VLLM_
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.report.charts import Band, ColourMap, Panel, Series, quantile_grid, stacked_panels
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
-from shadowreplay.analysis.summary.models import RunSummary
-from shadowreplay.analysis.summary.run_summary import Curves
+from shadowreplay.analysis.summary.models import RunSummary, TtftTimeline
+from shadowreplay.analysis.summary.run_summary import Curves, SendTimeBins
 from shadowreplay.analysis.summary.tables import summary_tables
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
@@ -54,9 +54,8 @@ def time_bin_s(span_s: float) -> float:
     return next((step for step in NICE_BIN_STEPS_S if span_s / step <= TARGET_BINS), NICE_BIN_STEPS_S[-1])
 
 
-def _bin(column: str, bin_s: float) -> pl.Expr:
-    """The index of the `bin_s`-wide time bin holding `column`'s value (bin i spans [i, i + 1) x bin_s)."""
-    return (pl.col(column) / bin_s).floor().cast(pl.Int64).alias("bin")
+SEND_TIME_BINS = SendTimeBins(time_bin_s, (50.0, 95.0))
+"""The TTFT by send time `summarize` is asked to keep for this page (`report` asks), from the rows it reads."""
 
 
 def _series(frame: pl.DataFrame, name: str, value: str, bin_s: float, **style: Any) -> Series:
@@ -72,48 +71,77 @@ def _on_grid(binned: pl.DataFrame, grid: pl.DataFrame, fill: float | None) -> pl
     return joined if fill is None else joined.fill_null(fill)
 
 
-def load_panels(final_rows: pl.DataFrame, bin_s: float, colours: ColourMap) -> list[Panel]:
+def _ttft_by_bin(rows: pl.LazyFrame, bin_s: float) -> pl.DataFrame:
+    """TTFT p50 and p95 (metrics.latency_values("ttft")) of `rows` by the bin of their send, from the rows: one
+    collect of the bins and values (metrics.binned_percentiles)."""
+    values = (
+        rows.filter(pl.col("sent_s").is_not_null())
+        .select(metrics.time_bin("sent_s", bin_s), metrics.population_values("ttft").alias("value"))
+        .drop_nulls("value")
+        .collect(engine="streaming")
+    )
+    bins, (p50, p95) = metrics.binned_percentiles(
+        values.get_column("bin").to_numpy(), values.get_column("value").to_numpy(), (50.0, 95.0)
+    )
+    return _timeline_frame({"bin": bins.tolist(), "p50": p50, "p95": p95})
+
+
+def _timeline_frame(timeline: dict[str, list[float]]) -> pl.DataFrame:
+    """A target's TTFT by send time (TtftTimeline.targets' entry, or _ttft_by_bin's) as a frame on bins."""
+    return pl.DataFrame(
+        {"bin": [int(b) for b in timeline["bin"]], "p50": timeline["p50"], "p95": timeline["p95"]},
+        schema={"bin": pl.Int64, "p50": pl.Float64, "p95": pl.Float64},
+    )
+
+
+def load_panels(
+    final_rows: pl.LazyFrame,
+    targets: list[str],
+    bin_s: float,
+    colours: ColourMap,
+    timeline: TtftTimeline | None = None,
+) -> list[Panel]:
     """Request rate (offered, completed, errors) and TTFT p50/p95 over time, binned by `bin_s`.
 
     Rates are drawn on every bin from the first scheduled send to the last request done, so a stall
-    shows as zero; a bin without a TTFT is a gap in its line. Offered counts each request once in the
-    bin of its scheduled send (all targets share one schedule), telling requests apart by a 64-bit hash
-    of their id (an integer pass, not a table of strings; two ids sharing a hash, odds about n^2 / 2^65
-    for n requests, under one in a million at 5 million, would be drawn as one). Each figure is one
-    grouped pass over the columns it reads (by target and bin), never a copy of a target's rows.
+    shows as zero; a bin without a TTFT is a gap in its line. All targets share one schedule, so each
+    request is drawn once in the offered line: a bin's offered count is the largest of the targets' counts
+    of final rows scheduled in it (the same count for every target in a complete run; in an interrupted
+    one, a request no target finished is not drawn, as it has no row). Each figure is one grouped pass
+    over the columns it reads (by target and bin), never a copy of a target's rows. The TTFT lines are the
+    summary's `timeline` where it has them (bins `bin_s` wide), else computed from the rows.
     """
-    rows = final_rows.lazy()
-    first, last = final_rows.select(
-        _bin("scheduled_s", bin_s).min().alias("first"),
-        pl.max_horizontal(_bin("done_s", bin_s).max(), _bin("scheduled_s", bin_s).max()).alias("last"),
-    ).row(0)
+    rows = final_rows
+    first, last = (
+        rows.select(
+            metrics.time_bin("scheduled_s", bin_s).min().alias("first"),
+            pl.max_horizontal(
+                metrics.time_bin("done_s", bin_s).max(), metrics.time_bin("scheduled_s", bin_s).max()
+            ).alias("last"),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
     grid = pl.DataFrame({"bin": range(first, last + 1) if first is not None else []}, schema={"bin": pl.Int64})
     offered = _on_grid(
-        rows.filter(pl.col("scheduled_s").is_not_null() & pl.col("request_id").hash().is_first_distinct())
-        .group_by(_bin("scheduled_s", bin_s))
-        .agg((pl.len() / bin_s).alias("rate"))
-        .collect(),
+        rows.filter(pl.col("scheduled_s").is_not_null())
+        .group_by("target", metrics.time_bin("scheduled_s", bin_s))
+        .agg(pl.len().alias("scheduled"))
+        .group_by("bin")
+        .agg((pl.col("scheduled").max() / bin_s).alias("rate"))
+        .collect(engine="streaming"),
         grid,
         0.0,
     )
     done_by_target = (
         rows.filter(pl.col("done_s").is_not_null())
-        .group_by("target", _bin("done_s", bin_s))
+        .group_by("target", metrics.time_bin("done_s", bin_s))
         .agg((metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors"))
-        .collect()
-    )
-    ttft_by_target = (
-        rows.filter(pl.col("sent_s").is_not_null())
-        .group_by("target", _bin("sent_s", bin_s))
-        .agg(
-            metrics.percentile(metrics.latency_values("ttft"), 50.0).alias("p50"),
-            metrics.percentile(metrics.latency_values("ttft"), 95.0).alias("p95"),
-        )
-        .collect()
+        .collect(engine="streaming")
     )
     rate_series = [_series(offered, "offered (scheduled)", "rate", bin_s, colour="#52606d", dash="dot")]
     ttft_series = []
-    for target in sorted(final_rows.get_column("target").unique().to_list()):
+    for target in targets:
         of_target = pl.col("target") == target
         done = _on_grid(done_by_target.filter(of_target).drop("target"), grid, 0.0)
         rate_series.append(_series(done, target, "completed", bin_s, colour=colours(target)))
@@ -123,7 +151,9 @@ def load_panels(final_rows: pl.DataFrame, bin_s: float, colours: ColourMap) -> l
                     done, f"{target} errors", "errors", bin_s, colour=colours(target), dash="dash", mode="lines+markers"
                 )
             )
-        ttft = _on_grid(ttft_by_target.filter(of_target).drop("target"), grid, None)
+        kept = timeline.targets.get(target) if timeline is not None else None
+        by_bin = _timeline_frame(kept) if kept is not None else _ttft_by_bin(rows.filter(of_target), bin_s)
+        ttft = _on_grid(by_bin, grid, None)
         ttft_series.append(_series(ttft, target, "p95", bin_s, colour=colours(target)))
         ttft_series.append(_series(ttft, f"{target} p50", "p50", bin_s, colour=colours(target), dash="dot"))
     return [
@@ -148,7 +178,7 @@ def _telemetry_series(
         return []
     binned = (
         samples.filter(pl.col("metric") == chosen)
-        .group_by("host", "device", _bin("t_s", bin_s))
+        .group_by("host", "device", metrics.time_bin("t_s", bin_s))
         .agg((pl.col("value").mean() * scale).alias("value"))
     )
     series = []
@@ -190,10 +220,10 @@ def telemetry_panels(telemetry: Telemetry | None, bin_s: float, colours: ColourM
     return panels
 
 
-def _populations(final_rows: pl.DataFrame, target: str) -> dict[str, pl.Series]:
+def _populations(final_rows: pl.LazyFrame, target: str) -> dict[str, pl.Series]:
     """One target's population of each of DISTRIBUTION_METRICS (metrics.latency_values), read in two passes
     over the columns they need: the per-row metrics together, the ITL gaps with one explode."""
-    rows = final_rows.lazy().filter(pl.col("target") == target)
+    rows = final_rows.filter(pl.col("target") == target)
     per_row = [name for name in DISTRIBUTION_METRICS if not metrics.METRIC_BY_NAME[name].per_gap]
     values = rows.select(metrics.population_values(name) for name in per_row).collect()
     populations = {name: values.get_column(name).drop_nulls() for name in per_row}
@@ -205,12 +235,14 @@ def _populations(final_rows: pl.DataFrame, target: str) -> dict[str, pl.Series]:
 
 
 def distribution_panels(
-    final_rows: pl.DataFrame, colours: ColourMap, computed: dict[str, dict[str, list[float]]] | None = None
+    final_rows: pl.LazyFrame,
+    targets: list[str],
+    colours: ColourMap,
+    computed: dict[str, dict[str, list[float]]] | None = None,
 ) -> list[Panel]:
     """Percentile curves of TTFT, ITL, TPOT and e2e per target (metrics.latency_values populations): those the
     summary `computed` (RunSummary.distributions, summarize with DISTRIBUTION_CURVES), else each one call
     (metrics.percentiles_of) over its population."""
-    targets = sorted(final_rows.get_column("target").unique().to_list())
     curves: dict[str, list[Series]] = {name: [] for name in DISTRIBUTION_METRICS}
     for target in targets:
         drawn = (computed or {}).get(target, {})
@@ -240,17 +272,25 @@ def _subtitle(summary: RunSummary) -> str:
 def build_run_page(summary: RunSummary, run: RunData, telemetry: Telemetry | None) -> ReportPage:
     """The run report's page from its summary (analysis/summary/run_summary.py), result rows and telemetry."""
     page = ReportPage(f"shadowreplay run {summary.run_id or '?'}", _subtitle(summary), summary.shadowreplay_version)
-    final = run.final_rows
+    final = run.final_scan
     window = summary.window
     colours = ColourMap()
     for target in summary.targets:
         colours(target)
-    end = final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max())).item() or 0.0
-    first_scheduled = cast("float | None", final.get_column("scheduled_s").min())  # a Float64 column
-    bin_s = time_bin_s(max(end - (first_scheduled or 0.0), 0.0))
+    if summary.timeline is not None:
+        bin_s = summary.timeline.bin_s
+    else:
+        end = (
+            final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max()))
+            .collect(engine="streaming")
+            .item()
+        )
+        bin_s = time_bin_s(max((end or window.schedule_start_s) - window.schedule_start_s, 0.0))
 
     over_time = page.section("Over time")
-    panels = load_panels(final, bin_s, colours) + telemetry_panels(telemetry, bin_s, colours)
+    panels = load_panels(final, run.targets, bin_s, colours, summary.timeline) + telemetry_panels(
+        telemetry, bin_s, colours
+    )
     band = Band(window.start_s, window.end_s, f"{window.kind} window")
     over_time.add(
         Figure(
@@ -267,7 +307,7 @@ def build_run_page(summary: RunSummary, run: RunData, telemetry: Telemetry | Non
     distributions.add(
         Figure(
             "Percentile curves per target (log scale)",
-            quantile_grid(distribution_panels(final, colours, summary.distributions)),
+            quantile_grid(distribution_panels(final, run.targets, colours, summary.distributions)),
             "Final ok requests (ITL: every gap between their tokens); y = percentile. The x axes are logarithmic, "
             "so zero values (e.g. tokens that arrived in one chunk) start a curve above 0.",
         )

@@ -10,11 +10,12 @@ them loudly, summary.json keeps them (`load_warnings`), and `replay --strict` ex
   over final rows that were sent) above `limit_ms` (default 10 ms). The requests went out later
   than recorded, so the load the server saw was not the recorded one, and every from-scheduled
   latency includes the client's own delay.
-- `ZeroGapReads`: more than `share` (default half) of a target's ITL gaps are exactly 0 ms, while
-  vLLM's own ITL histogram for that target (the server_histograms block) has a mean above
-  `server_itl_ms` (default 1 ms). Tokens the server produced apart were read together: the client
-  read late, so its ITL and TPOT are not the server's. Without the server's histogram (a hosted
-  API, which may send several tokens per chunk by design) this check does not fire.
+- `ZeroGapReads`: more than `share` (default half) of a target's ITL gaps are exactly 0 ms (the
+  summary's `multi_token_reads`), while vLLM's own ITL histogram for that target (the
+  server_histograms block) has a mean above `server_itl_ms` (default 1 ms). Tokens the server
+  produced apart were read together: the client read late, so its ITL and TPOT are not the
+  server's. Without the server's histogram (a hosted API, which may send several tokens per chunk
+  by design) this check does not fire.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import polars as pl
-
-from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.summary.models import LoadWarning, TargetSummary
 
 REMEDY = (
@@ -40,9 +38,7 @@ class LoadCheck(Protocol):
     @property
     def name(self) -> str: ...
 
-    def check(
-        self, target: str, stats: TargetSummary, zero_gap_share: float | None, server_itl_mean_ms: float | None
-    ) -> LoadWarning | None: ...
+    def check(self, target: str, stats: TargetSummary, server_itl_mean_ms: float | None) -> LoadWarning | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,9 +46,7 @@ class SendLateness:
     limit_ms: float = 10.0
     name: str = "send_lateness"
 
-    def check(
-        self, target: str, stats: TargetSummary, zero_gap_share: float | None, server_itl_mean_ms: float | None
-    ) -> LoadWarning | None:
+    def check(self, target: str, stats: TargetSummary, server_itl_mean_ms: float | None) -> LoadWarning | None:
         p99 = stats.all.latency_ms["lateness"].p99
         if p99 is None or p99 <= self.limit_ms:
             return None
@@ -76,9 +70,8 @@ class ZeroGapReads:
     server_itl_ms: float = 1.0
     name: str = "zero_gap_reads"
 
-    def check(
-        self, target: str, stats: TargetSummary, zero_gap_share: float | None, server_itl_mean_ms: float | None
-    ) -> LoadWarning | None:
+    def check(self, target: str, stats: TargetSummary, server_itl_mean_ms: float | None) -> LoadWarning | None:
+        zero_gap_share = stats.all.multi_token_reads.share
         if zero_gap_share is None or server_itl_mean_ms is None:
             return None
         if zero_gap_share <= self.share or server_itl_mean_ms <= self.server_itl_ms:
@@ -105,16 +98,6 @@ def load_checks(max_lateness_ms: float = SendLateness.limit_ms) -> tuple[LoadChe
     return (SendLateness(limit_ms=max_lateness_ms), ZeroGapReads())
 
 
-def zero_gap_shares(final_rows: pl.DataFrame) -> dict[str, float | None]:
-    """Per target: the share of ITL gaps (final ok rows) that are exactly 0 ms, tokens read together
-    (metrics.read_together; None: no gaps)."""
-    gaps = metrics.latency_values("itl")
-    shares = final_rows.group_by("target").agg(
-        pl.when(gaps.len() > 0).then(metrics.read_together(gaps).sum() / gaps.len()).alias("share")
-    )
-    return dict(zip(shares.get_column("target").to_list(), shares.get_column("share").to_list(), strict=True))
-
-
 def _server_itl_means(server_histograms: dict[str, Any]) -> dict[str, float | None]:
     if server_histograms.get("status") != "compared":
         return {}
@@ -126,21 +109,14 @@ def _server_itl_means(server_histograms: dict[str, Any]) -> dict[str, float | No
 
 
 def load_warnings(
-    targets: dict[str, TargetSummary],
-    final_rows: pl.DataFrame,
-    server_histograms: dict[str, Any],
-    checks: Sequence[LoadCheck] = CHECKS,
-    shares: dict[str, float | None] | None = None,
+    targets: dict[str, TargetSummary], server_histograms: dict[str, Any], checks: Sequence[LoadCheck] = CHECKS
 ) -> list[LoadWarning]:
-    """Every check's warning for every target, in target order. `shares`: zero_gap_shares(final_rows) where the
-    caller has them already (the summary takes them in its pass over the slices)."""
-    if shares is None:
-        shares = zero_gap_shares(final_rows)
+    """Every check's warning for every target, in target order, from the summary's figures."""
     server_itl = _server_itl_means(server_histograms)
     warnings = []
     for name, stats in targets.items():
         for rule in checks:
-            warning = rule.check(name, stats, zero_gap_share=shares.get(name), server_itl_mean_ms=server_itl.get(name))
+            warning = rule.check(name, stats, server_itl_mean_ms=server_itl.get(name))
             if warning is not None:
                 warnings.append(warning)
     return warnings

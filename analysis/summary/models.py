@@ -83,6 +83,15 @@ class OutputLengths(_Model):
     tokens_short: int = 0  # expected - completion_tokens summed over the short rows
 
 
+class MultiTokenReads(_Model):
+    """ITL gaps of exactly 0 ms (analysis/metrics/table.py `read_together`): tokens read in one socket read or
+    one multi-token chunk. `share` = zero_gaps / gaps (null with no gaps)."""
+
+    zero_gaps: int = 0
+    gaps: int = 0
+    share: float | None = None
+
+
 class SliceStats(_Model):
     """STATS of one slice: a target, or a target and tag."""
 
@@ -95,6 +104,7 @@ class SliceStats(_Model):
     attempts: int
     retries: int
     latency_ms: dict[str, LatencyStats]
+    multi_token_reads: MultiTokenReads = Field(default_factory=MultiTokenReads)  # absent from older summaries
     output_tokens: OutputTokens
     token_mismatch: TokenMismatch
     window: WindowCounts
@@ -149,6 +159,14 @@ class LoadWarning(_Model):
     message: str
 
 
+class TtftTimeline(_Model):
+    """TTFT percentiles by send time per target (run_summary.SendTimeBins), for the report page; not in
+    summary.json. targets: {target: {"bin": [bin index, ...], "p50": [...], ...}}, bins `bin_s` wide."""
+
+    bin_s: float
+    targets: dict[str, dict[str, list[float]]]
+
+
 class RunSummary(_Model):
     """RUN_DIR/summary.json."""
 
@@ -168,6 +186,8 @@ class RunSummary(_Model):
     load_warnings: list[LoadWarning] = Field(default_factory=list)
     distributions: dict[str, dict[str, list[float]]] = Field(default_factory=dict, exclude=True)
     """Percentile curves per target and metric (run_summary.Curves), for the report page; not in summary.json."""
+    timeline: TtftTimeline | None = Field(default=None, exclude=True)
+    """TTFT by send time per target (run_summary.SendTimeBins), for the report page; not in summary.json."""
 
     def json_dict(self) -> dict[str, Any]:
         """The summary as the JSON object summary.json holds."""

@@ -55,6 +55,8 @@ STATS (one slice: a target, or a target and tag):
     attempts, retries    every row (attempt) / rows that were not final
     latency_ms           {metric: {count, mean, p50, p90, p95, p99, max}} for ttft, itl, tpot, e2e,
                          sched_ttft, sched_e2e, lateness (populations: definitions.populations)
+    multi_token_reads    {zero_gaps, gaps, share}: the slice's ITL gaps (over final ok rows) that are exactly 0 ms,
+                         tokens read together (share null with no gaps)
     output_tokens        {total, from_server, from_client}: over final ok rows; from_client counts
                          rows with no server usage, whose client count was used
     token_mismatch       {compared (final ok rows with both counts), mismatched}
@@ -88,7 +90,9 @@ COST (one target; money in USD, null where the target has no price):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -104,7 +108,7 @@ from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.analysis.summary.load_fidelity import CHECKS, LoadCheck, load_warnings
-from shadowreplay.analysis.summary.models import RunSummary
+from shadowreplay.analysis.summary.models import RunSummary, TtftTimeline
 from shadowreplay.analysis.telemetry.energy import gpu_summary
 from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
 from shadowreplay.replay.schemas.results import STATUSES
@@ -211,42 +215,75 @@ class Curves:
 NO_CURVES = Curves((), ())
 
 
-def _latency_stats(
-    rows: pl.LazyFrame, slos: Sequence[Slo], curves: Curves = NO_CURVES
-) -> tuple[dict[str, Any], float | None, dict[str, list[float]]]:
-    """Every latency metric's statistics over one slice's final rows, flat-named like `_slice_aggregations` (the
-    SLOs' percentiles included), the share of its ITL gaps read together (None: no gaps) and `curves`.
+@dataclass(frozen=True)
+class SendTimeBins:
+    """TTFT percentiles by send time to keep per target (RunSummary.timeline): the final ok rows' TTFT grouped by
+    the bin of their `sent_s`, bins `width(span_s)` wide, where span_s runs from the first scheduled send to
+    the last request done or scheduled; taken from the same collected rows as the summary's TTFT."""
 
-    Each population is collected once (the per-row metrics in one select, the ITL gaps with one explode of
-    the token times) and all of its percentiles are taken in one call (metrics.population_stats)."""
-    per_row = rows.select(metrics.population_values(name) for name in ROW_METRICS).collect()
-    populations = {name: per_row.get_column(name).drop_nulls() for name in ROW_METRICS}
-    del per_row
-    ok_token_times = rows.filter(metrics.is_ok()).select("token_times_ms").collect().to_series()
-    populations["itl"] = metrics.gaps_of_collected(ok_token_times)  # latency_values("itl"), on the flat buffer
-    del ok_token_times
-    gaps = populations["itl"]
-    zero_gaps = gaps.to_frame("gap").select(metrics.read_together(pl.col("gap")).sum()).item()
-    zero_gap_share = zero_gaps / gaps.len() if gaps.len() else None
-    flat: dict[str, Any] = {}
-    drawn: dict[str, list[float]] = {}
-    for name in list(populations):
-        values = populations.pop(name).to_numpy()  # each population is let go once its figures are taken
-        asked = [slo.percentile for slo in slos if slo.metric == name]
-        ps = sorted({*metrics.REPORTED_PERCENTILES, *asked})
-        if name in curves.metrics:
-            values = np.sort(values)
-            drawn[name] = metrics.percentiles_of(values, curves.percentiles, is_sorted=True)
-        stats = metrics.population_stats(values, ps, is_sorted=name in curves.metrics)
-        flat[f"latency_ms.{name}.count"] = stats.count
-        flat[f"latency_ms.{name}.mean"] = stats.mean
-        flat[f"latency_ms.{name}.max"] = stats.max
-        for p, key in zip(metrics.REPORTED_PERCENTILES, PERCENTILE_KEYS):
-            flat[f"latency_ms.{name}.{key}"] = stats.percentiles[p]
-        for index, slo in enumerate(slos):
-            if slo.metric == name:
-                flat[f"slo.{index}.value_ms"] = stats.percentiles[slo.percentile]
-    return flat, zero_gap_share, drawn
+    width: Callable[[float], float]
+    percentiles: tuple[float, ...]
+
+
+def _row_populations(per_row: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Each per-row metric's population (metrics.population_values, nulls dropped) taken out of one collected
+    frame: each column leaves the frame as its population is made, so the two are never both held whole."""
+    return {name: per_row.drop_in_place(name).drop_nulls().to_numpy() for name in ROW_METRICS}
+
+
+def _population_figures(
+    name: str, values: np.ndarray, slos: Sequence[Slo], curves: Curves = NO_CURVES
+) -> tuple[dict[str, Any], list[float] | None]:
+    """One latency metric's statistics over one slice's population, flat-named like `_slice_aggregations` (the
+    SLOs' percentiles of that metric included), and its curve when `curves` asks for it (else None).
+
+    All percentiles are taken in one call (metrics.population_stats); a population drawn as a curve is sorted
+    once (in place where the array is the caller's own) and every percentile read off it."""
+    asked = [slo.percentile for slo in slos if slo.metric == name]
+    ps = sorted({*metrics.REPORTED_PERCENTILES, *asked})
+    drawn = None
+    if name in curves.metrics:
+        if values.flags.writeable:
+            values.sort()  # in place: ITL gaps are the run's largest population
+        else:
+            values = np.sort(values)  # a read-only view of polars' buffer
+        drawn = metrics.percentiles_of(values, curves.percentiles, is_sorted=True)
+    stats = metrics.population_stats(values, ps, is_sorted=name in curves.metrics)
+    flat: dict[str, Any] = {
+        f"latency_ms.{name}.count": stats.count,
+        f"latency_ms.{name}.mean": stats.mean,
+        f"latency_ms.{name}.max": stats.max,
+    }
+    for p, key in zip(metrics.REPORTED_PERCENTILES, PERCENTILE_KEYS):
+        flat[f"latency_ms.{name}.{key}"] = stats.percentiles[p]
+    for index, slo in enumerate(slos):
+        if slo.metric == name:
+            flat[f"slo.{index}.value_ms"] = stats.percentiles[slo.percentile]
+    return flat, drawn
+
+
+def _itl_figures(
+    target: str, chunks: dict[Slice, list[np.ndarray]], slos: Sequence[Slo], curves: Curves
+) -> dict[Slice, tuple[dict[str, Any], list[float] | None]]:
+    """The ITL statistics, gaps read together (multi_token_reads) and, for the target's own slice, curve of
+    each of one target's slices, from its gap chunks (`_gap_chunks`; by (target, tag) where tags exist): each
+    tag's gaps, then all of them, are joined into one array, their figures taken, and let go."""
+    found: dict[Slice, tuple[dict[str, Any], list[float] | None]] = {}
+    slices = [key for key in chunks if len(key) == 2] + [(target,)]
+    for key in slices:
+        parts = [chunk for tag_key in chunks for chunk in chunks[tag_key]] if len(key) == 1 else chunks[key]
+        gaps = np.concatenate(parts) if parts else np.empty(0)
+        if len(key) == 1:
+            chunks.clear()  # the joined gaps are all the target has: its chunks can go
+        del parts
+        zero_gaps = metrics.read_together_count(gaps)
+        flat, drawn = _population_figures("itl", gaps, slos, curves if len(key) == 1 else NO_CURVES)
+        flat["multi_token_reads.zero_gaps"] = zero_gaps
+        flat["multi_token_reads.gaps"] = len(gaps)
+        flat["multi_token_reads.share"] = zero_gaps / len(gaps) if len(gaps) else None
+        found[key] = (flat, drawn)
+        del gaps
+    return found
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +331,7 @@ def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, i
         "latency_ms": {
             name: {key: stats["latency_ms"][name][key] for key in STAT_KEYS} for name in metrics.LATENCY_METRICS
         },
+        "multi_token_reads": stats["multi_token_reads"],
         "output_tokens": stats["output_tokens"],
         "token_mismatch": stats["token_mismatch"],
         "window": stats["window"],
@@ -304,40 +342,177 @@ def _slice_stats(flat: dict[str, Any], attempts: int, http_statuses: dict[str, i
     }
 
 
+Slice = tuple[Any, ...]
+"""A slice's key: (target,) or (target, tag)."""
+
+
+def _gap_chunks(run: RunData, keys: list[str]) -> dict[Slice, list[np.ndarray]]:
+    """Every slice's ITL gaps (metrics.latency_values("itl"): the gaps of final ok rows) by the values of
+    `keys` (["target"] or ["target", "tag"]), in one pass over the shards: a shard's token times are read
+    once, their gaps taken on the flat buffer with each gap's slice code (metrics.gap_codes; a slice's code
+    from the run's sorted targets and tags) and split by code (one pass over the shard's gaps per slice it
+    holds), so only the gaps are held, never the run's token lists."""
+    chunks: dict[Slice, list[np.ndarray]] = defaultdict(list)
+    counted = (pl.col("final") & metrics.is_ok()).fill_null(False)
+    targets, tags = list(run.target_names), list(run.tags)
+    code = pl.col("target").cast(pl.Enum(targets)).to_physical().cast(pl.Int32)
+    slices: list[Slice] = [(target,) for target in targets]
+    if "tag" in keys:  # code = target x (tags + 1) + tag's index (tags: null)
+        tag_code = pl.col("tag").cast(pl.Enum(tags)).to_physical().cast(pl.Int32).fill_null(len(tags))
+        code = code * (len(tags) + 1) + tag_code
+        slices = [(target, tag) for target in targets for tag in [*tags, None]]
+
+    def query(shard: pl.LazyFrame) -> pl.LazyFrame:
+        return shard.select(pl.when(counted).then(code).otherwise(-1).alias("_code"), "token_times_ms")
+
+    for frame in run.each_shard(query):
+        row_codes = frame.get_column("_code").to_numpy()
+        differences, codes = metrics.gap_codes(frame.get_column("token_times_ms"), row_codes)
+        del frame
+        for index in np.unique(row_codes[row_codes >= 0]):
+            chunks[slices[index]].append(differences[codes == index])
+    return chunks
+
+
+def _attempts(run: RunData, keys: list[str]) -> dict[Slice, int]:
+    """Every row (attempt) per slice of `keys`; empty where every row is final (attempts = requests)."""
+    if run.every_row_final:
+        return {}
+    counts = run.scan.group_by(keys).agg(pl.len()).collect(engine="streaming")
+    return {tuple(row[:-1]): row[-1] for row in counts.iter_rows()}
+
+
 @dataclass
-class _Slices:
-    stats: dict[tuple, dict]  # STATS by group values
-    zero_gap_shares: dict[tuple, float | None]  # the share of ITL gaps read together (None: no gaps)
-    curves: dict[tuple, dict[str, list[float]]]  # the Curves asked for, by metric
+class _TargetRows:
+    """What one target's slices are computed from, collected: each slice's aggregation row, HTTP status counts
+    and per-row latency populations (numpy arrays, ROW_METRICS). Slices: (target,) and, where tags exist, each
+    (target, tag)."""
+
+    target: str
+    flats: dict[Slice, dict[str, Any]]
+    http: dict[Slice, dict[str, int]]
+    populations: dict[Slice, dict[str, np.ndarray]]
+    send_bins: tuple[np.ndarray, np.ndarray] | None = None  # (send bin, TTFT) of each final ok row with both
 
 
-def _slices(
-    run: RunData, keys: list[str], window: metrics.Window, slos: Sequence[Slo], curves: Curves = NO_CURVES
-) -> _Slices:
-    """STATS for every group of `keys` (["target"] or ["target", "tag"]), keyed by the group values, each
-    group's share of ITL gaps read together and its `curves`.
+@dataclass
+class _TargetSlices:
+    stats: dict[Slice, dict]  # STATS of (target,) and, where tags exist, of each (target, tag)
+    curves: dict[str, list[float]]  # the target's Curves, by metric
+    timeline: dict[str, list[float]] | None = None  # {"bin": [...], "p50": [...], ...}: SendTimeBins
 
-    Each group is a lazy filter of the final rows (none where one group holds every row), so a query copies
-    only the columns it reads: the group's counts in one select, its latency statistics in `_latency_stats`."""
-    final = run.final_rows
-    groups = final.select(keys).unique().rows()
-    if run.rows is final:  # every row final: one attempt per request
-        attempts = {}
-    else:
-        attempts = {tuple(row[:-1]): row[-1] for row in run.rows.group_by(keys).agg(pl.len()).iter_rows()}
+
+def _collect_target(
+    run: RunData, target: str, window: metrics.Window, slos: Sequence[Slo], send_bin_s: float | None = None
+) -> _TargetRows:
+    """One target's slices' inputs from three queries over its final rows, collected together (the scan reads
+    only the columns they ask for): the counts and sums of `_slice_aggregations`, the HTTP statuses and the
+    per-row latency metrics, with the per-tag aggregations and statuses grouped in the same plan."""
+    rows = run.final_scan if len(run.target_names) == 1 else run.final_scan.filter(pl.col("target") == target)
+    by_tag = ["tag"] if run.has_tags else []
     aggregations = _slice_aggregations(window, slos)
-    result = _Slices({}, {}, {})
-    for group in groups:
-        rows = final.lazy()
-        if len(groups) > 1:
-            rows = rows.filter(*(pl.col(key).eq_missing(value) for key, value in zip(keys, group)))
-        flat = rows.select(aggregations).collect().row(0, named=True)
-        latency, result.zero_gap_shares[group], result.curves[group] = _latency_stats(rows, slos, curves)
-        flat.update(latency)
-        http_rows = rows.filter(pl.col("http_status").is_not_null()).group_by("http_status").agg(pl.len())
-        http = {str(status): count for status, count in http_rows.sort("http_status").collect().iter_rows()}
-        result.stats[group] = _slice_stats(flat, attempts.get(group, flat["requests"]), http, slos)
+    queries = [
+        rows.select(aggregations),
+        rows.filter(pl.col("http_status").is_not_null()).group_by(*by_tag, "http_status").agg(pl.len()),
+        rows.select(
+            *by_tag,
+            *(metrics.population_values(name) for name in ROW_METRICS),
+            *([metrics.time_bin("sent_s", send_bin_s).alias("_send_bin")] if send_bin_s is not None else []),
+        ),
+    ]
+    if by_tag:
+        queries.append(rows.group_by("tag").agg(aggregations))
+    # One plan: the scan of the target's rows is shared by the queries.
+    totals, statuses, per_row, *tagged = pl.collect_all(queries, engine="streaming")
+    flats: dict[Slice, dict[str, Any]] = {(target,): totals.row(0, named=True)}
+    for frame in tagged:
+        for row in frame.iter_rows(named=True):
+            flats[(target, row.pop("tag"))] = row
+    http: dict[Slice, dict[str, int]] = defaultdict(dict)
+    for entry in statuses.sort("http_status").iter_rows():
+        *tag, status, count = entry
+        http[(target,)][str(status)] = http[(target,)].get(str(status), 0) + count
+        if by_tag:
+            http[(target, *tag)][str(status)] = count
+    send_bins = None
+    if send_bin_s is not None:
+        timed = per_row.select("_send_bin", "ttft").drop_nulls()
+        send_bins = (timed.get_column("_send_bin").to_numpy(), timed.get_column("ttft").to_numpy())
+        per_row = per_row.drop("_send_bin")
+    populations: dict[Slice, dict[str, np.ndarray]] = {}
+    if by_tag:
+        for (tag,), part in per_row.partition_by("tag", as_dict=True, include_key=False).items():
+            populations[(target, tag)] = _row_populations(part)
+    populations[(target,)] = _row_populations(per_row)
+    return _TargetRows(target, flats, http, populations, send_bins)
+
+
+def _target_figures(
+    collected: _TargetRows,
+    itl: Future[dict[Slice, tuple[dict[str, Any], list[float] | None]]],
+    slos: Sequence[Slo],
+    curves: Curves,
+    attempts: dict[Slice, int],
+    send_time_bins: SendTimeBins | None = None,
+) -> _TargetSlices:
+    """STATS of each of a target's slices from its collected rows and ITL figures (no I/O: numpy over the
+    populations, which are let go as their figures are taken); the target's own slice keeps `curves`, and its
+    TTFT by send time the percentiles of `send_time_bins`."""
+    result = _TargetSlices({}, {})
+    if collected.send_bins is not None and send_time_bins is not None:
+        ps = send_time_bins.percentiles
+        bins, found = metrics.binned_percentiles(*collected.send_bins, ps)
+        result.timeline = {"bin": bins.tolist(), **{metrics.percentile_key(p): v for p, v in zip(ps, found)}}
+        collected.send_bins = None
+    itl_figures = itl.result()
+    for key, flat in collected.flats.items():
+        asked = curves if len(key) == 1 else NO_CURVES
+        itl_flat, itl_curve = itl_figures.get(key, _population_figures("itl", np.empty(0), slos))
+        flat.update(itl_flat)
+        if len(key) == 1 and itl_curve is not None:
+            result.curves["itl"] = itl_curve
+        populations = collected.populations.pop(key)
+        for name in ROW_METRICS:
+            latency, drawn = _population_figures(name, populations.pop(name), slos, asked)
+            flat.update(latency)
+            if len(key) == 1 and drawn is not None:
+                result.curves[name] = drawn
+        result.stats[key] = _slice_stats(flat, attempts.get(key, flat["requests"]), collected.http.get(key, {}), slos)
     return result
+
+
+def _all_targets(
+    run: RunData,
+    window: metrics.Window,
+    slos: Sequence[Slo],
+    curves: Curves,
+    send_time_bins: SendTimeBins | None = None,
+    send_bin_s: float | None = None,
+) -> dict[str, _TargetSlices]:
+    """Every target's slices, pipelined over two threads. This one reads: the ITL gaps of every slice in one
+    pass over the shards (`_gap_chunks`), then each target's rows (`_collect_target`, polars). A background
+    thread computes, in order, each target's ITL figures (the largest sorts; numpy, one core) while the rows are
+    read, then each target's remaining figures. At most two targets' row populations are held at once."""
+    keys = ["target", "tag"] if run.has_tags else ["target"]
+    gaps = _gap_chunks(run, keys)
+    attempts = _attempts(run, ["target"]) | (_attempts(run, keys) if run.has_tags else {})
+    found: dict[str, Future[_TargetSlices]] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary-figures") as worker:
+        itl = {}
+        for target in run.targets:
+            own = {key: gaps.pop(key) for key in [key for key in gaps if key[0] == target]}
+            itl[target] = worker.submit(_itl_figures, target, own, slos, curves)
+            del own
+        previous: Future[_TargetSlices] | None = None
+        for target in run.targets:
+            collected = _collect_target(run, target, window, slos, send_bin_s)
+            if previous is not None:
+                previous.result()  # bounds memory: one target computing while the next is read
+            found[target] = previous = worker.submit(
+                _target_figures, collected, itl.pop(target), slos, curves, attempts, send_time_bins
+            )
+            del collected
+        return {target: future.result() for target, future in found.items()}
 
 
 def summarize(
@@ -350,26 +525,30 @@ def summarize(
     telemetry: Telemetry | None = None,
     checks: Sequence[LoadCheck] = CHECKS,
     curves: Curves = NO_CURVES,
+    send_time_bins: SendTimeBins | None = None,
 ) -> RunSummary:
     """The summary of a run (keys in this module's docstring), typed; raises metrics.WindowError.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
     load_telemetry) the gpu and server_histograms blocks do. `checks` are the load checks
     (analysis/summary/load_fidelity.py) behind `load_warnings`. `curves`: the percentile curves per target
-    to keep in `distributions` (the report page draws them; not written to summary.json).
+    to keep in `distributions`, `send_time_bins` the TTFT by send time to keep in `timeline` (the report page
+    draws both; neither is written to summary.json).
     """
-    final = run.final_rows
+    final = run.final_scan
     window = metrics.steady_window(final, warmup_s=warmup_s, warmup_fraction=warmup_fraction)
-    target_slices = _slices(run, ["target"], window, slos, curves)
-    by_target = target_slices.stats
-    has_tags = run.rows.get_column("tag").is_not_null().any()
-    by_tag = _slices(run, ["target", "tag"], window, slos).stats if has_tags else {}
+    send_bin_s = None
+    if send_time_bins is not None:
+        end = final.select(pl.max_horizontal(pl.col("done_s").max(), pl.col("scheduled_s").max()))
+        span = (end.collect(engine="streaming").item() or window.schedule_start_s) - window.schedule_start_s
+        send_bin_s = send_time_bins.width(max(span, 0.0))
+    slices = _all_targets(run, window, slos, curves, send_time_bins, send_bin_s)
     targets: dict[str, Any] = {}
-    for (target,) in sorted(by_target):
-        tags = sorted((tag for (t, tag) in by_tag if t == target), key=lambda tag: (tag is None, tag or ""))
+    for target, found in slices.items():
+        tags = sorted((key[1] for key in found.stats if len(key) == 2), key=lambda tag: (tag is None, tag or ""))
         targets[target] = {
-            "all": by_target[(target,)],
-            "tags": [{"tag": tag, **by_tag[(target, tag)]} for tag in tags],
+            "all": found.stats[(target,)],
+            "tags": [{"tag": tag, **found.stats[(target, tag)]} for tag in tags],
         }
     summary = RunSummary.model_validate(
         {
@@ -380,8 +559,8 @@ def summarize(
             "run_id": run.run_id,
             "source": {
                 "results_files": len(run.files),
-                "rows": run.rows.height,
-                "final_rows": final.height,
+                "rows": run.row_count,
+                "final_rows": run.final_count,
                 "requests_without_final_row": run.requests_without_final_row,
                 "manifest": MANIFEST_NAME if run.manifest is not None else None,
             },
@@ -405,13 +584,15 @@ def summarize(
                 {name: entry["all"]["throughput"]["output_tokens_per_s"] for name, entry in targets.items()},
                 monthly,
             ),
-            "gpu": gpu_summary(telemetry, final, window, run.target_configs),
-            "server_histograms": server_histogram_summary(telemetry, run.rows),
+            "gpu": gpu_summary(telemetry, final, run.targets, window, run.target_configs),
+            "server_histograms": server_histogram_summary(telemetry, run.scan, run.targets),
         }
     )
-    summary.distributions = {target: curve for (target,), curve in target_slices.curves.items()}
-    shares = {target: share for (target,), share in target_slices.zero_gap_shares.items()}
-    summary.load_warnings = load_warnings(summary.targets, final, summary.server_histograms, checks, shares)
+    summary.distributions = {target: found.curves for target, found in slices.items()}
+    if send_bin_s is not None:
+        timelines = {target: found.timeline for target, found in slices.items() if found.timeline is not None}
+        summary.timeline = TtftTimeline(bin_s=send_bin_s, targets=timelines)
+    summary.load_warnings = load_warnings(summary.targets, summary.server_histograms, checks)
     return summary
 
 

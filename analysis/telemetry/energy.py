@@ -19,7 +19,7 @@ No NVML samples: the block says absent, with the reason; nothing is estimated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, cast
 
 import polars as pl
@@ -115,7 +115,8 @@ def _device_summary(device: pl.DataFrame, in_window: pl.DataFrame, window: metri
 
 def gpu_summary(
     telemetry: Telemetry | None,
-    final_rows: pl.DataFrame,
+    final_rows: pl.LazyFrame,
+    targets: Sequence[str],
     window: metrics.Window,
     target_configs: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
@@ -132,12 +133,11 @@ def gpu_summary(
     ):
         device_window = in_window.filter((pl.col("host") == host) & (pl.col("device") == device))
         devices.append({"host": host, "device": device, **_device_summary(samples, device_window, window)})
-    served = served_targets(final_rows.get_column("target").unique().to_list(), target_configs)
+    served = served_targets(list(targets), target_configs)
     tokens = (
-        final_rows.lazy()
-        .filter(pl.col("target").is_in(served))
+        final_rows.filter(pl.col("target").is_in(served))
         .select(metrics.output_tokens().filter(metrics.completed_in_window(window)).sum())
-        .collect()
+        .collect(engine="streaming")
         .item()
     )
     measured = [d for d in devices if d["energy_j"] is not None]

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -417,9 +417,12 @@ def _flags(targets: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     return disagreements, count_differences, not_comparable
 
 
-def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) -> dict[str, Any]:
+def server_histogram_summary(
+    telemetry: Telemetry | None, rows: pl.LazyFrame, targets_run: Sequence[str]
+) -> dict[str, Any]:
     """The `server_histograms` block of summary.json from a run's telemetry and its result rows (every
-    attempt, with the `final` column); `{"status": "absent", "reason"}` without scraped histograms."""
+    attempt, with the `final` column; `targets_run`: every target with rows); `{"status": "absent",
+    "reason"}` without scraped histograms. Each scraped target's rows are collected with OBSERVED_COLUMNS only."""
     if telemetry is None:
         return {"status": "absent", "reason": "the run has no telemetry (RUN_DIR/telemetry)"}
     scraped = telemetry.source(SOURCE_PROMETHEUS)
@@ -431,7 +434,7 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
         }
     targets: dict[str, Any] = {}
     for device in sorted(scraped.get_column("device").unique().to_list()):
-        target_rows = rows.lazy().filter(pl.col("target") == device).select(OBSERVED_COLUMNS).collect()
+        target_rows = rows.filter(pl.col("target") == device).select(OBSERVED_COLUMNS).collect()
         block = _target_block(scraped.filter(pl.col("device") == device), target_rows)
         if block["scrapes"] is not None:
             targets[device] = block
@@ -444,7 +447,7 @@ def server_histogram_summary(telemetry: Telemetry | None, rows: pl.DataFrame) ->
         "definitions": DEFINITIONS,
         "quantiles": list(QUANTILES),
         "targets": targets,
-        "targets_not_scraped": sorted(set(rows.get_column("target").unique().to_list()) - set(targets)),
+        "targets_not_scraped": sorted(set(targets_run) - set(targets)),
         "disagreements": disagreements,
         "count_differences": count_differences,
         "not_comparable": not_comparable,

@@ -21,7 +21,7 @@ from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
-from shadowreplay.analysis.report.run_page import DISTRIBUTION_CURVES, write_run_report
+from shadowreplay.analysis.report.run_page import DISTRIBUTION_CURVES, SEND_TIME_BINS, write_run_report
 from shadowreplay.analysis.summary.models import RunSummary
 from shadowreplay.analysis.summary.run_summary import summarize, write_summary
 from shadowreplay.analysis.summary.slo_check import check_exit_code, check_lines, slo_verdicts
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         telemetry=telemetry,
         checks=checks_from(args),
         curves=DISTRIBUTION_CURVES,
+        send_time_bins=SEND_TIME_BINS,
     )
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)

@@ -36,10 +36,11 @@ def test_curves_are_the_populations_percentiles(tmp_path):
     assert kept["ttft"] == pytest.approx(np.percentile(ttft, DISTRIBUTION_PERCENTILES), rel=1e-12)
     assert kept["itl"] == pytest.approx(np.percentile(gaps, DISTRIBUTION_PERCENTILES), rel=1e-12, abs=1e-12)
     assert "distributions" not in summary.json_dict()
-    from_summary = distribution_panels(run.final_rows, ColourMap(), summary.distributions)
-    from_rows = distribution_panels(run.final_rows, ColourMap())
+    from_summary = distribution_panels(run.final_scan, run.targets, ColourMap(), summary.distributions)
+    from_rows = distribution_panels(run.final_scan, run.targets, ColourMap())
     for drawn, recomputed in zip(from_summary, from_rows, strict=True):
         (line,) = drawn.series
         (again,) = recomputed.series
         assert list(line.x) == pytest.approx(list(again.x), rel=1e-12, abs=1e-12)
         assert list(line.y) == list(DISTRIBUTION_PERCENTILES)
+

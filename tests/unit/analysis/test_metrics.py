@@ -65,6 +65,21 @@ def test_itl_is_every_gap_between_consecutive_tokens():
     assert per_request[0] == pytest.approx([1.0, 0.0, 7.5]) and per_request[1] == [] and per_request[3] == [2.0]
 
 
+def test_gap_codes_on_the_flat_buffer_are_the_expressions_gaps_row_by_row():
+    """metrics.gap_codes (the summary's pass over a shard) against gaps_of, one row at a time: empty and null
+    lists, a missing token time inside a list (its two gaps are dropped), rows left out (code -1)."""
+    lists = [[10.0, 11.0, 11.0, 18.5], [], None, [3.0], [1.0, None, 4.0, 9.0], [2.0, 5.0], [7.0, 8.0, 10.0]]
+    row_codes = np.array([0, 1, 1, 2, 0, -1, 2], dtype=np.int32)
+    column = pl.Series("t", lists, dtype=pl.List(pl.Float64))
+    differences, codes = metrics.gap_codes(column, row_codes)
+    for code in (0, 1, 2):
+        rows = column.to_frame().filter(pl.Series(row_codes == code))
+        expected = rows.select(metrics.gaps_of(pl.col("t")).drop_nulls()).to_series().to_list()
+        assert differences[codes == code].tolist() == pytest.approx(expected), code
+    assert differences[codes == 0].tolist() == pytest.approx([1.0, 0.0, 7.5, 5.0])
+    assert metrics.gaps_of_collected(column).to_list() == pytest.approx([1.0, 0.0, 7.5, 5.0, 3.0, 1.0, 2.0])
+
+
 def test_tpot_uses_output_tokens_and_is_null_for_one_token_or_none():
     rows = [
         result_row("three", ttft_ms=10.0, gaps_ms=[4.0, 6.0]),  # (20 - 10) / 2
@@ -107,8 +122,8 @@ def test_percentile_keys():
 # ---- the steady window ----------------------------------------------------------------------
 
 
-def _window_rows(scheduled: list[float]) -> pl.DataFrame:
-    return frame([result_row(f"r{i}", scheduled_s=s) for i, s in enumerate(scheduled)])
+def _window_rows(scheduled: list[float]) -> pl.LazyFrame:
+    return frame([result_row(f"r{i}", scheduled_s=s) for i, s in enumerate(scheduled)]).lazy()
 
 
 def test_default_window_drops_a_tenth_of_the_span_and_the_drain():
@@ -126,7 +141,7 @@ def test_explicit_warmup_in_seconds():
 def test_a_burst_schedule_falls_back_to_the_whole_run():
     rows = _window_rows([3.0, 3.0])
     window = metrics.steady_window(rows)
-    last_done = max(rows["done_s"].to_list())
+    last_done = max(rows.collect()["done_s"].to_list())
     assert (window.kind, window.start_s, window.end_s) == ("whole_run", 3.0, last_done)
 
 
@@ -304,6 +319,8 @@ def assert_slice(
     assert got.error_rate == pytest.approx(want["errors"] / want["requests"])
     for name, stats in want["latency_ms"].items():
         assert_stats(got.latency_ms[name], stats)
+    gaps = want["latency_ms"]["itl"]["count"]
+    assert got.multi_token_reads.model_dump() == {"zero_gaps": 0, "gaps": gaps, "share": 0.0 if gaps else None}
     assert got.output_tokens.total == want["output_tokens_total"]
     assert (got.token_mismatch.compared, got.token_mismatch.mismatched) == want["mismatch"]
     assert got.window.model_dump() == {

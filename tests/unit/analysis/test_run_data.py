@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -119,3 +120,32 @@ def test_a_broken_manifest(tmp_path):
     assert "manifest.json: not readable JSON" in _error(tmp_path)
     (tmp_path / "manifest.json").write_text("[1, 2]")
     assert "expected a JSON object" in _error(tmp_path)
+
+
+def test_shards_of_both_versions_and_other_types_summarize_as_one_run(tmp_path):
+    """A version-1 shard (no `raised`), a shard written by another tool with wider integer types (cast on
+    reading) and a current one: the scans join into one run whose figures count every row once."""
+    from shadowreplay.analysis.summary.run_summary import summarize
+
+    results = tmp_path / "results"
+    results.mkdir()
+    v1 = RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("raised"))
+    v1 = v1.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"1"})
+    rows_v1 = [{k: v for k, v in result_row(f"a{i}", gaps_ms=[5.0]).items() if k != "raised"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows_v1, schema=v1), results / "part-w0-00000.parquet")
+    wide = pa.schema(
+        [field.with_type(pa.int64()) if field.type == pa.int32() else field for field in RESULTS_SCHEMA],
+        metadata=RESULTS_SCHEMA.metadata,
+    )
+    rows_wide = [result_row(f"b{i}", gaps_ms=[5.0, 7.0]) for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows_wide, schema=wide), results / "part-w1-00000.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([result_row("c0", gaps_ms=[])], schema=RESULTS_SCHEMA), results / "part-w2-00000.parquet"
+    )
+    run = load_run(tmp_path)
+    assert (run.row_count, run.final_count, run.every_row_final, run.tags) == (8, 8, True, ())
+    assert run.rows.schema["completion_tokens"] == pl.Int32  # cast to the contract
+    stats = summarize(run).targets["target-a"].all
+    assert stats.requests == 8 and stats.output_lengths.raised == 0
+    assert stats.latency_ms["itl"].count == 3 * 1 + 4 * 2
+    assert stats.multi_token_reads.gaps == 11
