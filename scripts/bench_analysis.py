@@ -7,14 +7,15 @@ shards written with pyarrow) is generated first: `--rows` final result rows over
 tokens), no tags. Then each contender runs in its own fresh process, as a user runs it: ours is the
 CLI itself (interpreter start, imports, summary.json and report.html included), DuckDB a Python
 process that runs one SQL query. Wall time is taken around each child, peak resident memory from the
-kernel's accounting of that one child (`os.wait4`).
+kernel's accounting of that one child (`os.wait4`). `--repeats` rounds (default 3) alternate the two, and
+the medians are compared, so a burst of other work on the host slows one round of each, not one contender.
 
 The figures are checked to agree (per target: requests, ok, errors; count, mean, p50, p90, p95, p99
 and max of TTFT, ITL, TPOT and e2e; requests/s and output tokens/s in the steady window), with
 DuckDB's `quantile_cont` (linear interpolation, the report's method). Target: within 1.2x of DuckDB's
 time, peak memory under 2 GB at 10 million rows.
 
-    .venv/bin/python scripts/bench_analysis.py                    # 10 million rows, 2 targets, 8 tokens
+    .venv/bin/python scripts/bench_analysis.py                    # 10 million rows, 2 targets, 8 tokens, 3 rounds
     .venv/bin/python scripts/bench_analysis.py --rows 1000000 --tokens 16
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,23 +254,32 @@ def disagreements(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, A
     return lines
 
 
-def compare(run_dir: Path, files: list[Path]) -> dict[str, Any]:
-    """Both contenders on one run directory: their times, peaks, figures and disagreements."""
-    ours_s, ours_mib, ours_out = run_child(report_command(run_dir))
-    duck_s, duck_mib, duck_out = run_child([sys.executable, "-c", DUCKDB_CHILD, *map(str, files)])
-    duck = json.loads(duck_out.strip().splitlines()[-1])
-    ours = ours_figures(json.loads(ours_out))
-    theirs = duckdb_figures(duck["rows"])
-    return {
-        "ours_s": ours_s,
-        "ours_peak_mib": ours_mib,
-        "duckdb_s": duck_s,
-        "duckdb_query_s": duck["seconds"],
-        "duckdb_peak_mib": duck_mib,
-        "ours": ours,
-        "duckdb": theirs,
-        "disagreements": disagreements(ours, theirs),
-    }
+def compare(run_dir: Path, files: list[Path], repeats: int = 3) -> dict[str, Any]:
+    """Both contenders on one run directory, `repeats` rounds alternating ours and DuckDB (a burst of other
+    work on the host then slows one round of each, not one contender): each round's times and peaks, their
+    medians, the figures and the disagreements (of every round's figures against DuckDB's)."""
+    rounds = []
+    lines: list[str] = []
+    ours: dict[str, dict[str, Any]] = {}
+    theirs: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        ours_s, ours_mib, ours_out = run_child(report_command(run_dir))
+        duck_s, duck_mib, duck_out = run_child([sys.executable, "-c", DUCKDB_CHILD, *map(str, files)])
+        duck = json.loads(duck_out.strip().splitlines()[-1])
+        ours = ours_figures(json.loads(ours_out))
+        theirs = duckdb_figures(duck["rows"])
+        lines += [line for line in disagreements(ours, theirs) if line not in lines]
+        rounds.append(
+            {
+                "ours_s": ours_s,
+                "ours_peak_mib": ours_mib,
+                "duckdb_s": duck_s,
+                "duckdb_query_s": duck["seconds"],
+                "duckdb_peak_mib": duck_mib,
+            }
+        )
+    medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    return {**medians, "rounds": rounds, "ours": ours, "duckdb": theirs, "disagreements": lines}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where to put the run directory (default: a temporary one)")
     parser.add_argument(
         "--run-dir", type=Path, help="keep the generated run directory here, and reuse it when it has results already"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds, each running both contenders; medians are compared (default 3)"
     )
     args = parser.parse_args(argv)
 
@@ -295,7 +309,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"generated {args.rows:,} rows ({args.targets} targets, {args.tokens} tokens a row) in {len(files)} "
                 f"shards, {size / 1e6:,.0f} MB, in {time.perf_counter() - started:.1f} s"
             )
-        result = compare(run_dir, files)
+        result = compare(run_dir, files, max(args.repeats, 1))
+    for index, round_ in enumerate(result["rounds"], 1):
+        print(
+            f"  round {index}: shadowreplay report {round_['ours_s']:6.2f} s {round_['ours_peak_mib']:6.0f} MiB, "
+            f"duckdb {round_['duckdb_s']:6.2f} s {round_['duckdb_peak_mib']:6.0f} MiB, "
+            f"ratio {round_['ours_s'] / round_['duckdb_s']:.2f}x"
+        )
+    print(f"medians of {len(result['rounds'])} rounds:")
     print(f"  shadowreplay report {result['ours_s']:7.2f} s   peak {result['ours_peak_mib']:7.0f} MiB")
     print(
         f"  duckdb              {result['duckdb_s']:7.2f} s   peak {result['duckdb_peak_mib']:7.0f} MiB"

@@ -14,8 +14,10 @@ not the run's size. `rows` and `final_rows` collect the scan, for small runs and
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,6 +51,11 @@ ANALYSIS_COLUMNS: tuple[str, ...] = tuple(
 )
 """The columns the summary, the cost model, the telemetry blocks and the report page read (`report`
 and `sweep` scan only these): the others are checked on reading but not kept."""
+
+
+READ_THREADS = max(1, min(os.cpu_count() or 1, 4))
+"""Shards (or targets) read at once: polars reads one file on one core, so passes over a run read several
+files on threads; each thread holds one shard's rows (or one target's populations), so no more than 4."""
 
 
 class RunDataError(ShadowReplayError, ValueError):
@@ -114,20 +121,18 @@ class RunData:
         return self.manifest.target_configs if self.manifest is not None else {}
 
     def each_shard(self, query: Callable[[pl.LazyFrame], pl.LazyFrame]) -> Iterator[pl.DataFrame]:
-        """`query` over each shard, collected one shard at a time, in file order: for passes whose working
-        set per row is larger than their result (token lists), so memory holds about two shards' rows. The
-        next shard is read on a background thread while the caller works on the current one (polars and
-        numpy release the GIL)."""
-        if not self.shards:
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader") as reader:
-            pending = reader.submit(query(self.shards[0]).collect, engine="streaming")
-            for following in (*self.shards[1:], None):
-                frame = pending.result()
-                if following is not None:
-                    pending = reader.submit(query(following).collect, engine="streaming")
-                yield frame
-                del frame
+        """`query` over each shard, collected one shard at a time and yielded in file order: for passes whose
+        working set per row is larger than their result (token lists). READ_THREADS shards are read at once on
+        background threads (polars reads one file on one core, and releases the GIL), so memory holds about
+        READ_THREADS + 1 shards' rows of the query."""
+        with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="shard-reader") as readers:
+            pending: deque[Future[pl.DataFrame]] = deque()
+            for shard in self.shards:
+                pending.append(readers.submit(query(shard).collect, engine="streaming"))
+                if len(pending) > READ_THREADS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     @cached_property
     def requests_without_final_row(self) -> int:
@@ -301,7 +306,8 @@ def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Se
     wanted = list(dict.fromkeys([*columns, *FACT_COLUMNS]))
     scans = [shard_scan(path, wanted) for path in files]
     try:
-        found = [_shard_facts(scan).collect(engine="streaming") for scan in scans]
+        with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="shard-checker") as checkers:
+            found = list(checkers.map(lambda scan: _shard_facts(scan).collect(engine="streaming"), scans))
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise RunDataError(f"{RunDir(run_path).results_dir}: cannot read: {exc}") from None
     hashes = np.concatenate([frame.get_column("final key hashes")[0].to_numpy() for frame in found])

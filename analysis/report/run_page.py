@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -111,34 +111,26 @@ def load_panels(
     over the columns it reads (by target and bin), never a copy of a target's rows. The TTFT lines are the
     summary's `timeline` where it has them (bins `bin_s` wide), else computed from the rows.
     """
-    rows = final_rows
-    first, last = (
-        rows.select(
-            metrics.time_bin("scheduled_s", bin_s).min().alias("first"),
-            pl.max_horizontal(
-                metrics.time_bin("done_s", bin_s).max(), metrics.time_bin("scheduled_s", bin_s).max()
-            ).alias("last"),
-        )
-        .collect(engine="streaming")
-        .row(0)
+    scheduled, done_by_target = pl.collect_all(  # run together, each reading its own columns
+        [
+            final_rows.filter(pl.col("scheduled_s").is_not_null())
+            .group_by("target", metrics.time_bin("scheduled_s", bin_s))
+            .agg(pl.len().alias("scheduled")),
+            final_rows.filter(pl.col("done_s").is_not_null())
+            .group_by("target", metrics.time_bin("done_s", bin_s))
+            .agg(
+                (metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors")
+            ),
+        ],
+        engine="streaming",
+        optimizations=pl.QueryOptFlags(comm_subplan_elim=False),
     )
-    grid = pl.DataFrame({"bin": range(first, last + 1) if first is not None else []}, schema={"bin": pl.Int64})
-    offered = _on_grid(
-        rows.filter(pl.col("scheduled_s").is_not_null())
-        .group_by("target", metrics.time_bin("scheduled_s", bin_s))
-        .agg(pl.len().alias("scheduled"))
-        .group_by("bin")
-        .agg((pl.col("scheduled").max() / bin_s).alias("rate"))
-        .collect(engine="streaming"),
-        grid,
-        0.0,
-    )
-    done_by_target = (
-        rows.filter(pl.col("done_s").is_not_null())
-        .group_by("target", metrics.time_bin("done_s", bin_s))
-        .agg((metrics.is_ok().sum() / bin_s).alias("completed"), (metrics.is_error().sum() / bin_s).alias("errors"))
-        .collect(engine="streaming")
-    )
+    first = cast("int | None", scheduled.get_column("bin").min())  # Int64 columns
+    ends = [cast("int | None", frame.get_column("bin").max()) for frame in (scheduled, done_by_target)]
+    last = max((end for end in ends if end is not None), default=first)
+    bins = range(first, cast(int, last) + 1) if first is not None else range(0)
+    grid = pl.DataFrame({"bin": bins}, schema={"bin": pl.Int64})
+    offered = _on_grid(scheduled.group_by("bin").agg((pl.col("scheduled").max() / bin_s).alias("rate")), grid, 0.0)
     rate_series = [_series(offered, "offered (scheduled)", "rate", bin_s, colour="#52606d", dash="dot")]
     ttft_series = []
     for target in targets:
@@ -152,7 +144,7 @@ def load_panels(
                 )
             )
         kept = timeline.targets.get(target) if timeline is not None else None
-        by_bin = _timeline_frame(kept) if kept is not None else _ttft_by_bin(rows.filter(of_target), bin_s)
+        by_bin = _timeline_frame(kept) if kept is not None else _ttft_by_bin(final_rows.filter(of_target), bin_s)
         ttft = _on_grid(by_bin, grid, None)
         ttft_series.append(_series(ttft, target, "p95", bin_s, colour=colours(target)))
         ttft_series.append(_series(ttft, f"{target} p50", "p50", bin_s, colour=colours(target), dash="dot"))

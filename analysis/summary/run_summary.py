@@ -103,7 +103,7 @@ import polars as pl
 
 from shadowreplay.analysis.cost.model import RUN_SPAN, MonthlyVolume, cost_summary
 from shadowreplay.analysis.cost.prices import PriceBook
-from shadowreplay.analysis.data.run_data import RunData
+from shadowreplay.analysis.data.run_data import READ_THREADS, RunData
 from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import Slo
@@ -155,6 +155,8 @@ def _package_version() -> str | None:
 
 ROW_METRICS = tuple(metric.name for metric in metrics.METRICS if not metric.per_gap)
 """The latency metrics with one value per row (metrics.population_values)."""
+OK_ROW_METRICS = tuple(metric.name for metric in metrics.METRICS if metric.population == "final ok rows")
+"""Those whose population is the final ok rows (the rest, lateness: every final row that was sent)."""
 
 
 def _slice_aggregations(window: metrics.Window, slos: Sequence[Slo]) -> list[pl.Expr]:
@@ -226,9 +228,9 @@ class SendTimeBins:
 
 
 def _row_populations(per_row: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Each per-row metric's population (metrics.population_values, nulls dropped) taken out of one collected
-    frame: each column leaves the frame as its population is made, so the two are never both held whole."""
-    return {name: per_row.drop_in_place(name).drop_nulls().to_numpy() for name in ROW_METRICS}
+    """The population (metrics.population_values, nulls dropped) of each per-row metric a collected frame holds,
+    taken out of it: each column leaves the frame as its population is made, so the two are never both held."""
+    return {name: per_row.drop_in_place(name).drop_nulls().to_numpy() for name in list(per_row.columns)}
 
 
 def _population_figures(
@@ -405,25 +407,30 @@ class _TargetSlices:
 def _collect_target(
     run: RunData, target: str, window: metrics.Window, slos: Sequence[Slo], send_bin_s: float | None = None
 ) -> _TargetRows:
-    """One target's slices' inputs from three queries over its final rows, collected together (the scan reads
-    only the columns they ask for): the counts and sums of `_slice_aggregations`, the HTTP statuses and the
-    per-row latency metrics, with the per-tag aggregations and statuses grouped in the same plan."""
+    """One target's slices' inputs from four queries over its final rows, collected together (each scan reads
+    only the columns its query asks for): the counts and sums of `_slice_aggregations`, the HTTP statuses and
+    the per-row latency metrics (of the ok rows; lateness of all), per tag grouped in the same queries."""
     rows = run.final_scan if len(run.target_names) == 1 else run.final_scan.filter(pl.col("target") == target)
     by_tag = ["tag"] if run.has_tags else []
     aggregations = _slice_aggregations(window, slos)
     queries = [
         rows.select(aggregations),
         rows.filter(pl.col("http_status").is_not_null()).group_by(*by_tag, "http_status").agg(pl.len()),
-        rows.select(
+        rows.filter(metrics.is_ok()).select(
             *by_tag,
-            *(metrics.population_values(name) for name in ROW_METRICS),
+            *(metrics.population_values(name) for name in OK_ROW_METRICS),
             *([metrics.time_bin("sent_s", send_bin_s).alias("_send_bin")] if send_bin_s is not None else []),
         ),
+        rows.select(*by_tag, *(metrics.population_values(name) for name in ROW_METRICS if name not in OK_ROW_METRICS)),
     ]
     if by_tag:
         queries.append(rows.group_by("tag").agg(aggregations))
-    # One plan: the scan of the target's rows is shared by the queries.
-    totals, statuses, per_row, *tagged = pl.collect_all(queries, engine="streaming")
+    # Run together, each with its own scan: a scan shared by the queries (common subplan elimination) would
+    # hold every column they read at once. The ok rows' metrics are read from the ok rows only, so their
+    # populations have few nulls to drop (a column without any is not copied).
+    totals, statuses, ok_rows, all_rows, *tagged = pl.collect_all(
+        queries, engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False)
+    )
     flats: dict[Slice, dict[str, Any]] = {(target,): totals.row(0, named=True)}
     for frame in tagged:
         for row in frame.iter_rows(named=True):
@@ -436,15 +443,16 @@ def _collect_target(
             http[(target, *tag)][str(status)] = count
     send_bins = None
     if send_bin_s is not None:
-        timed = per_row.select("_send_bin", "ttft").drop_nulls()
+        timed = ok_rows.select("_send_bin", "ttft").drop_nulls()
         send_bins = (timed.get_column("_send_bin").to_numpy(), timed.get_column("ttft").to_numpy())
-        per_row = per_row.drop("_send_bin")
-    populations: dict[Slice, dict[str, np.ndarray]] = {}
-    if by_tag:
-        for (tag,), part in per_row.partition_by("tag", as_dict=True, include_key=False).items():
-            populations[(target, tag)] = _row_populations(part)
-    populations[(target,)] = _row_populations(per_row)
-    return _TargetRows(target, flats, http, populations, send_bins)
+        ok_rows = ok_rows.drop("_send_bin")
+    populations: dict[Slice, dict[str, np.ndarray]] = defaultdict(dict)
+    for frame in (ok_rows, all_rows):
+        if by_tag:
+            for (tag,), part in frame.partition_by("tag", as_dict=True, include_key=False).items():
+                populations[(target, tag)].update(_row_populations(part))
+        populations[(target,)].update(_row_populations(frame.drop(by_tag)))
+    return _TargetRows(target, flats, http, dict(populations), send_bins)
 
 
 def _target_figures(
@@ -489,29 +497,30 @@ def _all_targets(
     send_time_bins: SendTimeBins | None = None,
     send_bin_s: float | None = None,
 ) -> dict[str, _TargetSlices]:
-    """Every target's slices, pipelined over two threads. This one reads: the ITL gaps of every slice in one
-    pass over the shards (`_gap_chunks`), then each target's rows (`_collect_target`, polars). A background
-    thread computes, in order, each target's ITL figures (the largest sorts; numpy, one core) while the rows are
-    read, then each target's remaining figures. At most two targets' row populations are held at once."""
+    """Every target's slices. The ITL gaps of every slice come from one pass over the shards (`_gap_chunks`);
+    then a pool of READ_THREADS threads (polars and numpy each run a query or a sort on one core, and release
+    the GIL) computes, in this order, each target's ITL figures (the largest sorts: its gaps are let go
+    first), then reads each target's rows (`_collect_target`) and computes its remaining figures, target after
+    target, so only about READ_THREADS targets' rows are held at once. A job only ever waits for a job
+    submitted before it, which a first-in first-out pool has started already."""
     keys = ["target", "tag"] if run.has_tags else ["target"]
     gaps = _gap_chunks(run, keys)
     attempts = _attempts(run, ["target"]) | (_attempts(run, keys) if run.has_tags else {})
-    found: dict[str, Future[_TargetSlices]] = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="summary-figures") as worker:
+    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="summary") as pool:
         itl = {}
         for target in run.targets:
             own = {key: gaps.pop(key) for key in [key for key in gaps if key[0] == target]}
-            itl[target] = worker.submit(_itl_figures, target, own, slos, curves)
+            itl[target] = pool.submit(_itl_figures, target, own, slos, curves)
             del own
-        previous: Future[_TargetSlices] | None = None
-        for target in run.targets:
-            collected = _collect_target(run, target, window, slos, send_bin_s)
-            if previous is not None:
-                previous.result()  # bounds memory: one target computing while the next is read
-            found[target] = previous = worker.submit(
-                _target_figures, collected, itl.pop(target), slos, curves, attempts, send_time_bins
-            )
-            del collected
+
+        def figures(target: str, rows: Future[_TargetRows]) -> _TargetSlices:
+            return _target_figures(rows.result(), itl.pop(target), slos, curves, attempts, send_time_bins)
+
+        found = {}
+        for target in run.targets:  # each target's figures right after its read: few targets' rows held at once
+            rows = pool.submit(_collect_target, run, target, window, slos, send_bin_s)
+            found[target] = pool.submit(figures, target, rows)
+            del rows
         return {target: future.result() for target, future in found.items()}
 
 
