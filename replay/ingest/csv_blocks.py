@@ -4,8 +4,9 @@ exact row numbers.
 Row numbers: the header is not counted, so the first data record is row 1 (on line 2 when no field
 spans lines); blank records are counted but skipped. Blocks are cut at newlines outside quoted
 fields (RFC 4180 quote parity) and parsed with Arrow's multi-threaded CSV reader; a block where
-Arrow refuses (a wrong field count, a blank line, invalid UTF-8) is parsed again with
-Python's csv module, record by record, so each bad record is found and numbered. An uncompressed
+Arrow refuses (a wrong field count, invalid UTF-8), or one with a blank line (which Arrow would
+read as a record of nulls), is parsed with Python's csv module, record by record, so each bad
+record is found and numbered and each blank one skipped. An uncompressed
 file is mapped into memory and the same blocks are cut out of it without copying.
 
 Typed reads: a reader given `column_types` first reads each block with those columns converted by
@@ -83,6 +84,11 @@ class _Block:
 
     def contains(self, byte: bytes) -> bool:
         return self.data.find(byte, self.start, self.end) >= 0
+
+    def has_blank_line(self) -> bool:
+        """An empty line (or one of only a carriage return), which Arrow would read as a record of nulls."""
+        first = self.data[self.start : self.start + 1]
+        return first in (b"\n", b"\r") or self.contains(b"\n\n") or self.contains(b"\n\r\n")
 
     def to_bytes(self) -> bytes:
         if isinstance(self.data, bytes) and (self.start, self.end) == (0, len(self.data)):
@@ -246,7 +252,7 @@ class CsvRecordReader:
             if typed is not None:
                 return typed
             self._typed_failures += 1
-        fast = self._parse_with_arrow(block, first_row, has_quotes)
+        fast = None if block.has_blank_line() else self._parse_with_arrow(block, first_row, has_quotes)
         if fast is not None:
             return fast
         parsed, records = self._parse_record_by_record(block, first_row)
@@ -254,6 +260,8 @@ class CsvRecordReader:
 
     def _typed_read_allowed(self, block: _Block, has_quotes: bool) -> bool:
         if self._typed_failures >= _TYPED_FAILURES_ALLOWED or has_quotes or block.contains(b"\r"):
+            return False
+        if block.has_blank_line():  # skipped record by record, keeping its row number
             return False
         return not self._typed_integers or not (block.contains(b"x") or block.contains(b"X"))
 

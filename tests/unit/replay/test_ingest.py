@@ -132,6 +132,22 @@ def test_a_corrupted_azure_copy_quarantines_exactly_the_corrupted_rows(tmp_path)
         assert (prompt, completion) == (int(original[row][1]), int(original[row][2]))
 
 
+@pytest.mark.parametrize("blank", ["", "\r"])
+def test_a_blank_line_in_a_clean_csv_is_skipped_and_keeps_its_row_number(tmp_path, blank):
+    """A block Arrow would read whole (no bad record in it): the blank line still neither kept nor
+    quarantined, the rows after it numbered as in the file."""
+    lines = AZURE.read_text().splitlines()[:301]
+    lines[150] = blank
+    src = tmp_path / "azure_blank.csv"
+    src.write_text("\n".join(lines) + "\n", newline="")
+    summary = ingest(src, tmp_path / "blank.parquet")
+    assert summary.kept == 299 and summary.quarantined_total == 0
+    kept = [
+        int(r.removeprefix("azure-")) for r in read_log(tmp_path / "blank.parquet").column("request_id").to_pylist()
+    ]
+    assert sorted(kept) == sorted(set(range(1, 301)) - {150})
+
+
 def test_a_corrupted_mooncake_copy_quarantines_exactly_the_corrupted_lines(tmp_path):
     lines = MOONCAKE.read_text().splitlines()[:400]
     corrupt = {
