@@ -264,26 +264,32 @@ def _population_figures(
     return flat, drawn
 
 
+def _itl_slice_figures(
+    gaps: np.ndarray, slos: Sequence[Slo], curves: Curves
+) -> tuple[dict[str, Any], list[float] | None]:
+    """One slice's ITL statistics and gaps read together (multi_token_reads) over its gaps, and its curve."""
+    zero_gaps = metrics.read_together_count(gaps)
+    flat, drawn = _population_figures("itl", gaps, slos, curves)
+    flat["multi_token_reads.zero_gaps"] = zero_gaps
+    flat["multi_token_reads.gaps"] = len(gaps)
+    flat["multi_token_reads.share"] = zero_gaps / len(gaps) if len(gaps) else None
+    return flat, drawn
+
+
 def _itl_figures(
     target: str, chunks: dict[Slice, list[np.ndarray]], slos: Sequence[Slo], curves: Curves
 ) -> dict[Slice, tuple[dict[str, Any], list[float] | None]]:
-    """The ITL statistics, gaps read together (multi_token_reads) and, for the target's own slice, curve of
-    each of one target's slices, from its gap chunks (`_gap_chunks`; by (target, tag) where tags exist): each
-    tag's gaps, then all of them, are joined into one array, their figures taken, and let go."""
+    """`_itl_slice_figures` of each of one target's slices from its gap chunks (`_gap_chunks`; by (target, tag)
+    where tags exist), the target's own slice with `curves`: each tag's gaps, then all of them, are joined
+    into one array, their figures taken, and let go."""
     found: dict[Slice, tuple[dict[str, Any], list[float] | None]] = {}
-    slices = [key for key in chunks if len(key) == 2] + [(target,)]
-    for key in slices:
+    for key in [key for key in chunks if len(key) == 2] + [(target,)]:
         parts = [chunk for tag_key in chunks for chunk in chunks[tag_key]] if len(key) == 1 else chunks[key]
         gaps = np.concatenate(parts) if parts else np.empty(0)
         if len(key) == 1:
             chunks.clear()  # the joined gaps are all the target has: its chunks can go
         del parts
-        zero_gaps = metrics.read_together_count(gaps)
-        flat, drawn = _population_figures("itl", gaps, slos, curves if len(key) == 1 else NO_CURVES)
-        flat["multi_token_reads.zero_gaps"] = zero_gaps
-        flat["multi_token_reads.gaps"] = len(gaps)
-        flat["multi_token_reads.share"] = zero_gaps / len(gaps) if len(gaps) else None
-        found[key] = (flat, drawn)
+        found[key] = _itl_slice_figures(gaps, slos, curves if len(key) == 1 else NO_CURVES)
         del gaps
     return found
 
@@ -390,7 +396,6 @@ class _TargetRows:
     and per-row latency populations (numpy arrays, ROW_METRICS). Slices: (target,) and, where tags exist, each
     (target, tag)."""
 
-    target: str
     flats: dict[Slice, dict[str, Any]]
     http: dict[Slice, dict[str, int]]
     populations: dict[Slice, dict[str, np.ndarray]]
@@ -452,7 +457,7 @@ def _collect_target(
             for (tag,), part in frame.partition_by("tag", as_dict=True, include_key=False).items():
                 populations[(target, tag)].update(_row_populations(part))
         populations[(target,)].update(_row_populations(frame.drop(by_tag)))
-    return _TargetRows(target, flats, http, dict(populations), send_bins)
+    return _TargetRows(flats, http, dict(populations), send_bins)
 
 
 def _target_figures(
@@ -475,13 +480,15 @@ def _target_figures(
     itl_figures = itl.result()
     for key, flat in collected.flats.items():
         asked = curves if len(key) == 1 else NO_CURVES
-        itl_flat, itl_curve = itl_figures.get(key, _population_figures("itl", np.empty(0), slos))
+        if key not in itl_figures:  # a slice without an ok row has no gap chunk
+            itl_figures[key] = _itl_slice_figures(np.empty(0), slos, NO_CURVES)
+        itl_flat, itl_curve = itl_figures[key]
         flat.update(itl_flat)
         if len(key) == 1 and itl_curve is not None:
             result.curves["itl"] = itl_curve
-        populations = collected.populations.pop(key)
-        for name in ROW_METRICS:
-            latency, drawn = _population_figures(name, populations.pop(name), slos, asked)
+        populations = collected.populations.pop(key, {})
+        for name in ROW_METRICS:  # a metric a slice has no row for (a tag without an ok row): no values
+            latency, drawn = _population_figures(name, populations.pop(name, np.empty(0)), slos, asked)
             flat.update(latency)
             if len(key) == 1 and drawn is not None:
                 result.curves[name] = drawn

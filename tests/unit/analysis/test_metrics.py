@@ -419,3 +419,15 @@ def test_untagged_runs_have_no_tag_slices(tmp_path):
     assert summary.targets["target-a"].tags == []
     p50 = summary.targets["target-a"].all.latency_ms["ttft"].p50
     assert p50 is not None and not math.isnan(p50)
+
+
+def test_a_tag_whose_every_request_failed_has_its_slice(tmp_path):
+    """A tag with no ok row has no ITL gaps at all: its slice still has every figure, empty."""
+    rows = [result_row(f"r{i}", scheduled_s=float(i), tag="good", gaps_ms=[4.0, 0.0]) for i in range(5)]
+    rows += [result_row(f"f{i}", scheduled_s=float(i), tag="down", status="http_error", ttft_ms=None) for i in range(3)]
+    write_results(tmp_path, rows)
+    tags = {entry.tag: entry for entry in summarize(load_run(tmp_path)).targets["target-a"].tags}
+    assert sorted(tags) == ["down", "good"]
+    assert (tags["down"].requests, tags["down"].errors, tags["down"].latency_ms["itl"].count) == (3, 3, 0)
+    assert tags["down"].multi_token_reads.model_dump() == {"zero_gaps": 0, "gaps": 0, "share": None}
+    assert tags["good"].multi_token_reads.model_dump() == {"zero_gaps": 5, "gaps": 10, "share": 0.5}
