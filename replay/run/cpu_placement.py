@@ -27,7 +27,8 @@ in `workers[]`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -92,6 +93,22 @@ class CpuPlacement(BaseModel):
         )
 
 
+def _for_every_other_thread(change: Callable[[int], None]) -> None:
+    """`change(thread id)` for every thread of this process but the calling one (Linux: /proc/self/task;
+    elsewhere none); a thread that ended meanwhile is passed over."""
+    try:
+        tids = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in tids:
+        if tid == threading.get_native_id():
+            continue
+        try:
+            change(tid)
+        except ProcessLookupError:
+            continue
+
+
 class ProcessPriority(BaseModel):
     """A process's scheduling facts as the manifest records them."""
 
@@ -110,16 +127,20 @@ class ProcessPriority(BaseModel):
 
     @classmethod
     def raise_to(cls, nice: int = LOADGEN_NICE, cpus: Sequence[int] | None = None) -> ProcessPriority:
-        """Run this process at `nice` or better, on `cpus` where given (None: as it is)."""
+        """Run this process at `nice` or better, on `cpus` where given (None: as it is). Linux keeps both
+        per thread (setpriority and sched_setaffinity of pid 0 change the calling thread only), so every
+        thread the process has is changed: a Ray actor's methods run on threads its __init__ does not."""
         at_start = os.getpriority(os.PRIO_PROCESS, 0)
         refused = None
         if at_start > nice:
             try:
                 os.setpriority(os.PRIO_PROCESS, 0, nice)
+                _for_every_other_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
             except OSError as exc:  # no CAP_SYS_NICE: a cluster started with Ray's default niceness
                 refused = f"nice {at_start} could not be raised to {nice}: {exc.strerror or exc}"
         if cpus:
             os.sched_setaffinity(0, cpus)
+            _for_every_other_thread(lambda tid: os.sched_setaffinity(tid, cpus))
         return cls(nice_at_start=at_start, nice=os.getpriority(os.PRIO_PROCESS, 0), cpus=usable_cpus(), refused=refused)
 
     def warning(self, who: str) -> str | None:

@@ -43,4 +43,3 @@ def test_curves_are_the_populations_percentiles(tmp_path):
         (again,) = recomputed.series
         assert list(line.x) == pytest.approx(list(again.x), rel=1e-12, abs=1e-12)
         assert list(line.y) == list(DISTRIBUTION_PERCENTILES)
-

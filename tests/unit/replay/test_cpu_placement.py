@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,11 +55,19 @@ def test_the_server_is_bound_to_its_cpus_unless_the_target_says_otherwise():
 
 
 RAISE = """
-import json, os
+import json, os, threading
 from shadowreplay.replay.run.cpu_placement import ProcessPriority
 os.nice(7)
+started, done = threading.Event(), threading.Event()
+other = threading.Thread(target=lambda: (started.set(), done.wait()))  # made before the raise: at nice 7
+other.start()
+started.wait()
 cpus = sorted(os.sched_getaffinity(0))[:1]
-print(ProcessPriority.raise_to(cpus=cpus).model_dump_json())
+facts = ProcessPriority.raise_to(cpus=cpus)
+tid = other.native_id
+thread = {"nice": os.getpriority(os.PRIO_PROCESS, tid), "cpus": sorted(os.sched_getaffinity(tid))}
+done.set()
+print(json.dumps({"facts": facts.model_dump(), "other_thread": thread}))
 """
 
 
@@ -73,11 +82,13 @@ def has_cap_sys_nice() -> bool:
 
 
 def test_a_process_below_the_load_generators_priority_is_raised_or_says_why_not():
-    out = subprocess.run([sys.executable, "-c", RAISE], capture_output=True, text=True, check=True).stdout
-    facts = ProcessPriority.model_validate_json(out)
+    out = json.loads(subprocess.run([sys.executable, "-c", RAISE], capture_output=True, text=True, check=True).stdout)
+    facts = ProcessPriority.model_validate(out["facts"])
     assert facts.nice_at_start == os.getpriority(os.PRIO_PROCESS, 0) + 7 and len(facts.cpus) == 1
+    assert out["other_thread"]["cpus"] == facts.cpus, "Linux pins per thread: every thread is pinned"
     if has_cap_sys_nice():  # raised to the load generator's priority, and pinned
         assert facts.nice == 0 and facts.refused is None and facts.warning("w") is None
+        assert out["other_thread"]["nice"] == 0, "Linux keeps nice per thread: every thread is raised"
     else:  # the kernel refused: kept, recorded and said, never hidden
         assert facts.nice == facts.nice_at_start and facts.refused is not None
         line = facts.warning("w")
