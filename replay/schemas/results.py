@@ -25,6 +25,9 @@ READABLE_VERSIONS = (1, 2)  # version 1 lacks `raised` (readers fill it with nul
 ADDED_COLUMNS = {"raised": 2}  # column -> the schema version that added it
 KIND = "results"
 
+DICTIONARY_COLUMNS = ("run_id", "target", "worker", "finish_reason", "status", "tag")
+"""Columns of few distinct values that analysis filters and groups on: dictionary-encoded in shards (the
+others plain; replay/schemas/shards.py write_parquet)."""
 STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled")
 
 RESULTS_SCHEMA = pa.schema(

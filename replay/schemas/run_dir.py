@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.manifest import Manifest
-from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
+from shadowreplay.replay.schemas.results import DICTIONARY_COLUMNS, RESULTS_SCHEMA
 from shadowreplay.replay.schemas.shards import ShardWriter, is_committed_shard
 from shadowreplay.replay.secrets import Scrubber
 
@@ -144,7 +144,13 @@ class RunDir(_OutputDir):
     ) -> ShardWriter:
         """The writer of one worker's result shards, `results/part-<worker>-<seq>.parquet`."""
         return ShardWriter(
-            self.results_dir, RESULTS_SCHEMA, f"part-{worker}", max_rows, max_age_s, background=background
+            self.results_dir,
+            RESULTS_SCHEMA,
+            f"part-{worker}",
+            max_rows,
+            max_age_s,
+            background=background,
+            dictionary_columns=DICTIONARY_COLUMNS,
         )
 
     def final_rows(self) -> FinalRowIndex:

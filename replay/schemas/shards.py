@@ -32,7 +32,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +83,20 @@ def write_parquet(
     schema: pa.Schema,
     paced: bool = False,
     to_table: ToTable | None = None,
+    dictionary_columns: Sequence[str] = (),
 ) -> None:
-    """`rows` as one Parquet file (or stream); `paced`: in pieces with pauses (see the module docstring)."""
+    """`rows` as one Parquet file (or stream); `paced`: in pieces with pauses (see the module docstring).
+    Only `dictionary_columns` are dictionary-encoded: columns of few distinct values that readers filter
+    on. Every other column is written plain: dictionary encoding of a column of distinct values (ids,
+    texts, times) costs pyarrow more time, with the GIL held, than it saves after zstd (a 1,000-row
+    results shard: 4.4 ms and 233 KB with every column, 2.7 ms and 191 KB with none)."""
+    dictionary = [name for name in dictionary_columns if name in schema.names]
     if not paced:
-        pq.write_table(rows_to_table(rows, schema, to_table=to_table), path, compression=COMPRESSION)
+        table = rows_to_table(rows, schema, to_table=to_table)
+        pq.write_table(table, path, compression=COMPRESSION, use_dictionary=dictionary)
         return
     table = rows_to_table(rows, schema, CONVERT_SLICE_ROWS, PACE_PAUSE_S, to_table)
-    with pq.ParquetWriter(path, schema, compression=COMPRESSION) as parquet:
+    with pq.ParquetWriter(path, schema, compression=COMPRESSION, use_dictionary=dictionary) as parquet:
         for start in range(0, table.num_rows, PACED_ROW_GROUP_ROWS):
             parquet.write_table(table.slice(start, PACED_ROW_GROUP_ROWS))
             time.sleep(PACE_PAUSE_S)
@@ -135,11 +142,14 @@ class ShardWriter:
         *,
         background: bool = False,
         to_table: ToTable | None = None,
+        dictionary_columns: Sequence[str] = (),
     ):
         """`to_table` turns a buffer of rows into a `schema` table; by default rows are dicts keyed
-        by the schema's names. A writer that buffers leaner rows (telemetry: tuples) gives its own."""
+        by the schema's names. A writer that buffers leaner rows (telemetry: tuples) gives its own.
+        `dictionary_columns`: see write_parquet."""
         self.directory = Path(directory)
         self.to_table = to_table
+        self.dictionary_columns = tuple(dictionary_columns)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.shard_prefix = shard_prefix
@@ -163,7 +173,7 @@ class ShardWriter:
         drop it: the first shard of a process otherwise pays pyarrow's first-use costs (measured:
         22 ms for 300 rows, against 5 ms once warm), in the middle of a run, on the core the event
         loop needs."""
-        write_parquet(pa.BufferOutputStream(), sample_rows, self.schema, paced=True, to_table=self.to_table)
+        write_parquet(pa.BufferOutputStream(), sample_rows, self.schema, True, self.to_table, self.dictionary_columns)
 
     def add(self, row: Row) -> None:
         """Queue one row; hands the buffer on (or writes it, inline) when it is full."""
@@ -257,7 +267,7 @@ class ShardWriter:
         the module docstring."""
         name = f"{self.shard_prefix}-{seq:05d}{SHARD_SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
-        write_parquet(tmp, rows, self.schema, paced, self.to_table)
+        write_parquet(tmp, rows, self.schema, paced, self.to_table, self.dictionary_columns)
         final = self.directory / name
         commit_file(tmp, final)
         with self._lock:

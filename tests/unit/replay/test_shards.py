@@ -126,11 +126,11 @@ def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypat
     real_write = shards.write_parquet
     failures = {"left": 1}
 
-    def flaky(path, rows, schema, paced=False, to_table=None):
+    def flaky(path, rows, schema, paced=False, to_table=None, dictionary_columns=()):
         if failures["left"]:
             failures["left"] -= 1
             raise OSError("disk full (simulated)")
-        return real_write(path, rows, schema, paced, to_table)
+        return real_write(path, rows, schema, paced, to_table, dictionary_columns)
 
     monkeypatch.setattr(shards, "write_parquet", flaky)
     writer = result_writer(tmp_path, "w0", max_rows=10, background=background)
@@ -146,7 +146,7 @@ def test_a_failed_write_keeps_its_rows_and_close_writes_them(tmp_path, monkeypat
 
 
 def test_a_write_that_keeps_failing_is_raised_and_its_rows_kept(tmp_path, monkeypatch):
-    def broken(path, rows, schema, paced=False, to_table=None):
+    def broken(path, rows, schema, paced=False, to_table=None, dictionary_columns=()):
         raise OSError("read-only file system (simulated)")
 
     monkeypatch.setattr(shards, "write_parquet", broken)
@@ -288,3 +288,19 @@ def test_a_manifest_from_a_newer_version_is_read_and_a_writer_typo_is_refused(tm
     run.manifest_path.write_text("[1, 2]")
     with pytest.raises(RunDirError, match="expected a JSON object"):
         run.read_manifest()
+
+
+def test_result_shards_dictionary_encode_only_the_few_valued_columns(tmp_path):
+    """run_id, target, status and the like are dictionary-encoded (analysis filters on them); ids, times and
+    texts are written plain (dictionary encoding of distinct values costs the writer, GIL held, for nothing)."""
+    writer = result_writer(tmp_path, "w0", max_rows=10)
+    for i in range(10):
+        writer.add(result(i))
+    writer.close()
+    (shard,) = sorted((tmp_path / "results").glob("*.parquet"))
+    group = pq.ParquetFile(shard).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["target"]) and any("DICTIONARY" in e for e in encodings["status"])
+    assert not any("DICTIONARY" in e for e in encodings["request_id"]) and not any(
+        "DICTIONARY" in e for e in encodings["scheduled_s"]
+    )
