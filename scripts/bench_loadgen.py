@@ -2,14 +2,18 @@
 """How exact and how fast is shadowreplay's load generator, next to its peers, on this machine?
 
     .venv/bin/python scripts/bench_loadgen.py [--quick] [--peers vllm,aiperf,guidellm] [--workdir DIR]
-        [--phases noise,timing,sustained] [--capacity-rps R]
+        [--phases noise,timing,sustained,split] [--capacity-rps R] [--split-rps R] [--skip-no-ray]
 
 Everything runs on 127.0.0.1, each run bounded in requests and time. The scripted server
 (scripts/bench_scripted_server.py: tests/support/faulty_server.py with sub-millisecond token timing and a
 record of its own lateness) runs in its own process pinned to one core (`--server-cpu`); every load
 generator, ours and the peers', is pinned to the other (`--client-cpu`), one tool at a time.
-"Ours" is one shadowreplay worker process (scripts/bench_one_worker.py: replay/run/worker.py's
-ReplayWorker on its own event loop, without Ray).
+"Ours" is what users run: `shadowreplay replay LOG --target T.yaml --workers 1 --speed R -o RUN_DIR`
+(scripts/bench_replay_cli.py), with its local Ray instance, one Ray worker actor, the result writer
+and the live progress, every process of it pinned to the client core. "worker without Ray" is a
+secondary line, not ours: replay/run/worker.py's ReplayWorker alone on its own event loop
+(scripts/bench_one_worker.py), so that the sustained phase shows what the actor path costs beyond
+the bare worker.
 
 1. Platform noise: a pure spin loop on each core, counting stalls (the VM's own hiccups set a floor
    under any timing error here).
@@ -26,12 +30,24 @@ ReplayWorker on its own event loop, without Ray).
    error is the platform's. For ours and the floor, the error is also split into the server's part
    and the client's own (scripts/bench_timing_split.py), against the server's record of when each
    request arrived and each token was really written. The target is judged on the median round.
-4. Sustained rate (b): the highest constant rate a tool keeps its schedule at, lateness p99 <= 1 ms
-   by its own record (its schedule where it keeps one, else the ideal grid i / rate from its send
-   times) and no failed request, with short outputs so the server is no bottleneck: a doubling
-   ladder, then bisection (ours) or one step (peers, whose runs cost 15-30 s of start-up each).
-   A peer that keeps p99 <= 1 ms at none of its rates sustains less than the lowest it ran: the
-   ratio is then printed as a bound.
+4. Sustained rate (b): the highest constant rate a tool keeps its schedule at: lateness p99 <= 1 ms
+   and no failed request, with short outputs so the server is no bottleneck: a doubling ladder,
+   then bisection (ours, and the worker without Ray) or two steps (peers, whose runs cost 15-30 s
+   of start-up each). Lateness is computed the same way for every tool, from its send times
+   alone: each completed request's send time against the ideal grid t0 + i / rate, t0 chosen so
+   that the least late request is on time (tool_run.grid_lateness_ms; the first tenth of the
+   sends left out as warm-up). The send times: ours, the results' `sent_s` (the worker's
+   perf_counter read just before the request is handed to aiohttp, on the run's timeline; the
+   lateness by its own `scheduled_s` is printed beside it); the worker without Ray, the same
+   column; `vllm bench serve`, its saved `start_times` (perf_counter read at the top of its
+   request function, just before its aiohttp post); aiperf and guidellm, the per-request start
+   times they export (scripts/peers/). A peer that keeps p99 <= 1 ms at none of its rates sustains
+   less than the lowest it ran: the ratio is then printed as a bound.
+5. The actor path's cost, split (`--split-rps`, default 600): at one constant rate, in alternating
+   rounds, the path from the bare worker to the real CLI one change at a time (SPLIT_VARIANTS:
+   the worker without Ray with its rows written only after the run, then as it is; in a Ray actor
+   through replay/run/runner.py's run_plan without progress polls, then with them; the CLI), each
+   judged by the same grid lateness; the median round of each is printed.
 """
 
 from __future__ import annotations
@@ -58,6 +74,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))  # scripts/peers
 
+from bench_replay_cli import ReplayCli  # noqa: E402
 from bench_timing_split import ClientStamps, ServerStamps, TimingSplit, split_timing  # noqa: E402
 from peers.aiperf_profile import AIPerfProfile  # noqa: E402
 from peers.guidellm_run import GuideLLMRun  # noqa: E402
@@ -67,8 +84,10 @@ from peers.vllm_bench_serve import VllmBenchServe  # noqa: E402
 
 from shadowreplay.replay.schemas.run_dir import RunDir  # noqa: E402
 
-OURS = "shadowreplay"
+OURS = "shadowreplay"  # the real CLI: `shadowreplay replay --workers 1`, local Ray (scripts/bench_replay_cli.py)
 OURS_BUSY = "shadowreplay busy"  # replay --busy-poll
+NO_RAY = "worker without Ray"  # scripts/bench_one_worker.py: the bare ReplayWorker, a secondary line, not ours
+NOT_PEERS = (OURS, NO_RAY)  # sustained-phase lines that are not peers
 FLOOR = "floor (raw socket)"  # scripts/bench_floor_client.py: the platform's floor, not a peer
 FLOOR_BUSY = "floor busy"  # the floor client with --busy-poll
 ROUND_TOOLS = (OURS, OURS_BUSY, FLOOR, FLOOR_BUSY)  # measured in alternating rounds
@@ -77,7 +96,18 @@ LATENESS_P99_LIMIT_MS = 1.0  # the target: a tool "sustains" a rate when its sen
 PACE_P50_LIMIT_MS = 1.0  # a noise-tolerant second criterion: the tool "keeps pace" with a rate when its
 PACE_P99_LIMIT_MS = 10.0  # lateness p50 and p99 stay within these (platform stalls of a few ms allowed)
 PEER_NAMES = ("vllm", "aiperf", "guidellm")
-PHASES = ("noise", "timing", "sustained")  # the capacity measurement goes with "timing"
+PEER_START_RPS = 200.0  # the peers' sustained-rate ladder starts here (halving while broken, doubling while kept)
+PHASES = ("noise", "timing", "sustained", "split")  # the capacity measurement goes with "timing"
+# The split phase: the path from the bare worker to the real CLI, one change at a time, at one rate
+# (scripts/bench_one_worker.py's variants; None: the CLI itself).
+SPLIT_VARIANTS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("worker without Ray, rows written after the run", ("--rows-after-run",)),
+    ("worker without Ray", ()),
+    ("Ray actor (run_plan), no progress polls", ("--ray",)),
+    ("Ray actor (run_plan), progress every 1 s", ("--ray", "--progress-interval", "1")),
+    ("the CLI (shadowreplay replay)", None),
+)
+SPLIT_RPS = 600.0  # the split phase's default rate
 NOISY_STALL_FRACTION = 0.02  # a core that loses more than this to stalls is busy with other work
 STALL_PROBE = """
 import json, time
@@ -125,7 +155,7 @@ DEFAULT_BUDGET = Budget(
     ours_ladder=8,
     ours_bisections=4,
     peer_ladder=6,
-    peer_bisections=1,
+    peer_bisections=2,
     retry_broken=True,
     peer_low_load=True,
     timing_rounds=3,
@@ -263,37 +293,63 @@ def stamped_run(
     return run, ClientStamps(send_s + wall_offset_s, [t + wall_offset_s for t in tokens_s])
 
 
+def rows_as_run(tool: str, rate: float, count: int, rows: list[dict], epoch: float) -> tuple[ToolRun, ClientStamps]:
+    """Final result rows (results schema) as a ToolRun of their `ok` rows: send moments `sent_s`,
+    own lateness `sent_s - scheduled_s`, token moments from `token_times_ms`; on the wall clock
+    with `epoch`, the second the rows' `*_s` count from."""
+    ok = sorted((r for r in rows if r["status"] == "ok" and r["final"]), key=lambda r: r["sent_s"])
+    send_s = np.array([r["sent_s"] for r in ok])
+    tokens_s = [sent + np.asarray(r["token_times_ms"], dtype=float) / 1000.0 for sent, r in zip(send_s, ok)]
+    lateness = np.array([(r["sent_s"] - r["scheduled_s"]) * 1000.0 for r in ok])
+    return stamped_run(tool, rate, count, send_s, tokens_s, epoch, lateness)
+
+
 def run_ours(
     cpu: int, base_url: str, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
 ) -> tuple[ToolRun, ClientStamps]:
-    """One shadowreplay worker process pinned to `cpu`, read back from its Parquet results: the run,
-    and its send and token moments on the wall clock (to match with the server's record)."""
+    """`shadowreplay replay --workers 1` (the real CLI, scripts/bench_replay_cli.py) pinned to
+    `cpu`, read back from its Parquet results: the run, and its send and token moments on the wall
+    clock (to match with the server's record)."""
+    rows, epoch = ReplayCli(cpu).run(base_url, rate, count, tokens, workdir, busy_poll=busy_poll)
+    return rows_as_run(OURS_BUSY if busy_poll else OURS, rate, count, rows, epoch)
+
+
+def run_no_ray(
+    cpu: int,
+    base_url: str,
+    rate: float,
+    count: int,
+    tokens: int,
+    workdir: Path,
+    variant: tuple[str, ...] = (),
+    tool: str = NO_RAY,
+) -> tuple[ToolRun, ClientStamps]:
+    """One bare ReplayWorker process without Ray (scripts/bench_one_worker.py) pinned to `cpu`,
+    read back from its Parquet results, as run_ours; `variant`: its options for the split phase
+    (e.g. `--ray`, `--rows-after-run`)."""
     arguments = [
         "--base-url",
         base_url,
         "--rate",
-        f"{rate:g}",
+        repr(rate),  # exact: the grid it is judged by is i / rate
         "--count",
         str(count),
         "--tokens",
         str(tokens),
         "--out",
         str(workdir),
-    ] + (["--busy-poll"] if busy_poll else [])
-    answer = run_pinned(cpu, "bench_one_worker.py", arguments, count / rate + 120, workdir / "worker.log")
+        *variant,
+    ]
+    answer = run_pinned(cpu, "bench_one_worker.py", arguments, count / rate + 180, workdir / "worker.log")
     rows = pq.read_table(RunDir(workdir).results_dir).to_pylist()
-    ok = sorted((r for r in rows if r["status"] == "ok" and r["final"]), key=lambda r: r["sent_s"])
-    send_s = np.array([r["sent_s"] for r in ok])
-    tokens_s = [sent + np.asarray(r["token_times_ms"], dtype=float) / 1000.0 for sent, r in zip(send_s, ok)]
-    lateness = np.array([r["lateness_ms"] for r in ok])
-    return stamped_run(OURS_BUSY if busy_poll else OURS, rate, count, send_s, tokens_s, answer["epoch"], lateness)
+    return rows_as_run(tool, rate, count, rows, answer["epoch"])
 
 
 def run_floor(
     cpu: int, port: int, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
 ) -> tuple[ToolRun, ClientStamps]:
     """scripts/bench_floor_client.py pinned to `cpu`: the platform's floor under any client's timing."""
-    arguments = ["--port", str(port), "--rate", f"{rate:g}", "--count", str(count), "--tokens", str(tokens)]
+    arguments = ["--port", str(port), "--rate", repr(rate), "--count", str(count), "--tokens", str(tokens)]
     arguments += ["--busy-poll"] if busy_poll else []
     answer = run_pinned(cpu, "bench_floor_client.py", arguments, count / rate + 120, workdir / "floor.log")
     requests = sorted(answer["requests"], key=lambda r: r["sent"])
@@ -394,9 +450,10 @@ class Step:
 
 
 def judge(run: ToolRun) -> Step:
-    """How well the run kept its schedule, by both criteria (see Step)."""
+    """How well the run kept its schedule, by both criteria (see Step), with the lateness of its
+    send times against the ideal grid: the same computation for every tool (the module docstring)."""
     steady = run.steady()
-    lateness = steady.lateness_ms()
+    lateness = grid_lateness_ms(steady.send_s, run.offered_rps)
     p50, p99 = (float(np.percentile(lateness, q)) for q in (50, 99)) if len(lateness) else (float("inf"),) * 2
     complete = run.failed == 0
     kept = complete and p99 <= LATENESS_P99_LIMIT_MS
@@ -406,14 +463,15 @@ def judge(run: ToolRun) -> Step:
 
 @dataclass
 class SearchResult:
-    """`sustained`: the highest rate run that met the target criterion (None: none did); it is only
-    as fine as the rates the search ran, which follow `paced`: the highest rate found, by doubling
-    then bisection, at which the tool keeps pace (None: not even at the floor)."""
+    """`sustained`: the highest rate found, by doubling then bisection, at which the tool met the
+    target criterion (lateness p99 <= 1 ms, no failure; None: not even at the floor). `paced`: the
+    highest rate the search ran at which the tool kept pace (the noise-tolerant criterion; only as
+    fine as the rates the search ran)."""
 
     sustained: float | None
     paced: float | None
     steps: list[Step]
-    limit_found: bool  # some rate broke: `paced` is the limit, not a lower bound where the search ran out
+    limit_found: bool  # some rate broke: `sustained` is the limit, not a lower bound where the search ran out
 
 
 def search_sustained(
@@ -425,15 +483,15 @@ def search_sustained(
     floor: float,
     retry_broken: bool,
 ) -> SearchResult:
-    """Double from `start` until the tool stops keeping pace (halve instead while it does not keep
-    pace at the start, down to `floor`), then bisect `bisections` times between the last rate
-    paced and the first not. With `retry_broken`, a rate fails only when two runs in a row fail
+    """Double from `start` until the tool stops meeting the target (halve instead while it does not
+    meet it at the start, down to `floor`), then bisect `bisections` times between the last rate
+    kept and the first not. With `retry_broken`, a rate fails only when two runs in a row fail
     (the better of the two runs counts)."""
     steps: list[Step] = []
 
     def run(rate: float) -> Step:
         step = attempt(rate)
-        if step.paced or not retry_broken:
+        if step.kept or not retry_broken:
             report(step, "")
         else:  # one platform stall (see phase 1) must not decide a step
             report(step, "first try; trying again")
@@ -458,7 +516,7 @@ def search_sustained(
     rate = start
     while len(steps) < max_runs and floor <= rate <= ceiling:
         step = run(rate)
-        if step.paced:
+        if step.kept:
             kept = rate
             if broken is not None:
                 break
@@ -472,12 +530,12 @@ def search_sustained(
         if kept is None or broken is None or len(steps) >= max_runs + bisections:
             break
         middle = (kept + broken) / 2
-        if run(middle).paced:
+        if run(middle).kept:
             kept = middle
         else:
             broken = middle
-    sustained = max((step.rate for step in steps if step.kept), default=None)
-    return SearchResult(sustained, kept, steps, limit_found=broken is not None)
+    paced = max((step.rate for step in steps if step.paced), default=None)
+    return SearchResult(kept, paced, steps, limit_found=broken is not None)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -489,6 +547,7 @@ class LoadgenBenchmark:
         self.client_cpu, self.server_cpu = args.client_cpu, args.server_cpu
         self.timing: list[TimingResult] = []
         self.sustained: dict[str, SearchResult] = {}
+        self.split: list[tuple[str, int, Step]] = []
         self.unavailable: dict[str, str] = {}
         self._run_seq = 0
 
@@ -550,7 +609,10 @@ class LoadgenBenchmark:
             for _ in range(2):
                 server.reset()
                 count = self.count_for(rate, self.budget.timing_s)
-                run_ours(self.client_cpu, server.root_url + "/v1", rate, count, TIMING.tokens, self.rundir("capacity"))
+                # load only (its timing is not judged): the bare worker, without Ray's start-up
+                run_no_ray(
+                    self.client_cpu, server.root_url + "/v1", rate, count, TIMING.tokens, self.rundir("capacity")
+                )
                 stats = server.stats()
                 cpu_per_request = stats["cpu_s"] / max(1, stats["requests"])
                 capacity = 1.0 / cpu_per_request
@@ -613,29 +675,33 @@ class LoadgenBenchmark:
         if result.split is not None:
             print_split(result.split)
 
-    def measure_sustained(self, server: ScriptedServer, tool: PeerTool | None, ceiling: float) -> None:
-        name = OURS if tool is None else tool.name
-        schedule = "own schedule" if tool is None or isinstance(tool, GuideLLMRun) else "ideal grid from its send times"
+    def measure_sustained(self, server: ScriptedServer, name: str, tool: PeerTool | None, ceiling: float) -> None:
+        """The sustained-rate search of one line: ours (the CLI), the worker without Ray, or a peer
+        (`tool`). Every line's lateness is its send times against the ideal grid (judge)."""
         print(
-            f"  {name} (lateness by its {schedule}; kept: p99 <= {LATENESS_P99_LIMIT_MS:g} ms; "
-            f"paced: p50 <= {PACE_P50_LIMIT_MS:g} ms and p99 <= {PACE_P99_LIMIT_MS:g} ms):"
+            f"  {name} (lateness of its send times against the ideal grid; kept: p99 <= {LATENESS_P99_LIMIT_MS:g} "
+            f"ms; paced: p50 <= {PACE_P50_LIMIT_MS:g} ms and p99 <= {PACE_P99_LIMIT_MS:g} ms):"
         )
 
         def attempt(rate: float) -> Step:
             server.ensure_running()
             count = self.count_for(rate, self.budget.step_s)
             workdir = self.rundir(f"sustained-{name}-{rate:g}")
+            url = server.root_url + "/v1"
             try:
-                if tool is None:
-                    run, _ = run_ours(self.client_cpu, server.root_url + "/v1", rate, count, SHORT.tokens, workdir)
+                if name == OURS:
+                    run, _ = run_ours(self.client_cpu, url, rate, count, SHORT.tokens, workdir)
+                elif name == NO_RAY:
+                    run, _ = run_no_ray(self.client_cpu, url, rate, count, SHORT.tokens, workdir)
                 else:
+                    assert tool is not None, f"{name} is a peer: measure_sustained() needs its tool"
                     run = tool.run(server.root_url, rate, count, SHORT.tokens, workdir)
             except PeerRunFailed as exc:
                 return Step(rate, False, False, float("inf"), float("inf"), None, 0.0, count, note=str(exc)[:300])
             step = judge(run)
-            if tool is None:  # the estimate the peers without a recorded schedule get, for comparison
-                grid = grid_lateness_ms(run.steady().send_s, rate)
-                step.note = f"(ideal-grid estimate p99 {np.percentile(grid, 99):.3f} ms)"
+            if tool is None:  # ours keep their schedule too: the lateness by it, beside the grid's
+                own = run.steady().own_lateness_ms
+                step.note = f"(by its own scheduled_s: p99 {np.percentile(own, 99):.3f} ms)" if len(own) else ""
             return step
 
         budget = self.budget
@@ -652,7 +718,7 @@ class LoadgenBenchmark:
         else:
             result = search_sustained(
                 attempt,
-                50.0,
+                PEER_START_RPS,
                 budget.peer_ladder,
                 budget.peer_bisections,
                 ceiling,
@@ -660,6 +726,31 @@ class LoadgenBenchmark:
                 retry_broken=budget.retry_broken,
             )
         self.sustained[name] = result
+
+    def measure_split(self, server: ScriptedServer, rate: float) -> None:
+        """Where the actor path's cost lies: each of SPLIT_VARIANTS at `rate`, alternating for the
+        budget's rounds (the platform's noise comes and goes), lateness against the ideal grid."""
+        count = self.count_for(rate, self.budget.step_s)
+        for round_ in range(self.budget.timing_rounds):
+            for label, variant in SPLIT_VARIANTS:
+                server.ensure_running()
+                workdir = self.rundir(f"split-{len(self.split)}")
+                url = server.root_url + "/v1"
+                try:
+                    if variant is None:
+                        run, _ = run_ours(self.client_cpu, url, rate, count, SHORT.tokens, workdir)
+                    else:
+                        run, _ = run_no_ray(self.client_cpu, url, rate, count, SHORT.tokens, workdir, variant, label)
+                except PeerRunFailed as exc:
+                    print(f"  {label:50} round {round_ + 1}: run failed: {str(exc)[:200]}", flush=True)
+                    continue
+                step = judge(run)
+                self.split.append((label, round_, step))
+                print(
+                    f"  {label:50} round {round_ + 1}: lateness p50 {step.lateness_p50_ms:6.3f} "
+                    f"p99 {step.lateness_p99_ms:8.3f} ms, failed {step.failed}",
+                    flush=True,
+                )
 
     # the whole run -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -713,12 +804,21 @@ class LoadgenBenchmark:
         if "sustained" in phases:
             print(f"\n== 4. sustained rate of one process, short outputs ({SHORT.tokens} tokens) ==")
             with ScriptedServer(SHORT, self.server_cpu, self.workdir / "server-sustained.log") as server:
-                self.measure_sustained(server, None, ceiling=64000)
-                ours = self.sustained[OURS].paced or 0.0
-                for tool in peers:
-                    self.measure_sustained(server, tool, ceiling=max(ours, 100.0))
+                self.measure_sustained(server, OURS, None, ceiling=64000)
+                if not self.args.skip_no_ray:
+                    self.measure_sustained(server, NO_RAY, None, ceiling=64000)
+                for tool in peers:  # no ceiling below ours: a peer faster than us must show it
+                    self.measure_sustained(server, tool.name, tool, ceiling=64000)
+        if "split" in phases:
+            rate = self.args.split_rps
+            print(
+                f"\n== 5. the actor path's cost, one change at a time, at {rate:g} rps "
+                f"({self.budget.timing_rounds} alternating rounds, lateness against the ideal grid) =="
+            )
+            with ScriptedServer(SHORT, self.server_cpu, self.workdir / "server-split.log") as server:
+                self.measure_split(server, rate)
         if "noise" in phases:
-            self.probe_platform("5. platform noise again, after the runs")
+            self.probe_platform("6. platform noise again, after the runs")
         self.print_summary(capacity)
         print(f"\ntotal time {time.monotonic() - started:.0f} s; run files in {self.workdir}")
 
@@ -746,18 +846,39 @@ class LoadgenBenchmark:
             )
         if any(r.itl_kind != "gap" for r in self.timing):
             print("  * per-request mean ITL (the tool keeps no per-token times), which hides per-gap error")
-        print(f"\n{'tool':18} {'sustained rps (p99 <= 1 ms)':>28} {'keeps pace, rps (p50 <= 1, p99 <= 10 ms)':>42}")
+        print(
+            f"\n{'tool':18} {'sustained rps (grid lateness p99 <= 1 ms)':>42} "
+            f"{'highest run that kept pace (p50 <= 1, p99 <= 10 ms)':>52}"
+        )
         for name, result in self.sustained.items():
-            sustained = "none kept" if result.sustained is None else f"{result.sustained:.0f}"
-            paced = (
-                "none"
-                if result.paced is None
-                else f"{result.paced:.0f}" + ("" if result.limit_found else " (or more: search ran out)")
+            sustained = (
+                "none kept"
+                if result.sustained is None
+                else f"{result.sustained:.0f}" + ("" if result.limit_found else " (or more: search ran out)")
             )
-            print(f"{name:18} {sustained:>28} {paced:>42}")
+            paced = "none" if result.paced is None else f"{result.paced:.0f}"
+            print(f"{name:18} {sustained:>42} {paced:>52}")
+        ours, bare = self.sustained.get(OURS), self.sustained.get(NO_RAY)
+        if ours is not None and bare is not None and ours.sustained and bare.sustained:
+            print(
+                f"the actor path (CLI, Ray, writer, progress) against the worker without Ray: "
+                f"{ours.sustained:.0f} / {bare.sustained:.0f} rps = {ours.sustained / bare.sustained:.2f}x"
+            )
         for name, reason in self.unavailable.items():
             print(f"{name:18} unavailable: {reason}")
+        self.print_split()
         self.print_ratios()
+
+    def print_split(self) -> None:
+        """The split phase: per variant, the median over its rounds of lateness p99 (and each round's)."""
+        if not self.split:
+            return
+        print(f"\nthe actor path's cost at {self.args.split_rps:g} rps: lateness p99 against the ideal grid, ms")
+        for label, _ in SPLIT_VARIANTS:
+            p99s = [step.lateness_p99_ms for name, _, step in self.split if name == label]
+            if p99s:
+                rounds = ", ".join(f"{p:.3f}" for p in p99s)
+                print(f"  {label:50} median {float(np.median(p99s)):8.3f}  (rounds: {rounds})")
 
     def print_ratios(self) -> None:
         ours = self.sustained.get(OURS, SearchResult(None, None, [], False))
@@ -769,7 +890,7 @@ class LoadgenBenchmark:
             tuple[float, bool]
         ] = []  # per peer: its sustained rate, or (if it kept none) a rate it stays below
         for name, result in self.sustained.items():
-            if name == OURS:
+            if name in NOT_PEERS:
                 continue
             best_paced_peer = max(best_paced_peer, result.paced or 0.0)
             rate_ratio = "n/a (we kept no rate)"
@@ -812,7 +933,9 @@ class LoadgenBenchmark:
                 "not decidable in this run (we kept no rate, or no peer ran)"
             )
         if ours.paced and best_paced_peer:
-            exact = all(r.limit_found for n, r in self.sustained.items() if n != OURS and r.paced == best_paced_peer)
+            exact = all(
+                r.limit_found for n, r in self.sustained.items() if n not in NOT_PEERS and r.paced == best_paced_peer
+            )
             print(
                 f"keeps-pace rate, ours / best peer: {ours.paced:.0f} / {best_paced_peer:.0f} = "
                 f"{'' if exact else '<= '}{ours.paced / best_paced_peer:.1f}x"
@@ -880,6 +1003,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "the scripted server's capacity from an earlier run "
             "(skips measuring it; half of it is the timing phase's high load)"
         ),
+    )
+    parser.add_argument(
+        "--split-rps", type=float, default=SPLIT_RPS, help=f"the split phase's rate (default {SPLIT_RPS:g})"
+    )
+    parser.add_argument(
+        "--skip-no-ray",
+        action="store_true",
+        help="leave the secondary sustained-rate line (the worker without Ray) out",
     )
     args = parser.parse_args(argv)
     args.phases = [p for p in args.phases.split(",") if p]

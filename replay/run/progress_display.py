@@ -40,7 +40,11 @@ def _line(snapshot: ProgressSnapshot) -> str:
 
 
 class ProgressDisplay:
-    """Call `update(snapshot)` as often as you like; use as a context manager."""
+    """Call `update(snapshot)` as often as you like; use as a context manager.
+
+    The panel is redrawn on each update, never on a timer of its own: the runner asks for progress
+    about once a second, and a redraw costs milliseconds of CPU on the host the workers may share
+    (rich's own refresh thread would redraw the unchanged panel 4 times a second)."""
 
     def __init__(self, title: str, console: Console | None = None, plain_every_s: float = 10.0):
         self.title = title
@@ -53,7 +57,7 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.interactive:
-            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
             self._live.__enter__()
         return self
 
@@ -66,7 +70,7 @@ class ProgressDisplay:
     def update(self, snapshot: ProgressSnapshot) -> None:
         self.last = snapshot
         if self._live is not None:
-            self._live.update(self._table(snapshot))
+            self._live.update(self._table(snapshot), refresh=True)
         elif time.monotonic() - self._last_plain >= self.plain_every_s:
             self._last_plain = time.monotonic()
             self.console.print(f"{self.title}: {_line(snapshot)}", highlight=False, soft_wrap=True)

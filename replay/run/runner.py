@@ -32,6 +32,10 @@ silence_ray_auth_notice()  # Ray's "token authentication is enabled" line on eve
 
 START_LEAD_S = 1.0  # the shared epoch is this far after every worker reported ready
 ACTOR_THREADS = 4  # max_concurrency of a worker actor
+# How often the driver asks every worker for its progress. Each answer is a call into the worker's
+# process, on the core it sends from: it takes the GIL from the event loop (about 0.1 ms here), so
+# it is asked no more often than a person reads the display.
+PROGRESS_INTERVAL_S = 1.0
 
 
 class ReplayWorkerActor:
@@ -108,8 +112,11 @@ def start_ray(address: str | None) -> dict:
     """Join `address` or start a small local instance; returns facts for the manifest."""
     if not ray.is_initialized():
         # Joining a cluster: its own resources. Local: a small object store (plans and results
-        # travel as Parquet shards, not objects), and workers at the default priority, not Ray's
-        # nice 15 (replay/run/cpu_placement.py); None is ray.init's default for each.
+        # travel as Parquet shards, not objects), workers at the default priority, not Ray's
+        # nice 15 (replay/run/cpu_placement.py), and no idle worker processes started ahead (Ray
+        # starts one per CPU for tasks; replay workers are actors, each started on demand, and an
+        # idle worker wakes about 100 times a second on the cores the replay workers send from);
+        # None is ray.init's default for each.
         ray.init(
             address=address or None,
             num_cpus=None if address else os.cpu_count() or 1,
@@ -119,7 +126,9 @@ def start_ray(address: str | None) -> dict:
             log_to_driver=True,
             # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
             runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
-            _system_config=None if address else {"worker_niceness": LOADGEN_NICE},
+            _system_config=None
+            if address
+            else {"worker_niceness": LOADGEN_NICE, "prestart_worker_first_driver": False},
         )
     nodes = [
         {"host": n["NodeManagerHostname"], "address": n["NodeManagerAddress"], "resources": n["Resources"]}
@@ -134,7 +143,7 @@ def run_plan(
     targets: list[TargetConfig],
     settings: RunSettings,
     on_progress: Callable[[ProgressSnapshot], None] | None = None,
-    progress_interval_s: float = 0.5,
+    progress_interval_s: float = PROGRESS_INTERVAL_S,
     samplers: list | None = None,
     gpu_samplers: GpuNodeSamplers | None = None,
 ) -> RunOutcome:

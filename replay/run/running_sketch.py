@@ -15,6 +15,7 @@ import numpy as np
 
 LATENESS_WARN_MS = 10.0  # the live display warns above this p99 (the report's check: analysis/summary/load_fidelity.py)
 LATENESS_WARN_MIN_SENDS = 100  # ... over at least this many recent sends (a p99 of fewer is nearly their maximum)
+RATE_BUCKET_S = 0.1  # completions are counted per bucket of this many seconds (RunningSketch)
 
 
 @dataclass
@@ -67,7 +68,13 @@ class ProgressSnapshot:
 
 
 class RunningSketch:
-    """Counters updated by a worker's event loop; `snapshot()` may be called from another thread."""
+    """Counters updated by a worker's event loop; `snapshot()` may be called from another thread.
+
+    Cheap on both sides, because a snapshot is taken on the worker's own core while it sends (a
+    Ray actor's progress call holds the GIL, and the event loop waits for it): completions are
+    counted in `RATE_BUCKET_S` buckets (`on_done` adds to the newest, a snapshot sums the last
+    `rate_window_s` of them), so neither grows with the request rate; only the bounded TTFT and
+    lateness samples are copied."""
 
     def __init__(
         self, scheduled: int, rate_window_s: float = 5.0, ttft_samples: int = 256, lateness_samples: int = 512
@@ -76,7 +83,8 @@ class RunningSketch:
         self.sent = 0
         self.done = 0
         self.by_status: collections.Counter[str] = collections.Counter()
-        self._done_times: collections.deque[float] = collections.deque()
+        buckets = int(round(rate_window_s / RATE_BUCKET_S)) + 1
+        self._done_buckets: collections.deque[list[int]] = collections.deque(maxlen=buckets)  # [bucket, count]
         self._ttfts: collections.deque[float] = collections.deque(maxlen=ttft_samples)
         self._lateness: collections.deque[float] = collections.deque(maxlen=lateness_samples)
         self._rate_window_s = rate_window_s
@@ -92,24 +100,25 @@ class RunningSketch:
     def on_done(self, status: str, ttft_ms: float | None) -> None:
         self.done += 1
         self.by_status[status] += 1
-        now = time.monotonic()
-        self._done_times.append(now)
+        bucket = int(time.monotonic() / RATE_BUCKET_S)
+        buckets = self._done_buckets
+        if buckets and buckets[-1][0] == bucket:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([bucket, 1])  # the deque's maxlen drops the oldest
         if ttft_ms is not None:
             self._ttfts.append(ttft_ms)
 
     def snapshot(self) -> ProgressSnapshot:
-        now = time.monotonic()
-        times = list(self._done_times)
-        while self._done_times and self._done_times[0] < now - self._rate_window_s:
-            self._done_times.popleft()
-        recent = [t for t in times if t >= now - self._rate_window_s]
+        oldest = int((time.monotonic() - self._rate_window_s) / RATE_BUCKET_S)
+        recent = sum(count for bucket, count in list(self._done_buckets) if bucket > oldest)
         return ProgressSnapshot(
             scheduled=self.scheduled,
             sent=self.sent,
             done=self.done,
             in_flight=self.sent - self.done,
             by_status=dict(self.by_status),
-            recent_done_per_s=len(recent) / self._rate_window_s,
+            recent_done_per_s=recent / self._rate_window_s,
             recent_ttft_ms=list(self._ttfts),
             recent_lateness_ms=list(self._lateness),
         )

@@ -1,0 +1,123 @@
+"""`shadowreplay replay` as users run it, driven by scripts/bench_loadgen.py at a constant rate.
+
+`ReplayCli(cpu).run(base_url, rate, count, tokens, workdir)` writes, under `workdir`,
+a traffic log of `count` completions rows one second apart (the prompt and params of
+scripts/bench_one_worker.py's plan: a fixed prompt asking for `tokens` tokens) and a target file
+for the scripted server (`kind: openai`, no key, no tokenizer), then runs the console script:
+
+    taskset -c CPU .venv/bin/shadowreplay replay LOG --target T.yaml --workers 1 --speed RATE -o RUN_DIR
+
+The i-th request is scheduled at exactly i / RATE seconds (`--speed` divides the log's offsets,
+loadgen/shapes.py TraceScaled; RATE is passed as its exact repr). That is the whole real path: the
+CLI's local Ray instance (GCS, raylet, log monitor), the driver's progress polls and display
+(plain lines: its output is a pipe), one Ray worker actor (replay/run/runner.py) running the
+ReplayWorker, its background result writer. Every process the CLI starts inherits the `taskset`
+pinning, so the whole path shares the one client core, as each peer tool does.
+
+Returned: the final result rows (from RUN_DIR/results/*.parquet) and the run's epoch (the
+wall-clock second the rows' `*_s` columns count from, from RUN_DIR/manifest.json). A run that
+exits non-zero raises PeerRunFailed with the tail of its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from bench_one_worker import PROMPT
+from peers.peer_tool import PeerRunFailed
+
+from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+CONSOLE_SCRIPT = REPO / ".venv" / "bin" / "shadowreplay"
+RESULT_COLUMNS = ["request_id", "final", "status", "scheduled_s", "sent_s", "token_times_ms"]
+START_UP_ALLOWANCE_S = 180.0  # Ray's local start, the plan, the shutdown: on top of the run's own length
+OUTPUT_TAIL_CHARS = 600
+
+
+def one_second_log(count: int, tokens: int) -> pa.Table:
+    """A traffic log of `count` completions rows, the i-th arriving i seconds after the first."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    params = json.dumps({"max_tokens": tokens})
+    rows = [
+        {
+            "request_id": f"bench-{i:06d}",
+            "arrival_time": start + timedelta(seconds=i),
+            "session_id": None,
+            "api": "completions",
+            "messages": None,
+            "prompt": PROMPT,
+            "params": params,
+            "prompt_tokens": 16,
+            "completion_tokens": tokens,
+            "prefix_block_ids": None,
+            "tag": None,
+            "response_text": None,
+            "reference": None,
+        }
+        for i in range(count)
+    ]
+    return pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA)
+
+
+def scripted_target_yaml(base_url: str) -> str:
+    """The scripted server as a target file (the same target scripts/bench_one_worker.py builds)."""
+    return (
+        "name: scripted\n"
+        "kind: openai\n"
+        f"base_url: {base_url}\n"
+        "model: scripted\n"
+        "api: completions\n"
+        "timeouts: {connect_s: 5, first_token_s: 10, total_s: 30}\n"
+    )
+
+
+class ReplayCli:
+    """The `shadowreplay replay` console script, pinned to one core (see the module docstring)."""
+
+    def __init__(self, cpu: int, console_script: Path = CONSOLE_SCRIPT):
+        self.cpu = cpu
+        self.console_script = console_script
+
+    def run(
+        self, base_url: str, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
+    ) -> tuple[list[dict], float]:
+        """(final result rows, epoch) of one constant-rate replay of `count` requests at `rate`."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        log, target, run_dir = workdir / "log.parquet", workdir / "scripted.yaml", workdir / "run"
+        pq.write_table(one_second_log(count, tokens), log)
+        target.write_text(scripted_target_yaml(base_url))
+        command = ["taskset", "-c", str(self.cpu), str(self.console_script), "replay", str(log)]
+        command += ["--target", str(target), "--workers", "1", "--speed", repr(rate), "-o", str(run_dir)]
+        command += ["--busy-poll"] if busy_poll else []
+        env = dict(os.environ, TERM="dumb")  # plain progress lines, not a live panel, into the log
+        limit_s = count / rate + START_UP_ALLOWANCE_S
+        try:
+            done = subprocess.run(
+                command,
+                cwd=workdir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=limit_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise PeerRunFailed(f"shadowreplay replay did not finish within {limit_s:g} s") from None
+        (workdir / "replay.log").write_text(done.stdout)
+        if done.returncode != 0:
+            tail = done.stdout[-OUTPUT_TAIL_CHARS:].strip().replace("\n", " | ")
+            raise PeerRunFailed(f"shadowreplay replay exited with {done.returncode}: ...{tail}")
+        runs = RunDir(run_dir)
+        manifest = runs.read_manifest_json() or {}
+        if manifest.get("epoch") is None:
+            raise PeerRunFailed(f"shadowreplay replay wrote no epoch in {runs.manifest_path}")
+        table = pq.read_table(runs.results_dir, columns=RESULT_COLUMNS)
+        return table.filter(table.column("final")).to_pylist(), float(manifest["epoch"])
