@@ -921,7 +921,9 @@ class LoadgenBenchmark:
         if ours.sustained and peer_ceilings:
             ceiling, exact = max(peer_ceilings)
             ratio = ours.sustained / ceiling
-            verdict = "met" if ratio >= 2 else "NOT met"
+            # A peer that kept p99 <= 1 ms at none of its rates gives a bound, not a rate: against it the
+            # target is not judged (both may miss 1 ms at ordinary rates; compare the keeps-pace rates).
+            verdict = ("met" if ratio >= 2 else "NOT met") if exact else "not judged: no peer kept any rate it ran"
             peer = f"{ceiling:.0f}" if exact else f"below {ceiling:.0f} (a peer that kept none of the rates it ran)"
             print(
                 f"target: sustained rate per process >= 2x the best peer: ours {ours.sustained:.0f} rps, "
