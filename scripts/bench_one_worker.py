@@ -45,19 +45,20 @@ START_LEAD_S = 0.5  # the first send is this long after the worker was built
 PROMPT = "Count slowly from one to one hundred, one number per line, and say nothing else."
 
 
-def constant_rate_plan(rate: float, count: int, tokens: int) -> pa.Table:
-    """A replay plan of `count` completions rows, the i-th scheduled at i / rate seconds."""
+def bench_log(offsets: np.ndarray, tokens: int) -> pa.Table:
+    """A traffic log of completions rows asking for `tokens` tokens, the i-th arriving offsets[i] seconds
+    after the first (the bench's one log shape, shared with scripts/bench_replay_cli.py)."""
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    offsets = np.arange(count, dtype=np.float64) / rate
+    params = json.dumps({"max_tokens": tokens})
     rows = [
         {
             "request_id": f"bench-{i:06d}",
-            "arrival_time": start + timedelta(seconds=float(offsets[i])),
+            "arrival_time": start + timedelta(seconds=float(offset)),
             "session_id": None,
             "api": "completions",
             "messages": None,
             "prompt": PROMPT,
-            "params": json.dumps({"max_tokens": tokens}),
+            "params": params,
             "prompt_tokens": 16,
             "completion_tokens": tokens,
             "prefix_block_ids": None,
@@ -65,9 +66,15 @@ def constant_rate_plan(rate: float, count: int, tokens: int) -> pa.Table:
             "response_text": None,
             "reference": None,
         }
-        for i in range(count)
+        for i, offset in enumerate(offsets)
     ]
-    return build_plan(pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA), offsets)
+    return pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA)
+
+
+def constant_rate_plan(rate: float, count: int, tokens: int) -> pa.Table:
+    """A replay plan of `count` completions rows, the i-th scheduled at i / rate seconds."""
+    offsets = np.arange(count, dtype=np.float64) / rate
+    return build_plan(bench_log(offsets, tokens), offsets)
 
 
 def scripted_target(base_url: str) -> TargetConfig:

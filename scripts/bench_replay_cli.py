@@ -21,19 +21,17 @@ exits non-zero raises PeerRunFailed with the tail of its output.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench_one_worker import PROMPT
+from bench_one_worker import bench_log
 from peers.peer_tool import PeerRunFailed
 
 from shadowreplay.replay.schemas.run_dir import RunDir
-from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = REPO / ".venv" / "bin" / "shadowreplay"
@@ -44,27 +42,7 @@ OUTPUT_TAIL_CHARS = 600
 
 def one_second_log(count: int, tokens: int) -> pa.Table:
     """A traffic log of `count` completions rows, the i-th arriving i seconds after the first."""
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    params = json.dumps({"max_tokens": tokens})
-    rows = [
-        {
-            "request_id": f"bench-{i:06d}",
-            "arrival_time": start + timedelta(seconds=i),
-            "session_id": None,
-            "api": "completions",
-            "messages": None,
-            "prompt": PROMPT,
-            "params": params,
-            "prompt_tokens": 16,
-            "completion_tokens": tokens,
-            "prefix_block_ids": None,
-            "tag": None,
-            "response_text": None,
-            "reference": None,
-        }
-        for i in range(count)
-    ]
-    return pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA)
+    return bench_log(np.arange(count, dtype=np.float64), tokens)
 
 
 def scripted_target_yaml(base_url: str) -> str:
