@@ -8,9 +8,11 @@ Everything runs on 127.0.0.1, each run bounded in requests and time. The scripte
 (scripts/bench_scripted_server.py: tests/support/faulty_server.py with sub-millisecond token timing and a
 record of its own lateness) runs in its own process pinned to one core (`--server-cpu`); every load
 generator, ours and the peers', is pinned to the other (`--client-cpu`), one tool at a time.
-"Ours" is what users run: `shadowreplay replay LOG --target T.yaml --workers 1 --speed R -o RUN_DIR`
-(scripts/bench_replay_cli.py), with its local Ray instance, one Ray worker actor, the result writer
-and the live progress, every process of it pinned to the client core. "worker without Ray" is a
+"Ours" is what users run: `shadowreplay replay LOG --target T.yaml --workers 1 --speed R -o RUN_DIR
+--worker-cpus C` (scripts/bench_replay_cli.py), with its local Ray instance, one Ray worker actor, the
+result writer and the live progress: its one sending process, the worker, on the client core (as
+each peer is one process there), the local Ray's own processes on the other core (the option's
+placement: replay/run/cpu_placement.py). "worker without Ray" is a
 secondary line, not ours: replay/run/worker.py's ReplayWorker alone on its own event loop
 (scripts/bench_one_worker.py), so that the sustained phase shows what the actor path costs beyond
 the bare worker.
@@ -46,8 +48,9 @@ the bare worker.
 5. The actor path's cost, split (`--split-rps`, default 600): at one constant rate, in alternating
    rounds, the path from the bare worker to the real CLI one change at a time (SPLIT_VARIANTS:
    the worker without Ray with its rows written only after the run, then as it is; in a Ray actor
-   through replay/run/runner.py's run_plan without progress polls, then with them; the CLI), each
-   judged by the same grid lateness; the median round of each is printed.
+   through replay/run/runner.py's run_plan without progress polls, then with them; the CLI with
+   every process on the client core, then with --worker-cpus), each judged by the same grid
+   lateness; the median round of each is printed.
 """
 
 from __future__ import annotations
@@ -99,13 +102,17 @@ PEER_NAMES = ("vllm", "aiperf", "guidellm")
 PEER_START_RPS = 200.0  # the peers' sustained-rate ladder starts here (halving while broken, doubling while kept)
 PHASES = ("noise", "timing", "sustained", "split")  # the capacity measurement goes with "timing"
 # The split phase: the path from the bare worker to the real CLI, one change at a time, at one rate
-# (scripts/bench_one_worker.py's variants; None: the CLI itself).
+# (scripts/bench_one_worker.py's variants, each process of it on the client core; CLI_ON_ONE_CORE and
+# CLI_WORKER_CPUS: the CLI itself, every process on the client core, then as "ours" runs: --worker-cpus).
+CLI_ON_ONE_CORE = "the CLI, every process on the client core (taskset)"
+CLI_WORKER_CPUS = "the CLI, --worker-cpus (Ray's own processes elsewhere)"
 SPLIT_VARIANTS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("worker without Ray, rows written after the run", ("--rows-after-run",)),
     ("worker without Ray", ()),
     ("Ray actor (run_plan), no progress polls", ("--ray",)),
     ("Ray actor (run_plan), progress every 1 s", ("--ray", "--progress-interval", "1")),
-    ("the CLI (shadowreplay replay)", None),
+    (CLI_ON_ONE_CORE, None),
+    (CLI_WORKER_CPUS, None),
 )
 SPLIT_RPS = 600.0  # the split phase's default rate
 NOISY_STALL_FRACTION = 0.02  # a core that loses more than this to stalls is busy with other work
@@ -119,6 +126,25 @@ while prev - start < {seconds}:
 print(json.dumps({{"stalled_fraction": sum(stalls) / (prev - start), "over_1ms": sum(s > 0.001 for s in stalls),
                    "max_ms": max(stalls, default=0) * 1000, "seconds": prev - start}}))
 """
+# A bare asyncio loop that sleeps until each send falls due, as `vllm bench serve` paces its sends
+# (vllm/benchmarks/serve.py get_request: asyncio.sleep to start + delay_ts[i]) and doing nothing else:
+# its lateness is the event loop's timer floor on this core. Python's epoll selector rounds every
+# timeout up to whole milliseconds (selectors.EpollSelector.select), so an idle loop wakes up to 1 ms
+# late; measured here: p99 1.4-1.6 ms at 20 and 200 wake-ups a second.
+ASYNCIO_SLEEP_PROBE = """
+import asyncio, json, time
+async def main(rate, count):
+    start, late = time.time(), []
+    for i in range(count):
+        due = start + (i + 1) / rate
+        if due > time.time():
+            await asyncio.sleep(due - time.time())
+        late.append((time.time() - due) * 1000.0)
+    late = sorted(late[count // 10:])
+    print(json.dumps({{"p50": late[len(late) // 2], "p99": late[int(len(late) * 0.99)], "max": late[-1]}}))
+asyncio.run(main({rate}, {count}))
+"""
+ASYNCIO_PROBE_RPS = 200.0
 
 
 @dataclass(frozen=True)
@@ -305,12 +331,20 @@ def rows_as_run(tool: str, rate: float, count: int, rows: list[dict], epoch: flo
 
 
 def run_ours(
-    cpu: int, base_url: str, rate: float, count: int, tokens: int, workdir: Path, busy_poll: bool = False
+    cpu: int,
+    base_url: str,
+    rate: float,
+    count: int,
+    tokens: int,
+    workdir: Path,
+    busy_poll: bool = False,
+    one_core: bool = False,
 ) -> tuple[ToolRun, ClientStamps]:
-    """`shadowreplay replay --workers 1` (the real CLI, scripts/bench_replay_cli.py) pinned to
-    `cpu`, read back from its Parquet results: the run, and its send and token moments on the wall
-    clock (to match with the server's record)."""
-    rows, epoch = ReplayCli(cpu).run(base_url, rate, count, tokens, workdir, busy_poll=busy_poll)
+    """`shadowreplay replay --workers 1 --worker-cpus CPU` (the real CLI, scripts/bench_replay_cli.py;
+    `one_core`: every process of it under `taskset -c CPU` instead), read back from its Parquet
+    results: the run, and its send and token moments on the wall clock (to match with the server's
+    record)."""
+    rows, epoch = ReplayCli(cpu, one_core=one_core).run(base_url, rate, count, tokens, workdir, busy_poll=busy_poll)
     return rows_as_run(OURS_BUSY if busy_poll else OURS, rate, count, rows, epoch)
 
 
@@ -597,6 +631,20 @@ class LoadgenBenchmark:
                     else ""
                 )
             )
+        out = subprocess.run(
+            ["taskset", "-c", str(self.client_cpu), sys.executable, "-c"]
+            + [ASYNCIO_SLEEP_PROBE.format(rate=ASYNCIO_PROBE_RPS, count=int(ASYNCIO_PROBE_RPS * 3))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        timer = json.loads(out.stdout)
+        print(
+            f"  core {self.client_cpu}: a bare asyncio loop sleeping to each send at {ASYNCIO_PROBE_RPS:g}/s (how vllm "
+            f"bench serve paces) wakes late by p50 {timer['p50']:.3f} p99 {timer['p99']:.3f} "
+            f"max {timer['max']:.3f} ms: "
+            "epoll rounds timeouts up to whole ms, a floor under any tool paced by asyncio.sleep alone"
+        )
         load1, load5, _ = os.getloadavg()
         print(f"  load average {load1:.2f} (1 min), {load5:.2f} (5 min): other work on these 2 cores shares them")
 
@@ -738,7 +786,8 @@ class LoadgenBenchmark:
                 url = server.root_url + "/v1"
                 try:
                     if variant is None:
-                        run, _ = run_ours(self.client_cpu, url, rate, count, SHORT.tokens, workdir)
+                        one_core = label == CLI_ON_ONE_CORE
+                        run, _ = run_ours(self.client_cpu, url, rate, count, SHORT.tokens, workdir, one_core=one_core)
                     else:
                         run, _ = run_no_ray(self.client_cpu, url, rate, count, SHORT.tokens, workdir, variant, label)
                 except PeerRunFailed as exc:
@@ -762,7 +811,8 @@ class LoadgenBenchmark:
         )
         print(
             f"pinning: scripted server on core {self.server_cpu}, every load generator (one at a time) on core "
-            f"{self.client_cpu} (taskset); {os.cpu_count()} cores in all, shared with whatever else runs here"
+            f"{self.client_cpu} (taskset; ours: its worker by --worker-cpus, the local Ray's own processes on the "
+            f"other cores); {os.cpu_count()} cores in all, shared with whatever else runs here"
         )
         print(
             f"timing scenario: first token {TIMING.ttft_ms:g} ms after the request, "

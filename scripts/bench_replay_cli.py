@@ -5,14 +5,17 @@ a traffic log of `count` completions rows one second apart (the prompt and param
 scripts/bench_one_worker.py's plan: a fixed prompt asking for `tokens` tokens) and a target file
 for the scripted server (`kind: openai`, no key, no tokenizer), then runs the console script:
 
-    taskset -c CPU .venv/bin/shadowreplay replay LOG --target T.yaml --workers 1 --speed RATE -o RUN_DIR
+    .venv/bin/shadowreplay replay LOG --target T.yaml --workers 1 --speed RATE -o RUN_DIR --worker-cpus CPU
 
 The i-th request is scheduled at exactly i / RATE seconds (`--speed` divides the log's offsets,
 loadgen/shapes.py TraceScaled; RATE is passed as its exact repr). That is the whole real path: the
 CLI's local Ray instance (GCS, raylet, log monitor), the driver's progress polls and display
 (plain lines: its output is a pipe), one Ray worker actor (replay/run/runner.py) running the
-ReplayWorker, its background result writer. Every process the CLI starts inherits the `taskset`
-pinning, so the whole path shares the one client core, as each peer tool does.
+ReplayWorker, its background result writer. The worker process runs on CPU (the one process that
+sends, as each peer tool is one process on that core); `--worker-cpus` puts the local Ray's own
+processes on the host's other CPUs (replay/run/cpu_placement.py), and the driver where the kernel
+puts it. `ReplayCli(cpu, one_core=True)` runs the CLI under `taskset -c CPU` instead, so that every
+process it starts, Ray's included, shares that one core.
 
 Returned: the final result rows (from RUN_DIR/results/*.parquet) and the run's epoch (the
 wall-clock second the rows' `*_s` columns count from, from RUN_DIR/manifest.json). A run that
@@ -58,10 +61,11 @@ def scripted_target_yaml(base_url: str) -> str:
 
 
 class ReplayCli:
-    """The `shadowreplay replay` console script, pinned to one core (see the module docstring)."""
+    """The `shadowreplay replay` console script, its worker on one core (see the module docstring)."""
 
-    def __init__(self, cpu: int, console_script: Path = CONSOLE_SCRIPT):
+    def __init__(self, cpu: int, one_core: bool = False, console_script: Path = CONSOLE_SCRIPT):
         self.cpu = cpu
+        self.one_core = one_core
         self.console_script = console_script
 
     def run(
@@ -72,8 +76,11 @@ class ReplayCli:
         log, target, run_dir = workdir / "log.parquet", workdir / "scripted.yaml", workdir / "run"
         pq.write_table(one_second_log(count, tokens), log)
         target.write_text(scripted_target_yaml(base_url))
-        command = ["taskset", "-c", str(self.cpu), str(self.console_script), "replay", str(log)]
+        command = [str(self.console_script), "replay", str(log)]
         command += ["--target", str(target), "--workers", "1", "--speed", repr(rate), "-o", str(run_dir)]
+        command = (
+            ["taskset", "-c", str(self.cpu), *command] if self.one_core else [*command, "--worker-cpus", str(self.cpu)]
+        )
         command += ["--busy-poll"] if busy_poll else []
         env = dict(os.environ, TERM="dumb")  # plain progress lines, not a live panel, into the log
         limit_s = count / rate + START_UP_ALLOWANCE_S

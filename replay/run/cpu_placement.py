@@ -19,6 +19,12 @@ and every latency it reports is then partly its own. Two rules keep it off the s
   split vLLM's own automatic binding makes there (model threads on one CPU, the other reserved),
   with the workers on the reserved one. With a single usable CPU, or a remote server, or workers
   on other nodes, nothing is split and the placement says why.
+- **Chosen worker cores** (`--worker-cpus`): the user names the CPUs of this host the replay workers
+  run on. The rest of the usable CPUs then take everything else the session starts here: a local
+  server's compute threads, and the local Ray instance's own processes (GCS, raylet, log and memory
+  monitors; `ray_cpus`, replay/run/runner.py start_ray). Those wake tens of times a second; on a
+  worker's core each wake-up delays a send that falls due then (measured by scripts/bench_loadgen.py's
+  split phase: about +0.65 ms of send lateness p99 at 250 req/s on one shared core).
 
 Both are recorded: the placement in the manifest's `placement`, each worker's priority and cores
 in `workers[]`.
@@ -31,6 +37,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
+
+from shadowreplay.errors import UserError
 
 LOADGEN_NICE = 0  # the replay workers' and samplers' niceness: never below the default priority
 LOADGEN_SHARE = 0.25  # of a host's CPUs for the replay workers where a local server takes the rest
@@ -63,6 +71,7 @@ class CpuPlacement(BaseModel):
 
     loadgen_cpus: list[int] | None = None
     server_cpus: list[int] | None = None
+    ray_cpus: list[int] | None = None  # a local Ray instance's own processes (None: where the kernel puts them)
     reason: str
 
     @classmethod
@@ -73,8 +82,12 @@ class CpuPlacement(BaseModel):
         local_server: bool,
         local_workers: bool,
         loadgen_share: float = LOADGEN_SHARE,
+        worker_cpus: Sequence[int] | None = None,
     ) -> CpuPlacement:
-        """Split `cpus` between the workers and a local server (see the module docstring)."""
+        """Split `cpus` between the workers and a local server, or give the workers `worker_cpus` and
+        everything else the rest (see the module docstring)."""
+        if worker_cpus:
+            return cls._chosen(cpus, worker_cpus, local_server=local_server, local_workers=local_workers)
         if not local_server:
             return cls(reason="no local server: the workers keep every CPU")
         if not local_workers:
@@ -92,6 +105,41 @@ class CpuPlacement(BaseModel):
             ),
         )
 
+    @classmethod
+    def _chosen(
+        cls, cpus: Sequence[int], worker_cpus: Sequence[int], *, local_server: bool, local_workers: bool
+    ) -> CpuPlacement:
+        """The workers on `worker_cpus`; a local server and the local Ray's processes on the rest."""
+        chosen = sorted(set(worker_cpus))
+        if not local_workers:
+            raise UserError(
+                f"--worker-cpus {cpu_list(chosen)} pins workers on this host, but with --address they run on the "
+                "cluster's nodes: leave one of the two out"
+            )
+        outside = [cpu for cpu in chosen if cpu not in cpus]
+        if outside:
+            raise UserError(
+                f"--worker-cpus {cpu_list(chosen)}: CPU {cpu_list(outside)} is not one this process may use "
+                f"(usable: {cpu_list(cpus)})"
+            )
+        rest = [cpu for cpu in sorted(cpus) if cpu not in chosen]
+        if local_server and not rest:
+            raise UserError(
+                f"--worker-cpus {cpu_list(chosen)} leaves no CPU for the local vLLM server (usable: {cpu_list(cpus)})"
+            )
+        if not rest:
+            return cls(
+                loadgen_cpus=chosen,
+                reason=f"replay workers on CPUs {cpu_list(chosen)} (--worker-cpus), Ray beside them",
+            )
+        others = "the local server's compute threads and Ray's own processes" if local_server else "Ray's own processes"
+        return cls(
+            loadgen_cpus=chosen,
+            server_cpus=rest if local_server else None,
+            ray_cpus=rest,
+            reason=f"replay workers on CPUs {cpu_list(chosen)} (--worker-cpus), {others} on CPUs {cpu_list(rest)}",
+        )
+
 
 def _for_every_other_thread(change: Callable[[int], None]) -> None:
     """`change(thread id)` for every thread of this process but the calling one (Linux: /proc/self/task;
@@ -107,6 +155,45 @@ def _for_every_other_thread(change: Callable[[int], None]) -> None:
             change(tid)
         except ProcessLookupError:
             continue
+
+
+def descendant_processes(root: int | None = None) -> dict[int, str]:
+    """Every process descended from `root` (default: this one) now, pid -> name (Linux: /proc; elsewhere
+    none). A process that ends while it is read is passed over."""
+    parents: dict[int, tuple[int, str]] = {}
+    try:
+        entries = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        # "pid (name) state ppid ...": the name may hold spaces and parentheses, so split at the last ")"
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        parents[int(entry)] = (int(rest[1]), name)
+    found: dict[int, str] = {}
+    frontier = [os.getpid() if root is None else root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, name) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = name
+                frontier.append(pid)
+    return found
+
+
+def process_cpus(processes: dict[int, str]) -> list[dict[str, object]]:
+    """Each process's name, pid and CPUs (its main thread's affinity), for the manifest."""
+    facts: list[dict[str, object]] = []
+    for pid, name in sorted(processes.items()):
+        try:
+            facts.append({"name": name, "pid": pid, "cpus": sorted(os.sched_getaffinity(pid))})
+        except OSError:  # ended meanwhile
+            continue
+    return facts
 
 
 class ProcessPriority(BaseModel):

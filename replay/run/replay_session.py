@@ -49,6 +49,7 @@ class ReplayRequest:
     keep_output_text: bool = False
     block_size: int = 512
     busy_poll: bool = False  # workers poll without sleeping (RunSettings.busy_poll)
+    worker_cpus: list[int] | None = None  # the workers' own CPUs here; Ray and a server get the rest
     # Maps the selected rows' arrival offsets (s) to send times (s): a loadgen shape (the CLI passes
     # loadgen.shapes.TraceScaled with --speed); None sends at the recorded offsets.
     send_times: Callable[[np.ndarray], np.ndarray] | None = None
@@ -79,7 +80,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         block_size=request.block_size,
         busy_poll=request.busy_poll,
     )
-    with Session(targets, run_dir, ray_address=request.address) as session:
+    with Session(targets, run_dir, ray_address=request.address, worker_cpus=request.worker_cpus) as session:
         settings.worker_cpus = session.placement.loadgen_cpus  # off the local server's CPUs
         manifest = session.manifest
         manifest.run_id = settings.run_id

@@ -5,12 +5,13 @@ scheduled request and target, whatever happened to a worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import pyarrow as pa
 import ray
 
 from shadowreplay.replay.clock import ClockMapping
-from shadowreplay.replay.run.cpu_placement import LOADGEN_NICE, ProcessPriority
+from shadowreplay.replay.run.cpu_placement import LOADGEN_NICE, ProcessPriority, descendant_processes, process_cpus
 from shadowreplay.replay.run.plan import split_plan
+from shadowreplay.replay.run.plan_pieces import PIECE_ROWS
 from shadowreplay.replay.run.ray_notices import silence_ray_auth_notice
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot
 from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
@@ -42,8 +44,9 @@ class ReplayWorkerActor:
     """A ReplayWorker in its own process: `run` blocks one thread on the worker's event loop while
     `progress` and `cancel` answer from another. The Ray actor class is REPLAY_WORKER_ACTOR."""
 
-    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
-        # First, so that the tokenizers load on the worker's own cores (replay/run/cpu_placement.py).
+    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: str):
+        # `shard`: the path of its plan shard in the run directory (replay/run/plan_pieces.py).
+        # Priority and cores first, so that the tokenizers load on the worker's own cores.
         self.priority = ProcessPriority.raise_to(cpus=settings.cpus)
         self.worker = ReplayWorker(settings, targets, shard)
 
@@ -53,7 +56,7 @@ class ReplayWorkerActor:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "wall_minus_perf": self.worker.wall_minus_perf,
-            "requests": self.worker.shard.num_rows,
+            "requests": self.worker.plan.num_rows,
             **self.priority.model_dump(),
             "priority_warning": self.priority.warning(f"a replay worker on {socket.gethostname()}"),
         }
@@ -108,34 +111,60 @@ class RunOutcome:
     telemetry: list = field(default_factory=list)  # each sampler's stats
 
 
-def start_ray(address: str | None) -> dict:
-    """Join `address` or start a small local instance; returns facts for the manifest."""
+def start_ray(address: str | None, cpus: Sequence[int] | None = None) -> dict:
+    """Join `address` or start a small local instance (its own processes on `cpus` where given:
+    replay/run/cpu_placement.py); returns facts for the manifest."""
     if not ray.is_initialized():
         # Joining a cluster: its own resources. Local: a small object store (plans and results
         # travel as Parquet shards, not objects), workers at the default priority, not Ray's
         # nice 15 (replay/run/cpu_placement.py), and no idle worker processes started ahead (Ray
         # starts one per CPU for tasks; replay workers are actors, each started on demand, and an
         # idle worker wakes about 100 times a second on the cores the replay workers send from);
-        # None is ray.init's default for each.
-        ray.init(
-            address=address or None,
-            num_cpus=None if address else os.cpu_count() or 1,
-            object_store_memory=None if address else 512 * 1024 * 1024,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
-            runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
-            _system_config=None
-            if address
-            else {"worker_niceness": LOADGEN_NICE, "prestart_worker_first_driver": False},
-        )
+        # None is ray.init's default for each. Ray's processes inherit the affinity of the thread that
+        # starts them, so with `cpus` this thread holds them only while ray.init runs.
+        before = descendant_processes()
+        with _thread_affinity(None if address else cpus):
+            _init_ray(address)
+        # Where the processes this start left on this host run (their CPUs, as the kernel has them).
+        started = {pid: name for pid, name in descendant_processes().items() if pid not in before}
+        local_processes = process_cpus(started) if not address else None
+    else:
+        local_processes = None
     nodes = [
         {"host": n["NodeManagerHostname"], "address": n["NodeManagerAddress"], "resources": n["Resources"]}
         for n in ray.nodes()
         if n.get("Alive")
     ]
-    return {"address": address or "local", "ray_version": ray.__version__, "nodes": nodes}
+    facts = {"address": address or "local", "ray_version": ray.__version__, "nodes": nodes}
+    return facts if local_processes is None else {**facts, "local_processes": local_processes}
+
+
+@contextlib.contextmanager
+def _thread_affinity(cpus: Sequence[int] | None) -> Iterator[None]:
+    """The calling thread on `cpus` inside the block (None: unchanged); Linux keeps affinity per thread."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _init_ray(address: str | None) -> None:
+    ray.init(
+        address=address or None,
+        num_cpus=None if address else os.cpu_count() or 1,
+        object_store_memory=None if address else 512 * 1024 * 1024,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        # transformers warns at import that torch is absent: true, and irrelevant to tokenizers.
+        runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
+        _system_config=None if address else {"worker_niceness": LOADGEN_NICE, "prestart_worker_first_driver": False},
+    )
 
 
 def run_plan(
@@ -176,8 +205,11 @@ def run_plan(
             busy_poll=settings.busy_poll,
             cpus=tuple(settings.worker_cpus) if settings.worker_cpus else None,
         )
+        # Each worker reads its share from the run directory in pieces (replay/run/plan_pieces.py):
+        # a plan of millions of rows never travels through the object store.
+        shard_path = run_dir.write_plan_shard(worker_settings.worker, shard, PIECE_ROWS)
         actor = REPLAY_WORKER_ACTOR.options(num_cpus=0, max_concurrency=ACTOR_THREADS)
-        actors.append(actor.remote(worker_settings, targets, shard))
+        actors.append(actor.remote(worker_settings, targets, str(shard_path)))
     if gpu_samplers is not None:
         gpu_samplers.place()  # their processes start beside the workers'
     by_status: dict[str, int] = {}

@@ -4,7 +4,8 @@
 read is one clear error, before anything starts), starts a vLLM server for each `kind: vllm`
 target (its log in the run directory), starts a local Ray instance or joins `ray_address` (unless
 `use_ray=False`), and hands out the run's telemetry samplers. Where it starts a server on this host
-for workers on this host, it gives the server and the workers separate CPUs (`session.placement`,
+for workers on this host, or where the verb names the workers' CPUs (`worker_cpus`), it gives the
+workers their own CPUs and the server and Ray's processes the others (`session.placement`,
 replay/run/cpu_placement.py; the verbs pass `placement.loadgen_cpus` to the runner). On *any* exit (a normal end, an
 error, Ctrl-C) it stops the servers it started by pid, stops the Ray instance it started, and
 writes the run's manifest (`session.manifest`, filled in by the verb) with its `status` and every
@@ -82,6 +83,7 @@ class Session:
         use_ray: bool = True,
         ray_address: str | None = None,
         external_manifest: bool = False,
+        worker_cpus: Sequence[int] | None = None,
     ):
         self.configured_targets = list(targets)
         self.run_dir = run_dir
@@ -96,6 +98,7 @@ class Session:
             usable_cpus(),
             local_server=any(t.kind == "vllm" for t in self.configured_targets),
             local_workers=not ray_address,  # a local Ray instance, or Locust's own processes here
+            worker_cpus=worker_cpus,  # --worker-cpus: the user's choice (cpu_placement.py)
         )
         self.manifest = Manifest(targets=[t.public_dict() for t in self.configured_targets])
         self._stack = contextlib.ExitStack()
@@ -165,7 +168,7 @@ class Session:
         from shadowreplay.replay.run.runner import start_ray
 
         self._started_ray = not ray.is_initialized()
-        self.cluster = start_ray(self.ray_address)
+        self.cluster = start_ray(self.ray_address, self.placement.ray_cpus)
         self.manifest.cluster = self.cluster
 
     def _report_once(self, line: str) -> None:

@@ -24,8 +24,9 @@ Keeping the loop free (a late wake-up shows as send lateness and as late token s
 - Result shards are encoded and written by the result writer's own thread (background mode), and
   the writer is warmed up before the run (pyarrow's first Parquet write in a process costs several
   times a later one).
-- The plan's rows become dicts `ROWS_PER_CONVERSION` at a time (a conversion never stalls the loop
-  for long).
+- The plan arrives in pieces (`PlanPieces`, replay/run/plan_pieces.py): read from the worker's plan
+  shard on a thread of its own, ahead of the sends, and turned into dicts a few rows at a time (a
+  conversion never stalls the loop for long).
 - While a run lasts, the garbage collector leaves the objects made before it alone (`gc.freeze`:
   a full collection over the imported modules and tokenizers takes tens of milliseconds), and the
   GIL switch interval is `GIL_SWITCH_INTERVAL_S` (the default 5 ms would let the writer thread
@@ -40,8 +41,9 @@ import gc
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pyarrow as pa
@@ -52,6 +54,7 @@ from shadowreplay.replay.clients.retry_policy import BUDGET_EXHAUSTED, RetryBudg
 from shadowreplay.replay.clients.stream_client import StreamingClient
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.requests.builder import RequestBuilder
+from shadowreplay.replay.run.plan_pieces import PlanPieces
 from shadowreplay.replay.run.result_rows import result_row
 from shadowreplay.replay.run.running_sketch import RunningSketch
 from shadowreplay.replay.schemas.results import StreamOutcome
@@ -65,8 +68,6 @@ except ImportError:  # pragma: no cover - depends on the platform
     _new_event_loop = asyncio.new_event_loop
 
 SPIN_BEFORE_SEND_S = 0.002  # the last 2 ms before a send are waited by yielding, not sleeping
-ROWS_PER_CONVERSION = 16  # plan rows turned into dicts at a time
-UNREAD_PLAN_COLUMNS = ("arrival_time", "response_text", "reference")  # plan columns no worker reads
 WARM_UP_ROWS = 8  # plan rows whose sample result rows warm the result writer up before a run
 GIL_SWITCH_INTERVAL_S = 0.0005  # while a run lasts (sys.setswitchinterval)
 
@@ -100,16 +101,17 @@ def _forget(last_of_session: dict, key: tuple[str, str], task: asyncio.Task) -> 
 
 
 class ReplayWorker:
-    """Sends one shard of a plan to every target and records the outcomes."""
+    """Sends one shard of a plan to every target and records the outcomes. `shard`: its plan shard
+    file (what the runner gives, read in pieces) or the rows themselves."""
 
-    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table):
+    def __init__(self, settings: WorkerSettings, targets: list[TargetConfig], shard: pa.Table | str | Path):
         self.settings = settings
         self.targets = targets
-        self.shard = shard
+        self.plan = PlanPieces(shard)
         self.builders = {t.name: RequestBuilder(t, block_size=settings.block_size) for t in targets}
         for builder in self.builders.values():
             builder.prepare()  # load tokenizers now, not on the first send (it would show as lateness)
-        self.sketch = RunningSketch(scheduled=shard.num_rows * len(targets))
+        self.sketch = RunningSketch(scheduled=self.plan.num_rows * len(targets))
         share = 1.0 / max(1, settings.worker_count)
         self.limiters = {t.name: RateLimiter(t.rate_limits, share) for t in targets}
         self.retry_budgets = {t.name: RetryBudget(t.retry.budget, share) for t in targets}
@@ -119,6 +121,7 @@ class ReplayWorker:
         self._writer = RunDir(settings.run_dir).result_writer(
             settings.worker, max_rows=settings.flush_rows, max_age_s=settings.flush_age_s, background=True
         )
+        self.plan.start()  # its first pieces are read while the other workers get ready
 
     # -- called from other threads (the Ray actor's control methods) --------------------------
     def cancel(self) -> None:
@@ -147,13 +150,14 @@ class ReplayWorker:
         finally:
             gc.unfreeze()
             sys.setswitchinterval(switch_interval)
+            self.plan.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     def _warm_up_writer(self, clock: ClockMapping) -> None:
         """Encode a few result rows shaped like the run's (in memory, nothing written) before the
         run starts, so that its first shard does not pay pyarrow's first-use costs mid-run."""
-        plan_rows = self._read_columns().slice(0, WARM_UP_ROWS).to_pylist()
+        plan_rows = self.plan.head(WARM_UP_ROWS)
         token_times = [0.001 * (i + 1) for i in range(16)]
         outcome = StreamOutcome(
             sent=0.0,
@@ -220,7 +224,7 @@ class ReplayWorker:
         """Send each row at its scheduled moment, whatever is still in flight (open loop)."""
         in_flight: set[asyncio.Task] = set()  # only unfinished tasks are held: memory stays bounded
         last_of_session: dict[tuple[str, str], asyncio.Task] = {}
-        rows = self._iter_rows()
+        rows = self.plan.rows()
         for row in rows:
             if not await self._wait_until(clock.to_perf(row["scheduled_s"])):
                 self._record_unsent(row, clock)
@@ -246,7 +250,7 @@ class ReplayWorker:
         Rows no user took were never scheduled and get no result row."""
         concurrency = self.settings.concurrency
         assert concurrency, "closed loop without a concurrency"
-        rows = self._iter_rows()
+        rows = self.plan.rows()
         end = clock.to_perf(self.settings.duration_s) if self.settings.duration_s else None
 
         async def user() -> None:
@@ -269,19 +273,6 @@ class ReplayWorker:
                     task.cancel()
             done, _ = await asyncio.wait(set(tasks), timeout=0.2)
             tasks -= done
-
-    def _iter_rows(self) -> Iterator[dict]:
-        """The shard's rows as dicts, converted `ROWS_PER_CONVERSION` at a time: a long plan never
-        sits in memory as Python objects all at once, and no conversion holds the loop for long
-        (about 6 us a row here: 1024 rows at once would hold it for several milliseconds). The
-        columns the worker never reads are left in Arrow (`arrival_time` alone, as timezone-aware
-        datetimes, cost more than all the others together: the worker times by `scheduled_s`)."""
-        for batch in self._read_columns().to_batches(max_chunksize=ROWS_PER_CONVERSION):
-            yield from batch.to_pylist()
-
-    def _read_columns(self) -> pa.Table:
-        """The shard without the columns no worker reads (`UNREAD_PLAN_COLUMNS`)."""
-        return self.shard.drop_columns([c for c in UNREAD_PLAN_COLUMNS if c in self.shard.column_names])
 
     def _record_unsent(self, row: dict, clock: ClockMapping) -> None:
         for target in self.targets:

@@ -3,6 +3,7 @@
 ```
 RUN_DIR/
   manifest.json          Manifest (replay/schemas/manifest.py), secrets removed
+  plan/<worker>.parquet                    each worker's share of the plan (replay/run/plan_pieces.py)
   results/part-<worker>-<seq>.parquet      result shards (replay/schemas/results.py)
   telemetry/<sampler>-<seq>.parquet        telemetry shards (replay/schemas/telemetry.py)
   summary.json           the report's summary (analysis/summary/)
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
@@ -36,6 +38,7 @@ from shadowreplay.replay.schemas.shards import ShardWriter, is_committed_shard
 from shadowreplay.replay.secrets import Scrubber
 
 RESULTS_DIRNAME = "results"
+PLAN_DIRNAME = "plan"
 TELEMETRY_DIRNAME = "telemetry"
 MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "summary.json"
@@ -117,6 +120,24 @@ class RunDir(_OutputDir):
     @property
     def telemetry_dir(self) -> Path:
         return self.path / TELEMETRY_DIRNAME
+
+    @property
+    def plan_dir(self) -> Path:
+        return self.path / PLAN_DIRNAME
+
+    def plan_shard_path(self, worker: str) -> Path:
+        """Where `worker`'s share of the plan is written for it to read (replay/run/plan_pieces.py)."""
+        return self.plan_dir / f"{worker}.parquet"
+
+    def write_plan_shard(self, worker: str, shard: pa.Table, row_group_rows: int) -> Path:
+        """Write `worker`'s share of the plan, `row_group_rows` rows per row group (the pieces its
+        worker reads); whole or not at all (written aside, then renamed)."""
+        path = self.plan_shard_path(worker)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.writing")
+        pq.write_table(shard, aside, row_group_size=row_group_rows)
+        os.replace(aside, path)
+        return path
 
     def server_log_path(self, target: str) -> Path:
         """The log file of the vLLM server started for `target`."""

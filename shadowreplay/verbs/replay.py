@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from shadowreplay.errors import UserError
 from shadowreplay.verbs.length_options import add_length_options
 from shadowreplay.verbs.load_check_options import add_max_lateness, checks_from
-from shadowreplay.verbs.worker_options import add_busy_poll
+from shadowreplay.verbs.worker_options import add_busy_poll, add_worker_cpus
 
 if TYPE_CHECKING:
     from shadowreplay.analysis.summary.load_fidelity import LoadCheck
@@ -70,6 +70,7 @@ def add_parser(subparsers) -> None:
     )
     add_max_lateness(parser)
     add_busy_poll(parser)
+    add_worker_cpus(parser)
     parser.set_defaults(func=run)
 
 
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         keep_output_text=args.keep_output_text,
         block_size=args.block_size,
         busy_poll=args.busy_poll,
+        worker_cpus=args.worker_cpus,
         send_times=trace_scaled,
         schedule=f"TraceScaled(speed={args.speed:g})",
     )

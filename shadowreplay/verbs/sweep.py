@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from shadowreplay.errors import UserError
 from shadowreplay.verbs.length_options import add_length_options
-from shadowreplay.verbs.worker_options import add_busy_poll
+from shadowreplay.verbs.worker_options import add_busy_poll, add_worker_cpus
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,6 +88,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="SWEEP_DIR")
     add_busy_poll(parser)
+    add_worker_cpus(parser)
     parser.set_defaults(func=run)
 
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The session reads the key (one clear line if it cannot), starts the server and Ray, and
     # stops them and writes SWEEP_DIR/manifest.json on any exit.
-    with Session(targets, RunDir(args.output), ray_address=args.address) as session:
+    with Session(targets, RunDir(args.output), ray_address=args.address, worker_cpus=args.worker_cpus) as session:
         outcome = LoadSweep(rows, session, settings, args.output, on_point=show, on_note=note).run()
     summary, curve = read_sweep(args.output)
     print_sweep(summary, curve.to_dicts(), console)

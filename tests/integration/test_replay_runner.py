@@ -191,13 +191,15 @@ def test_closed_loop_keeps_exactly_n_requests_in_flight_and_stops_at_the_duratio
 
 
 # -- the worker itself, without Ray (replay/run/worker.py) ------------------------------------
-def worker_for(tmp_path: Path, base_url: str, rows: int, **settings):
+def worker_for(tmp_path: Path, base_url: str, rows: int, offsets: list[float] | None = None, **settings):
+    """A worker for `rows` requests sent at `offsets` (default: a millisecond apart), and its plan."""
     from shadowreplay.replay.run.plan import build_plan
     from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
     from shadowreplay.replay.targets.config import TargetConfig, Timeouts
 
-    log = pa.Table.from_pylist([log_row(i, i * 0.001) for i in range(rows)], schema=TRAFFIC_LOG_SCHEMA)
-    plan = build_plan(log, np.asarray([i * 0.001 for i in range(rows)]))
+    offsets = offsets or [i * 0.001 for i in range(rows)]
+    log = pa.Table.from_pylist([log_row(i, offsets[i]) for i in range(rows)], schema=TRAFFIC_LOG_SCHEMA)
+    plan = build_plan(log, np.asarray(offsets))
     target = TargetConfig(
         name="faulty",
         kind="openai",
@@ -217,16 +219,6 @@ def test_clock_mapping_maps_perf_counter_onto_the_run_timeline_and_back():
     assert clock.to_run_s(950.0) == pytest.approx(50.0)
     assert clock.to_perf(clock.to_run_s(123.25)) == pytest.approx(123.25)
     assert clock.to_run_s(None) is None
-
-
-def test_plan_rows_are_converted_in_small_batches_and_equal_pyarrows_rows(tmp_path):
-    from shadowreplay.replay.run import worker as replay_worker
-
-    rows = replay_worker.ROWS_PER_CONVERSION * 3 + 2
-    worker, plan = worker_for(tmp_path, "http://127.0.0.1:9/v1", rows)
-    unread = set(replay_worker.UNREAD_PLAN_COLUMNS)
-    expected = [{k: v for k, v in row.items() if k not in unread} for row in plan.to_pylist()]
-    assert list(worker._iter_rows()) == expected, "every column a worker reads, as pyarrow gives it"
 
 
 def test_a_run_cancelled_before_its_start_writes_every_row_and_restores_the_process(tmp_path):
@@ -253,12 +245,7 @@ def test_a_worker_run_keeps_one_connection_per_concurrent_stream(tmp_path, fault
 
     from shadowreplay.replay.run.worker import ReplayWorker
 
-    worker, plan = worker_for(tmp_path, faulty_server.base_url, 12)
-    worker.shard = plan.set_column(
-        plan.schema.get_field_index("scheduled_s"),
-        "scheduled_s",
-        pa.array([0.2 + i * 0.05 for i in range(12)], pa.float64()),
-    )
+    worker, plan = worker_for(tmp_path, faulty_server.base_url, 12, offsets=[0.2 + i * 0.05 for i in range(12)])
     ports_before = len(faulty_server.server.client_ports)
     assert isinstance(worker, ReplayWorker)
     assert worker.run(epoch=time.time() + 0.3) == {"ok": 12}
@@ -272,9 +259,8 @@ def test_busy_poll_keeps_the_loop_polling_for_the_whole_run(tmp_path, faulty_ser
     run lasts; without it, a sparse run leaves the CPU nearly idle. Every row is written either way."""
     import time
 
-    worker, plan = worker_for(tmp_path, faulty_server.base_url, 6, busy_poll=busy_poll)
-    worker.shard = plan.set_column(
-        plan.schema.get_field_index("scheduled_s"), "scheduled_s", pa.array([i * 0.2 for i in range(6)], pa.float64())
+    worker, plan = worker_for(
+        tmp_path, faulty_server.base_url, 6, offsets=[i * 0.2 for i in range(6)], busy_poll=busy_poll
     )
     cpu, wall = time.process_time(), time.perf_counter()
     assert worker.run(epoch=time.time() + 0.2) == {"ok": 6}

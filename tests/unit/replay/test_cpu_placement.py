@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from shadowreplay.replay.run.cpu_placement import CpuPlacement, ProcessPriority, cpu_list
+from shadowreplay.errors import UserError
+from shadowreplay.replay.run.cpu_placement import (
+    CpuPlacement,
+    ProcessPriority,
+    cpu_list,
+    descendant_processes,
+    process_cpus,
+)
 from shadowreplay.replay.run.progress_display import behind_line
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot, RunningSketch
 from shadowreplay.replay.targets.vllm_server import OMP_BIND_ENV, VllmServer
+from shadowreplay.verbs.worker_options import cpu_ids
 
 
 def test_cpu_lists_are_written_as_linux_and_vllm_read_them():
@@ -44,6 +54,52 @@ def test_nothing_is_split_where_it_cannot_help(cpus, local_server, local_workers
     placement = CpuPlacement.plan(cpus, local_server=local_server, local_workers=local_workers)
     assert placement.loadgen_cpus is None and placement.server_cpus is None
     assert why in placement.reason
+
+
+@pytest.mark.parametrize(
+    ("cpus", "chosen", "local_server", "server", "ray"),
+    [
+        ([0, 1], [0], False, None, [1]),
+        ([0, 1], [1], True, [0], [0]),
+        (list(range(8)), [2, 3], True, [0, 1, 4, 5, 6, 7], [0, 1, 4, 5, 6, 7]),
+        ([0, 1], [0, 1], False, None, None),  # every CPU for the workers: Ray beside them
+    ],
+)
+def test_chosen_worker_cpus_give_ray_and_a_local_server_the_rest(cpus, chosen, local_server, server, ray):
+    placement = CpuPlacement.plan(cpus, local_server=local_server, local_workers=True, worker_cpus=chosen)
+    assert placement.loadgen_cpus == chosen and placement.server_cpus == server and placement.ray_cpus == ray
+    assert "--worker-cpus" in placement.reason
+
+
+@pytest.mark.parametrize(
+    ("chosen", "local_server", "local_workers", "says"),
+    [
+        ([4], False, True, "CPU 4 is not one this process may use (usable: 0-1)"),
+        ([0, 1], True, True, "leaves no CPU for the local vLLM server"),
+        ([0], False, False, "with --address they run on the cluster's nodes"),
+    ],
+)
+def test_worker_cpus_that_cannot_be_kept_are_refused_with_the_reason(chosen, local_server, local_workers, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        CpuPlacement.plan([0, 1], local_server=local_server, local_workers=local_workers, worker_cpus=chosen)
+
+
+def test_the_worker_cpus_option_reads_linux_cpu_lists():
+    assert cpu_ids("0") == [0] and cpu_ids("3,1-2") == [1, 2, 3] and cpu_ids("0, 2-3") == [0, 2, 3]
+    for bad in ("", "a", "3-1", "-1", "1-"):
+        with pytest.raises(argparse.ArgumentTypeError, match="CPU"):
+            cpu_ids(bad)
+
+
+def test_the_processes_this_one_started_are_found_with_their_cpus():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        facts = {p["pid"]: p for p in process_cpus(descendant_processes())}
+        assert child.pid in facts and facts[child.pid]["cpus"] == sorted(os.sched_getaffinity(child.pid))
+        assert os.getpid() not in facts
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_server_is_bound_to_its_cpus_unless_the_target_says_otherwise():
