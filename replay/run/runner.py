@@ -282,21 +282,15 @@ def _progress_of(actors: list) -> ProgressSnapshot:
 
 
 def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, run_dir: RunDir) -> int:
-    """Write a `cancelled` final row for every (request, target) that has none (a lost worker)."""
-    seen = run_dir.final_rows()
+    """Write a `cancelled` final row for every (request, target) that has none (a lost worker). The
+    plan and the index stay in Arrow: only the missing rows become Python objects."""
+    index = run_dir.final_rows()
     writer = run_dir.result_writer("runner")
     missing = 0
-    for row in plan.select(
-        [
-            name
-            for name in ("request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens")
-            + ("clamped", "raised", "tag")
-            if name in plan.column_names
-        ]
-    ).to_pylist():
-        for target in targets:
-            if (row["request_id"], target.name) in seen:
-                continue
+    kept = ("request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "raised")
+    columns = plan.select([*kept, "tag"] if "tag" in plan.column_names else list(kept))
+    for target in targets:
+        for row in columns.filter(index.without_final(columns.column("request_id"), target.name)).to_pylist():
             missing += 1
             writer.add(
                 {

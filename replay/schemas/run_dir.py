@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
@@ -69,19 +70,32 @@ def committed_shards(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class FinalRowIndex:
-    """Which (request_id, target) pairs have their final row on disk."""
+    """Which (request_id, target) pairs have their final row on disk. Held as Arrow columns, so an
+    index of millions of rows holds no Python object per row."""
 
-    pairs: frozenset[tuple[str, str]]
-
-    def __contains__(self, pair: object) -> bool:
-        return pair in self.pairs
+    finals: pa.Table  # request_id, target (strings) of every final row
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return self.finals.num_rows
+
+    def __contains__(self, pair: object) -> bool:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            return False
+        request_id, target = pair
+        return not self.without_final(pa.array([request_id], pa.string()), target)[0].as_py()
+
+    def without_final(self, request_ids: pa.Array | pa.ChunkedArray, target: str) -> pa.Array:
+        """A mask over `request_ids`: True where that request has no final row for `target`."""
+        targets = pc.cast(self.finals.column("target"), pa.string())
+        done = self.finals.column("request_id").filter(pc.equal(targets, target))
+        ids = pc.cast(request_ids, pa.string())
+        return pc.invert(pc.is_in(ids, value_set=pc.cast(done, pa.string()).combine_chunks()))
 
     def missing(self, request_ids: list[str], targets: list[str]) -> list[tuple[str, str]]:
         """The (request_id, target) pairs of a plan that have no final row yet, in plan order."""
-        return [(r, t) for r in request_ids for t in targets if (r, t) not in self.pairs]
+        ids = pa.array(request_ids, pa.string())
+        masks = {target: self.without_final(ids, target).to_pylist() for target in targets}
+        return [(r, t) for i, r in enumerate(request_ids) for t in targets if masks[t][i]]
 
 
 class _OutputDir:
@@ -176,12 +190,12 @@ class RunDir(_OutputDir):
 
     def final_rows(self) -> FinalRowIndex:
         """The (request_id, target) pairs whose final row is in a committed result shard."""
-        pairs: set[tuple[str, str]] = set()
+        keys = pa.schema([("request_id", pa.string()), ("target", pa.string())])
+        finals = [keys.empty_table()]
         for shard in self.result_shards():
             table = pq.read_table(shard, columns=["request_id", "target", "final"])
-            finals = table.filter(table.column("final"))
-            pairs.update(zip(finals.column("request_id").to_pylist(), finals.column("target").to_pylist()))
-        return FinalRowIndex(frozenset(pairs))
+            finals.append(table.filter(table.column("final")).select(keys.names).cast(keys))
+        return FinalRowIndex(pa.concat_tables(finals))
 
     # -- manifest --------------------------------------------------------------------------------
     def write_manifest(self, manifest: Manifest, scrubber: Scrubber) -> Path:

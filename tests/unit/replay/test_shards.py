@@ -242,7 +242,7 @@ def test_the_final_row_index_names_exactly_the_pairs_with_a_final_row(tmp_path):
     writer.close()
     index = run.final_rows()
     expected = {(r["request_id"], r["target"]) for r in rows if r["final"]}
-    assert index.pairs == expected and len(index) == 13
+    assert all(pair in index for pair in expected) and len(index) == 13
     assert ("req-00006", "b") not in index and ("req-00099", "a") not in index
     assert index.missing(["req-00006", "req-00099"], ["a", "b"]) == [
         ("req-00006", "b"),
