@@ -2,10 +2,11 @@
 
 Only Parquet and JSON are read here, so a report can be recomputed from a copied run directory on
 any machine (no Ray, no runner, no client). Every shard is checked against the results contract
-(replay/schemas/results.py, schema_version 2; version 1 files, which lack `raised`, read with it
-null): kind and version metadata and columns from the file's schema; required fields, statuses, run
-ids and one final row per request and target in one pass over the columns they need; a bad shard
-raises RunDataError naming the file, and the row and field where it applies.
+(replay/schemas/results.py, schema_version 3; earlier files, which lack the columns added since
+(`raised` in 2, `replica` in 3), read with them null): kind and version metadata and columns from
+the file's schema; required fields, statuses, run ids and one final row per request and target in
+one pass over the columns they need; a bad shard raises RunDataError naming the file, and the row
+and field where it applies.
 
 Nothing else is read here: `RunData.scan` is a lazy scan of the shards (polars `scan_parquet`), and
 each analysis reads only the columns and rows its own query asks for, so memory follows the query,

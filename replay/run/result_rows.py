@@ -29,12 +29,14 @@ def result_row(
     final: bool,
     to_run_s: RunClock,
     keep_output_text: bool = False,
+    replica: int | None = None,
 ) -> dict:
     """The result row (a dict keyed by RESULTS_SCHEMA names) of one attempt of one request.
 
     `row` is the request as sent (a plan row with the lengths the request really asked for, as
     `shadowreplay.replay.requests.builder.BuiltRequest.recorded_row` gives): `request_id`, `scheduled_s`,
     `expected_prompt_tokens`, `expected_completion_tokens`, `clamped`, `raised` and `tag` are read from it.
+    `replica`: the index, in the target's endpoints, of the replica the attempt went to (None: none).
     """
     sent_s = to_run_s(outcome.sent)
     first_s = to_run_s(outcome.first_token)
@@ -48,6 +50,7 @@ def result_row(
         "attempt": attempt,
         "final": final,
         "worker": worker,
+        "replica": replica,
         "scheduled_s": scheduled_s,
         "sent_s": sent_s,
         "first_token_s": first_s,

@@ -50,6 +50,7 @@ import pyarrow as pa
 
 from shadowreplay.replay.clients.rate_limiter import RateLimiter, estimated_tokens
 from shadowreplay.replay.clients.read_stamps import StampingConnector
+from shadowreplay.replay.clients.replicas import Replicas
 from shadowreplay.replay.clients.retry_policy import BUDGET_EXHAUSTED, RetryBudget
 from shadowreplay.replay.clients.stream_client import StreamingClient
 from shadowreplay.replay.clock import ClockMapping
@@ -195,11 +196,16 @@ class ReplayWorker:
             t.name: aiohttp.ClientSession(connector=StampingConnector(**connector_kwargs)) for t in self.targets
         }
         clients = {
-            t.name: StreamingClient(
-                sessions[t.name],
-                t,
-                token_counter=self.builders[t.name].count_tokens if t.tokenizer else None,
-                keep_output_text=self.settings.keep_output_text,
+            t.name: Replicas(
+                [
+                    StreamingClient(
+                        sessions[t.name],
+                        t.model_copy(update={"base_url": url}),
+                        token_counter=self.builders[t.name].count_tokens if t.tokenizer else None,
+                        keep_output_text=self.settings.keep_output_text,
+                    )
+                    for url in t.replica_urls
+                ]
             )
             for t in self.targets
         }
@@ -291,8 +297,9 @@ class ReplayWorker:
             else:
                 await asyncio.sleep(0)
 
-    async def _one(self, client, target: TargetConfig, row: dict, clock: ClockMapping, predecessor) -> None:
-        """Send one row to one target, with retries; exactly one final row whatever happens."""
+    async def _one(self, replicas: Replicas, target: TargetConfig, row: dict, clock: ClockMapping, predecessor) -> None:
+        """Send one row to one target (each attempt to one of its replicas), with retries; exactly one
+        final row whatever happens."""
         attempt = 1
         try:
             if predecessor is not None:
@@ -311,12 +318,12 @@ class ReplayWorker:
             budget.on_request()
             while True:
                 await limiter.acquire(tokens)  # client-side rate limits: `sent` is taken after the wait
-                outcome = await client.send(built.body)
+                replica, outcome = await replicas.send(built.body)
                 delay = None if outcome.status == "cancelled" else target.retry.delay_before_retry(outcome, attempt)
                 if delay is not None and not budget.allow_retry():
                     delay = None
                     outcome.error = f"{outcome.error} ({BUDGET_EXHAUSTED})"
-                self._record(row, target, outcome, clock, attempt, final=delay is None)
+                self._record(row, target, outcome, clock, attempt, final=delay is None, replica=replica)
                 if delay is None:
                     return
                 attempt += 1
@@ -341,6 +348,7 @@ class ReplayWorker:
         clock: ClockMapping,
         attempt: int,
         final: bool = True,
+        replica: int | None = None,
     ) -> None:
         result = result_row(
             run_id=self.settings.run_id,
@@ -352,6 +360,7 @@ class ReplayWorker:
             final=final,
             to_run_s=clock.to_run_s,
             keep_output_text=self.settings.keep_output_text,
+            replica=replica,
         )
         self._writer.add(result)
         if attempt == 1:  # a retry's send is late by design

@@ -1,4 +1,4 @@
-"""Result rows: one per request per target per attempt (docs/DESIGN.md, results schema_version 1).
+"""Result rows: one per request per target per attempt (docs/DESIGN.md, results schema_version 3).
 
 Times are seconds from the run's start epoch (`*_s`) or milliseconds after send (`*_ms`).
 Columns past DESIGN.md's list, added with the replay engine and documented in the README:
@@ -8,8 +8,10 @@ left to end its answer: `--output-lengths natural`, or no recorded length), `cla
 --max-prompt-tokens or --max-completion-tokens, cut this request's lengths, a body's own max_tokens
 included), `raised` (a length was raised above the recorded one: a prompt shorter than the chat
 template's floor, a recorded output of 0 tokens; schema_version 2, null in version 1 files),
-`final` (the last attempt for this request and target), `scheduled_latency_ms` is derived in
-analysis, not stored.
+`replica` (which of the target's endpoints the attempt went to, by index, 0 for a target with one
+base_url, null for an attempt never sent; schema_version 3, null in earlier files), `final` (the
+last attempt for this request and target), `scheduled_latency_ms` is derived in analysis, not
+stored.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import pyarrow as pa
 
 from shadowreplay.replay.schemas.contract import stamp
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 lacks `raised` (readers fill it with nulls)
-ADDED_COLUMNS = {"raised": 2}  # column -> the schema version that added it
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # earlier versions lack the columns added later (readers fill them with nulls)
+ADDED_COLUMNS = {"raised": 2, "replica": 3}  # column -> the schema version that added it
 KIND = "results"
 
 DICTIONARY_COLUMNS = ("run_id", "target", "worker", "finish_reason", "status", "tag")
@@ -38,6 +40,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("attempt", pa.int32(), nullable=False),
         pa.field("final", pa.bool_(), nullable=False),
         pa.field("worker", pa.string()),
+        pa.field("replica", pa.int16()),
         pa.field("scheduled_s", pa.float64()),
         pa.field("sent_s", pa.float64()),
         pa.field("first_token_s", pa.float64()),

@@ -127,6 +127,10 @@ class TargetConfig(BaseModel):
     provider: str | None = None  # who serves it (openai, anthropic, groq, ...), for prices and reports
     price: str | None = None  # the price-book entry of this target (configs/prices.yaml), if not matched by provider
     base_url: str | None = None  # kind vllm: filled in once the server is up
+    # Replicas of the same model, each its own base URL (instead of base_url, which then reads the
+    # first): every worker sends each attempt to the one with the fewest of its requests in flight
+    # (replay/clients/replicas.py), and each result row records which (`replica`, its index here).
+    endpoints: list[str] | None = None
     # An already running server's Prometheus page (vLLM: http://host:port/metrics), scraped at 1 Hz
     # during runs as the servers shadowreplay starts are; kind vllm is scraped without it.
     metrics_url: str | None = None
@@ -162,16 +166,32 @@ class TargetConfig(BaseModel):
     @field_validator("base_url", "metrics_url")
     @classmethod
     def _base_url_shape(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else value
+        return _url_shape(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_shape(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("needs at least one URL (or leave it out and give base_url)")
+        urls = [_url_shape(url) or "" for url in value]
+        if len(set(urls)) < len(urls):
+            raise ValueError("lists a URL twice: each endpoint is one replica")
+        return urls
 
     @model_validator(mode="after")
     def _kind_fields(self) -> TargetConfig:
+        if self.endpoints is not None:
+            if self.kind == "vllm":
+                raise ValueError("endpoints are for servers already running; kind vllm starts its own")
+            if self.base_url is not None and self.base_url != self.endpoints[0]:
+                raise ValueError("give base_url or endpoints, not both (base_url reads the first endpoint)")
+            self.base_url = self.endpoints[0]
         if self.kind == "vllm" and self.vllm is None:
             raise ValueError("kind vllm needs a `vllm:` section (model, args, python)")
         if self.kind != "vllm" and self.base_url is None:
-            raise ValueError(f"kind {self.kind} needs base_url")
+            raise ValueError(f"kind {self.kind} needs base_url (or endpoints: one URL per replica)")
         if self.kind != "vllm" and self.vllm is not None:
             raise ValueError("a `vllm:` section is only for kind vllm")
         if self.kind == "vllm" and self.metrics_url is not None:
@@ -215,6 +235,11 @@ class TargetConfig(BaseModel):
         """Which environment variable gave each interpolated field (dotted path -> variable names)."""
         return dict(self._env_bindings)
 
+    @property
+    def replica_urls(self) -> list[str]:
+        """Each replica's base URL: the endpoints, or the one base_url (none while a vllm server is not up)."""
+        return list(self.endpoints) if self.endpoints else [self.base_url] if self.base_url else []
+
     def public_dict(self) -> dict:
         """The configuration as it may be written to a manifest: names of secrets, never their values;
         the values actually used, and under `from_env` the variables that gave them."""
@@ -222,6 +247,13 @@ class TargetConfig(BaseModel):
         if self._env_bindings:
             public["from_env"] = dict(self._env_bindings)
         return public
+
+
+def _url_shape(value: str | None) -> str | None:
+    """A base URL as the clients join paths to it: http(s), no trailing slash."""
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/") if value else value
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:

@@ -158,6 +158,11 @@ def _check_inputs(args: argparse.Namespace):
 
     target = load_target(args.target)
     target.api_key()
+    if target.endpoints and len(target.endpoints) > 1:
+        raise UserError(
+            f"{args.target}: lists {len(target.endpoints)} endpoints; Locust drives one base URL "
+            "(`shadowreplay replay` and `sweep` balance over replicas)"
+        )
     if args.log:
         open_traffic_log(args.log)
     if not args.log and not target.tokenizer:

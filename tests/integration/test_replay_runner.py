@@ -277,3 +277,27 @@ def test_busy_poll_keeps_the_loop_polling_for_the_whole_run(tmp_path, faulty_ser
     else:
         assert share < 0.3, f"a sparse run without busy_poll kept the CPU {share:.0%} busy"
     assert sorted(r["request_id"] for r in read_results(tmp_path)) == sorted(plan.column("request_id").to_pylist())
+
+
+def test_a_target_with_two_endpoints_balances_its_requests_and_each_row_names_its_replica(tmp_path):
+    """Two scripted servers as two replicas of one target: each gets about half of the requests (one
+    worker, least in flight, then in turn), and every row's `replica` is the server that really
+    served it (counted by each server)."""
+    rows = [log_row(i, i * 0.02, {"ttft_ms": 60, "itl_ms": 5}, max_tokens=4) for i in range(40)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    with FaultyServerThread() as first, FaultyServerThread() as second:
+        target = tmp_path / "t.yaml"
+        target.write_text(
+            "name: fleet\nkind: openai\nmodel: scripted\n"
+            f"endpoints: [{first.base_url}, {second.base_url}]\n"
+            "timeouts: {connect_s: 2, first_token_s: 2, total_s: 3}\n"
+        )
+        replay_log(ReplayRequest(log=log, target_files=[target], run_dir=tmp_path / "run", workers=1))
+        served = [first.server.requests_seen, second.server.requests_seen]
+    results = pq.read_table(tmp_path / "run" / "results").to_pylist()
+    assert len(results) == 40 and {r["status"] for r in results} == {"ok"}
+    by_replica = [sum(r["replica"] == i for r in results) for i in (0, 1)]
+    assert by_replica == served, "each row names the replica that served it"
+    assert abs(by_replica[0] - by_replica[1]) <= 4, by_replica
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["targets"][0]["endpoints"] == [first.base_url, second.base_url]

@@ -96,7 +96,7 @@ def traffic_log(tmp_path) -> Path:
 def swept(tmp_path, traffic_log, monkeypatch, capsys) -> tuple[Path, str]:
     """A Poisson sweep 1..32 req/s (6 points of 10 s, 2 bisection steps) through the verb."""
     monkeypatch.setattr(load_sweep, "run_plan", modelled_run_plan)
-    monkeypatch.setattr(runner, "start_ray", lambda address: {})
+    monkeypatch.setattr(runner, "start_ray", lambda address, cpus=None: {})
     target = tmp_path / "target.yaml"
     target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")
     sweep_dir = tmp_path / "sweep"

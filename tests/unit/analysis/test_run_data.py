@@ -79,6 +79,19 @@ def test_a_version_1_shard_reads_without_the_raised_column(tmp_path):
     assert "lacks columns ['raised']" in _error(tmp_path)
 
 
+def test_a_version_2_shard_reads_without_the_replica_column(tmp_path):
+    schema = RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("replica"))
+    write_results(
+        tmp_path / "v2",
+        [result_row("r0")],
+        shards=1,
+        schema=schema.with_metadata({**RESULTS_SCHEMA.metadata, b"shadowreplay.schema_version": b"2"}),
+    )
+    assert load_run(tmp_path / "v2").rows.get_column("replica").to_list() == [None]
+    write_results(tmp_path / "v3", [result_row("r0")], shards=1, schema=schema)  # version 3 must have it
+    assert "lacks columns ['replica']" in _error(tmp_path / "v3")
+
+
 def test_a_missing_column(tmp_path):
     schema = RESULTS_SCHEMA.remove(RESULTS_SCHEMA.get_field_index("ttft_ms"))
     (tmp_path / "results").mkdir()
