@@ -283,6 +283,14 @@ class ScriptedServer:
 
 
 # -- our worker, and the floor client ----------------------------------------------------------
+def pinned_probe(cpu: int, code: str) -> dict:
+    """The JSON a probe snippet (STALL_PROBE, ASYNCIO_SLEEP_PROBE) prints, run pinned to `cpu`."""
+    out = subprocess.run(
+        ["taskset", "-c", str(cpu), sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    return json.loads(out.stdout)
+
+
 def run_pinned(cpu: int, script: str, arguments: list[str], timeout_s: float, log: Path) -> dict:
     """`scripts/<script>` pinned to `cpu`; its output goes to `log`, the JSON of its last stdout
     line is returned (a failed run raises PeerRunFailed)."""
@@ -615,13 +623,7 @@ class LoadgenBenchmark:
         """A pure spin loop per core: how much of the time the VM itself takes away (stalls)."""
         print(f"\n== {title} (a pure spin loop, 2 s per core) ==")
         for cpu in (self.client_cpu, self.server_cpu):
-            out = subprocess.run(
-                ["taskset", "-c", str(cpu), sys.executable, "-c", STALL_PROBE.format(seconds=2.0)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            probe = json.loads(out.stdout)
+            probe = pinned_probe(cpu, STALL_PROBE.format(seconds=2.0))
             print(
                 f"  core {cpu}: stalled {probe['stalled_fraction'] * 100:.2f}% of the time in gaps > 0.2 ms, "
                 f"{probe['over_1ms']} gaps > 1 ms, longest {probe['max_ms']:.2f} ms"
@@ -631,14 +633,9 @@ class LoadgenBenchmark:
                     else ""
                 )
             )
-        out = subprocess.run(
-            ["taskset", "-c", str(self.client_cpu), sys.executable, "-c"]
-            + [ASYNCIO_SLEEP_PROBE.format(rate=ASYNCIO_PROBE_RPS, count=int(ASYNCIO_PROBE_RPS * 3))],
-            capture_output=True,
-            text=True,
-            timeout=30,
+        timer = pinned_probe(
+            self.client_cpu, ASYNCIO_SLEEP_PROBE.format(rate=ASYNCIO_PROBE_RPS, count=int(ASYNCIO_PROBE_RPS * 3))
         )
-        timer = json.loads(out.stdout)
         print(
             f"  core {self.client_cpu}: a bare asyncio loop sleeping to each send at {ASYNCIO_PROBE_RPS:g}/s (how vllm "
             f"bench serve paces) wakes late by p50 {timer['p50']:.3f} p99 {timer['p99']:.3f} "

@@ -301,6 +301,7 @@ class ReplayWorker:
         """Send one row to one target (each attempt to one of its replicas), with retries; exactly one
         final row whatever happens."""
         attempt = 1
+        replica: int | None = None  # the replica of the attempt before: a retry goes to another
         try:
             if predecessor is not None:
                 await asyncio.wait([predecessor])  # a session's requests replay in order
@@ -318,7 +319,7 @@ class ReplayWorker:
             budget.on_request()
             while True:
                 await limiter.acquire(tokens)  # client-side rate limits: `sent` is taken after the wait
-                replica, outcome = await replicas.send(built.body)
+                replica, outcome = await replicas.send(built.body, avoid=replica)
                 delay = None if outcome.status == "cancelled" else target.retry.delay_before_retry(outcome, attempt)
                 if delay is not None and not budget.allow_retry():
                     delay = None

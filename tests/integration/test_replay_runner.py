@@ -301,3 +301,27 @@ def test_a_target_with_two_endpoints_balances_its_requests_and_each_row_names_it
     assert abs(by_replica[0] - by_replica[1]) <= 4, by_replica
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["targets"][0]["endpoints"] == [first.base_url, second.base_url]
+
+
+def test_a_retry_goes_to_the_next_replica_so_an_overloaded_one_is_passed_over(tmp_path):
+    """One replica answers every request 503 (overloaded), the other streams: with one retry and no
+    backoff, each request that met the overloaded one is retried on the other, and every final row is
+    ok, on replica 1."""
+    from tests.support.faulty_server import Script
+
+    rows = [log_row(i, i * 0.05, max_tokens=2) for i in range(10)]  # one at a time: the turn decides
+    log = write_log(tmp_path / "log.parquet", rows)
+    with FaultyServerThread(Script(status=503)) as overloaded, FaultyServerThread() as healthy:
+        target = tmp_path / "t.yaml"
+        target.write_text(
+            "name: fleet\nkind: openai\nmodel: scripted\n"
+            f"endpoints: [{overloaded.base_url}, {healthy.base_url}]\n"
+            "timeouts: {connect_s: 2, first_token_s: 2, total_s: 3}\n"
+            "retry: {max_attempts: 2, backoff_s: 0}\n"
+        )
+        replay_log(ReplayRequest(log=log, target_files=[target], run_dir=tmp_path / "run", workers=1))
+    results = pq.read_table(tmp_path / "run" / "results").to_pylist()
+    finals = [r for r in results if r["final"]]
+    assert len(finals) == 10 and {(r["status"], r["replica"]) for r in finals} == {("ok", 1)}
+    retried = [r for r in results if not r["final"]]
+    assert retried and {(r["http_status"], r["replica"]) for r in retried} == {(503, 0)}

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from shadowreplay.replay.clients.replicas import Replicas
-from shadowreplay.replay.targets.config import TargetConfig
+from shadowreplay.replay.targets.config import TargetConfig, load_target
+from tests.support.paths import REPO
 
 
 def target(**fields) -> TargetConfig:
@@ -50,5 +51,12 @@ def test_each_attempt_goes_to_the_replica_with_fewest_in_flight_then_round_robin
     replicas.release(2)
     assert [replicas.pick(), replicas.pick()] == [2, 0], "among equals, the next after the last chosen"
     assert replicas.in_flight == [1, 1, 1]
+    assert replicas.pick(avoid=1) == 2, "a retry goes elsewhere, even past the turn"
+    assert replicas.pick(avoid=0) == 1 and Replicas([object()]).pick(avoid=0) == 0  # one replica: that one
     with pytest.raises(ValueError, match="at least one replica"):
         Replicas([])
+
+
+def test_the_bundled_fleet_example_loads_as_two_replicas():
+    fleet = load_target(REPO / "configs" / "targets" / "vllm-fleet.example.yaml")
+    assert len(fleet.replica_urls) == 2 and fleet.base_url == fleet.replica_urls[0]
