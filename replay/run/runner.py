@@ -287,8 +287,8 @@ def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, 
     index = run_dir.final_rows()
     writer = run_dir.result_writer("runner")
     missing = 0
-    kept = ("request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "raised")
-    columns = plan.select([*kept, "tag"] if "tag" in plan.column_names else list(kept))
+    kept = ["request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "raised"]
+    columns = plan.select([*kept, "tag"])  # a plan is built from traffic-log rows: it has every one
     for target in targets:
         for row in columns.filter(index.without_final(columns.column("request_id"), target.name)).to_pylist():
             missing += 1

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import DICTIONARY_COLUMNS, RESULTS_SCHEMA
-from shadowreplay.replay.schemas.shards import ShardWriter, is_committed_shard
+from shadowreplay.replay.schemas.shards import ShardWriter, commit_file, is_committed_shard
 from shadowreplay.replay.secrets import Scrubber
 
 RESULTS_DIRNAME = "results"
@@ -145,12 +145,12 @@ class RunDir(_OutputDir):
 
     def write_plan_shard(self, worker: str, shard: pa.Table, row_group_rows: int) -> Path:
         """Write `worker`'s share of the plan, `row_group_rows` rows per row group (the pieces its
-        worker reads); whole or not at all (written aside, then renamed)."""
+        worker reads); whole or not at all (written aside, then committed as shards are: commit_file)."""
         path = self.plan_shard_path(worker)
         path.parent.mkdir(parents=True, exist_ok=True)
         aside = path.with_name(f".{path.name}.writing")
         pq.write_table(shard, aside, row_group_size=row_group_rows)
-        os.replace(aside, path)
+        commit_file(aside, path)
         return path
 
     def server_log_path(self, target: str) -> Path:
