@@ -1,4 +1,4 @@
-"""Chart builders for the HTML reports: plain series in, plotly figures out.
+"""Chart builders for the HTML reports: plain series in, plotly figures (as plotly's JSON) out.
 
 The builders know nothing of runs or sweeps: a `Series` is a named line of (x, y) points, a
 `Panel` a titled y axis of series. `stacked_panels` draws panels one above the other on a shared
@@ -6,19 +6,23 @@ x axis (so request rate, TTFT, GPU use, power and KV cache line up in time), `li
 panel with optional horizontal threshold lines (an SLO), `quantile_grid` latency distributions as
 percentile curves. A log axis carries its magnitudes (`log_ticks`: 10 ms, 100 ms, 1 s; or 0.5,
 1, 10 for other units), not plotly's bare 2 and 5 between decades. A series keeps its colour
-everywhere through `ColourMap`, so a target has one colour on the whole page. Figures are
-rendered into a page by analysis/report/page.py.
+everywhere through `ColourMap`, so a target has one colour on the whole page. A `Chart` is the
+figure as plotly.js takes it, laid out here as plotly.subplots would lay it out; figures are rendered
+into a page by analysis/report/page.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources import files
+from typing import Any
 
-import plotly.graph_objects as go
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 PANEL_HEIGHT_PX = 230
 TEMPLATE = "plotly_white"
@@ -119,30 +123,129 @@ class ColourMap:
         return self.assigned[name]
 
 
-def _trace(series: Series, show_legend: bool) -> go.Scatter:
-    return go.Scatter(
-        x=list(series.x),
-        y=list(series.y),
-        name=series.name,
-        legendgroup=series.name,
-        showlegend=show_legend,
-        mode=series.mode,
-        line={"color": series.colour, "dash": series.dash},
-        connectgaps=False,
-        hovertext=None if series.hover is None else list(series.hover),
-    )
+def _trace(series: Series, show_legend: bool, x_axis: str, y_axis: str) -> dict[str, Any]:
+    line = {"color": series.colour, "dash": series.dash}
+    trace = {
+        "type": "scatter",
+        "x": list(series.x),
+        "y": list(series.y),
+        "xaxis": x_axis,
+        "yaxis": y_axis,
+        "name": series.name,
+        "legendgroup": series.name,
+        "showlegend": show_legend,
+        "mode": series.mode,
+        "line": {key: value for key, value in line.items() if value is not None},
+        "connectgaps": False,
+    }
+    if series.hover is not None:
+        trace["hovertext"] = list(series.hover)
+    return trace
 
 
-def _style(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(
-        template=TEMPLATE,
-        height=height,
-        margin={"l": 60, "r": 20, "t": 50, "b": 40},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
-        modebar={"orientation": "v"},
-        hovermode="x unified",
-    )
-    return fig
+@cache
+def _template() -> dict[str, Any]:
+    """plotly's TEMPLATE as the JSON plotly.py ships it (read once; plotly.js applies a template given as JSON)."""
+    text = (files("plotly") / "package_data" / "templates" / f"{TEMPLATE}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A figure in plotly's JSON schema, the form plotly.js draws: `data` (a dict per trace) and `layout`.
+
+    Built here as plain JSON, not through plotly.py's figure objects: those validate every property as it
+    is set, which took most of a report page's second. tests/unit/analysis/test_charts.py has plotly.py
+    validate every kind of chart built here."""
+
+    data: list[dict[str, Any]]
+    layout: dict[str, Any]
+
+    def trace(self, name: str) -> dict[str, Any]:
+        """The first trace named `name`."""
+        return next(trace for trace in self.data if trace["name"] == name)
+
+    def axes(self, letter: str) -> list[dict[str, Any]]:
+        """The layout's x (`letter` "x") or y axes, in subplot order."""
+        return [self.layout[key] for key in _axis_keys(self.layout, letter)]
+
+    def to_plotly(self) -> dict[str, Any]:
+        """The figure with its template, for plotly.io.to_html."""
+        return {"data": self.data, "layout": {"template": _template(), **self.layout}}
+
+
+def _axis_keys(layout: dict[str, Any], letter: str) -> list[str]:
+    keys = [key for key in layout if re.fullmatch(f"{letter}axis[0-9]*", key)]
+    return sorted(keys, key=lambda key: int(key[5:] or 1))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A rows x cols grid of subplots, laid out as plotly.subplots.make_subplots does: subplot k (0-based,
+    row-major from the top left) has axes x{k+1} and y{k+1} (plain x and y for the first), cells divide
+    the paper less the spacings (fractions of it), and a title sits centred above its cell."""
+
+    rows: int
+    cols: int
+    h_spacing: float
+    v_spacing: float
+
+    def refs(self, index: int) -> tuple[str, str]:
+        """The x and y axis references of subplot `index` ("x2", "y2")."""
+        suffix = "" if index == 0 else str(index + 1)
+        return f"x{suffix}", f"y{suffix}"
+
+    def _domains(self, index: int) -> tuple[list[float], list[float]]:
+        row, col = divmod(index, self.cols)
+        width = (1.0 - self.h_spacing * (self.cols - 1)) / self.cols
+        height = (1.0 - self.v_spacing * (self.rows - 1)) / self.rows
+        x0 = col * (width + self.h_spacing)
+        y0 = (self.rows - 1 - row) * (height + self.v_spacing)  # from the bottom, so the last row starts at 0
+        return [x0, min(x0 + width, 1.0)], [y0, min(y0 + height, 1.0)]
+
+    def layout(self, titles: Sequence[str]) -> dict[str, Any]:
+        """Axes for one subplot per title, anchored to each other, and the titles as annotations."""
+        layout: dict[str, Any] = {"annotations": [], "shapes": []}
+        for index, title in enumerate(titles):
+            x_ref, y_ref = self.refs(index)
+            x_domain, y_domain = self._domains(index)
+            layout[f"xaxis{x_ref[1:]}"] = {"anchor": y_ref, "domain": x_domain}
+            layout[f"yaxis{y_ref[1:]}"] = {"anchor": x_ref, "domain": y_domain}
+            layout["annotations"].append(
+                {
+                    "text": title,
+                    "font": {"size": 16},
+                    "showarrow": False,
+                    "xref": "paper",
+                    "x": (x_domain[0] + x_domain[1]) / 2,
+                    "xanchor": "center",
+                    "yref": "paper",
+                    "y": y_domain[1],
+                    "yanchor": "bottom",
+                }
+            )
+        return layout
+
+
+def _axis(layout: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The layout entry of axis reference `ref` ("x2" -> layout["xaxis2"])."""
+    return layout[f"{ref[0]}axis{ref[1:]}"]
+
+
+def _style(layout: dict[str, Any], height: int, hovermode: str = "x unified") -> dict[str, Any]:
+    return layout | {
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 40},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        "modebar": {"orientation": "v"},
+        "hovermode": hovermode,
+    }
+
+
+def _on_axis(value: float, log: bool) -> float:
+    """Where plotly.js places an annotation at data value `value`: on a log axis by log10(value)
+    (shapes take the value itself)."""
+    return math.log10(value) if log else value
 
 
 def stacked_panels(
@@ -151,116 +254,166 @@ def stacked_panels(
     bands: Sequence[Band] = (),
     markers: Sequence[XMarker] = (),
     log_x: bool = False,
-) -> go.Figure:
+    y_from_zero: bool = False,
+) -> Chart:
     """Panels stacked on one shared x axis; a name's first series shows in the legend, later ones follow it.
-    `markers` are vertical lines across every panel, labelled above the top one; `log_x` makes x logarithmic."""
-    fig = make_subplots(
-        rows=len(panels),
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.06,
-        subplot_titles=[panel.title for panel in panels],
-    )
+    `markers` are vertical lines across every panel, labelled above the top one; `log_x` makes x logarithmic;
+    `y_from_zero` starts each linear y axis at 0."""
+    return Chart(*_stacked(panels, x_title, bands, markers, log_x, y_from_zero, PANEL_HEIGHT_PX * len(panels) + 80))
+
+
+def _stacked(
+    panels: Sequence[Panel],
+    x_title: str,
+    bands: Sequence[Band],
+    markers: Sequence[XMarker],
+    log_x: bool,
+    y_from_zero: bool,
+    height: int,
+    hovermode: str = "x unified",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    grid = _Grid(rows=len(panels), cols=1, h_spacing=0.0, v_spacing=0.06)
+    layout = grid.layout([panel.title for panel in panels])
+    shapes, annotations = layout["shapes"], layout["annotations"]
+    data: list[dict[str, Any]] = []
+    rows = [grid.refs(row) for row in range(len(panels))]
+    bottom_x = rows[-1][0]
     seen: set[str] = set()
-    for row, panel in enumerate(panels, start=1):
+    for (x_ref, y_ref), panel in zip(rows, panels, strict=True):
         for series in panel.series:
-            fig.add_trace(_trace(series, series.name not in seen), row=row, col=1)
+            data.append(_trace(series, series.name not in seen, x_ref, y_ref))
             seen.add(series.name)
         for threshold in panel.thresholds:
-            if not panel.log_y:
-                fig.add_hline(
-                    y=threshold.y,
-                    line_dash="dash",
-                    line_color="crimson",
-                    annotation_text=threshold.label,
-                    row=row,
-                    col=1,
-                )
-                continue
-            # plotly places a shape on a log axis by its value but an annotation by log10(value): label it by hand.
-            fig.add_hline(y=threshold.y, line_dash="dash", line_color="crimson", row=row, col=1)
-            y_axis = fig.get_subplot(row, 1).yaxis.plotly_name.replace("axis", "")
-            x_axis = fig.get_subplot(row, 1).xaxis.plotly_name.replace("axis", "")
-            fig.add_annotation(
-                x=1.0,
-                xref=f"{x_axis} domain",
-                xanchor="right",
-                y=math.log10(threshold.y),
-                yref=y_axis,
-                yanchor="bottom",
-                showarrow=False,
-                text=threshold.label,
+            if panel.log_y and threshold.y <= 0:
+                continue  # no place on a log axis
+            shapes.append(
+                {
+                    "type": "line",
+                    "xref": f"{x_ref} domain",
+                    "x0": 0,
+                    "x1": 1,
+                    "yref": y_ref,
+                    "y0": threshold.y,
+                    "y1": threshold.y,
+                    "line": {"color": "crimson", "dash": "dash"},
+                }
             )
-        fig.update_yaxes(title_text=panel.y_title, type="log" if panel.log_y else "linear", row=row, col=1)
+            annotations.append(
+                {
+                    "text": threshold.label,
+                    "showarrow": False,
+                    "xref": f"{x_ref} domain",
+                    "x": 1.0,
+                    "xanchor": "right",
+                    "yref": y_ref,
+                    "y": _on_axis(threshold.y, panel.log_y),
+                    "yanchor": "bottom",
+                }
+            )
+        y_axis = _axis(layout, y_ref)
+        y_axis.update(title={"text": panel.y_title}, type="log" if panel.log_y else "linear")
         if panel.log_y:
             values = [*_series_values(panel.series, "y"), *(threshold.y for threshold in panel.thresholds)]
-            fig.update_yaxes(**log_ticks(values, panel.y_title), row=row, col=1)
+            y_axis.update(log_ticks(values, panel.y_title))
+        elif y_from_zero:
+            y_axis["rangemode"] = "tozero"
+        x_axis = _axis(layout, x_ref)
+        if x_ref != bottom_x:
+            x_axis.update(matches=bottom_x, showticklabels=False)
     for band in bands:
-        fig.add_vrect(x0=band.x0, x1=band.x1, fillcolor="seagreen", opacity=0.07, line_width=0, row="all", col=1)
+        shapes += [
+            {
+                "type": "rect",
+                "xref": x_ref,
+                "x0": band.x0,
+                "x1": band.x1,
+                "yref": f"{y_ref} domain",
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "seagreen",
+                "opacity": 0.07,
+                "line": {"width": 0},
+            }
+            for x_ref, y_ref in rows
+        ]
+    for marker in markers:
+        shapes += [
+            {
+                "type": "line",
+                "xref": x_ref,
+                "x0": marker.x,
+                "x1": marker.x,
+                "yref": f"{y_ref} domain",
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": marker.colour, "dash": "dashdot", "width": 1.5},
+            }
+            for x_ref, y_ref in rows
+        ]
     if bands:
-        fig.add_annotation(
-            x=bands[0].x0,
-            y=1.0,
-            yref="paper",
-            xanchor="left",
-            yanchor="bottom",
-            showarrow=False,
-            text=bands[0].label,
-            font={"size": 10, "color": "seagreen"},
+        annotations.append(
+            {
+                "text": bands[0].label,
+                "font": {"size": 10, "color": "seagreen"},
+                "showarrow": False,
+                "xref": "x",
+                "x": _on_axis(bands[0].x0, log_x),
+                "xanchor": "left",
+                "yref": "paper",
+                "y": 1.0,
+                "yanchor": "bottom",
+            }
         )
     for index, marker in enumerate(markers):
-        fig.add_vline(x=marker.x, line_dash="dashdot", line_color=marker.colour, line_width=1.5, row="all", col=1)
-        fig.add_annotation(
-            x=math.log10(marker.x) if log_x else marker.x,  # plotly places annotations on a log axis by log10(x)
-            y=1.0,
-            xref="x",
-            yref="paper",
-            xanchor="left" if marker.side == "right" else "right",
-            yanchor="top",
-            yshift=-16 * index,  # one label under the other where markers are close
-            showarrow=False,
-            text=marker.label,
-            bgcolor="rgba(255, 255, 255, 0.8)",
-            font={"size": 10, "color": marker.colour},
+        annotations.append(
+            {
+                "text": marker.label,
+                "font": {"size": 10, "color": marker.colour},
+                "bgcolor": "rgba(255, 255, 255, 0.8)",
+                "showarrow": False,
+                "xref": "x",
+                "x": _on_axis(marker.x, log_x),
+                "xanchor": "left" if marker.side == "right" else "right",
+                "yref": "paper",
+                "y": 1.0,
+                "yanchor": "top",
+                "yshift": -16 * index,  # one label under the other where markers are close
+            }
         )
-    fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
+    _axis(layout, bottom_x)["title"] = {"text": x_title}
+    x_ticks: dict[str, Any] = {"type": "linear"}
     if log_x:
         x_values = [*(v for panel in panels for v in _series_values(panel.series, "x")), *(m.x for m in markers)]
-        fig.update_xaxes(type="log", **log_ticks(x_values, x_title))
-    return _style(fig, PANEL_HEIGHT_PX * len(panels) + 80)
+        x_ticks = {"type": "log", **log_ticks(x_values, x_title)}
+    for x_ref, _ in rows:
+        _axis(layout, x_ref).update(x_ticks)
+    return data, _style(layout, height, hovermode)
 
 
-def line_chart(panel: Panel, x_title: str, log_x: bool = False, markers: Sequence[XMarker] = ()) -> go.Figure:
+def line_chart(
+    panel: Panel,
+    x_title: str,
+    log_x: bool = False,
+    markers: Sequence[XMarker] = (),
+    hovermode: str = "x unified",
+) -> Chart:
     """One panel as its own figure (e.g. a sweep's TTFT p95 against offered rate, with the SLO line)."""
-    fig = stacked_panels([panel], x_title, markers=markers, log_x=log_x)
-    fig.update_xaxes(type="log" if log_x else "linear")
-    return _style(fig, PANEL_HEIGHT_PX + 160)
+    return Chart(*_stacked([panel], x_title, (), markers, log_x, False, PANEL_HEIGHT_PX + 160, hovermode))
 
 
-def quantile_grid(panels: Sequence[Panel], columns: int = 2) -> go.Figure:
+def quantile_grid(panels: Sequence[Panel], columns: int = 2) -> Chart:
     """Distributions as quantile curves (x: value, y: percentile), one subplot per panel, log x axes."""
-    rows = math.ceil(len(panels) / columns)
-    fig = make_subplots(
-        rows=rows,
-        cols=columns,
-        subplot_titles=[panel.title for panel in panels],
-        horizontal_spacing=0.08,
-        vertical_spacing=0.14,
-    )
+    grid = _Grid(rows=math.ceil(len(panels) / columns), cols=columns, h_spacing=0.08, v_spacing=0.14)
+    layout = grid.layout([panel.title for panel in panels])
+    data: list[dict[str, Any]] = []
     seen: set[str] = set()
     for index, panel in enumerate(panels):
-        row, col = index // columns + 1, index % columns + 1
+        x_ref, y_ref = grid.refs(index)
         for series in panel.series:
-            fig.add_trace(_trace(series, series.name not in seen), row=row, col=col)
+            data.append(_trace(series, series.name not in seen, x_ref, y_ref))
             seen.add(series.name)
-        fig.update_xaxes(
-            title_text=panel.y_title,
-            type="log",
-            **log_ticks(_series_values(panel.series, "x"), panel.y_title),
-            row=row,
-            col=col,
+        _axis(layout, x_ref).update(
+            title={"text": panel.y_title}, type="log", **log_ticks(_series_values(panel.series, "x"), panel.y_title)
         )
-        fig.update_yaxes(title_text="percentile", range=[0, 100], row=row, col=col)
-    fig = _style(fig, (PANEL_HEIGHT_PX + 90) * rows + 60)
-    fig.update_layout(hovermode="closest")
-    return fig
+        _axis(layout, y_ref).update(title={"text": "percentile"}, range=[0, 100])
+    return Chart(data, _style(layout, (PANEL_HEIGHT_PX + 90) * grid.rows + 60, hovermode="closest"))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import jinja2
 import plotly
-import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from shadowreplay.analysis.report.charts import Chart
 from shadowreplay.analysis.summary.tables import SummaryTable
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png"}}
@@ -26,10 +26,10 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions
 
 @dataclass(frozen=True)
 class Figure:
-    """A plotly figure with a title and an optional note under it."""
+    """A chart (analysis/report/charts.py) with a title and an optional note under it."""
 
     title: str
-    figure: go.Figure
+    figure: Chart
     note: str | None = None
 
 
@@ -172,7 +172,8 @@ class ReportPage:
         if isinstance(block, Definitions):
             return {"kind": "definitions", "title": block.title, "entries": list(block.items.items())}
         html = pio.to_html(
-            block.figure,
+            block.figure.to_plotly(),
+            validate=False,  # built as plotly's JSON already; tests have plotly.py check each kind of chart
             full_html=False,
             include_plotlyjs=False,
             div_id=div_id,

@@ -24,11 +24,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
 import polars as pl
 
 from shadowreplay.analysis.metrics.slo import Slo, parse_slos
-from shadowreplay.analysis.report.charts import Panel, Series, Threshold, XMarker, line_chart, stacked_panels
+from shadowreplay.analysis.report.charts import (
+    Chart,
+    Panel,
+    Series,
+    Threshold,
+    XMarker,
+    line_chart,
+    stacked_panels,
+)
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
 from shadowreplay.analysis.summary.models import Saturation, SweepSummary
 from shadowreplay.analysis.summary.run_summary import DEFINITIONS as SUMMARY_DEFINITIONS
@@ -231,14 +238,14 @@ def load_panels(view: SweepView) -> list[Panel]:
     return panels
 
 
-def load_figure(view: SweepView) -> go.Figure:
+def load_figure(view: SweepView) -> Chart:
     """load_panels on one shared load axis, the saturation point and SLO capacity marked; linear y axes from 0."""
-    figure = stacked_panels(load_panels(view), view.x_title(), markers=view.markers(), log_x=view.log_x())
-    figure.update_yaxes(rangemode="tozero")  # plotly applies it to linear axes only
-    return figure
+    return stacked_panels(
+        load_panels(view), view.x_title(), markers=view.markers(), log_x=view.log_x(), y_from_zero=True
+    )
 
 
-def latency_against_throughput(view: SweepView, throughput: str, x_title: str) -> go.Figure:
+def latency_against_throughput(view: SweepView, throughput: str, x_title: str) -> Chart:
     """TTFT p95 and e2e p95 against the curve's `throughput` column, points in order of load."""
     x = view.column(throughput)
     panel = Panel(
@@ -251,9 +258,7 @@ def latency_against_throughput(view: SweepView, throughput: str, x_title: str) -
         view.thresholds("ttft_p95", "e2e_p95"),
         log_y=wide(view.column("ttft_p95_ms") + view.column("e2e_p95_ms")),
     )
-    figure = line_chart(panel, x_title)
-    figure.update_layout(hovermode="closest")
-    return figure
+    return line_chart(panel, x_title, hovermode="closest")
 
 
 def curve_table(view: SweepView) -> SummaryTable:

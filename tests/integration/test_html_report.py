@@ -130,7 +130,7 @@ def test_the_page_builder_draws_a_sweep_curve_with_its_slo_line(tmp_path):
         [Threshold(500.0, "SLO ttft_p95=500ms")],
     )
     figure = line_chart(curve, "offered requests/s")
-    assert [(shape.y0, shape.y1) for shape in figure.layout.shapes] == [(500.0, 500.0)]
+    assert [(shape["y0"], shape["y1"]) for shape in figure.layout["shapes"]] == [(500.0, 500.0)]
     page = ReportPage("sweep <demo>")
     page.section("Curve").add(Figure("TTFT p95 against offered rate", figure))
     text = page.write(tmp_path / "report.html").read_text(encoding="utf-8")

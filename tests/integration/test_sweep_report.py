@@ -15,7 +15,6 @@ import re
 import time
 from pathlib import Path
 
-import plotly.graph_objects as go
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +22,7 @@ import pytest
 
 import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
+from shadowreplay.analysis.report.charts import Chart
 from shadowreplay.analysis.report.page import Figure, Text
 from shadowreplay.analysis.report.sweep_page import build_sweep_page, write_sweep_report
 from shadowreplay.analysis.summary.models import SweepSummary
@@ -130,8 +130,8 @@ def _figures(page) -> list[Figure]:
     return [block for section in page.sections for block in section.blocks if isinstance(block, Figure)]
 
 
-def _trace(figure: go.Figure, name: str) -> go.Scatter:
-    return next(trace for trace in figure.data if trace.name == name)
+def _trace(figure: Chart, name: str) -> dict:
+    return figure.trace(name)
 
 
 def test_sweep_writes_a_self_contained_report_that_renders_offline(swept, tmp_path):
@@ -190,25 +190,26 @@ def test_every_figure_is_the_curve_ordered_by_load(swept):
         ("error rate", "error_rate", 100.0),
     ):
         trace = _trace(load, name)
-        assert list(trace.x) == x, name
-        assert list(trace.y) == pytest.approx([v * scale for v in by_load.get_column(column).to_list()]), name
-    assert list(_trace(load, "offered req/s").y) == x
-    assert load.layout.xaxis.type == "log"  # 1..32 req/s
+        assert trace["x"] == x, name
+        assert trace["y"] == pytest.approx([v * scale for v in by_load.get_column(column).to_list()]), name
+    assert _trace(load, "offered req/s")["y"] == x
+    assert load.layout["xaxis"]["type"] == "log"  # 1..32 req/s
     # 8 req/s into a 6 req/s server: the sweep sees it stop following the load before any request times out
     assert [c["criterion"] for c in summary["saturation"]["criteria"]] == ["follow"]
     assert summary["saturation"]["level"] == pytest.approx(8.0)
 
-    shapes = load.layout.shapes
-    assert [s.y0 for s in shapes if s.type == "line" and s.y0 == s.y1] == [300.0]  # the SLO line, on the TTFT panel
-    vertical = sorted({s.x0 for s in shapes if s.x0 == s.x1})  # one line per panel, at two loads
+    shapes = load.layout["shapes"]
+    horizontal = [s["y0"] for s in shapes if s["type"] == "line" and s["y0"] == s["y1"]]
+    assert horizontal == [300.0]  # the SLO line, on the TTFT panel
+    vertical = sorted({s["x0"] for s in shapes if s["x0"] == s["x1"]})  # one line per panel, at two loads
     assert vertical == pytest.approx(sorted([summary["saturation"]["level"], summary["slo_capacity_rps"]]))
 
     for figure, column in ((by_tokens, "output_tokens_per_s"), (by_requests, "achieved_rps")):
         for name, latency in (("TTFT p95", "ttft_p95_ms"), ("e2e p95", "e2e_p95_ms")):
             trace = _trace(figure, name)
-            assert list(trace.x) == by_load.get_column(column).to_list()
-            assert list(trace.y) == by_load.get_column(latency).to_list()
-            assert [h.split(", ")[-1] for h in trace.hovertext] == by_load.get_column("run_dir").to_list()
+            assert trace["x"] == by_load.get_column(column).to_list()
+            assert trace["y"] == by_load.get_column(latency).to_list()
+            assert [h.split(", ")[-1] for h in trace["hovertext"]] == by_load.get_column("run_dir").to_list()
 
     table = next(b for s in page.sections for b in s.blocks if isinstance(b, SummaryTable))
     assert [row[0] for row in table.rows] == [str(p) for p in sorted(curve.get_column("point"))]
@@ -257,11 +258,11 @@ def test_a_concurrency_sweep_is_drawn_against_users_without_an_offered_line(tmp_
     )
     page = build_sweep_page(summary, curve, tmp_path)
     load = _figures(page)[0].figure
-    names = [trace.name for trace in load.data]
+    names = [trace["name"] for trace in load.data]
     assert "offered req/s" not in names and "TPOT p95" not in names  # no TPOT in this curve: no empty panel
-    assert load.layout.xaxis.type != "log"  # 1..3 users span less than LOG_AXIS_SPAN
-    assert list(_trace(load, "TTFT p95").x) == [1.0, 2.0, 3.0]
-    assert [s.y0 for s in load.layout.shapes] == [1000.0]  # e2e_p95 is drawn; e2e_p99 is not on the curve
+    assert load.layout["xaxis"]["type"] != "log"  # 1..3 users span less than LOG_AXIS_SPAN
+    assert _trace(load, "TTFT p95")["x"] == [1.0, 2.0, 3.0]
+    assert [s["y0"] for s in load.layout["shapes"]] == [1000.0]  # e2e_p95 is drawn; e2e_p99 is not on the curve
     texts = [b.text for b in page.sections[0].blocks if isinstance(b, Text)]
     assert "No saturation up to 3 users: the sweep did not reach the server's limit." in texts
     assert "SLO capacity: none; no load point met every SLO." in texts
