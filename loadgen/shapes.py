@@ -5,7 +5,8 @@ and end at their bound: `duration_s` and/or `count` for the endless ones (consta
 their own length for steps, ramps and traces. The closed-loop shape (`FixedConcurrency`) has no send
 times, since a user sends its next request when the previous one is done: the runner recognises it by
 type and keeps `users` requests in flight. Replay and sweeps use the same shapes; `TraceScaled` is the
-traffic log's own arrival times, compressed or stretched.
+traffic log's own arrival times, compressed or stretched; `TracePattern` is its arrival pattern at a
+chosen mean rate for a chosen time (a sweep's `--shape trace` load point).
 
 Every shape is deterministic: regular shapes by construction, random ones per `seed`. Steps and
 ramps are defined by their rate over time; their i-th send is where the integral of the rate reaches
@@ -21,8 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -263,6 +264,59 @@ class TraceScaled:
             yield float(offset) / speed
 
 
+@dataclass(frozen=True, eq=False)
+class TracePattern:
+    """A traffic log's own arrival pattern (its gaps, so its bursts and lulls) at mean rate `rate`, for
+    `duration_s`: the log's arrival offsets (seconds after its first arrival, non-decreasing) divided by
+    `speed` = rate / the log's mean rate ((n - 1) / span), from the log's first arrival. Where the scaled
+    log ends before `duration_s`, it plays again from its top, one mean gap after its last arrival, as
+    often as needed. `rows()` says which of the log's arrivals each send replays (index into offsets_s),
+    so a sweep's load point keeps each arrival's own request with it."""
+
+    offsets_s: Sequence[float] | np.ndarray
+    rate: float
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        _require(self.rate > 0, f"TracePattern: rate must be positive, got {self.rate}")
+        _check_bounds("TracePattern", self.duration_s, None, required=True)
+        offsets = np.asarray(self.offsets_s, dtype=float)
+        _require(
+            len(offsets) >= 2 and offsets[-1] > offsets[0],
+            "TracePattern: the log needs at least two arrivals at different times",
+        )
+        _require(bool(np.all(np.diff(offsets) >= 0)), "TracePattern: offsets must be non-decreasing")
+
+    @property
+    def log_rate(self) -> float:
+        """The log's mean arrival rate, (n - 1) / span, requests/s."""
+        offsets = self.offsets_s
+        return (len(offsets) - 1) / (float(offsets[-1]) - float(offsets[0]))
+
+    @property
+    def effective_speed(self) -> float:
+        """The factor the log's time is compressed by (above 1: faster than recorded)."""
+        return self.rate / self.log_rate
+
+    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.asarray(self.offsets_s, dtype=float)
+        offsets = offsets - offsets[0]
+        period = float(offsets[-1]) + 1.0 / self.log_rate  # one pass of the log, then one mean gap
+        horizon = self.duration_s * self.effective_speed  # in the log's own time
+        passes = math.ceil(horizon / period)
+        times = (offsets[None, :] + period * np.arange(passes)[:, None]).ravel()
+        rows = np.tile(np.arange(len(offsets)), passes)
+        kept = times < horizon
+        return times[kept] / self.effective_speed, rows[kept]
+
+    def send_times(self) -> Iterator[float]:
+        yield from self._schedule()[0].tolist()
+
+    def rows(self) -> np.ndarray:
+        """The index, in offsets_s, of the arrival each send replays."""
+        return self._schedule()[1]
+
+
 @dataclass(frozen=True)
 class FixedConcurrency:
     """Closed loop: `users` requests always in flight, each user sending its next request when the
@@ -277,4 +331,19 @@ class FixedConcurrency:
         _check_bounds("FixedConcurrency", self.duration_s, None, required=False)
 
 
-LoadShape = ConstantRate | Poisson | Gamma | Step | Ramp | TraceScaled | FixedConcurrency
+LoadShape = ConstantRate | Poisson | Gamma | Step | Ramp | TraceScaled | TracePattern | FixedConcurrency
+
+
+def shape_record(shape: LoadShape) -> dict[str, Any]:
+    """A shape as a manifest records it: its kind and parameters, a trace's offsets by their count with
+    the speed they were scaled by."""
+    record: dict[str, Any] = {"kind": type(shape).__name__}
+    for item in fields(shape):
+        value = getattr(shape, item.name)
+        if item.name == "offsets_s":
+            record["log_arrivals"] = len(value)
+        else:
+            record[item.name] = value
+    if isinstance(shape, TraceScaled | TracePattern):
+        record["speed"] = shape.effective_speed
+    return record

@@ -1,9 +1,11 @@
 """Load sweeps: a series of runs at rising load, drawing requests from a traffic log's own
 prompt/output mix, until the server saturates; then bisection for the highest load that meets
-every SLO (the replica's SLO capacity).
+every SLO (the replica's SLO capacity). A point's load is a Poisson rate (requests drawn at random
+from the log), the log's own arrival pattern scaled to a rate (`trace`: its bursts kept, each
+arrival with its own request; loadgen/shapes.py TracePattern), or closed-loop users.
 
 Saturation is judged at each point by named criteria (CRITERIA; each that fires is recorded with
-its figures): `errors` (error rate above the limit), `follow` (Poisson: achieved requests/s below a
+its figures): `errors` (error rate above the limit), `follow` (open loop: achieved requests/s below a
 fraction of those sent, lag for lag), `latency` (TTFT p95 a factor above the
 lowest-load point's) and `throughput` (output tokens/s not rising above the earlier peak). A curve
 that contradicts itself is measured again, once per point (`SweepSearch`): a saturated point
@@ -37,7 +39,7 @@ from shadowreplay.analysis.metrics.slo import Slo, format_slos
 from shadowreplay.analysis.summary.models import CurvePoint, SweepSummary
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.errors import ShadowReplayError
-from shadowreplay.loadgen.shapes import FixedConcurrency, LoadShape, Poisson
+from shadowreplay.loadgen.shapes import FixedConcurrency, LoadShape, Poisson, TracePattern, shape_record
 from shadowreplay.replay.run.plan import LengthClamp, build_plan
 from shadowreplay.replay.run.replay_session import length_counts
 from shadowreplay.replay.run.runner import RunOutcome, RunSettings, run_plan
@@ -86,8 +88,8 @@ CURVE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class SweepSettings:
-    shape: Literal["poisson", "concurrency"]
-    start: float  # requests/s (poisson) or users (concurrency)
+    shape: Literal["poisson", "trace", "concurrency"]
+    start: float  # requests/s (poisson, trace) or users (concurrency)
     stop: float
     points: int = 6  # load points of the rising series, geometric from start to stop
     duration_s: float = 20.0  # of each load point
@@ -105,6 +107,11 @@ class SweepSettings:
     recheck: bool = True  # measure a contradicted point once more (SweepSearch)
     warmup_fraction: float = 0.10
     busy_poll: bool = False  # the workers' event loops poll without sleeping (replay_worker.WorkerSettings)
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether a point offers a rate (Poisson arrivals, or the log's own pattern) rather than users."""
+        return self.shape != "concurrency"
 
     def levels(self) -> list[float]:
         if self.points == 1:
@@ -239,7 +246,7 @@ class ThroughputPeak:
 def criteria(settings: SweepSettings) -> tuple[Criterion, ...]:
     """The saturation criteria of a sweep, in the order they are reported."""
     found: list[Criterion] = [ErrorRate(settings.max_error_rate)]
-    if settings.shape == "poisson":  # closed-loop users cannot outrun the server: nothing to follow
+    if settings.open_loop:  # closed-loop users cannot outrun the server: nothing to follow
         found.append(Follow(settings.follow_ratio, settings.follow_min_shortfall))
     found += [LatencyRise(settings.latency_factor, settings.latency_floor_ms), ThroughputPeak(settings.saturation_gain)]
     return tuple(found)
@@ -251,7 +258,7 @@ CRITERIA = ("errors", "follow", "latency", "throughput")
 def criteria_limits(settings: SweepSettings) -> dict[str, float]:
     """The criteria's limits as summary.json records them."""
     limits = {"max_error_rate": settings.max_error_rate}
-    if settings.shape == "poisson":
+    if settings.open_loop:
         limits["follow_ratio"] = settings.follow_ratio
         limits["follow_min_shortfall"] = settings.follow_min_shortfall
     return limits | {
@@ -466,7 +473,13 @@ class SweepSearch:
 
 def sample_mix(rows: pa.Table, count: int, rng: np.random.Generator, prefix: str) -> pa.Table:
     """`count` requests drawn (with replacement) from the log's rows, with fresh request ids."""
-    picked = rows.take(pa.array(rng.integers(0, rows.num_rows, size=count)))
+    return with_fresh_ids(rows.take(pa.array(rng.integers(0, rows.num_rows, size=count))), prefix)
+
+
+def with_fresh_ids(picked: pa.Table, prefix: str) -> pa.Table:
+    """A load point's requests taken from the log's rows: each a fresh request id (`prefix`, its position,
+    the logged id), and no session, so a row taken twice is two requests."""
+    count = picked.num_rows
     ids = [f"{prefix}-{i:06d}-{rid}" for i, rid in enumerate(picked.column("request_id").to_pylist())]
     picked = picked.set_column(picked.schema.get_field_index("request_id"), "request_id", pa.array(ids, pa.string()))
     # Sessions would serialise requests of one conversation; a load point measures the server.
@@ -513,7 +526,10 @@ class LoadSweep:
         if len(session.targets) != 1:
             raise ValueError("a sweep measures one target at a time")
         self.session = session
+        if settings.shape == "trace":  # the log's own arrival order (TracePattern's offsets)
+            rows = rows.sort_by("arrival_time")
         self.rows = rows
+        self._offsets: np.ndarray | None = None
         self.targets = session.targets
         self.settings = settings
         self.sweep_dir = sweep_dir
@@ -530,11 +546,22 @@ class LoadSweep:
         return outcome
 
     def shape_for(self, level: float, index: int) -> LoadShape:
-        """The load shape of point `index` (a repeat draws its own arrivals and mix)."""
+        """The load shape of point `index`: Poisson arrivals (a repeat draws its own arrivals and mix), or
+        the log's own arrival pattern scaled to the point's rate (every point from the log's first arrival,
+        so points differ by their rate alone; a repeat replays the same arrivals)."""
         s = self.settings
         if s.shape == "concurrency":
             return FixedConcurrency(users=int(level), duration_s=s.duration_s)
+        if s.shape == "trace":
+            return TracePattern(self._arrival_offsets(), rate=level, duration_s=s.duration_s)
         return Poisson(rate=level, duration_s=s.duration_s, seed=s.seed + index)
+
+    def _arrival_offsets(self) -> np.ndarray:
+        """The log's arrival times in seconds after its first, in the order of self.rows (sorted by arrival)."""
+        if self._offsets is None:
+            micros = self.rows.column("arrival_time").cast(pa.int64()).to_numpy()
+            self._offsets = (micros - micros[0]) / 1e6
+        return self._offsets
 
     def _measure(self, index: int, level: float, phase: Phase, repeat_of: int | None) -> dict:
         s = self.settings
@@ -555,7 +582,11 @@ class LoadSweep:
             settings = RunSettings(run_dir=run_dir, busy_poll=s.busy_poll)
         if len(times) == 0:
             raise SweepError(f"load point {label}: the shape yields no request in {s.duration_s:g} s")
-        mix = sample_mix(self.rows, len(times), rng, prefix=f"p{index:02d}")
+        prefix = f"p{index:02d}"
+        if isinstance(shape, TracePattern):  # each arrival keeps its own request
+            mix = with_fresh_ids(self.rows.take(pa.array(shape.rows())), prefix)
+        else:
+            mix = sample_mix(self.rows, len(times), rng, prefix=prefix)
         plan = build_plan(mix, times, s.clamp)
         outcome = self._run_with_telemetry(plan, settings, point_dir)
         clamped, raised = length_counts(point_dir)  # from the point's rows, as a replay counts them
@@ -566,9 +597,7 @@ class LoadSweep:
                 status="completed",
                 epoch=outcome.epoch,
                 wall_s=outcome.wall_s,
-                sweep_point=SweepPoint(
-                    index=index, phase=phase, repeat_of=repeat_of, shape=asdict(shape) | {"kind": type(shape).__name__}
-                ),
+                sweep_point=SweepPoint(index=index, phase=phase, repeat_of=repeat_of, shape=shape_record(shape)),
                 targets=[t.public_dict() for t in self.targets],
                 workers=outcome.workers,
                 busy_poll=s.busy_poll,
@@ -592,7 +621,7 @@ class LoadSweep:
         stats = summary.targets[self.targets[0].name].all
         latency = stats.latency_ms
         sent_rps, kept_rps = (
-            follow_rates(run.final_scan, summary.window, latency["e2e"].p50) if s.shape == "poisson" else (None, None)
+            follow_rates(run.final_scan, summary.window, latency["e2e"].p50) if s.open_loop else (None, None)
         )
         gpu = summary.gpu
         measured = gpu.get("status") == "measured"
@@ -600,7 +629,7 @@ class LoadSweep:
             point=index,
             phase=phase,
             shape=s.shape,
-            offered_rps=float(level) if s.shape == "poisson" else None,
+            offered_rps=float(level) if s.open_loop else None,
             concurrency=int(level) if s.shape == "concurrency" else None,
             requests=stats.requests,
             achieved_rps=stats.throughput.requests_per_s,

@@ -199,7 +199,7 @@ class CurvePoint(_Model):
 
     point: int
     phase: Literal["ramp", "bisect", "repeat"]  # "repeat": a point measured again (`repeat_of`)
-    shape: Literal["poisson", "concurrency"]
+    shape: Literal["poisson", "trace", "concurrency"]
     offered_rps: float | None
     concurrency: int | None
     requests: int
@@ -259,7 +259,7 @@ class SweepSummary(BaseModel):
     kind: Literal["shadowreplay.sweep"] = "shadowreplay.sweep"
     schema_version: int = 2  # 2: saturation criteria, repeats
     target: str
-    shape: Literal["poisson", "concurrency"]
+    shape: Literal["poisson", "trace", "concurrency"]
     levels: list[float]
     duration_s: float
     slos: str | None

@@ -5,7 +5,8 @@ out; ITL: between a request's consecutive output steps); we measure on the clien
 TTFT from send to first token, ITL between token arrivals), so ours is normally a little higher (the
 network, HTTP and SSE parsing). The comparison tells whether the two sides see the same latency within
 the histogram's resolution, and which side is higher. Definitions (`DEFINITIONS` carries them into
-summary.json), per target (the telemetry `device` of source `prometheus`) and compared metric:
+summary.json), per server (the telemetry `device` of source `prometheus`: a target, or `target#i`, its
+replica i, compared with the rows sent to that replica) and compared metric:
 
 - Histogram over the run: for every bucket, cumulative count over the run = its counter at the last
   scrape - at the baseline scrape (metrics.counter_delta over the samples from the baseline on). The
@@ -56,7 +57,7 @@ import polars as pl
 
 from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
-from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, parse_bucket_metric
+from shadowreplay.replay.schemas.telemetry import SOURCE_PROMETHEUS, device_server, parse_bucket_metric
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
 MS_PER_S = 1000.0
@@ -434,7 +435,11 @@ def server_histogram_summary(
         }
     targets: dict[str, Any] = {}
     for device in sorted(scraped.get_column("device").unique().to_list()):
-        target_rows = rows.filter(pl.col("target") == device).select(OBSERVED_COLUMNS).collect()
+        target, replica = device_server(device)  # a replica's server is compared with the rows sent to it
+        of_server = pl.col("target") == target
+        if replica is not None:
+            of_server = of_server & (pl.col("replica") == replica)
+        target_rows = rows.filter(of_server).select(OBSERVED_COLUMNS).collect()
         block = _target_block(scraped.filter(pl.col("device") == device), target_rows)
         if block["scrapes"] is not None:
             targets[device] = block
@@ -447,7 +452,7 @@ def server_histogram_summary(
         "definitions": DEFINITIONS,
         "quantiles": list(QUANTILES),
         "targets": targets,
-        "targets_not_scraped": sorted(set(targets_run) - set(targets)),
+        "targets_not_scraped": sorted(set(targets_run) - {device_server(device)[0] for device in targets}),
         "disagreements": disagreements,
         "count_differences": count_differences,
         "not_comparable": not_comparable,

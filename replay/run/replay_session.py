@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -54,6 +56,10 @@ class ReplayRequest:
     # loadgen.shapes.TraceScaled with --speed); None sends at the recorded offsets.
     send_times: Callable[[np.ndarray], np.ndarray] | None = None
     schedule: str = "recorded arrival times"  # how send_times was made, for the manifest
+    # Changes how many requests arrive on the log's timeline, before send_times: (rows, offsets) ->
+    # (rows, offsets, what it did for the manifest's selection.volume); the CLI passes
+    # loadgen/volume.py's on_timeline for --volume. None: the rows as selected.
+    volume: Callable[[pa.Table, np.ndarray], tuple[pa.Table, np.ndarray, dict[str, Any]]] | None = None
 
 
 def replay_log(request: ReplayRequest) -> RunOutcome:
@@ -63,6 +69,9 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
     targets = load_targets(request.target_files)
     rows = select_rows(request.log, Window.parse(request.window) if request.window else None, request.limit)
     offsets = arrival_offsets_s(rows)
+    volume: dict[str, Any] | None = None
+    if request.volume is not None:
+        rows, offsets, volume = request.volume(rows, offsets)
     send_times = request.send_times or (lambda offsets: offsets)
     clamp = LengthClamp(request.max_prompt_tokens, request.max_completion_tokens, request.output_lengths)
     plan = build_plan(
@@ -90,6 +99,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             limit=request.limit,
             duration=request.duration,
             schedule=request.schedule,
+            volume=volume,
             max_prompt_tokens=request.max_prompt_tokens,
             max_completion_tokens=request.max_completion_tokens,
             output_lengths=request.output_lengths,

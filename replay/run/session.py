@@ -41,34 +41,59 @@ def start_local_servers(
     stack: contextlib.ExitStack,
     cpus: Sequence[int] | None = None,
 ) -> tuple[list[TargetConfig], list[dict[str, Any]]]:
-    """Start a vLLM server for every `kind: vllm` target, each stopped by `stack` (on `cpus` where
-    given); returns the targets with their base_url set and each server's identity (version,
-    arguments, served model, CPUs, niceness) for the manifest."""
-    ready: list[TargetConfig] = []
-    identities: list[dict[str, Any]] = []
+    """Start the vLLM servers of every `kind: vllm` target, `vllm.replicas` of them each, on this host's
+    GPUs or on `cpus` (replay/targets/vllm_replicas.py), each stopped by `stack`. Every server is
+    launched before any is waited for, so replicas load their models side by side. Returns the targets
+    with their base_url (and, for several replicas, endpoints) set, and each server's identity (target,
+    replica, version, arguments, served model, CPUs, GPUs, niceness) for the manifest."""
+    from shadowreplay.replay.targets.vllm_replicas import replica_slots, visible_gpus
+
+    fleets: list[tuple[TargetConfig, list[Any]]] = []
+    gpus: list[str] | None = None  # asked for once, where the first fleet starts
     for target in targets:
         if target.kind != "vllm":
-            ready.append(target)
+            fleets.append((target, []))
             continue
-        from shadowreplay.replay.targets.vllm_server import VllmServer, default_vllm_python  # only where one starts
+        from shadowreplay.replay.targets.vllm_server import VllmServer, default_vllm_python, free_ports
 
         launch = target.vllm
         assert launch is not None, "a vllm target has vllm settings (TargetConfig checks it)"
-        server = stack.enter_context(
-            VllmServer(
+        if gpus is None:
+            gpus = visible_gpus()
+        several = launch.replicas > 1
+        slots = replica_slots(target.name, launch.replicas, target.replica_gpus, gpus, cpus)
+        ports = free_ports(launch.replicas) if several else [launch.port]
+        servers = []
+        for slot, port in zip(slots, ports, strict=True):
+            server = VllmServer(
                 model=launch.model,
                 served_model_name=target.model,
                 python=launch.python or default_vllm_python(),
                 args=launch.args,
-                port=launch.port,
+                port=port,
                 env=launch.env,
-                log_path=run_dir.server_log_path(target.name),
+                log_path=run_dir.server_log_path(target.name, slot.index if several else None),
                 startup_timeout_s=launch.startup_timeout_s,
-                cpus=cpus,
+                cpus=slot.cpus,
+                gpus=slot.gpus,
             )
-        )
-        identities.append({"target": target.name, **server.identity()})
-        ready.append(target.model_copy(update={"base_url": server.base_url}))
+            stack.callback(server.stop)
+            server.launch()
+            servers.append((slot, server))
+        fleets.append((target, servers))
+    ready: list[TargetConfig] = []
+    identities: list[dict[str, Any]] = []
+    for target, servers in fleets:
+        if not servers:
+            ready.append(target)
+            continue
+        for slot, server in servers:
+            server.wait_ready()
+            replica = {"replica": slot.index, "cpus_shared": slot.shared} if len(servers) > 1 else {}
+            identities.append({"target": target.name, **replica, **server.identity()})
+        urls = [server.base_url for _, server in servers]
+        update: dict[str, Any] = {"base_url": urls[0], "endpoints": urls if len(urls) > 1 else None}
+        ready.append(target.model_copy(update=update))
     return ready, identities
 
 
@@ -136,9 +161,14 @@ class Session:
         """The samplers that run in this process: the Prometheus /metrics (1 Hz) of every server
         the session started and of every target that names a `metrics_url`. GPUs are sampled by
         `gpu_samplers`, on their own nodes."""
+        from shadowreplay.replay.schemas.telemetry import server_device
         from shadowreplay.replay.telemetry.prometheus_sampler import PrometheusSampler, ScrapeTarget
 
-        scrape = [ScrapeTarget(s["target"], s["url"] + "/metrics") for s in self.servers if s.get("url")]
+        scrape = [
+            ScrapeTarget(server_device(s["target"], s.get("replica")), s["url"] + "/metrics")
+            for s in self.servers
+            if s.get("url")
+        ]
         scrape += [ScrapeTarget(t.name, t.metrics_url) for t in self.targets if t.metrics_url]
         return [PrometheusSampler(run_id, run_dir.telemetry_dir, scrape)] if scrape else []
 

@@ -153,9 +153,9 @@ class RunDir(_OutputDir):
         commit_file(aside, path)
         return path
 
-    def server_log_path(self, target: str) -> Path:
-        """The log file of the vLLM server started for `target`."""
-        return self.path / f"vllm-{target}.log"
+    def server_log_path(self, target: str, replica: int | None = None) -> Path:
+        """The log file of the vLLM server started for `target` (of its replica `replica`, where it has several)."""
+        return self.path / (f"vllm-{target}.log" if replica is None else f"vllm-{target}-{replica}.log")
 
     # -- shards ----------------------------------------------------------------------------------
     def result_shards(self) -> list[Path]:

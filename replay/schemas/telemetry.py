@@ -1,7 +1,8 @@
 """Telemetry rows (docs/DESIGN.md, telemetry schema_version 1) and the shard writer the samplers use.
 
 One row per sample, long form: `run_id`, `source` (`nvml` or `prometheus`), `host`, `device` (GPU
-index or target name, as a string), `t_s` (seconds on the run's timeline, the results' clock),
+index, or the server scraped: its target's name, `target#i` for replica i of a target of several,
+see `server_device`), `t_s` (seconds on the run's timeline, the results' clock),
 `metric`, `value`. A new metric needs no schema change. Metric names:
 - NVML: the `NVML_*` names below, in SI-like units (bytes, watts, joules, MHz, degrees C, percent).
 - Prometheus: vLLM's sample names as exposed (`vllm:num_requests_running`,
@@ -52,6 +53,20 @@ TELEMETRY_SCHEMA = pa.schema(
     ],
     metadata=stamp(KIND, SCHEMA_VERSION),
 )
+
+REPLICA_MARK = "#"  # never in a target name (replay/targets/config.py: letters, digits, _ . -)
+
+
+def server_device(target: str, replica: int | None) -> str:
+    """The `device` of a scraped server's rows: the target's name, `target#i` for its replica i."""
+    return target if replica is None else f"{target}{REPLICA_MARK}{replica}"
+
+
+def device_server(device: str) -> tuple[str, int | None]:
+    """The (target, replica) a prometheus row's `device` names (server_device's inverse)."""
+    target, mark, replica = device.rpartition(REPLICA_MARK)
+    return (target, int(replica)) if mark and replica.isdigit() else (device, None)
+
 
 _BUCKET_METRIC = re.compile(r'^(?P<name>.+_bucket)\{le="(?P<le>[^"]+)"\}$')
 

@@ -40,6 +40,7 @@ from shadowreplay.replay.clients.rate_limiter import RateLimits
 from shadowreplay.replay.clients.retry_policy import RetryPolicy
 from shadowreplay.replay.config_files import read_yaml_mapping, validation_problems
 from shadowreplay.replay.secrets import KeyReadError, read_key
+from shadowreplay.replay.targets.vllm_replicas import CUDA_DEVICES_ENV, parallel_size
 
 TargetKind = Literal["openai", "vllm", "anthropic", "azure_openai"]
 
@@ -97,6 +98,21 @@ class VllmLaunch(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=300.0, gt=0)
+    # Servers of this model started side by side, each on its own GPUs or share of CPUs
+    # (replay/targets/vllm_replicas.py), balanced over as a target's endpoints are.
+    replicas: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _replica_fields(self) -> VllmLaunch:
+        if self.replicas > 1 and self.port is not None:
+            raise ValueError("port is for one server; with replicas > 1 each replica gets a free port")
+        if self.replicas > 1 and CUDA_DEVICES_ENV in self.env:
+            raise ValueError(
+                f"env sets {CUDA_DEVICES_ENV} for every replica; with replicas > 1 each replica gets its own "
+                f"GPUs from those this process sees (set {CUDA_DEVICES_ENV} for shadowreplay itself to choose them)"
+            )
+        parallel_size(self.args)  # a malformed parallel size is a config error here, not at start-up
+        return self
 
 
 class AnthropicOptions(BaseModel):
@@ -134,6 +150,9 @@ class TargetConfig(BaseModel):
     # An already running server's Prometheus page (vLLM: http://host:port/metrics), scraped at 1 Hz
     # during runs as the servers shadowreplay starts are; kind vllm is scraped without it.
     metrics_url: str | None = None
+    # GPUs one replica uses (the capacity plan's GPU count is replicas x this). None: for kind vllm,
+    # what its args make one server use (tensor x pipeline x data parallel size), else 1.
+    gpus_per_replica: int | None = Field(default=None, ge=1)
     model: str
     api: Literal["chat", "completions"] = "chat"
     api_key_env: str | None = None
@@ -198,6 +217,15 @@ class TargetConfig(BaseModel):
             raise ValueError(
                 "metrics_url is for servers already running; a kind vllm server is scraped at its own /metrics"
             )
+        if self.gpus_per_replica is not None and self.kind in ("anthropic", "azure_openai"):
+            raise ValueError(f"gpus_per_replica is for self-hosted servers; kind {self.kind} is a hosted API")
+        if self.gpus_per_replica is not None and self.vllm is not None:
+            needed = parallel_size(self.vllm.args)
+            if self.gpus_per_replica < needed:
+                raise ValueError(
+                    f"gpus_per_replica {self.gpus_per_replica} is fewer than the {needed} GPUs vllm.args make one "
+                    "server use (tensor x pipeline x data parallel size)"
+                )
         if self.kind != "anthropic" and self.anthropic is not None:
             raise ValueError("an `anthropic:` section is only for kind anthropic")
         if self.kind != "azure_openai" and self.azure is not None:
@@ -234,6 +262,20 @@ class TargetConfig(BaseModel):
     def env_bindings(self) -> dict[str, str]:
         """Which environment variable gave each interpolated field (dotted path -> variable names)."""
         return dict(self._env_bindings)
+
+    @property
+    def replica_count(self) -> int:
+        """How many replicas the target is: its endpoints, or the servers of a kind vllm target."""
+        if self.endpoints:
+            return len(self.endpoints)
+        return self.vllm.replicas if self.vllm is not None else 1
+
+    @property
+    def replica_gpus(self) -> int:
+        """The GPUs one replica uses: gpus_per_replica, else a vllm target's parallel size, else 1."""
+        if self.gpus_per_replica is not None:
+            return self.gpus_per_replica
+        return parallel_size(self.vllm.args) if self.vllm is not None else 1
 
     @property
     def replica_urls(self) -> list[str]:

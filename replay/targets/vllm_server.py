@@ -7,8 +7,12 @@ server runs from a given interpreter as `python -m vllm.entrypoints.openai.api_s
 Life cycle (`with VllmServer(...) as server:`)
 - start: a free port unless one is given; the server in its own process group, its stdout and
   stderr in a log file; on Linux it also gets SIGTERM should this process die without cleaning up.
+  `start()` is `launch()` then `wait_ready()`: replicas of one target are all launched first, then
+  waited for, so they load their models side by side (replay/run/session.py).
 - ready: `/health` answers 200 before `startup_timeout_s`; if the process exits or the deadline
   passes first, `VllmStartError` carries the log's tail. Then `/version` and `/v1/models` are read.
+- GPUs: with `gpus`, the server sees only those (CUDA_VISIBLE_DEVICES, unless `env` sets it), so
+  replicas on one host never share a GPU (replay/targets/vllm_replicas.py).
 - placement: with `cpus`, vLLM-CPU binds its OpenMP compute threads, the ones that keep a CPU
   busy, to those CPUs (`VLLM_CPU_OMP_THREADS_BIND`, unless `env` sets it), so that a load
   generator on the other CPUs never waits for the model (replay/run/cpu_placement.py). Its API
@@ -45,6 +49,7 @@ from typing import Any, BinaryIO
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.run.cpu_placement import cpu_list
 from shadowreplay.replay.secrets import Scrubber
+from shadowreplay.replay.targets.vllm_replicas import CUDA_DEVICES_ENV
 
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
@@ -84,9 +89,17 @@ def default_vllm_python() -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` different TCP ports free on `host` right now (all held open together while chosen, so
+    servers launched one after another before any binds never get the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _api_key_from(args: list[str]) -> str | None:
@@ -159,6 +172,7 @@ class VllmServer:
         startup_timeout_s: float = 300.0,
         stop_grace_s: float = 15.0,
         cpus: Sequence[int] | None = None,
+        gpus: Sequence[str] | None = None,
     ):
         self.model = str(model)
         self.served_model_name = served_model_name or Path(self.model).name
@@ -171,6 +185,7 @@ class VllmServer:
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
         self.cpus = sorted(cpus) if cpus else None
+        self.gpus = list(gpus) if gpus is not None else None
         self.process: subprocess.Popen | None = None
         self.argv: list[str] = []
         self.version: str | None = None
@@ -178,6 +193,7 @@ class VllmServer:
         self.startup_s: float | None = None
         self._api_key = _api_key_from(self.extra_args)
         self._log_file: BinaryIO | None = None
+        self._launched = 0.0  # monotonic time of launch()
 
     # ---- addresses --------------------------------------------------------------------------
 
@@ -225,16 +241,23 @@ class VllmServer:
 
     def explicit_env(self) -> dict[str, str]:
         """The variables set for the server on top of ours: BASE_ENV, offline hub access for a
-        local model directory, then the caller's `env`."""
+        local model directory, its CPUs and GPUs, then the caller's `env`."""
         offline = {"HF_HUB_OFFLINE": "1"} if Path(self.model).is_dir() else {}
         bind = {OMP_BIND_ENV: cpu_list(self.cpus)} if self.cpus else {}
-        return BASE_ENV | offline | bind | self.env
+        devices = {CUDA_DEVICES_ENV: ",".join(self.gpus)} if self.gpus is not None else {}
+        return BASE_ENV | offline | bind | devices | self.env
 
     def environment(self) -> dict[str, str]:
         return dict(os.environ) | self.explicit_env()
 
     def start(self) -> None:
         """Start the server and wait until it is healthy; raises VllmStartError with the log's tail."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server process (not waiting for it); `wait_ready()` then waits. `stop()` stops it
+        either way."""
         if self.process is not None:
             raise RuntimeError("this server is already started")
         if self.port is None:
@@ -246,7 +269,7 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.argv = self.command()
         self._log_file = open(self.log_path, "ab")
-        started = time.monotonic()
+        self._launched = time.monotonic()
         on_linux_main_thread = _LIBC is not None and threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
             self.argv,
@@ -259,9 +282,15 @@ class VllmServer:
         )
         atexit.register(self.stop)
         _SIGTERM_GUARD.acquire()
+
+    def wait_ready(self) -> None:
+        """Wait until the launched server is healthy (`startup_timeout_s` from its launch), then read
+        its version and models; stops it and raises VllmStartError with the log's tail if it is not."""
+        if self.process is None:
+            raise RuntimeError("launch() the server first")
         try:
-            self._wait_healthy(started + self.startup_timeout_s)
-            self.startup_s = time.monotonic() - started
+            self._wait_healthy(self._launched + self.startup_timeout_s)
+            self.startup_s = time.monotonic() - self._launched
             self.version = self._get_json("/version").get("version")
             self.served_models = self._get_json("/v1/models").get("data", [])
         except BaseException:
@@ -348,6 +377,7 @@ class VllmServer:
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
             "log": str(self.log_path) if self.log_path else None,
             "cpus": cpu_list(self.cpus) if self.cpus else None,
+            "gpus": self.explicit_env().get(CUDA_DEVICES_ENV),
             "nice": self._nice(),
         }
 

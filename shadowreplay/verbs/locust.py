@@ -158,9 +158,9 @@ def _check_inputs(args: argparse.Namespace):
 
     target = load_target(args.target)
     target.api_key()
-    if target.endpoints and len(target.endpoints) > 1:
+    if target.replica_count > 1:
         raise UserError(
-            f"{args.target}: lists {len(target.endpoints)} endpoints; Locust drives one base URL "
+            f"{args.target}: is {target.replica_count} replicas; Locust drives one base URL "
             "(`shadowreplay replay` and `sweep` balance over replicas)"
         )
     if args.log:

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
         help="replay a traffic log open-loop against targets, recording every token's arrival",
         description=(
             "Send every request of LOG at its recorded moment (relative to the first arrival, divided by "
-            "--speed) to every target, on Ray workers sharing one timeline. Sessions replay in order. Rows "
+            "--speed; --volume for more or fewer requests on the same timeline) to every target, on Ray workers "
+            "sharing one timeline. Sessions replay in order. Rows "
             "without text get synthesized prompts of their recorded length in each target's tokenizer; every "
             "row asks for exactly its recorded output length unless --output-lengths natural. One result row "
             "per request, target and attempt "
@@ -41,6 +42,16 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
+    parser.add_argument(
+        "--volume",
+        metavar="V",
+        help=(
+            "more or fewer requests on the log's own timeline (bursts where they were, as long): a factor (2x, 0.5x), "
+            "a mean rate (120rps) or tokens a month (300M-tokens/month, 40M-output-tokens/month) of the selected "
+            "rows; below their own, whole conversations are thinned out, above it shifted copies are superposed "
+            "(loadgen/volume.py). Applied before --speed"
+        ),
+    )
     parser.add_argument(
         "--window",
         metavar="START..END",
@@ -75,16 +86,33 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import numpy as np
+    import pyarrow as pa
 
     from shadowreplay.loadgen.shapes import TraceScaled
+    from shadowreplay.loadgen.volume import TrafficVolume, on_timeline
     from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 
     def trace_scaled(offsets: np.ndarray) -> np.ndarray:
         return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
 
+    def at_volume(rows: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, np.ndarray, dict]:
+        assert volume is not None, "passed only with --volume"
+        scaled, scaled_offsets, scaling = on_timeline(rows, offsets, volume.factor(rows, offsets), volume.spec)
+        print(f"replay: {scaling.describe()}", flush=True)
+        if scaling.repeated_text_rows:
+            print(
+                f"replay: WARNING {scaling.repeated_text_rows:,} rows with recorded text are sent more than once "
+                "(a server's prefix cache serves the copies cheaply)",
+                flush=True,
+            )
+        return scaled, scaled_offsets, asdict(scaling)
+
     if args.speed <= 0:
         raise UserError("--speed must be positive")
+    volume = TrafficVolume.parse(args.volume) if args.volume else None
     checks = checks_from(args)  # checked before the run, used after it with --strict
     for name in ("limit", "workers", "max_prompt_tokens", "max_completion_tokens"):
         value = getattr(args, name)
@@ -108,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         worker_cpus=args.worker_cpus,
         send_times=trace_scaled,
         schedule=f"TraceScaled(speed={args.speed:g})",
+        volume=at_volume if volume is not None else None,
     )
     outcome = replay_log(request)  # its errors are ShadowReplayErrors: the CLI prints them as one line
     print(

@@ -21,9 +21,10 @@ def add_parser(subparsers) -> None:
         "sweep",
         help="sweep load against one target to saturation and find its SLO capacity",
         description=(
-            "Run load points of rising load (Poisson arrivals at --from..--to requests/s, or --from..--to "
-            "closed-loop users), each request drawn from LOG's own prompt/output mix, until the server saturates: "
-            "errors above --max-error-rate, requests done (lag for lag) under --follow-ratio of those sent (Poisson), "
+            "Run load points of rising load (Poisson arrivals or LOG's own arrival pattern at --from..--to "
+            "requests/s, or --from..--to closed-loop users), the requests from LOG's own prompt/output mix, until "
+            "the server saturates: errors above --max-error-rate, requests done (lag for lag) under --follow-ratio "
+            "of those sent (open loop), "
             "TTFT p95 over --latency-factor times the lowest load's, or output tokens/s no longer rising above "
             "the earlier peak (each criterion that fires is named with its figures). A saturated point, and a "
             "point that missed the SLOs below one that met them, is measured once more; a repeat that does not "
@@ -38,9 +39,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--target", "-t", required=True, type=Path, metavar="T.yaml", help="the target to sweep")
     parser.add_argument(
         "--shape",
-        choices=("poisson", "concurrency"),
+        choices=("poisson", "trace", "concurrency"),
         default="poisson",
-        help="open-loop Poisson rates or closed-loop users",
+        help="open-loop Poisson rates (requests drawn from the log at random); the log's own arrival pattern, "
+        "its bursts kept, time-scaled to each rate (trace: each arrival with its own request, from the log's "
+        "first arrival, played again from the top if the log is shorter); or closed-loop users",
     )
     parser.add_argument(
         "--from", dest="start", type=float, required=True, metavar="A", help="first load: requests/s, or users"
@@ -59,7 +62,7 @@ def add_parser(subparsers) -> None:
         type=float,
         default=0.9,
         metavar="R",
-        help="saturated when the requests done, lag for lag, fall under R x those sent (Poisson; default 0.9)",
+        help="saturated when the requests done, lag for lag, fall under R x those sent (open loop; default 0.9)",
     )
     parser.add_argument(
         "--latency-factor",

@@ -133,6 +133,34 @@ def test_speed_compresses_the_schedule(tmp_path, faulty_server):
     assert json.loads((run_dir / "manifest.json").read_text())["selection"]["schedule"] == "TraceScaled(speed=4)"
 
 
+def test_volume_adds_requests_on_the_logs_own_timeline(tmp_path, faulty_server, capsys):
+    """--volume 2.5x: every request three times over 1 s of log (two whole copies, a thinned third), each
+    copy a third of the mean gap after the one before, the same span as the log; sessions stay whole."""
+    rows = [log_row(i, 0.25 * i, {"ttft_ms": 1}, session="s" if i < 2 else None) for i in range(5)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    target = write_target(tmp_path / "t.yaml", faulty_server.base_url)
+    run_dir = tmp_path / "run"
+    from shadowreplay.cli import main
+
+    argv = ["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", "1", "--volume", "2.5x"]
+    assert main(argv) == 0
+    assert "volume 2.5x: 2 copies superposed (83.3 ms apart) and a copy thinned to 0.5x" in capsys.readouterr().out
+    results = read_results(run_dir)
+    by_id = {r["request_id"]: r for r in results}
+    assert all(r["status"] == "ok" for r in results)
+    for i in range(5):  # the log's request and its first copy, each at its own time
+        assert by_id[f"req-{i:03d}"]["scheduled_s"] == pytest.approx(0.25 * i)
+        assert by_id[f"req-{i:03d}~1"]["scheduled_s"] == pytest.approx(0.25 * i + 0.25 / 3)
+    third = sorted(rid for rid in by_id if rid.endswith("~2"))
+    assert third == [rid for rid in third if by_id[rid]["scheduled_s"] == pytest.approx(int(rid[4:7]) * 0.25 + 0.5 / 3)]
+    assert ("req-000~2" in by_id) == ("req-001~2" in by_id)  # one session: thinned whole
+    selection = json.loads((run_dir / "manifest.json").read_text())["selection"]
+    volume = selection["volume"]
+    assert volume["method"] == "superposed" and volume["copies"] == 2 and volume["factor"] == 2.5
+    assert volume["log_requests"] == 5 and volume["requests"] == len(results) == 10 + len(third)
+    assert selection["schedule"] == "TraceScaled(speed=1)"
+
+
 def test_cancel_gives_every_unfinished_request_a_cancelled_row(tmp_path, faulty_server) -> None:
     import threading
     import time as _time

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import polars as pl
@@ -28,11 +27,10 @@ from shadowreplay.analysis.report.sweep_page import build_sweep_page, write_swee
 from shadowreplay.analysis.summary.models import SweepSummary
 from shadowreplay.analysis.summary.tables import SummaryTable
 from shadowreplay.cli import main
-from shadowreplay.replay.run.runner import RunOutcome, RunSettings
 from shadowreplay.replay.schemas.run_dir import REPORT_NAME as SWEEP_REPORT_NAME
 from tests.support.chromium import chromium_dom, plotly_drawing
+from tests.support.fifo_model import FifoServerModel
 from tests.support.paths import REPO
-from tests.support.results_factory import result_row, write_results
 
 BUNDLED = REPO / "shadowreplay" / "embedded" / "data" / "azure_conv_first5min.csv"
 SERVER_RPS = 6.0  # the modelled server completes one request every 1 / SERVER_RPS s
@@ -50,39 +48,7 @@ LOAD_PANEL_TITLES = (
 )
 
 
-def modelled_run_plan(plan: pa.Table, targets, settings: RunSettings, **_: object) -> RunOutcome:
-    """What the Ray runner would leave in settings.run_dir for the modelled FIFO server.
-
-    start_i = max(scheduled_i, done_{i-1}); TTFT = wait + FIRST_TOKEN_MS; the request's remaining
-    OUTPUT_TOKENS - 1 tokens fill the rest of its 1 / SERVER_RPS s of service, evenly spaced.
-    """
-    service_ms = 1000.0 / SERVER_RPS
-    gap_ms = (service_ms - FIRST_TOKEN_MS) / (OUTPUT_TOKENS - 1)
-    free_at_s = 0.0
-    rows = []
-    order = sorted(zip(plan.column("scheduled_s").to_pylist(), plan.column("request_id").to_pylist(), strict=True))
-    for scheduled_s, request_id in order:
-        start_s = max(scheduled_s, free_at_s)
-        wait_s = start_s - scheduled_s
-        timed_out = wait_s > TIMEOUT_S
-        if not timed_out:
-            free_at_s = start_s + service_ms / 1000.0
-        rows.append(
-            result_row(
-                request_id,
-                target=targets[0].name,
-                scheduled_s=scheduled_s,
-                lateness_ms=0.0,
-                ttft_ms=None if timed_out else wait_s * 1000.0 + FIRST_TOKEN_MS,
-                gaps_ms=[gap_ms] * (OUTPUT_TOKENS - 1),
-                status="timeout" if timed_out else "ok",
-                http_status=None if timed_out else 200,
-                run_id=settings.run_dir.name,
-            )
-        )
-    write_results(settings.run_dir, rows)
-    by_status = {status: sum(r["status"] == status for r in rows) for status in {r["status"] for r in rows}}
-    return RunOutcome(settings.run_dir.name, by_status, [], time.time(), free_at_s, False, 0)
+MODELLED = FifoServerModel(SERVER_RPS, FIRST_TOKEN_MS, OUTPUT_TOKENS, TIMEOUT_S)
 
 
 @pytest.fixture
@@ -95,7 +61,7 @@ def traffic_log(tmp_path) -> Path:
 @pytest.fixture
 def swept(tmp_path, traffic_log, monkeypatch, capsys) -> tuple[Path, str]:
     """A Poisson sweep 1..32 req/s (6 points of 10 s, 2 bisection steps) through the verb."""
-    monkeypatch.setattr(load_sweep, "run_plan", modelled_run_plan)
+    monkeypatch.setattr(load_sweep, "run_plan", MODELLED.run_plan)
     monkeypatch.setattr(runner, "start_ray", lambda address, cpus=None: {})
     target = tmp_path / "target.yaml"
     target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")

@@ -1,0 +1,167 @@
+"""Traffic volume: more or less of a log's traffic on the log's own timeline (`replay --volume`).
+
+`--speed` compresses time: twice the rate, but every burst twice as short and the run half as long.
+A volume keeps the timeline (a burst at minute 3 is still at minute 3, as long) and changes how many
+requests arrive, the way a product with twice the users would see it:
+
+- `TrafficVolume.parse`: `2x` / `0.5x` (a factor of the log's own), `120rps` (a mean request rate),
+  `300M-tokens/month` (prompt + completion tokens, as APIs bill them) or `40M-output-tokens/month`,
+  a month being 30 days; each becomes a factor of the selected rows' own volume (`factor`).
+- `on_timeline(rows, offsets, factor)`: below 1, **thinning**: a conversation (the rows of one
+  `session_id`, else one request) is kept when a hash of its id, in [0, 1), is below the factor, so
+  whole conversations stay or go and a lower volume's requests are a subset of a higher one's. Above
+  1, **superposition**: floor(factor) copies of every request, then a thinned copy for the rest;
+  copy k arrives k / copies of the log's mean gap later (so copies of one burst are still that burst,
+  not one instant) with `~k` after its request and session ids (each copy's conversations stay in
+  order). Copies of a synthesized prompt share its prefix blocks, as the log's requests do, and differ
+  in the rest (replay/requests/prompt_synthesis.py seeds it by request id); a row with recorded text
+  is sent again as recorded, so a server's prefix cache serves copies of it cheaply (`VolumeScaling`
+  counts such rows).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
+from shadowreplay.errors import UserError
+
+Unit = Literal["x", "rps", "tokens/month", "output-tokens/month"]
+_SPEC = re.compile(
+    r"^(?P<number>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(?P<scale>[kKMGT]?)(?P<unit>x|rps|-tokens/month|-output-tokens/month)$"
+)
+_SCALES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+THINNING_SEED = 0x5EED  # the hash seed of thinning: fixed, so a volume keeps the same requests every run
+
+
+@dataclass(frozen=True)
+class TrafficVolume:
+    """A volume of traffic: `value` in `unit` (module docstring); `spec` as the user wrote it."""
+
+    value: float
+    unit: Unit
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str) -> TrafficVolume:
+        match = _SPEC.match(spec.strip())
+        if match is None:
+            raise UserError(
+                f"--volume {spec!r}: write a factor (2x, 0.5x), a rate (120rps) or tokens a month "
+                "(300M-tokens/month, 40M-output-tokens/month)"
+            )
+        value = float(match["number"]) * _SCALES[match["scale"]]
+        if match["scale"] and match["unit"] in ("x", "rps"):
+            raise UserError(f"--volume {spec!r}: k/M/G apply to tokens a month, not to {match['unit']}")
+        if value <= 0:
+            raise UserError(f"--volume {spec!r} must be positive")
+        unit: Unit = match["unit"].lstrip("-")  # type: ignore[assignment]
+        return cls(value, unit, spec.strip())
+
+    def factor(self, rows: pa.Table, offsets_s: np.ndarray) -> float:
+        """This volume as a factor of the rows' own (their arrival offsets in s): their mean rate is
+        (n - 1) / span, their tokens a month sum(tokens) / span x 30 days."""
+        if self.unit == "x":
+            return self.value
+        span = float(offsets_s.max() - offsets_s.min()) if len(offsets_s) else 0.0
+        if len(offsets_s) < 2 or span <= 0:
+            raise UserError(f"--volume {self.spec}: the selected rows span no time, so they have no rate to scale")
+        if self.unit == "rps":
+            return self.value / ((len(offsets_s) - 1) / span)
+        columns = (
+            ["completion_tokens"] if self.unit == "output-tokens/month" else ["prompt_tokens", "completion_tokens"]
+        )
+        tokens = sum(int(pc.sum(rows.column(name)).as_py() or 0) for name in columns)
+        if tokens <= 0:
+            raise UserError(f"--volume {self.spec}: the selected rows record no {' or '.join(columns)}")
+        return self.value / (tokens / span * SECONDS_PER_MONTH)
+
+
+@dataclass(frozen=True)
+class VolumeScaling:
+    """What `on_timeline` did, for the manifest: the factor, how (`thinned`, `superposed` or `as
+    logged`), full copies, the shift between copies, and the requests before and after."""
+
+    spec: str
+    factor: float
+    method: Literal["as logged", "thinned", "superposed"]
+    copies: int
+    copy_shift_s: float
+    log_requests: int
+    requests: int
+    repeated_text_rows: int  # rows with recorded text sent more than once (a prefix cache serves them cheaply)
+
+    def describe(self) -> str:
+        if self.method == "as logged":
+            return f"volume {self.spec}: as logged"
+        if self.method == "thinned":
+            return f"volume {self.spec}: thinned to {self.requests:,} of {self.log_requests:,} requests"
+        rest = self.factor - self.copies
+        thinned = f" and a copy thinned to {rest:.3g}x" if rest > 1e-12 else ""
+        return (
+            f"volume {self.spec}: {self.copies} copies superposed ({self.copy_shift_s * 1000:.3g} ms apart)"
+            f"{thinned}: {self.requests:,} requests from {self.log_requests:,}"
+        )
+
+
+def _unit_hash(rows: pa.Table, salt: int) -> np.ndarray:
+    """Per row, a uniform [0, 1) value of its conversation (session_id, else request_id) and `salt`."""
+    frame = pl.from_arrow(rows.select(["session_id", "request_id"]))
+    assert isinstance(frame, pl.DataFrame)
+    unit = frame.select(pl.coalesce("session_id", "request_id").hash(seed=THINNING_SEED + salt))
+    return unit.to_series().to_numpy().astype(np.float64) / 2.0**64
+
+
+def _copy(rows: pa.Table, offsets_s: np.ndarray, k: int, shift_s: float) -> tuple[pa.Table, np.ndarray]:
+    """Copy k of the rows: ids with `~k`, k x shift_s later."""
+    if k == 0:
+        return rows, offsets_s
+    for name in ("request_id", "session_id"):  # a null session stays null
+        renamed = pc.binary_join_element_wise(rows.column(name), f"~{k}", "")
+        rows = rows.set_column(rows.schema.get_field_index(name), rows.schema.field(name), renamed)
+    return rows, offsets_s + k * shift_s
+
+
+def on_timeline(
+    rows: pa.Table, offsets_s: np.ndarray, factor: float, spec: str = ""
+) -> tuple[pa.Table, np.ndarray, VolumeScaling]:
+    """The rows (and their arrival offsets, s) at `factor` times their volume on their own timeline
+    (module docstring), sorted by arrival, with what was done."""
+    if factor <= 0:
+        raise UserError(f"--volume {spec}: the factor must be positive, got {factor}")
+    spec = spec or f"{factor:g}x"
+    n = rows.num_rows
+    copies = math.floor(factor)
+    rest = factor - copies
+    span = float(offsets_s.max() - offsets_s.min()) if n else 0.0
+    mean_gap = span / (n - 1) if n > 1 else 0.0
+    shift = mean_gap / math.ceil(factor) if factor > 1 else 0.0
+    parts = [_copy(rows, offsets_s, k, shift) for k in range(copies)]
+    kept = np.zeros(n, dtype=bool)
+    if rest > 1e-12:
+        kept = _unit_hash(rows, salt=copies) < rest
+        thinned, thinned_offsets = _copy(rows.filter(pa.array(kept)), offsets_s[kept], copies, shift)
+        parts.append((thinned, thinned_offsets))
+    if not parts or sum(part.num_rows for part, _ in parts) == 0:
+        raise UserError(f"--volume {spec}: thinning to {factor:.3g}x of {n} requests leaves none")
+    scaled = pa.concat_tables([part for part, _ in parts])
+    scaled_offsets = np.concatenate([times for _, times in parts])
+    order = np.argsort(scaled_offsets, kind="stable")
+    scaled, scaled_offsets = scaled.take(pa.array(order)), scaled_offsets[order]
+    method: Literal["as logged", "thinned", "superposed"] = (
+        "as logged" if factor == 1 else "thinned" if factor < 1 else "superposed"
+    )
+    recorded_text = pc.or_(pc.is_valid(rows.column("messages")), pc.is_valid(rows.column("prompt"))).to_numpy(
+        zero_copy_only=False
+    )
+    sent_again = int((recorded_text & (kept if copies == 1 else copies > 1)).sum()) if copies else 0
+    scaling = VolumeScaling(spec, factor, method, copies, shift, n, scaled.num_rows, sent_again)
+    return scaled, scaled_offsets, scaling
