@@ -4,9 +4,8 @@
 A volume keeps the timeline (a burst at minute 3 is still at minute 3, as long) and changes how many
 requests arrive, the way a product with twice the users would see it:
 
-- `TrafficVolume.parse`: `2x` / `0.5x` (a factor of the log's own), `120rps` (a mean request rate),
-  `300M-tokens/month` (prompt + completion tokens, as APIs bill them) or `40M-output-tokens/month`,
-  a month being 30 days; each becomes a factor of the selected rows' own volume (`factor`).
+- a volume (analysis/capacity/traffic_volume.py TrafficVolume: `2x`, `120rps`, `300M-tokens/month`)
+  becomes a factor of the selected rows' own volume (`log_volume` gives their totals).
 - `on_timeline(rows, offsets, factor)`: below 1, **thinning**: a conversation (the rows of one
   `session_id`, else one request) is kept when a hash of its id, in [0, 1), is below the factor, so
   whole conversations stay or go and a lower volume's requests are a subset of a higher one's. Above
@@ -22,7 +21,6 @@ requests arrive, the way a product with twice the users would see it:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,58 +29,21 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
+from shadowreplay.analysis.capacity.traffic_volume import LogVolume
 from shadowreplay.errors import UserError
 
-Unit = Literal["x", "rps", "tokens/month", "output-tokens/month"]
-_SPEC = re.compile(
-    r"^(?P<number>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(?P<scale>[kKMGT]?)(?P<unit>x|rps|-tokens/month|-output-tokens/month)$"
-)
-_SCALES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 THINNING_SEED = 0x5EED  # the hash seed of thinning: fixed, so a volume keeps the same requests every run
 
 
-@dataclass(frozen=True)
-class TrafficVolume:
-    """A volume of traffic: `value` in `unit` (module docstring); `spec` as the user wrote it."""
-
-    value: float
-    unit: Unit
-    spec: str
-
-    @classmethod
-    def parse(cls, spec: str) -> TrafficVolume:
-        match = _SPEC.match(spec.strip())
-        if match is None:
-            raise UserError(
-                f"--volume {spec!r}: write a factor (2x, 0.5x), a rate (120rps) or tokens a month "
-                "(300M-tokens/month, 40M-output-tokens/month)"
-            )
-        value = float(match["number"]) * _SCALES[match["scale"]]
-        if match["scale"] and match["unit"] in ("x", "rps"):
-            raise UserError(f"--volume {spec!r}: k/M/G apply to tokens a month, not to {match['unit']}")
-        if value <= 0:
-            raise UserError(f"--volume {spec!r} must be positive")
-        unit: Unit = match["unit"].lstrip("-")  # type: ignore[assignment]
-        return cls(value, unit, spec.strip())
-
-    def factor(self, rows: pa.Table, offsets_s: np.ndarray) -> float:
-        """This volume as a factor of the rows' own (their arrival offsets in s): their mean rate is
-        (n - 1) / span, their tokens a month sum(tokens) / span x 30 days."""
-        if self.unit == "x":
-            return self.value
-        span = float(offsets_s.max() - offsets_s.min()) if len(offsets_s) else 0.0
-        if len(offsets_s) < 2 or span <= 0:
-            raise UserError(f"--volume {self.spec}: the selected rows span no time, so they have no rate to scale")
-        if self.unit == "rps":
-            return self.value / ((len(offsets_s) - 1) / span)
-        columns = (
-            ["completion_tokens"] if self.unit == "output-tokens/month" else ["prompt_tokens", "completion_tokens"]
-        )
-        tokens = sum(int(pc.sum(rows.column(name)).as_py() or 0) for name in columns)
-        if tokens <= 0:
-            raise UserError(f"--volume {self.spec}: the selected rows record no {' or '.join(columns)}")
-        return self.value / (tokens / span * SECONDS_PER_MONTH)
+def log_volume(rows: pa.Table, offsets_s: np.ndarray) -> LogVolume:
+    """The selected rows' totals, for TrafficVolume.factor."""
+    span = float(offsets_s.max() - offsets_s.min()) if len(offsets_s) else 0.0
+    return LogVolume(
+        requests=rows.num_rows,
+        span_s=span,
+        prompt_tokens=int(pc.sum(rows.column("prompt_tokens")).as_py() or 0),
+        completion_tokens=int(pc.sum(rows.column("completion_tokens")).as_py() or 0),
+    )
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,8 @@ class TargetConfig(BaseModel):
         """The configuration as it may be written to a manifest: names of secrets, never their values;
         the values actually used, and under `from_env` the variables that gave them."""
         public = self.model_dump(mode="json")
+        if self.kind == "vllm":  # the GPUs one replica uses, as resolved (a capacity plan reads it)
+            public["gpus_per_replica"] = self.replica_gpus
         if self._env_bindings:
             public["from_env"] = dict(self._env_bindings)
         return public

@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow as pa
 
+    from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.loadgen.shapes import TraceScaled
-    from shadowreplay.loadgen.volume import TrafficVolume, on_timeline
+    from shadowreplay.loadgen.volume import log_volume, on_timeline
     from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 
     def trace_scaled(offsets: np.ndarray) -> np.ndarray:
@@ -100,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
     def at_volume(rows: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, np.ndarray, dict]:
         assert volume is not None, "passed only with --volume"
-        scaled, scaled_offsets, scaling = on_timeline(rows, offsets, volume.factor(rows, offsets), volume.spec)
+        scaled, scaled_offsets, scaling = on_timeline(
+            rows, offsets, volume.factor(log_volume(rows, offsets)), volume.spec
+        )
         print(f"replay: {scaling.describe()}", flush=True)
         if scaling.repeated_text_rows:
             print(

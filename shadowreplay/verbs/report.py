@@ -202,7 +202,8 @@ def report_sweep(args: argparse.Namespace) -> int:
     """`report SWEEP_DIR`: the sweep's curve and findings as `sweep` printed them, from its summary.json
     and curve.parquet, and SWEEP_DIR/report.html rebuilt. The points were judged when measured:
     --slo and --steady-warmup apply to one point's run directory (SWEEP_DIR/points/...)."""
-    from shadowreplay.analysis.report.sweep_page import read_sweep, write_sweep_report
+    from shadowreplay.analysis.data.sweep_data import read_sweep
+    from shadowreplay.analysis.report.sweep_page import write_sweep_report
     from shadowreplay.verbs.sweep import print_sweep
 
     asked = [

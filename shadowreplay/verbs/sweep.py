@@ -98,8 +98,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from shadowreplay.analysis.data.sweep_data import read_sweep
     from shadowreplay.analysis.metrics.slo import parse_slos
-    from shadowreplay.analysis.report.sweep_page import read_sweep, write_sweep_report
+    from shadowreplay.analysis.report.sweep_page import write_sweep_report
     from shadowreplay.loadgen.sweep import LoadSweep, SweepSettings
     from shadowreplay.replay.run.plan import LengthClamp, parse_duration_s, select_rows
     from shadowreplay.replay.run.session import Session

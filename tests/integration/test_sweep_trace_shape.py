@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,26 +19,11 @@ import shadowreplay.replay.run.runner as runner
 from shadowreplay.cli import main
 from shadowreplay.loadgen.shapes import TracePattern
 from tests.support.fifo_model import FifoServerModel
-from tests.support.traffic_logs import log_row, write_log
+from tests.support.traffic_logs import arrivals_log, bursty_offsets, flat_offsets
 
 FIFO = FifoServerModel(server_rps=6.0, first_token_ms=15.0, output_tokens=8, timeout_s=3.0)
 SLO = "ttft_p95=300ms"
 REQUESTS = 240
-
-
-def _log(path: Path, offsets_s: np.ndarray) -> Path:
-    return write_log(path, [log_row(i, float(offset)) for i, offset in enumerate(offsets_s)])
-
-
-def flat_offsets(rate: float = 1.0) -> np.ndarray:
-    return np.arange(REQUESTS) / rate
-
-
-def bursty_offsets() -> np.ndarray:
-    """20 s at 2 req/s, then 20 s at 0.5 req/s, and again: a mean of 1.25 req/s with peaks 1.6x the mean."""
-    cycle = np.concatenate([np.arange(40) * 0.5, 20.0 + np.arange(10) * 2.0])
-    cycles = -(-REQUESTS // len(cycle))
-    return (cycle[None, :] + 40.0 * np.arange(cycles)[:, None]).ravel()[:REQUESTS]
 
 
 def _sweep(tmp_path: Path, log: Path, shape: str, monkeypatch, name: str) -> dict:
@@ -55,8 +39,8 @@ def _sweep(tmp_path: Path, log: Path, shape: str, monkeypatch, name: str) -> dic
 
 
 def test_a_trace_point_replays_the_logs_arrivals_scaled_to_its_rate(tmp_path, monkeypatch, capsys):
-    offsets = bursty_offsets()
-    log = _log(tmp_path / "bursty.parquet", offsets)
+    offsets = bursty_offsets(REQUESTS)
+    log = arrivals_log(tmp_path / "bursty.parquet", offsets)
     summary = _sweep(tmp_path, log, "trace", monkeypatch, "sweep")
     capsys.readouterr()
     assert summary["shape"] == "trace"
@@ -75,8 +59,8 @@ def test_a_trace_point_replays_the_logs_arrivals_scaled_to_its_rate(tmp_path, mo
 
 
 def test_bursts_lower_the_slo_capacity_only_when_the_trace_shape_keeps_them(tmp_path, monkeypatch, capsys):
-    flat = _log(tmp_path / "flat.parquet", flat_offsets())
-    bursty = _log(tmp_path / "bursty.parquet", bursty_offsets())
+    flat = arrivals_log(tmp_path / "flat.parquet", flat_offsets(REQUESTS))
+    bursty = arrivals_log(tmp_path / "bursty.parquet", bursty_offsets(REQUESTS))
     capacity = {
         (log.stem, shape): _sweep(tmp_path, log, shape, monkeypatch, f"{log.stem}-{shape}")["slo_capacity_rps"]
         for log in (flat, bursty)

@@ -1,6 +1,6 @@
-"""Small traffic logs and target files for tests against tests/support/faulty_server.py: a row that
-carries the server's script in its params (`faulty`), a log written in the traffic-log schema, and
-an OpenAI-kind target file pointing at the scripted server."""
+"""Small traffic logs for tests: a row that carries tests/support/faulty_server.py's script in its
+params (`faulty`), a log written in the traffic-log schema, and logs of chosen arrival patterns
+(flat, or bursty: its rate swinging around its mean)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,3 +44,20 @@ def log_row(
 def write_log(path: Path, rows: list[dict]) -> Path:
     pq.write_table(pa.Table.from_pylist(rows, schema=TRAFFIC_LOG_SCHEMA), path)
     return path
+
+
+def arrivals_log(path: Path, offsets_s: np.ndarray) -> Path:
+    """A log of one request per arrival offset (s), each `log_row`'s (5 prompt, 6 completion tokens)."""
+    return write_log(path, [log_row(i, float(offset)) for i, offset in enumerate(offsets_s)])
+
+
+def flat_offsets(requests: int, rate: float = 1.0) -> np.ndarray:
+    """Arrivals evenly `1 / rate` s apart."""
+    return np.arange(requests) / rate
+
+
+def bursty_offsets(requests: int) -> np.ndarray:
+    """20 s at 2 req/s, then 20 s at 0.5 req/s, and again: a mean of 1.25 req/s with peaks 1.6x the mean."""
+    cycle = np.concatenate([np.arange(40) * 0.5, 20.0 + np.arange(10) * 2.0])
+    cycles = -(-requests // len(cycle))
+    return (cycle[None, :] + 40.0 * np.arange(cycles)[:, None]).ravel()[:requests]

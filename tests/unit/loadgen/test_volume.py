@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
 from shadowreplay.errors import UserError
-from shadowreplay.loadgen.volume import TrafficVolume, on_timeline
+from shadowreplay.loadgen.volume import log_volume, on_timeline
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 from tests.support.traffic_logs import log_row
 
@@ -25,12 +26,15 @@ def _rows(n: int = N, gap_s: float = 0.5) -> tuple[pa.Table, np.ndarray]:
 
 def test_a_volume_is_a_factor_of_the_selected_rows_own():
     rows, offsets = _rows()  # 400 requests over 199.5 s: 2 req/s; 11 tokens each (5 prompt + 6 output)
-    assert TrafficVolume.parse("2x").factor(rows, offsets) == 2.0
-    assert TrafficVolume.parse("6rps").factor(rows, offsets) == pytest.approx(3.0)
+    log = log_volume(rows, offsets)
+    assert TrafficVolume.parse("2x").factor(log) == 2.0
+    assert TrafficVolume.parse("6rps").factor(log) == pytest.approx(3.0)
     monthly = N * 11 / 199.5 * 30 * 24 * 3600
-    assert TrafficVolume.parse(f"{monthly / 1e6 / 2}M-tokens/month").factor(rows, offsets) == pytest.approx(0.5)
+    assert TrafficVolume.parse(f"{monthly / 1e6 / 2}M-tokens/month").factor(log) == pytest.approx(0.5)
     output_monthly = N * 6 / 199.5 * 30 * 24 * 3600
-    assert TrafficVolume.parse(f"{output_monthly / 1e3}k-output-tokens/month").factor(rows, offsets) == pytest.approx(1)
+    assert TrafficVolume.parse(f"{output_monthly / 1e3}k-output-tokens/month").factor(
+        log_volume(rows, offsets)
+    ) == pytest.approx(1)
 
 
 @pytest.mark.parametrize("spec", ["2", "x", "1Mx", "3 rps", "300M-tokens", "-1x", "0rps"])

@@ -1,0 +1,171 @@
+"""The demand a fleet must serve: a traffic log's arrivals scaled to a volume, as rates over windows.
+
+Definitions (`DEFINITIONS` carries them into plan.json):
+- factor: the target volume as a factor of the log's own (analysis/capacity/traffic_volume.py); the
+  demand is the log's arrival pattern at factor x its rate (as `replay --volume` offers it).
+- window rate: requests arriving in a window of `window_s` seconds / window_s, x factor, for windows
+  sliding in steps of window_s / SUB_BINS from the first arrival (counts of SUB_BINS consecutive
+  sub-bins); mean = factor x (n - 1) / span, peak = the largest window rate (at least the mean: a log
+  that ends inside a burst has a mean above its whole windows'), peak-to-average their ratio. A log
+  shorter than one window has one window: the whole log (peak = mean).
+- window length: by default the length of the sweep's load points (`capacity` passes it): the SLO
+  capacity was measured as the rate a replica meets the SLO over a point that long, so the demand is
+  compared with it over windows as long. A shorter window counts bursts the queue absorbs within
+  the SLO, a longer one averages away overloads the SLO notices.
+- hourly peaks: per hour of the log from its first arrival (the last one partial), the largest
+  window rate inside it: what an autoscaled fleet following the demand hour by hour must serve.
+- monthly tokens: the log's prompt and completion tokens / span x 30 days x factor.
+Computed in one grouped pass over the log's arrival times (a polars scan of that column alone),
+so a log of millions of rows costs a group-by, not its rows in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from shadowreplay.analysis.capacity.traffic_volume import LogVolume, TrafficVolume
+from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
+from shadowreplay.errors import UserError
+from shadowreplay.replay.schemas.traffic_log import open_traffic_log
+
+SUB_BINS = 10  # window steps per window length
+HOUR_S = 3600.0
+
+DEFINITIONS = {
+    "window_rate": "requests arriving in a window of window_s / window_s x factor, windows sliding in steps of "
+    f"window_s / {SUB_BINS} from the first arrival; mean = factor x (n - 1) / span, peak = the largest (at least "
+    "the mean)",
+    "window_s": "by default the sweep's load-point length: the SLO capacity holds over a point that long",
+    "hourly_peaks": "per hour of the log from its first arrival, the largest window rate inside it",
+    "monthly_tokens": "the log's prompt and completion tokens / span x 30 days x factor",
+}
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The demand at a volume (module docstring); rates in requests/s."""
+
+    log: str
+    volume: str  # as given, or "1x" (the log's own)
+    factor: float
+    window_s: float
+    requests: int  # the log's
+    span_s: float
+    mean_rps: float
+    peak_rps: float
+    hourly_peak_rps: tuple[float, ...]
+    monthly_prompt_tokens: float
+    monthly_completion_tokens: float
+
+    @property
+    def peak_to_average(self) -> float:
+        return self.peak_rps / self.mean_rps if self.mean_rps > 0 else math.nan
+
+    @property
+    def monthly_tokens(self) -> float:
+        return self.monthly_prompt_tokens + self.monthly_completion_tokens
+
+    def at(self, factor: float) -> Demand:
+        """The same pattern at `factor` times this demand (every rate and token count scales)."""
+        return Demand(
+            self.log,
+            f"{self.factor * factor:g}x",
+            self.factor * factor,
+            self.window_s,
+            self.requests,
+            self.span_s,
+            self.mean_rps * factor,
+            self.peak_rps * factor,
+            tuple(rate * factor for rate in self.hourly_peak_rps),
+            self.monthly_prompt_tokens * factor,
+            self.monthly_completion_tokens * factor,
+        )
+
+    def json_dict(self) -> dict:
+        return {
+            "log": self.log,
+            "volume": self.volume,
+            "factor": self.factor,
+            "window_s": self.window_s,
+            "log_requests": self.requests,
+            "log_span_s": self.span_s,
+            "mean_rps": self.mean_rps,
+            "peak_rps": self.peak_rps,
+            "peak_to_average": self.peak_to_average,
+            "hourly_peak_rps": list(self.hourly_peak_rps),
+            "monthly_tokens": self.monthly_tokens,
+            "monthly_prompt_tokens": self.monthly_prompt_tokens,
+            "monthly_completion_tokens": self.monthly_completion_tokens,
+            "definitions": DEFINITIONS,
+        }
+
+
+def sliding_peaks(sub_counts: np.ndarray, sub_bins: int) -> np.ndarray:
+    """Counts of every run of `sub_bins` consecutive sub-bins (all of them where there are fewer)."""
+    if len(sub_counts) <= sub_bins:
+        return np.array([sub_counts.sum()])
+    cumulative = np.concatenate([[0], np.cumsum(sub_counts)])
+    return cumulative[sub_bins:] - cumulative[:-sub_bins]
+
+
+def demand(log: str | Path, window_s: float, volume: TrafficVolume | None = None) -> Demand:
+    """The demand of the traffic log at `path` at `volume` (default: its own), over windows of `window_s`."""
+    if window_s <= 0:
+        raise UserError(f"--window must be positive, got {window_s:g} s")
+    open_traffic_log(log)  # a file that is no traffic log is one clear error
+    scan = pl.scan_parquet(log)
+    micros = pl.col("arrival_time").dt.epoch("us")
+    totals = scan.select(
+        pl.len().alias("n"),
+        micros.min().alias("first"),
+        micros.max().alias("last"),
+        pl.col("prompt_tokens").sum().alias("prompt"),
+        pl.col("completion_tokens").sum().alias("completion"),
+    ).collect()
+    n, first, last, prompt, completion = totals.row(0)
+    if not n or first is None:
+        raise UserError(f"{log}: the traffic log has no rows")
+    span_s = (last - first) / 1e6
+    own = LogVolume(int(n), span_s, int(prompt or 0), int(completion or 0))
+    factor = volume.factor(own) if volume is not None else 1.0
+    if own.rate_rps is None:
+        raise UserError(f"{log}: every arrival is at one instant; the log has no rate to plan for")
+    sub_s = window_s / SUB_BINS
+    bins = (
+        scan.select(((micros - first) // int(round(sub_s * 1e6))).alias("bin"))
+        .group_by("bin")
+        .agg(pl.len().alias("count"))
+        .collect(engine="streaming")
+    )
+    index = bins.get_column("bin").to_numpy()
+    sub_counts = np.zeros(int(index.max()) + 1, dtype=np.int64)
+    sub_counts[index] = bins.get_column("count").to_numpy()
+    windows = sliding_peaks(sub_counts, SUB_BINS)
+    if len(sub_counts) <= SUB_BINS:  # shorter than a window: the whole log is the one window
+        window_rates = np.array([own.rate_rps])
+    else:
+        window_rates = windows / window_s
+    # window w covers sub-bins w .. w + SUB_BINS - 1: it belongs to the hour it starts in
+    starts_s = np.arange(len(window_rates)) * sub_s
+    hours = (starts_s // HOUR_S).astype(np.int64)
+    hourly = np.zeros(hours.max() + 1)
+    np.maximum.at(hourly, hours, window_rates)
+    to_month = SECONDS_PER_MONTH / span_s if span_s > 0 else 0.0
+    return Demand(
+        log=str(log),
+        volume=volume.spec if volume is not None else "1x",
+        factor=factor,
+        window_s=window_s,
+        requests=int(n),
+        span_s=span_s,
+        mean_rps=own.rate_rps * factor,
+        peak_rps=max(float(window_rates.max()), own.rate_rps) * factor,
+        hourly_peak_rps=tuple(float(rate) * factor for rate in hourly),
+        monthly_prompt_tokens=own.prompt_tokens * to_month * factor,
+        monthly_completion_tokens=own.completion_tokens * to_month * factor,
+    )

@@ -1,0 +1,118 @@
+"""plan.json (docs/DESIGN.md "Capacity plan"): every target's FleetPlan beside the demand they share,
+and the same plan as console tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shadowreplay.analysis.capacity import demand as demand_module
+from shadowreplay.analysis.capacity import fleet_plan, replica_capacity
+from shadowreplay.analysis.capacity.cost_model import CostModel
+from shadowreplay.analysis.capacity.demand import Demand
+from shadowreplay.analysis.capacity.fleet_plan import FleetPlan, plan_fleet
+from shadowreplay.analysis.capacity.replica_capacity import ReplicaCapacity
+from shadowreplay.analysis.cost.prices import PriceBook
+from shadowreplay.replay.schemas.run_dir import write_text_atomically
+
+PLAN_KIND = "shadowreplay.capacity_plan"
+PLAN_VERSION = 1
+PLAN_NAME = "plan.json"
+
+
+def capacity_plan(
+    capacities: Sequence[ReplicaCapacity],
+    demand: Demand,
+    headroom: float,
+    spare: int,
+    prices: PriceBook | None,
+    model: CostModel | None,
+) -> dict[str, Any]:
+    """plan.json's object: the demand, one plan per target (with its sweep's capacity), the definitions."""
+    plans: list[FleetPlan] = [plan_fleet(c, demand, headroom, spare, prices, model) for c in capacities]
+    return {
+        "kind": PLAN_KIND,
+        "schema_version": PLAN_VERSION,
+        "demand": demand.json_dict(),
+        "capacities": [c.json_dict() for c in capacities],
+        "plans": [plan.model_dump(mode="json") for plan in plans],
+        "cost_model": model.source if model is not None else None,
+        "definitions": {
+            **demand_module.DEFINITIONS,
+            **replica_capacity.DEFINITIONS,
+            **fleet_plan.DEFINITIONS,
+        },
+    }
+
+
+def write_plan(plan: dict[str, Any], plan_dir: Path) -> Path:
+    """PLAN_DIR/plan.json, written atomically."""
+    import json
+
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    path = plan_dir / PLAN_NAME
+    write_text_atomically(path, json.dumps(plan, indent=2) + "\n")
+    return path
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _tokens(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:,.1f}M"
+
+
+def print_plans(plan: dict[str, Any], console: Console) -> None:
+    """The plan as tables: the demand, each target's fleet, its costs against the APIs, its verdict."""
+    demand = plan["demand"]
+    console.print(
+        f"demand: {demand['log']} at {demand['volume']} (x{demand['factor']:.3g}): "
+        f"mean {demand['mean_rps']:.3g} req/s, "
+        f"peak {demand['peak_rps']:.3g} req/s over {demand['window_s']:g} s windows (peak/average "
+        f"{demand['peak_to_average']:.2f}), {_tokens(demand['monthly_tokens'])} tokens a month",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for entry in plan["plans"]:
+        fleet = Table(title=f"Capacity plan: {entry['target']} at {entry['slos']}")
+        for column in ("SLO capacity req/s", "peak req/s", "headroom", "spare", "replicas", "GPUs/replica", "GPUs",
+                       "GPU-h/month", "autoscaled GPU-h/month", "self-hosted USD/month"):  # fmt: skip
+            fleet.add_column(column, justify="right")
+        low, high = entry["slo_capacity_bracket_rps"]
+        capacity = "-" if low is None else f"{low:.3g}" + (f" (< {high:.3g})" if high is not None else "")
+        replicas = "-" if entry["replicas"] is None else str(entry["replicas"])
+        if entry["replicas_at_bracket_high"] not in (None, entry["replicas"]):
+            replicas += f" ({entry['replicas_at_bracket_high']} at the bracket's top)"
+        fleet.add_row(
+            capacity,
+            f"{entry['peak_demand_rps']:.3g}",
+            f"{entry['headroom']:.0%}",
+            str(entry["spare"]),
+            replicas,
+            str(entry["gpus_per_replica"]),
+            "-" if entry["gpus"] is None else str(entry["gpus"]),
+            _usd(entry["gpu_hours_per_month"]),
+            _usd(entry["autoscaled_gpu_hours_per_month"]),
+            _usd(entry["monthly_cost_usd"]),
+        )
+        console.print(fleet)
+        if entry["apis"]:
+            apis = Table(title=f"The same {_tokens(entry['monthly_tokens'])} tokens a month on the APIs")
+            for column in ("API", "USD/month", "break-even tokens/month", "note"):
+                apis.add_column(column, justify="left" if column in ("API", "note") else "right")
+            for api in sorted(entry["apis"], key=lambda a: a["monthly_usd"]):
+                note = api["break_even_note"] or ("example price" if api["example"] else "")
+                apis.add_row(api["name"], _usd(api["monthly_usd"]), _tokens(api["break_even_tokens_per_month"]), note)
+            console.print(apis)
+        verdict = entry["verdict"]
+        console.print(f"verdict: {verdict['decision'].upper()}: {verdict['reason']}", highlight=False, soft_wrap=True)
+        for condition in verdict["conditions"]:
+            status = {True: "met", False: "NOT met", None: "not stated"}[condition["met"]]
+            console.print(f"  {condition['name']}: {status} ({condition['source']})", highlight=False, soft_wrap=True)
+        for note in entry["notes"]:
+            console.print(f"  note: {note}", highlight=False, soft_wrap=True)

@@ -1,0 +1,127 @@
+"""`shadowreplay capacity`: how many replicas and GPUs a target needs for a volume at the SLOs, what
+that costs a month against the APIs, the break-even volume and the verdict (analysis/capacity/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shadowreplay.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "capacity",
+        help="size a fleet from sweeps and a traffic log: replicas, GPUs, cost against the APIs, the verdict",
+        description=(
+            "From each sweep (one per target; --shape poisson or trace) its replica's SLO capacity under --slo, "
+            "and from LOG the demand at --volume: the log's arrivals as rates over --window (default: the sweep's "
+            "point length), peak and peak-to-average. Replicas = ceil(peak x (1 + headroom) / capacity) + spare, "
+            "GPUs = replicas x gpus_per_replica; the autoscaled bound (hour by hour); the monthly cost self-hosted "
+            "(--cost-model or the --prices self-hosted entry) beside every priced API; the break-even volume; and "
+            "the runbook's verdict with its four conditions and where each came from."
+        ),
+    )
+    parser.add_argument(
+        "--sweep", action="append", required=True, type=Path, metavar="SWEEP_DIR", help="a sweep (repeat per target)"
+    )
+    parser.add_argument(
+        "--log", required=True, type=Path, metavar="LOG.parquet", help="the traffic log whose demand is planned for"
+    )
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="e.g. ttft_p95=500ms,tpot_p95=50ms (default: each sweep's own)",
+    )
+    parser.add_argument(
+        "--volume",
+        metavar="V",
+        help="the volume to plan for: 2x, 120rps, 300M-tokens/month, 40M-output-tokens/month (default: the log's own, "
+        "or the cost model's api_path.monthly_tokens)",
+    )
+    parser.add_argument(
+        "--window", metavar="D", help="demand window (e.g. 20s, 1m; default: the first sweep's point length)"
+    )
+    parser.add_argument(
+        "--headroom",
+        type=float,
+        default=0.0,
+        metavar="H",
+        help="capacity kept free at the peak (0.15: 15%%; default 0)",
+    )
+    parser.add_argument(
+        "--spare",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replicas beyond the need (1: survive one failed replica; default 0)",
+    )
+    parser.add_argument(
+        "--gpus-per-replica",
+        type=int,
+        metavar="G",
+        help="GPUs one replica uses (default: as the sweep's target records it)",
+    )
+    parser.add_argument(
+        "--prices",
+        type=Path,
+        metavar="PRICES.yaml",
+        help="price book (configs/prices.yaml): APIs and self-hosted leases",
+    )
+    parser.add_argument(
+        "--cost-model", type=Path, metavar="FILE", help="the runbook's cost model (configs/cost_model.example.yaml)"
+    )
+    parser.add_argument("--json", action="store_true", help="print plan.json's object instead of the table")
+    parser.add_argument("-o", "--output", type=Path, metavar="PLAN_DIR", help="write PLAN_DIR/plan.json")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from shadowreplay.analysis.capacity.cost_model import load_cost_model
+    from shadowreplay.analysis.capacity.demand import demand as demand_of
+    from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, write_plan
+    from shadowreplay.analysis.capacity.replica_capacity import replica_capacity
+    from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
+    from shadowreplay.analysis.cost.prices import load_prices
+    from shadowreplay.analysis.data.sweep_data import read_sweep
+    from shadowreplay.analysis.metrics.slo import parse_slos
+    from shadowreplay.replay.run.plan import parse_duration_s
+
+    if args.headroom < 0 or args.spare < 0:
+        raise UserError("--headroom and --spare must be zero or more")
+    if args.gpus_per_replica is not None and args.gpus_per_replica < 1:
+        raise UserError("--gpus-per-replica must be at least 1")
+    model = load_cost_model(args.cost_model) if args.cost_model else None
+    prices = load_prices(args.prices) if args.prices else None
+    volume = TrafficVolume.parse(args.volume) if args.volume else None
+    if volume is None and model is not None and model.api_monthly_tokens is not None:
+        volume = TrafficVolume(model.api_monthly_tokens, "tokens/month", f"{model.api_monthly_tokens:g}-tokens/month")
+    capacities = []
+    for sweep in args.sweep:
+        summary, _ = read_sweep(sweep) if (sweep / "summary.json").is_file() else (None, None)
+        if summary is None:
+            raise UserError(f"{sweep}: not a sweep directory (no summary.json; run `shadowreplay sweep`)")
+        slos = tuple(s for spec in args.slo for s in parse_slos(spec)) or (
+            parse_slos(summary.slos) if summary.slos else ()
+        )
+        if not slos:
+            raise UserError(f"{sweep}: the sweep has no SLO; give --slo")
+        capacities.append(replica_capacity(sweep, slos, args.gpus_per_replica))
+    window_s = parse_duration_s(args.window, "--window") if args.window else read_sweep(args.sweep[0])[0].duration_s
+    demand = demand_of(args.log, window_s, volume)
+    plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
+    if args.output:
+        path = write_plan(plan, args.output)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        console = Console() if Console().is_terminal else Console(width=140)
+        print_plans(plan, console)
+        if args.output:
+            console.print(f"plan: {path}", highlight=False)
+    return 0
