@@ -15,6 +15,8 @@ Definitions (`DEFINITIONS` carries them into plan.json):
 - hourly peaks: per hour of the log from its first arrival (the last one partial), the largest
   window rate inside it: what an autoscaled fleet following the demand hour by hour must serve.
 - monthly tokens: the log's prompt and completion tokens / span x 30 days x factor.
+- window_rates (for the plan's page): at most CURVE_POINTS points, each the largest window rate of
+  its span of windows, so no peak is lost to the thinning.
 Computed in one grouped pass over the log's arrival times (a polars scan of that column alone),
 so a log of millions of rows costs a group-by, not its rows in memory.
 """
@@ -35,6 +37,7 @@ from shadowreplay.replay.schemas.traffic_log import open_traffic_log
 
 SUB_BINS = 10  # window steps per window length
 HOUR_S = 3600.0
+CURVE_POINTS = 1000  # the window rates kept for the plan's page: the largest of each of this many spans
 
 DEFINITIONS = {
     "window_rate": "requests arriving in a window of window_s / window_s x factor, windows sliding in steps of "
@@ -61,6 +64,8 @@ class Demand:
     hourly_peak_rps: tuple[float, ...]
     monthly_prompt_tokens: float
     monthly_completion_tokens: float
+    curve_t_s: tuple[float, ...] = ()  # window start (s from the first arrival) of each curve point
+    curve_rps: tuple[float, ...] = ()  # the largest window rate from there to the next point
 
     @property
     def peak_to_average(self) -> float:
@@ -84,6 +89,8 @@ class Demand:
             tuple(rate * factor for rate in self.hourly_peak_rps),
             self.monthly_prompt_tokens * factor,
             self.monthly_completion_tokens * factor,
+            self.curve_t_s,
+            tuple(rate * factor for rate in self.curve_rps),
         )
 
     def json_dict(self) -> dict:
@@ -101,6 +108,7 @@ class Demand:
             "monthly_tokens": self.monthly_tokens,
             "monthly_prompt_tokens": self.monthly_prompt_tokens,
             "monthly_completion_tokens": self.monthly_completion_tokens,
+            "window_rates": {"t_s": list(self.curve_t_s), "rps": list(self.curve_rps)},
             "definitions": DEFINITIONS,
         }
 
@@ -156,6 +164,8 @@ def demand(log: str | Path, window_s: float, volume: TrafficVolume | None = None
     hourly = np.zeros(hours.max() + 1)
     np.maximum.at(hourly, hours, window_rates)
     to_month = SECONDS_PER_MONTH / span_s if span_s > 0 else 0.0
+    step = max(1, math.ceil(len(window_rates) / CURVE_POINTS))
+    curve = np.maximum.reduceat(window_rates, np.arange(0, len(window_rates), step))
     return Demand(
         log=str(log),
         volume=volume.spec if volume is not None else "1x",
@@ -168,4 +178,6 @@ def demand(log: str | Path, window_s: float, volume: TrafficVolume | None = None
         hourly_peak_rps=tuple(float(rate) * factor for rate in hourly),
         monthly_prompt_tokens=own.prompt_tokens * to_month * factor,
         monthly_completion_tokens=own.completion_tokens * to_month * factor,
+        curve_t_s=tuple(float(t) for t in starts_s[::step]),
+        curve_rps=tuple(float(rate) * factor for rate in curve),
     )

@@ -135,6 +135,16 @@ class Sizing:
         return max(serving, 1 if at_least_one else 0) + self.spare
 
 
+def self_hosted_monthly_at(plan: FleetPlan, factor: float) -> float | None:
+    """The self-hosted cost a month of `plan`'s target at `factor` times the planned volume (the fleet the
+    sizing formula gives there; None without an SLO capacity or a lease)."""
+    if plan.slo_capacity_rps is None or plan.self_hosted is None:
+        return None
+    replicas = Sizing(plan.slo_capacity_rps, plan.headroom, plan.spare).replicas(plan.peak_demand_rps * factor, True)
+    lease = plan.self_hosted.lease_usd_per_gpu_hour * HOURS_PER_MONTH
+    return replicas * plan.gpus_per_replica * lease + plan.self_hosted.engineering_usd_per_month
+
+
 def _autoscaled_replica_hours(demand: Demand, sizing: Sizing) -> float:
     """Replica-hours a month for a fleet following the demand's hourly peaks (module docstring)."""
     hours = len(demand.hourly_peak_rps)

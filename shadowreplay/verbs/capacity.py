@@ -75,7 +75,9 @@ def add_parser(subparsers) -> None:
         "--cost-model", type=Path, metavar="FILE", help="the runbook's cost model (configs/cost_model.example.yaml)"
     )
     parser.add_argument("--json", action="store_true", help="print plan.json's object instead of the table")
-    parser.add_argument("-o", "--output", type=Path, metavar="PLAN_DIR", help="write PLAN_DIR/plan.json")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="PLAN_DIR", help="write PLAN_DIR/plan.json and PLAN_DIR/plan.html"
+    )
     parser.set_defaults(func=run)
 
 
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.capacity.cost_model import load_cost_model
     from shadowreplay.analysis.capacity.demand import demand as demand_of
     from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, write_plan
+    from shadowreplay.analysis.capacity.plan_page import write_plan_page
     from shadowreplay.analysis.capacity.replica_capacity import replica_capacity
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.analysis.cost.prices import load_prices
@@ -117,11 +120,12 @@ def run(args: argparse.Namespace) -> int:
     plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
     if args.output:
         path = write_plan(plan, args.output)
+        page = write_plan_page(plan, args.output)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
         console = Console() if Console().is_terminal else Console(width=140)
         print_plans(plan, console)
         if args.output:
-            console.print(f"plan: {path}", highlight=False)
+            console.print(f"plan: {path}; page: {page}", highlight=False)
     return 0

@@ -17,6 +17,7 @@ import yaml
 import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
 from shadowreplay.cli import main
+from tests.support.chromium import chromium_dom, plotly_drawing
 from tests.support.fifo_model import FifoServerModel
 from tests.support.paths import REPO
 from tests.support.traffic_logs import arrivals_log, bursty_offsets
@@ -68,6 +69,13 @@ def test_the_plan_is_its_inputs_recomputed(swept, capsys, tmp_path):
     argv += ["--prices", str(PRICES), "--cost-model", str(COST_MODEL), "-o", str(tmp_path / "plan")]
     plan = _plan(capsys, *argv)
     assert json.loads((tmp_path / "plan" / "plan.json").read_text()) == plan
+    page = tmp_path / "plan" / "plan.html"  # drawn from plan.json's figures, renders with no network
+    dom, _ = chromium_dom(page, tmp_path / "profile")
+    rendered = plotly_drawing(dom)
+    assert len(rendered.figure_classes) == 2, rendered.figure_classes  # demand against the fleet; cost against volume
+    assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values())
+    assert "break-even against cost model" not in rendered.svg_texts  # no break-even here (the API stays cheaper)
+    assert any(text.startswith("modelled: ") and "replicas x" in text for text in rendered.svg_texts)
     (entry,) = plan["plans"]
     capacity = sweep["slo_capacity_rps"]
     assert entry["target"] == "modelled" and entry["slo_capacity_rps"] == pytest.approx(capacity)
