@@ -8,10 +8,15 @@ Definitions (`DEFINITIONS` carries them into plan.json):
   sub-bins); mean = factor x (n - 1) / span, peak = the largest window rate (at least the mean: a log
   that ends inside a burst has a mean above its whole windows'), peak-to-average their ratio. A log
   shorter than one window has one window: the whole log (peak = mean).
-- window length: by default the length of the sweep's load points (`capacity` passes it): the SLO
-  capacity was measured as the rate a replica meets the SLO over a point that long, so the demand is
-  compared with it over windows as long. A shorter window counts bursts the queue absorbs within
-  the SLO, a longer one averages away overloads the SLO notices.
+- window length (`default_window_s`): short enough for the SLO to notice an overload. A fleet loaded
+  (1 + e) times past its capacity for T seconds builds a backlog of e x T seconds of work, which every
+  request behind it waits for; the SLO notices once that wait reaches its threshold. So the default
+  is the time a 10% overload (OVERLOAD) takes to add the tightest TTFT or e2e threshold: threshold /
+  0.1, at least 1 s (below that a window's count is noise) and at most the sweep's point length (the
+  time over which the SLO capacity was measured). Without such an SLO (TPOT only: a batch slows at
+  once with its load, no backlog builds), the point length. A longer window averages away overloads
+  the SLO notices (a 20 s burst at 1.6x the mean disappears in 40 s windows that span a lull too);
+  a shorter one counts bursts the queue absorbs.
 - hourly peaks: per hour of the log from its first arrival (the last one partial), the largest
   window rate inside it: what an autoscaled fleet following the demand hour by hour must serve.
 - monthly tokens: the log's prompt and completion tokens / span x 30 days x factor.
@@ -24,6 +29,7 @@ so a log of millions of rows costs a group-by, not its rows in memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +37,15 @@ import numpy as np
 import polars as pl
 
 from shadowreplay.analysis.capacity.traffic_volume import LogVolume, TrafficVolume
+from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
 from shadowreplay.errors import UserError
 from shadowreplay.replay.schemas.traffic_log import open_traffic_log
 
 SUB_BINS = 10  # window steps per window length
+OVERLOAD = 0.10  # the overload the default window lets the SLO notice (default_window_s)
+MIN_WINDOW_S = 1.0
+QUEUEING_METRICS = ("ttft", "e2e")  # latencies that a backlog adds to
 HOUR_S = 3600.0
 CURVE_POINTS = 1000  # the window rates kept for the plan's page: the largest of each of this many spans
 
@@ -43,7 +53,9 @@ DEFINITIONS = {
     "window_rate": "requests arriving in a window of window_s / window_s x factor, windows sliding in steps of "
     f"window_s / {SUB_BINS} from the first arrival; mean = factor x (n - 1) / span, peak = the largest (at least "
     "the mean)",
-    "window_s": "by default the sweep's load-point length: the SLO capacity holds over a point that long",
+    "window_s": f"by default the tightest TTFT or e2e SLO threshold / {OVERLOAD:g} (the time a {OVERLOAD:.0%} overload "
+    f"takes to add that much wait), at least {MIN_WINDOW_S:g} s and at most the sweep's point length; the point "
+    "length without such an SLO",
     "hourly_peaks": "per hour of the log from its first arrival, the largest window rate inside it",
     "monthly_tokens": "the log's prompt and completion tokens / span x 30 days x factor",
 }
@@ -111,6 +123,14 @@ class Demand:
             "window_rates": {"t_s": list(self.curve_t_s), "rps": list(self.curve_rps)},
             "definitions": DEFINITIONS,
         }
+
+
+def default_window_s(slos: Sequence[Slo], point_s: float) -> float:
+    """The demand window for `slos` when a sweep's points last `point_s` (module docstring)."""
+    thresholds = [slo.threshold_ms / 1000.0 for slo in slos if slo.metric in QUEUEING_METRICS]
+    if not thresholds:
+        return point_s
+    return min(max(min(thresholds) / OVERLOAD, MIN_WINDOW_S), point_s)
 
 
 def sliding_peaks(sub_counts: np.ndarray, sub_bins: int) -> np.ndarray:

@@ -16,11 +16,12 @@ def add_parser(subparsers) -> None:
         help="size a fleet from sweeps and a traffic log: replicas, GPUs, cost against the APIs, the verdict",
         description=(
             "From each sweep (one per target; --shape poisson or trace) its replica's SLO capacity under --slo, "
-            "and from LOG the demand at --volume: the log's arrivals as rates over --window (default: the sweep's "
-            "point length), peak and peak-to-average. Replicas = ceil(peak x (1 + headroom) / capacity) + spare, "
-            "GPUs = replicas x gpus_per_replica; the autoscaled bound (hour by hour); the monthly cost self-hosted "
-            "(--cost-model or the --prices self-hosted entry) beside every priced API; the break-even volume; and "
-            "the runbook's verdict with its four conditions and where each came from."
+            "and from LOG the demand at --volume: the log's arrivals as rates over --window (default: short enough "
+            "for the SLO to notice a 10% overload), peak and peak-to-average. "
+            "Replicas = ceil(peak x (1 + headroom) / capacity) + spare, GPUs = replicas x gpus_per_replica; "
+            "the autoscaled bound (hour by hour); the monthly cost self-hosted (--cost-model or the --prices "
+            "self-hosted entry) beside every priced API; the break-even volume; and the runbook's verdict with "
+            "its four conditions and where each came from."
         ),
     )
     parser.add_argument(
@@ -43,7 +44,10 @@ def add_parser(subparsers) -> None:
         "or the cost model's api_path.monthly_tokens)",
     )
     parser.add_argument(
-        "--window", metavar="D", help="demand window (e.g. 20s, 1m; default: the first sweep's point length)"
+        "--window",
+        metavar="D",
+        help="demand window (e.g. 5s, 1m; default: the tightest TTFT or e2e SLO threshold / 0.1, the time a 10%% "
+        "overload takes to add that wait, within 1 s and the sweep's point length)",
     )
     parser.add_argument(
         "--headroom",
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from shadowreplay.analysis.capacity.cost_model import load_cost_model
+    from shadowreplay.analysis.capacity.demand import default_window_s
     from shadowreplay.analysis.capacity.demand import demand as demand_of
     from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, write_plan
     from shadowreplay.analysis.capacity.plan_page import write_plan_page
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if volume is None and model is not None and model.api_monthly_tokens is not None:
         volume = TrafficVolume(model.api_monthly_tokens, "tokens/month", f"{model.api_monthly_tokens:g}-tokens/month")
     capacities = []
+    judged = []  # each sweep's SLOs and point length, for the default window
     for sweep in args.sweep:
         summary, _ = read_sweep(sweep) if (sweep / "summary.json").is_file() else (None, None)
         if summary is None:
@@ -115,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
         if not slos:
             raise UserError(f"{sweep}: the sweep has no SLO; give --slo")
         capacities.append(replica_capacity(sweep, slos, args.gpus_per_replica))
-    window_s = parse_duration_s(args.window, "--window") if args.window else read_sweep(args.sweep[0])[0].duration_s
+        judged.append((slos, summary.duration_s))
+    if args.window:
+        window_s = parse_duration_s(args.window, "--window")
+    else:  # the tightest of the sweeps' (analysis/capacity/demand.py default_window_s)
+        window_s = min(default_window_s(slos, duration) for slos, duration in judged)
     demand = demand_of(args.log, window_s, volume)
     plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
     if args.output:

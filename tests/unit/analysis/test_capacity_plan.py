@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from shadowreplay.analysis.capacity.cost_model import CostModelError, load_cost_model
-from shadowreplay.analysis.capacity.demand import demand, sliding_peaks
+from shadowreplay.analysis.capacity.demand import default_window_s, demand, sliding_peaks
 from shadowreplay.analysis.capacity.fleet_plan import Sizing, break_even_factor
 from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
+from shadowreplay.analysis.metrics.slo import parse_slos
 from tests.support.paths import REPO
 from tests.support.traffic_logs import arrivals_log
 
@@ -111,3 +112,19 @@ def test_a_logs_demand_at_a_volume(tmp_path):
     assert found.hourly_peak_rps == (pytest.approx(20.0),)
     short = demand(log, window_s=1000.0)  # longer than the log: the whole log is the one window
     assert short.peak_rps == pytest.approx(short.mean_rps)
+
+
+def test_the_default_window_lets_the_slo_notice_a_ten_percent_overload():
+    assert default_window_s(parse_slos("ttft_p95=500ms"), 20.0) == pytest.approx(5.0)
+    assert default_window_s(parse_slos("ttft_p95=500ms,e2e_p99=1.2s,tpot_p95=40ms"), 20.0) == pytest.approx(5.0)
+    assert default_window_s(parse_slos("ttft_p95=50ms"), 20.0) == 1.0  # at least 1 s
+    assert default_window_s(parse_slos("e2e_p95=30s"), 20.0) == 20.0  # at most the sweep's point length
+    assert default_window_s(parse_slos("tpot_p95=40ms"), 20.0) == 20.0  # no backlog builds into TPOT
+
+
+def test_bursts_hidden_by_long_windows_show_in_short_ones(tmp_path):
+    from tests.support.traffic_logs import bursty_offsets
+
+    log = arrivals_log(tmp_path / "bursty.parquet", bursty_offsets(400))
+    assert demand(log, window_s=40.0).peak_to_average == pytest.approx(1.0, abs=0.05)
+    assert demand(log, window_s=3.0).peak_to_average > 1.5
