@@ -38,8 +38,9 @@ from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 
 REQUIRED_FIELDS = tuple(field.name for field in RESULTS_SCHEMA if not field.nullable)
 CHECKED_FIELDS = REQUIRED_FIELDS  # read from every shard to check it, whichever columns are asked for
-FACT_COLUMNS = (*CHECKED_FIELDS, "tag")
-"""What the check pass reads of every shard: the required fields, and `tag` (which slices by tag exist)."""
+FACT_COLUMNS = (*CHECKED_FIELDS, "tag", "replica")
+"""What the check pass reads of every shard: the required fields, `tag` (which slices by tag exist) and
+`replica` (how many replicas a target was spread over)."""
 RESULTS_DTYPES: dict[str, pl.DataType] = dict(
     cast(pl.DataFrame, pl.from_arrow(RESULTS_SCHEMA.empty_table())).schema  # a pa.Table reads as a DataFrame
 )
@@ -82,6 +83,7 @@ class RunData:
     final_count: int  # final rows
     target_names: tuple[str, ...]  # sorted
     tags: tuple[str, ...]  # every tag a row has, sorted (none: an untagged run)
+    replicas: int = 1  # 1 + the highest replica index of a row (1: every target one endpoint)
 
     @cached_property
     def scan(self) -> pl.LazyFrame:
@@ -90,6 +92,11 @@ class RunData:
     @property
     def has_tags(self) -> bool:
         return bool(self.tags)
+
+    @property
+    def has_replicas(self) -> bool:
+        """Some target was sent to more than one replica (results schema 3's `replica`)."""
+        return self.replicas > 1
 
     @property
     def every_row_final(self) -> bool:
@@ -288,6 +295,7 @@ def _shard_facts(scan: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("run_id").drop_nulls().unique().implode().alias("run_ids"),
         pl.col("target").drop_nulls().unique().implode().alias("targets"),
         pl.col("tag").drop_nulls().unique().implode().alias("tags"),
+        pl.col("replica").max().alias("max replica"),
     )
 
 
@@ -332,6 +340,7 @@ def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Se
         final_count=sum(fact["final"] for fact in facts),
         target_names=tuple(sorted({target for fact in facts for target in fact["targets"]})),
         tags=tuple(sorted({tag for fact in facts for tag in fact["tags"]})),
+        replicas=1 + max((fact["max replica"] for fact in facts if fact["max replica"] is not None), default=0),
     )
 
 

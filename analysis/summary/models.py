@@ -124,9 +124,25 @@ class TagStats(SliceStats):
         return {"tag": data.pop("tag"), **data}
 
 
+class ReplicaStats(_Model):
+    """One replica of a target of several (final rows sent to it, results `replica`): counts and the
+    latencies that tell a slow or failing replica apart (percentiles of its ok rows, ms)."""
+
+    replica: int
+    requests: int
+    ok: int
+    errors: int
+    error_rate: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    tpot_p95_ms: float | None
+    e2e_p95_ms: float | None
+
+
 class TargetSummary(_Model):
     all: SliceStats
     tags: list[TagStats]  # empty when no row has a tag
+    replicas: list[ReplicaStats] = Field(default_factory=list)  # empty for a target of one replica
 
 
 class SummarySource(_Model):

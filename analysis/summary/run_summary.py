@@ -14,8 +14,10 @@ was computed from. Keys (summary `schema_version` 1; new keys may be added, none
     window               kind ("steady" | "whole_run"), start_s, end_s, duration_s, warmup_s,
                          schedule_start_s, schedule_end_s (run seconds; see metrics.Window)
     slos                 the SLOs applied, canonical text (e.g. "ttft_p95=500ms")
-    targets              {target name: {"all": STATS, "tags": [{"tag": name or null, **STATS}, ...]}}
-                         "tags" is empty when no row has a tag.
+    targets              {target name: {"all": STATS, "tags": [{"tag": name or null, **STATS}, ...],
+                         "replicas": [{replica, requests, ok, errors, error_rate, ttft_p50_ms, ttft_p95_ms,
+                         tpot_p95_ms, e2e_p95_ms}, ...]}}; "tags" is empty when no row has a tag,
+                         "replicas" for a target of one replica (final rows with a `replica`, by index).
     cost                 {"status": "absent", "reason"} without a price file, else (analysis/cost/model.py):
                          status "computed", prices_file, currency, billing {failed_requests},
                          monthly_volume {basis (run_span | requests | tokens | traffic_log), per_month,
@@ -531,6 +533,32 @@ def _all_targets(
         return {target: future.result() for target, future in found.items()}
 
 
+def _replica_figures(final: pl.LazyFrame) -> dict[str, list[dict[str, Any]]]:
+    """Per target, each replica's ReplicaStats (final rows with a replica; one grouped query)."""
+    ok = metrics.is_ok()
+    frame = (
+        final.filter(pl.col("replica").is_not_null())
+        .group_by("target", "replica")
+        .agg(
+            pl.len().alias("requests"),
+            ok.sum().alias("ok"),
+            metrics.is_error().sum().alias("errors"),
+            *(
+                metrics.percentile(metrics.population_values(name), p).alias(f"{name}_p{p}_ms")
+                for name, p in (("ttft", 50), ("ttft", 95), ("tpot", 95), ("e2e", 95))
+            ),
+        )
+        .sort("target", "replica")
+        .collect(engine="streaming")
+    )
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in frame.iter_rows(named=True):
+        target = row.pop("target")
+        row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else None
+        found[target].append(row)
+    return found
+
+
 def summarize(
     run: RunData,
     slos: Sequence[Slo] = (),
@@ -559,12 +587,15 @@ def summarize(
         span = (end.collect(engine="streaming").item() or window.schedule_start_s) - window.schedule_start_s
         send_bin_s = send_time_bins.width(max(span, 0.0))
     slices = _all_targets(run, window, slos, curves, send_time_bins, send_bin_s)
+    by_replica = _replica_figures(final) if run.has_replicas else {}
     targets: dict[str, Any] = {}
     for target, found in slices.items():
         tags = sorted((key[1] for key in found.stats if len(key) == 2), key=lambda tag: (tag is None, tag or ""))
+        replicas = by_replica.get(target, [])
         targets[target] = {
             "all": found.stats[(target,)],
             "tags": [{"tag": tag, **found.stats[(target, tag)]} for tag in tags],
+            "replicas": replicas if len(replicas) > 1 else [],
         }
     summary = RunSummary.model_validate(
         {

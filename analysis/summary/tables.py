@@ -133,6 +133,40 @@ def errors_table(summary: RunSummary) -> SummaryTable | None:
     )
 
 
+def replicas_table(summary: RunSummary) -> SummaryTable | None:
+    """Each replica of a target of several: its requests, errors and latencies; None where no target has several."""
+
+    def rows_of(target: str, entry: TargetSummary) -> list[list[str]]:
+        return [
+            [
+                target,
+                str(replica.replica),
+                str(replica.requests),
+                str(replica.errors),
+                NO_VALUE if replica.error_rate is None else f"{replica.error_rate:.1%}",
+                number(replica.ttft_p50_ms),
+                number(replica.ttft_p95_ms),
+                number(replica.tpot_p95_ms),
+                number(replica.e2e_p95_ms),
+            ]
+            for replica in entry.replicas
+        ]
+
+    rows, starts = _grouped(summary, rows_of)
+    if not rows:
+        return None
+    columns = ["Target", "Replica", "Requests", "Errors", "Error rate", "TTFT p50 ms", "TTFT p95 ms", "TPOT p95 ms",
+               "e2e p95 ms"]  # fmt: skip
+    return SummaryTable(
+        "Replicas (final rows by the replica they went to)",
+        columns,
+        rows,
+        frozenset(columns[2:]),
+        starts,
+        "A replica slower or failing more than its peers shows here; the target's figures above are over all of them.",
+    )
+
+
 def output_lengths_table(summary: RunSummary) -> SummaryTable | None:
     """Length flags and the output shortfall per target and tag; None when no request was clamped
     or raised and none asked for an exact output length."""
@@ -454,6 +488,7 @@ def summary_tables(summary: RunSummary) -> list[SummaryTable]:
         errors_table(summary),
         output_lengths_table(summary),
         *latency_tables(summary),
+        replicas_table(summary),
         slo_table(summary),
         cost_table(summary),
         gpu_table(summary),

@@ -14,7 +14,7 @@ import pytest
 
 from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
-from tests.support.faulty_server import FaultyServerThread
+from tests.support.faulty_server import FaultyServerThread, Script
 from tests.support.target_files import write_target
 from tests.support.traffic_logs import log_row, write_log
 
@@ -329,6 +329,38 @@ def test_a_target_with_two_endpoints_balances_its_requests_and_each_row_names_it
     assert abs(by_replica[0] - by_replica[1]) <= 4, by_replica
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["targets"][0]["endpoints"] == [first.base_url, second.base_url]
+
+
+def test_the_report_gives_each_replicas_figures_from_its_own_rows(tmp_path, capsys):
+    """Two replicas of one target, the second 100 ms slower to its first token: `report` shows each replica's
+    requests and latency percentiles, equal to a recomputation from the rows it served."""
+    rows = [log_row(i, i * 0.03, max_tokens=4) for i in range(40)]
+    log = write_log(tmp_path / "log.parquet", rows)
+    with (
+        FaultyServerThread(Script(ttft_ms=20, itl_ms=5)) as fast,
+        FaultyServerThread(Script(ttft_ms=120, itl_ms=5)) as slow,
+    ):
+        target = tmp_path / "t.yaml"
+        target.write_text(
+            f"name: fleet\nkind: openai\nmodel: scripted\nendpoints: [{fast.base_url}, {slow.base_url}]\n"
+            "timeouts: {connect_s: 2, first_token_s: 2, total_s: 3}\n"
+        )
+        replay_log(ReplayRequest(log=log, target_files=[target], run_dir=tmp_path / "run", workers=1))
+    from shadowreplay.cli import main
+
+    capsys.readouterr()  # the replay's own lines
+    assert main(["report", str(tmp_path / "run"), "--json"]) == 0
+    replicas = json.loads(capsys.readouterr().out)["targets"]["fleet"]["replicas"]
+    results = [r for r in pq.read_table(tmp_path / "run" / "results").to_pylist() if r["final"]]
+    assert [entry["replica"] for entry in replicas] == [0, 1]
+    for entry in replicas:
+        mine = [r for r in results if r["replica"] == entry["replica"]]
+        ttft = [r["ttft_ms"] for r in mine if r["status"] == "ok"]
+        assert entry["requests"] == len(mine) and entry["errors"] == 0 and entry["error_rate"] == 0.0
+        assert entry["ttft_p50_ms"] == pytest.approx(np.percentile(ttft, 50))
+        assert entry["ttft_p95_ms"] == pytest.approx(np.percentile(ttft, 95))
+        assert entry["e2e_p95_ms"] == pytest.approx(np.percentile([r["e2e_ms"] for r in mine], 95))
+    assert replicas[1]["ttft_p50_ms"] > replicas[0]["ttft_p50_ms"] + 80  # the slow replica shows
 
 
 def test_a_retry_goes_to_the_next_replica_so_an_overloaded_one_is_passed_over(tmp_path):
