@@ -9,12 +9,17 @@ requests arrive, the way a product with twice the users would see it:
 - `on_timeline(rows, offsets, factor)`: below 1, **thinning**: a conversation (the rows of one
   `session_id`, else one request) is kept when a hash of its id, in [0, 1), is below the factor, so
   whole conversations stay or go and a lower volume's requests are a subset of a higher one's. Above
-  1, **superposition**: floor(factor) copies of every request, then a thinned copy for the rest;
-  copy k arrives k / copies of the log's mean gap later (so copies of one burst are still that burst,
-  not one instant) with `~k` after its request and session ids (each copy's conversations stay in
-  order). Copies of a synthesized prompt share its prefix blocks, as the log's requests do, and differ
-  in the rest (replay/requests/prompt_synthesis.py seeds it by request id); a row with recorded text
-  is sent again as recorded, so a server's prefix cache serves copies of it cheaply (`VolumeScaling`
+  1, **superposition**: floor(factor) copies of every request, then a thinned copy for the rest,
+  with `~k` after copy k's request and session ids. Each conversation of a copy (or request without
+  one) arrives later than the log's by its own shift, uniform in [0, spread) from a hash of its id and
+  the copy: spread = SPREAD_GAPS mean gaps of the log, at most MAX_SPREAD_S. So copies behave as
+  other users would: apart at the scale of a few gaps (one shift for all copies would send each
+  request as a train of copies, a burst the log never had), together at the scale of the log's own
+  bursts (no request moves by more than the shortest demand window, analysis/capacity/demand.py),
+  and a conversation's turns keep their order and spacing.
+- Copies of a synthesized prompt share its prefix blocks, as the log's requests do, and differ in
+  the rest (replay/requests/prompt_synthesis.py seeds it by request id); a row with recorded text is
+  sent again as recorded, so a server's prefix cache serves copies of it cheaply (`VolumeScaling`
   counts such rows).
 """
 
@@ -33,6 +38,9 @@ from shadowreplay.analysis.capacity.traffic_volume import LogVolume
 from shadowreplay.errors import UserError
 
 THINNING_SEED = 0x5EED  # the hash seed of thinning: fixed, so a volume keeps the same requests every run
+SHIFT_SEED = 0x5111F7  # the hash seed of the copies' shifts
+SPREAD_GAPS = 10.0  # a copy's shifts spread over this many of the log's mean gaps ...
+MAX_SPREAD_S = 1.0  # ... and never more than this (the shortest demand window)
 
 
 def log_volume(rows: pa.Table, offsets_s: np.ndarray) -> LogVolume:
@@ -49,13 +57,13 @@ def log_volume(rows: pa.Table, offsets_s: np.ndarray) -> LogVolume:
 @dataclass(frozen=True)
 class VolumeScaling:
     """What `on_timeline` did, for the manifest: the factor, how (`thinned`, `superposed` or `as
-    logged`), full copies, the shift between copies, and the requests before and after."""
+    logged`), full copies, the spread of the copies' shifts, and the requests before and after."""
 
     spec: str
     factor: float
     method: Literal["as logged", "thinned", "superposed"]
     copies: int
-    copy_shift_s: float
+    copy_spread_s: float
     log_requests: int
     requests: int
     repeated_text_rows: int  # rows with recorded text sent more than once (a prefix cache serves them cheaply)
@@ -68,27 +76,29 @@ class VolumeScaling:
         rest = self.factor - self.copies
         thinned = f" and a copy thinned to {rest:.3g}x" if rest > 1e-12 else ""
         return (
-            f"volume {self.spec}: {self.copies} copies superposed ({self.copy_shift_s * 1000:.3g} ms apart)"
+            f"volume {self.spec}: {self.copies} copies superposed (each within {self.copy_spread_s:.3g} s of the "
+            "log's time)"
             f"{thinned}: {self.requests:,} requests from {self.log_requests:,}"
         )
 
 
-def _unit_hash(rows: pa.Table, salt: int) -> np.ndarray:
+def _unit_hash(rows: pa.Table, salt: int, seed: int = THINNING_SEED) -> np.ndarray:
     """Per row, a uniform [0, 1) value of its conversation (session_id, else request_id) and `salt`."""
     frame = pl.from_arrow(rows.select(["session_id", "request_id"]))
     assert isinstance(frame, pl.DataFrame)
-    unit = frame.select(pl.coalesce("session_id", "request_id").hash(seed=THINNING_SEED + salt))
+    unit = frame.select(pl.coalesce("session_id", "request_id").hash(seed=seed + salt))
     return unit.to_series().to_numpy().astype(np.float64) / 2.0**64
 
 
-def _copy(rows: pa.Table, offsets_s: np.ndarray, k: int, shift_s: float) -> tuple[pa.Table, np.ndarray]:
-    """Copy k of the rows: ids with `~k`, k x shift_s later."""
+def _copy(rows: pa.Table, offsets_s: np.ndarray, k: int, spread_s: float) -> tuple[pa.Table, np.ndarray]:
+    """Copy k of the rows: ids with `~k`, each conversation later by its own shift in [0, spread_s)."""
     if k == 0:
         return rows, offsets_s
+    shifts = _unit_hash(rows, salt=k, seed=SHIFT_SEED) * spread_s  # of the log's ids: one per conversation
     for name in ("request_id", "session_id"):  # a null session stays null
         renamed = pc.binary_join_element_wise(rows.column(name), f"~{k}", "")
         rows = rows.set_column(rows.schema.get_field_index(name), rows.schema.field(name), renamed)
-    return rows, offsets_s + k * shift_s
+    return rows, offsets_s + shifts
 
 
 def on_timeline(
@@ -104,12 +114,12 @@ def on_timeline(
     rest = factor - copies
     span = float(offsets_s.max() - offsets_s.min()) if n else 0.0
     mean_gap = span / (n - 1) if n > 1 else 0.0
-    shift = mean_gap / math.ceil(factor) if factor > 1 else 0.0
-    parts = [_copy(rows, offsets_s, k, shift) for k in range(copies)]
+    spread = min(SPREAD_GAPS * mean_gap, MAX_SPREAD_S) if factor > 1 else 0.0
+    parts = [_copy(rows, offsets_s, k, spread) for k in range(copies)]
     kept = np.zeros(n, dtype=bool)
     if rest > 1e-12:
         kept = _unit_hash(rows, salt=copies) < rest
-        thinned, thinned_offsets = _copy(rows.filter(pa.array(kept)), offsets_s[kept], copies, shift)
+        thinned, thinned_offsets = _copy(rows.filter(pa.array(kept)), offsets_s[kept], copies, spread)
         parts.append((thinned, thinned_offsets))
     if not parts or sum(part.num_rows for part, _ in parts) == 0:
         raise UserError(f"--volume {spec}: thinning to {factor:.3g}x of {n} requests leaves none")
@@ -124,5 +134,5 @@ def on_timeline(
         zero_copy_only=False
     )
     sent_again = int((recorded_text & (kept if copies == 1 else copies > 1)).sum()) if copies else 0
-    scaling = VolumeScaling(spec, factor, method, copies, shift, n, scaled.num_rows, sent_again)
+    scaling = VolumeScaling(spec, factor, method, copies, spread, n, scaled.num_rows, sent_again)
     return scaled, scaled_offsets, scaling

@@ -45,7 +45,7 @@ class Selection(_Part):
     duration: str | None = None
     schedule: str | None = None
     # --volume: how many requests arrived on the log's timeline (loadgen/volume.py VolumeScaling: spec,
-    # factor, method "thinned" / "superposed" / "as logged", copies, copy_shift_s, requests, ...)
+    # factor, method "thinned" / "superposed" / "as logged", copies, copy_spread_s, requests, ...)
     volume: dict[str, Any] | None = None
     max_prompt_tokens: int | None = None
     max_completion_tokens: int | None = None

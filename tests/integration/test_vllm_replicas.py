@@ -65,7 +65,10 @@ def test_two_replicas_are_started_balanced_over_and_counted_by_their_own_servers
     assert sum(per_replica.values()) == len(finals) and min(per_replica.values()) > 0, per_replica
 
     assert main(["report", str(run_dir), "--json"]) == 0
-    compared = json.loads(capsys.readouterr().out)["server_histograms"]
+    summary = json.loads(capsys.readouterr().out)
+    replicas = summary["targets"]["fleet"]["replicas"]  # each replica's own figures
+    assert [(entry["replica"], entry["requests"]) for entry in replicas] == [(0, per_replica[0]), (1, per_replica[1])]
+    compared = summary["server_histograms"]
     assert compared["status"] == "compared" and compared["targets_not_scraped"] == []
     assert set(compared["targets"]) == {"fleet#0", "fleet#1"}
     for replica in (0, 1):
