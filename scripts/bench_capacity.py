@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_startup import make_log  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW_S = 20.0
+WINDOW_S = 5.0  # the demand window both compute (capacity --window; the default for its SLO too)
 SLO = "ttft_p95=500ms"
 CLI_MAIN = "import sys; from shadowreplay.cli import main; sys.exit(main())"
 BASELINE = """
@@ -72,7 +72,7 @@ def make_sweep(sweep_dir: Path) -> None:
         )  # fmt: skip
     pq.write_table(pa.Table.from_pylist(points, schema=CURVE_SCHEMA), sweep_dir / "curve.parquet")
     summary = SweepSummary.model_validate(
-        {"target": "bench", "shape": "poisson", "levels": [1.0, 2.0, 4.0, 8.0], "duration_s": WINDOW_S, "slos": SLO,
+        {"target": "bench", "shape": "poisson", "levels": [1.0, 2.0, 4.0, 8.0], "duration_s": 20.0, "slos": SLO,
          "saturation": None, "points": 4, "curve": "curve.parquet", "slo_capacity_rps": 4.0}
     )  # fmt: skip
     (sweep_dir / "summary.json").write_text(json.dumps(summary.json_dict()))
@@ -97,7 +97,7 @@ def run_child(command: list[str]) -> tuple[float, float, str]:
 def capacity_command(sweep_dir: Path, log: Path) -> list[str]:
     cli = Path(sys.executable).with_name("shadowreplay")
     launcher = [str(cli)] if cli.is_file() else [sys.executable, "-c", CLI_MAIN]
-    return [*launcher, "capacity", "--sweep", str(sweep_dir), "--log", str(log), "--json"]
+    return [*launcher, "capacity", "--sweep", str(sweep_dir), "--log", str(log), "--window", f"{WINDOW_S:g}s", "--json"]
 
 
 def main(argv: list[str] | None = None) -> int:

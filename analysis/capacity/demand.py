@@ -22,8 +22,9 @@ Definitions (`DEFINITIONS` carries them into plan.json):
 - monthly tokens: the log's prompt and completion tokens / span x 30 days x factor.
 - window_rates (for the plan's page): at most CURVE_POINTS points, each the largest window rate of
   its span of windows, so no peak is lost to the thinning.
-Computed in one grouped pass over the log's arrival times (a polars scan of that column alone),
-so a log of millions of rows costs a group-by, not its rows in memory.
+Computed in one pass over the log's arrival times and token counts, a batch at a time (numpy's
+bincount of each batch's sub-bins; the first arrival from the row groups' statistics), so a log of
+millions of rows costs one read of three columns, never its rows in memory.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from shadowreplay.analysis.capacity.traffic_volume import LogVolume, TrafficVolume
 from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
 from shadowreplay.errors import UserError
-from shadowreplay.replay.schemas.traffic_log import open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import arrival_time_ranges, open_traffic_log
 
 SUB_BINS = 10  # window steps per window length
 OVERLOAD = 0.10  # the overload the default window lets the SLO notice (default_window_s)
@@ -141,38 +144,65 @@ def sliding_peaks(sub_counts: np.ndarray, sub_bins: int) -> np.ndarray:
     return cumulative[sub_bins:] - cumulative[:-sub_bins]
 
 
+BATCH_ROWS = 1 << 20  # rows read at a time: the pass holds one batch of three columns, not the log
+
+
+def _arrival_counts(pf: pq.ParquetFile, sub_us: int) -> tuple[int, int, int, int, int, np.ndarray]:
+    """(rows, first and last arrival in us, prompt and completion tokens, arrivals per sub-bin of `sub_us`
+    from the first arrival), in one pass over the three columns, batch by batch (numpy's bincount of each
+    batch's sub-bins). The first arrival comes from the row groups' statistics where the file has them,
+    else from a pass over arrival_time alone."""
+    ranges = arrival_time_ranges(pf) if pf.schema_arrow.field("arrival_time").type.unit == "us" else None
+    known = [r for r in ranges or [] if r is not None]
+    if ranges is not None and known:
+        first = min(low for low, _ in known)
+    else:
+        lows = [_micros(batch.column(0)).min() for batch in pf.iter_batches(BATCH_ROWS, columns=["arrival_time"])]
+        if not lows:
+            return 0, 0, 0, 0, 0, np.zeros(0, dtype=np.int64)
+        first = int(min(lows))
+    counts = np.zeros(0, dtype=np.int64)
+    rows, last, prompt, completion, used = 0, first, 0, 0, 0
+    for batch in pf.iter_batches(BATCH_ROWS, columns=["arrival_time", "prompt_tokens", "completion_tokens"]):
+        if batch.num_rows == 0:
+            continue
+        micros = _micros(batch.column(0))
+        bins = (micros - first) // sub_us
+        low = int(bins.min())  # a batch of a log in arrival order spans a few of the bins: count only those
+        found = np.bincount(bins - low)
+        end = low + len(found)
+        if end > len(counts):
+            counts = np.concatenate([counts, np.zeros(max(end, 2 * len(counts)) - len(counts), dtype=np.int64)])
+        counts[low:end] += found
+        used = max(used, end)
+        rows += batch.num_rows
+        last = max(last, int(micros.max()))
+        prompt += int(pc.sum(batch.column(1)).as_py() or 0)
+        completion += int(pc.sum(batch.column(2)).as_py() or 0)
+    return rows, first, last, prompt, completion, counts[:used]
+
+
+def _micros(column: pa.Array) -> np.ndarray:
+    """A timestamp column as int64 microseconds since the epoch (arrival_time is never null: the contract)."""
+    if column.type.unit != "us":  # the contract's unit needs no conversion (a cast of the tz'd type costs)
+        column = column.cast(pa.timestamp("us", tz=column.type.tz))
+    return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
 def demand(log: str | Path, window_s: float, volume: TrafficVolume | None = None) -> Demand:
     """The demand of the traffic log at `path` at `volume` (default: its own), over windows of `window_s`."""
     if window_s <= 0:
         raise UserError(f"--window must be positive, got {window_s:g} s")
-    open_traffic_log(log)  # a file that is no traffic log is one clear error
-    scan = pl.scan_parquet(log)
-    micros = pl.col("arrival_time").dt.epoch("us")
-    totals = scan.select(
-        pl.len().alias("n"),
-        micros.min().alias("first"),
-        micros.max().alias("last"),
-        pl.col("prompt_tokens").sum().alias("prompt"),
-        pl.col("completion_tokens").sum().alias("completion"),
-    ).collect()
-    n, first, last, prompt, completion = totals.row(0)
-    if not n or first is None:
+    pf = open_traffic_log(log)  # a file that is no traffic log is one clear error
+    sub_s = window_s / SUB_BINS
+    n, first, last, prompt, completion, sub_counts = _arrival_counts(pf, int(round(sub_s * 1e6)))
+    if not n:
         raise UserError(f"{log}: the traffic log has no rows")
     span_s = (last - first) / 1e6
-    own = LogVolume(int(n), span_s, int(prompt or 0), int(completion or 0))
+    own = LogVolume(n, span_s, prompt, completion)
     factor = volume.factor(own) if volume is not None else 1.0
     if own.rate_rps is None:
         raise UserError(f"{log}: every arrival is at one instant; the log has no rate to plan for")
-    sub_s = window_s / SUB_BINS
-    bins = (
-        scan.select(((micros - first) // int(round(sub_s * 1e6))).alias("bin"))
-        .group_by("bin")
-        .agg(pl.len().alias("count"))
-        .collect(engine="streaming")
-    )
-    index = bins.get_column("bin").to_numpy()
-    sub_counts = np.zeros(int(index.max()) + 1, dtype=np.int64)
-    sub_counts[index] = bins.get_column("count").to_numpy()
     windows = sliding_peaks(sub_counts, SUB_BINS)
     if len(sub_counts) <= SUB_BINS:  # shorter than a window: the whole log is the one window
         window_rates = np.array([own.rate_rps])

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from shadowreplay.analysis.capacity import demand as demand_module
 from shadowreplay.analysis.capacity import fleet_plan, replica_capacity
@@ -18,6 +15,9 @@ from shadowreplay.analysis.capacity.fleet_plan import FleetPlan, plan_fleet
 from shadowreplay.analysis.capacity.replica_capacity import ReplicaCapacity
 from shadowreplay.analysis.cost.prices import PriceBook
 from shadowreplay.replay.schemas.run_dir import write_text_atomically
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PLAN_KIND = "shadowreplay.capacity_plan"
 PLAN_VERSION = 1
@@ -69,6 +69,8 @@ def _tokens(value: float | None) -> str:
 
 def print_plans(plan: dict[str, Any], console: Console) -> None:
     """The plan as tables: the demand, each target's fleet, its costs against the APIs, its verdict."""
+    from rich.table import Table  # only where the plan is printed as tables
+
     demand = plan["demand"]
     console.print(
         f"demand: {demand['log']} at {demand['volume']} (x{demand['factor']:.3g}): "

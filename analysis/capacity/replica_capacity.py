@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.sweep_data import read_sweep
 from shadowreplay.analysis.metrics.slo import Slo, format_slos
-from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.errors import UserError
 from shadowreplay.replay.schemas.run_dir import SweepDir
 
@@ -98,6 +96,9 @@ def replica_capacity(
     rejudged = wanted != (summary.slos or "")
     used = curve.filter(~curve.get_column("outlier"))
     judged: list[tuple[float, bool]] = []
+    if rejudged:  # the points' rows are read only to judge them again
+        from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
+        from shadowreplay.analysis.summary.run_summary import summarize
     for point in used.iter_rows(named=True):
         met = point["slo_met"]
         if rejudged:

@@ -86,13 +86,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from shadowreplay.analysis.capacity.cost_model import load_cost_model
     from shadowreplay.analysis.capacity.demand import default_window_s
     from shadowreplay.analysis.capacity.demand import demand as demand_of
     from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, write_plan
-    from shadowreplay.analysis.capacity.plan_page import write_plan_page
     from shadowreplay.analysis.capacity.replica_capacity import replica_capacity
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.analysis.cost.prices import load_prices
@@ -129,11 +126,15 @@ def run(args: argparse.Namespace) -> int:
     demand = demand_of(args.log, window_s, volume)
     plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
     if args.output:
+        from shadowreplay.analysis.capacity.plan_page import write_plan_page  # plotly and jinja2 only for the page
+
         path = write_plan(plan, args.output)
         page = write_plan_page(plan, args.output)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
+        from rich.console import Console
+
         console = Console() if Console().is_terminal else Console(width=140)
         print_plans(plan, console)
         if args.output:
