@@ -317,6 +317,12 @@ def plan_fleet(
             f"the SLO capacity is for Poisson arrivals: bursts shorter than the {demand.window_s:g} s demand window "
             "are in neither it nor the peak (sweep with --shape trace to measure them)"
         )
+    if capacity.clamped_requests:
+        bounds = ", ".join(f"{name} {value}" for name, value in capacity.length_bounds.items() if value is not None)
+        notes.append(
+            f"the sweep cut {capacity.clamped_requests:,} of its requests' lengths ({bounds}): its SLO capacity is "
+            "for shorter requests than the log's, so the replicas are too few for the log's own lengths"
+        )
     if capacity.gpus_per_replica is None:
         notes.append("GPUs per replica not recorded in the sweep's target: taken as 1 (give --gpus-per-replica)")
     self_hosted = _self_hosted_cost(capacity.target, capacity.target_config, prices, model)

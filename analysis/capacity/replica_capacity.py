@@ -13,6 +13,9 @@ Definitions (`DEFINITIONS` carries them into plan.json):
   measured twice, and how often the two disagreed.
 - GPUs per replica: the target's `gpus_per_replica` as the sweep's manifest records it (for a
   kind vllm target, its parallel size), unless given.
+- Length bounds: the sweep's --max-prompt-tokens / --max-completion-tokens and how many of its
+  points' requests they cut (from the points' manifests): a capacity measured on cut requests is
+  not the capacity for the log's own lengths, and the plan says so.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from shadowreplay.analysis.data.sweep_data import read_sweep
 from shadowreplay.analysis.metrics.slo import Slo, format_slos
 from shadowreplay.errors import UserError
-from shadowreplay.replay.schemas.run_dir import SweepDir
+from shadowreplay.replay.schemas.run_dir import RunDir, SweepDir
 
 DEFINITIONS = {
     "slo_capacity_rps": "the highest offered rate of a sweep point that met every SLO without saturating, below "
@@ -51,6 +54,8 @@ class ReplicaCapacity:
     rejudged: bool
     gpus_per_replica: int | None
     target_config: dict[str, Any]
+    length_bounds: dict[str, int | None]  # the sweep's --max-prompt-tokens / --max-completion-tokens
+    clamped_requests: int  # of its points' requests, those the bounds cut
 
     def json_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +70,8 @@ class ReplicaCapacity:
             "outliers": self.outliers,
             "rejudged": self.rejudged,
             "gpus_per_replica": self.gpus_per_replica,
+            "length_bounds": self.length_bounds,
+            "clamped_requests": self.clamped_requests,
             "definitions": DEFINITIONS,
         }
 
@@ -106,6 +113,16 @@ def replica_capacity(
             met = summarize(run, slos=slos).targets[summary.target].all.slos_met
         judged.append((float(point["offered_rps"]), met is True and not point["saturation"]))
     capacity, high = capacity_of(judged)
+    bounds: dict[str, int | None] = {"max_prompt_tokens": None, "max_completion_tokens": None}
+    clamped = 0
+    for point in used.iter_rows(named=True):  # the lengths the points asked for: are they the log's?
+        point_manifest = RunDir(directory / point["run_dir"]).read_manifest()
+        if point_manifest is None:
+            continue
+        if point_manifest.selection is not None:
+            bounds = {name: getattr(point_manifest.selection, name) for name in bounds}
+        if point_manifest.counts is not None:
+            clamped += point_manifest.counts.clamped_requests or 0
     manifest_path = directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     config: dict[str, Any] = next((t for t in manifest.get("targets") or [] if t.get("name") == summary.target), {})
@@ -123,4 +140,6 @@ def replica_capacity(
         rejudged=rejudged,
         gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else recorded,
         target_config=config,
+        length_bounds=bounds,
+        clamped_requests=clamped,
     )
