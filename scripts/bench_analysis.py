@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,14 +39,15 @@ import pyarrow.parquet as pq
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_children import cli, run_child  # noqa: E402
+
 SHARD_REQUESTS = 500_000  # requests per shard (each shard holds their rows for every target)
 ERROR_SHARE = 0.01
 RATE_RPS = 200.0
 COMPARED_METRICS = ("ttft", "itl", "tpot", "e2e")
 COMPARED_STATS = ("count", "mean", "p50", "p90", "p95", "p99", "max")
 REL_TOLERANCE = 1e-9
-CLI_MAIN = "import sys; from shadowreplay.cli import main; sys.exit(main())"
 
 # Each part reads the Parquet files itself (DuckDB pushes the projection and the `final` filter into each
 # scan), so no intermediate table of all columns is materialized.
@@ -182,25 +181,8 @@ def make_run_dir(run_dir: Path, rows: int, targets: int, tokens: int, seed: int 
     return paths
 
 
-def run_child(command: list[str]) -> tuple[float, float, str]:
-    """Run `command` in a fresh process: (wall seconds, peak RSS MiB, stdout)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryFile(mode="w+") as stdout:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=stdout, cwd=REPO, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            raise SystemExit(f"benchmark child {command[:3]} failed with exit status {code}")
-        stdout.seek(0)
-        return wall, usage.ru_maxrss / 1024, stdout.read()  # Linux reports KiB
-
-
 def report_command(run_dir: Path) -> list[str]:
-    cli = Path(sys.executable).with_name("shadowreplay")  # the console script beside this interpreter
-    launcher = [str(cli)] if cli.is_file() else [sys.executable, "-c", CLI_MAIN]
-    return [*launcher, "report", str(run_dir), "--json", "--prices", "none"]
+    return cli("report", str(run_dir), "--json", "--prices", "none")
 
 
 def ours_figures(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +34,11 @@ from shadowreplay.analysis.summary.models import SweepSummary
 from shadowreplay.loadgen.sweep import CURVE_SCHEMA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_children import cli, run_child  # noqa: E402
 from bench_startup import make_log  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 5.0  # the demand window both compute (capacity --window; the default for its SLO too)
 SLO = "ttft_p95=500ms"
-CLI_MAIN = "import sys; from shadowreplay.cli import main; sys.exit(main())"
 BASELINE = """
 import json, sys
 import numpy as np
@@ -80,24 +77,8 @@ def make_sweep(sweep_dir: Path) -> None:
     (sweep_dir / "manifest.json").write_text(json.dumps({"targets": [target]}))
 
 
-def run_child(command: list[str]) -> tuple[float, float, str]:
-    """Run `command` in a fresh process: (wall seconds, peak RSS MiB, stdout)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with tempfile.TemporaryFile(mode="w+") as stdout:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=stdout, cwd=REPO, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"benchmark child {command[:4]} failed")
-        stdout.seek(0)
-        return wall, usage.ru_maxrss / 1024, stdout.read()
-
-
 def capacity_command(sweep_dir: Path, log: Path) -> list[str]:
-    cli = Path(sys.executable).with_name("shadowreplay")
-    launcher = [str(cli)] if cli.is_file() else [sys.executable, "-c", CLI_MAIN]
-    return [*launcher, "capacity", "--sweep", str(sweep_dir), "--log", str(log), "--window", f"{WINDOW_S:g}s", "--json"]
+    return cli("capacity", "--sweep", str(sweep_dir), "--log", str(log), "--window", f"{WINDOW_S:g}s", "--json")
 
 
 def main(argv: list[str] | None = None) -> int:
