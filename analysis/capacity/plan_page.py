@@ -12,12 +12,12 @@ Not yet: the predicted p95 against replicas (the fleet simulation, issue 12).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shadowreplay import installed_version
 from shadowreplay.analysis.capacity.fleet_plan import FleetPlan, self_hosted_monthly_at
 from shadowreplay.analysis.report.charts import ColourMap, Panel, Series, Threshold, XMarker, line_chart
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
@@ -27,13 +27,6 @@ PAGE_NAME = "plan.html"
 VOLUME_SPAN = (0.05, 20.0)  # the cost chart's volumes, as factors of the planned one
 VOLUME_POINTS = 400
 API_LINES = 6  # the cheapest APIs drawn (and the one the verdict compares)
-
-
-def _version() -> str | None:
-    try:
-        return version("shadowreplay")
-    except PackageNotFoundError:
-        return None
 
 
 def _demand_figure(demand: dict[str, Any], plans: list[FleetPlan], colours: ColourMap) -> Figure:
@@ -154,7 +147,7 @@ def build_plan_page(plan: dict[str, Any]) -> ReportPage:
         "shadowreplay capacity plan",
         f"{demand['log']} at {demand['volume']}: mean {demand['mean_rps']:.3g} req/s, peak {demand['peak_rps']:.3g} "
         f"req/s (peak/average {demand['peak_to_average']:.2f}), {demand['monthly_tokens'] / 1e6:,.1f}M tokens a month",
-        _version(),
+        installed_version(),
     )
     fleet = page.section("The fleet")
     for entry in plans:

@@ -19,12 +19,12 @@ Contents, top to bottom:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from shadowreplay import installed_version
 from shadowreplay.analysis.data.sweep_data import complete_curve, read_sweep
 from shadowreplay.analysis.metrics.slo import Slo, parse_slos
 from shadowreplay.analysis.report.charts import (
@@ -99,13 +99,6 @@ CURVE_DEFINITIONS: dict[str, str] = {
         "out) that did not, refined by bisection (geometric for rates, integer for users) towards that load"
     ),
 }
-
-
-def _package_version() -> str | None:
-    try:
-        return version("shadowreplay")
-    except PackageNotFoundError:
-        return None
 
 
 class SweepView:
@@ -380,7 +373,7 @@ def build_sweep_page(summary: SweepSummary, curve: pl.DataFrame, sweep_dir: str 
     page = ReportPage(
         f"shadowreplay sweep of {summary.target}",
         _subtitle(summary, str(sweep_dir), curve.height),
-        _package_version(),
+        installed_version(),
     )
     against_load = page.section("Against load")
     for text in _outcome_texts(view):

@@ -96,13 +96,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from shadowreplay import installed_version
 from shadowreplay.analysis.cost.model import RUN_SPAN, MonthlyVolume, cost_summary
 from shadowreplay.analysis.cost.prices import PriceBook
 from shadowreplay.analysis.data.run_data import READ_THREADS, RunData
@@ -146,13 +146,6 @@ DEFINITIONS = {
         "own gaps); a missing TPOT/ITL (fewer than 2 tokens) meets it, a missing TTFT/e2e does not"
     ),
 }
-
-
-def _package_version() -> str | None:
-    try:
-        return version("shadowreplay")
-    except PackageNotFoundError:
-        return None
 
 
 ROW_METRICS = tuple(metric.name for metric in metrics.METRICS if not metric.per_gap)
@@ -601,7 +594,7 @@ def summarize(
         {
             "kind": SUMMARY_KIND,
             "schema_version": SUMMARY_SCHEMA_VERSION,
-            "shadowreplay_version": _package_version(),
+            "shadowreplay_version": installed_version(),
             "run_dir": str(run.run_dir),
             "run_id": run.run_id,
             "source": {
