@@ -94,6 +94,14 @@ class SelfHostedCost(_Model):
     source: str
     example: bool = False
 
+    def lease_usd_per_month(self, gpus: float) -> float:
+        """`gpus` GPUs leased for a month: GPUs x lease per GPU-hour x 720 h."""
+        return gpus * self.lease_usd_per_gpu_hour * HOURS_PER_MONTH
+
+    def monthly_usd(self, gpus: float) -> float:
+        """Self-hosted cost a month of `gpus` GPUs: their lease + engineering a month."""
+        return self.lease_usd_per_month(gpus) + self.engineering_usd_per_month
+
 
 class FleetPlan(_Model):
     """One target's plan: the keys of plan.json's `plans` entries (module docstring)."""
@@ -141,8 +149,7 @@ def self_hosted_monthly_at(plan: FleetPlan, factor: float) -> float | None:
     if plan.slo_capacity_rps is None or plan.self_hosted is None:
         return None
     replicas = Sizing(plan.slo_capacity_rps, plan.headroom, plan.spare).replicas(plan.peak_demand_rps * factor, True)
-    lease = plan.self_hosted.lease_usd_per_gpu_hour * HOURS_PER_MONTH
-    return replicas * plan.gpus_per_replica * lease + plan.self_hosted.engineering_usd_per_month
+    return plan.self_hosted.monthly_usd(replicas * plan.gpus_per_replica)
 
 
 def _autoscaled_replica_hours(demand: Demand, sizing: Sizing) -> float:
@@ -355,10 +362,8 @@ def plan_fleet(
         )
     monthly_self = None
     if self_hosted is not None:
-        monthly_self = (
-            billed_gpus * self_hosted.lease_usd_per_gpu_hour * HOURS_PER_MONTH + self_hosted.engineering_usd_per_month
-        )
-        per_replica = gpus_per_replica * self_hosted.lease_usd_per_gpu_hour * HOURS_PER_MONTH
+        monthly_self = self_hosted.monthly_usd(billed_gpus)
+        per_replica = self_hosted.lease_usd_per_month(gpus_per_replica)
         for api in apis:
             factor, note = break_even_factor(
                 api.monthly_usd, sizing, demand.peak_rps, per_replica, self_hosted.engineering_usd_per_month
