@@ -3,6 +3,7 @@ and the same plan as console tables."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +52,6 @@ def capacity_plan(
 
 def write_plan(plan: dict[str, Any], plan_dir: Path) -> Path:
     """PLAN_DIR/plan.json, written atomically."""
-    import json
-
     plan_dir.mkdir(parents=True, exist_ok=True)
     path = plan_dir / PLAN_NAME
     write_text_atomically(path, json.dumps(plan, indent=2) + "\n")

@@ -20,13 +20,12 @@ Definitions (`DEFINITIONS` carries them into plan.json):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shadowreplay.analysis.data.sweep_data import read_sweep
-from shadowreplay.analysis.metrics.slo import Slo, format_slos
+from shadowreplay.analysis.metrics.slo import Slo, format_slos, parse_slos
 from shadowreplay.errors import UserError
 from shadowreplay.replay.schemas.run_dir import RunDir, SweepDir
 
@@ -46,6 +45,7 @@ class ReplicaCapacity:
     target: str
     shape: str
     slos: str
+    point_s: float  # the length of the sweep's load points
     slo_capacity_rps: float | None
     bracket_high_rps: float | None  # the lowest offered rate that did not hold (None: every point held)
     points: int
@@ -63,6 +63,7 @@ class ReplicaCapacity:
             "target": self.target,
             "shape": self.shape,
             "slos": self.slos,
+            "point_s": self.point_s,
             "slo_capacity_rps": self.slo_capacity_rps,
             "slo_capacity_bracket_rps": [self.slo_capacity_rps, self.bracket_high_rps],
             "points": self.points,
@@ -85,9 +86,9 @@ def capacity_of(levels_holding: list[tuple[float, bool]]) -> tuple[float | None,
 
 
 def replica_capacity(
-    sweep_dir: str | Path, slos: tuple[Slo, ...], gpus_per_replica: int | None = None
+    sweep_dir: str | Path, slos: tuple[Slo, ...] | None = None, gpus_per_replica: int | None = None
 ) -> ReplicaCapacity:
-    """The SLO capacity of the sweep at `sweep_dir` under `slos` (module docstring)."""
+    """The SLO capacity of the sweep at `sweep_dir` under `slos` (None: the sweep's own; module docstring)."""
     directory = Path(sweep_dir)
     layout = SweepDir(directory)
     if not layout.summary_path.is_file() or not layout.curve_path.is_file():
@@ -99,32 +100,34 @@ def replica_capacity(
         raise UserError(
             f"{directory}: a closed-loop sweep measures users, not a rate; sweep with --shape poisson or trace"
         )
+    if slos is None:
+        if not summary.slos:
+            raise UserError(f"{directory}: the sweep has no SLO; give --slo")
+        slos = parse_slos(summary.slos)
     wanted = format_slos(slos)
     rejudged = wanted != (summary.slos or "")
     used = curve.filter(~curve.get_column("outlier"))
-    judged: list[tuple[float, bool]] = []
     if rejudged:  # the points' rows are read only to judge them again
         from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
         from shadowreplay.analysis.summary.run_summary import summarize
-    for point in used.iter_rows(named=True):
-        met = point["slo_met"]
-        if rejudged:
-            run = load_run(directory / point["run_dir"], columns=ANALYSIS_COLUMNS)
-            met = summarize(run, slos=slos).targets[summary.target].all.slos_met
-        judged.append((float(point["offered_rps"]), met is True and not point["saturation"]))
-    capacity, high = capacity_of(judged)
+    judged: list[tuple[float, bool]] = []
     bounds: dict[str, int | None] = {"max_prompt_tokens": None, "max_completion_tokens": None}
     clamped = 0
-    for point in used.iter_rows(named=True):  # the lengths the points asked for: are they the log's?
-        point_manifest = RunDir(directory / point["run_dir"]).read_manifest()
-        if point_manifest is None:
-            continue
-        if point_manifest.selection is not None:
-            bounds = {name: getattr(point_manifest.selection, name) for name in bounds}
-        if point_manifest.counts is not None:
-            clamped += point_manifest.counts.clamped_requests or 0
-    manifest_path = directory / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    for point in used.iter_rows(named=True):
+        point_dir = directory / point["run_dir"]
+        met = point["slo_met"]
+        if rejudged:
+            run = load_run(point_dir, columns=ANALYSIS_COLUMNS)
+            met = summarize(run, slos=slos).targets[summary.target].all.slos_met
+        judged.append((float(point["offered_rps"]), met is True and not point["saturation"]))
+        point_manifest = RunDir(point_dir).read_manifest()  # the lengths it asked for: are they the log's?
+        if point_manifest is not None:
+            if point_manifest.selection is not None:
+                bounds = {name: getattr(point_manifest.selection, name) for name in bounds}
+            if point_manifest.counts is not None:
+                clamped += point_manifest.counts.clamped_requests or 0
+    capacity, high = capacity_of(judged)
+    manifest = RunDir(directory).read_manifest_json() or {}
     config: dict[str, Any] = next((t for t in manifest.get("targets") or [] if t.get("name") == summary.target), {})
     recorded = config.get("gpus_per_replica")
     return ReplicaCapacity(
@@ -132,6 +135,7 @@ def replica_capacity(
         target=summary.target,
         shape=summary.shape,
         slos=wanted,
+        point_s=summary.duration_s,
         slo_capacity_rps=capacity,
         bracket_high_rps=high,
         points=used.height,

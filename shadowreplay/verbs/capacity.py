@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.capacity.replica_capacity import replica_capacity
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.analysis.cost.prices import load_prices
-    from shadowreplay.analysis.data.sweep_data import read_sweep
     from shadowreplay.analysis.metrics.slo import parse_slos
     from shadowreplay.replay.run.plan import parse_duration_s
 
@@ -106,23 +105,12 @@ def run(args: argparse.Namespace) -> int:
     volume = TrafficVolume.parse(args.volume) if args.volume else None
     if volume is None and model is not None and model.api_monthly_tokens is not None:
         volume = TrafficVolume(model.api_monthly_tokens, "tokens/month", f"{model.api_monthly_tokens:g}-tokens/month")
-    capacities = []
-    judged = []  # each sweep's SLOs and point length, for the default window
-    for sweep in args.sweep:
-        summary, _ = read_sweep(sweep) if (sweep / "summary.json").is_file() else (None, None)
-        if summary is None:
-            raise UserError(f"{sweep}: not a sweep directory (no summary.json; run `shadowreplay sweep`)")
-        slos = tuple(s for spec in args.slo for s in parse_slos(spec)) or (
-            parse_slos(summary.slos) if summary.slos else ()
-        )
-        if not slos:
-            raise UserError(f"{sweep}: the sweep has no SLO; give --slo")
-        capacities.append(replica_capacity(sweep, slos, args.gpus_per_replica))
-        judged.append((slos, summary.duration_s))
+    slos = tuple(s for spec in args.slo for s in parse_slos(spec)) or None  # None: each sweep's own
+    capacities = [replica_capacity(sweep, slos, args.gpus_per_replica) for sweep in args.sweep]
     if args.window:
         window_s = parse_duration_s(args.window, "--window")
     else:  # the tightest of the sweeps' (analysis/capacity/demand.py default_window_s)
-        window_s = min(default_window_s(slos, duration) for slos, duration in judged)
+        window_s = min(default_window_s(parse_slos(c.slos), c.point_s) for c in capacities)
     demand = demand_of(args.log, window_s, volume)
     plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
     if args.output:
