@@ -26,16 +26,19 @@ requests arrive, the way a product with twice the users would see it:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadowreplay.analysis.capacity.traffic_volume import LogVolume
+from shadowreplay.analysis.capacity.traffic_volume import LogVolume, TrafficVolume
 from shadowreplay.errors import UserError
+from shadowreplay.replay.schemas.traffic_log import open_traffic_log
 
 THINNING_SEED = 0x5EED  # the hash seed of thinning: fixed, so a volume keeps the same requests every run
 SHIFT_SEED = 0x5111F7  # the hash seed of the copies' shifts
@@ -130,9 +133,46 @@ def on_timeline(
     method: Literal["as logged", "thinned", "superposed"] = (
         "as logged" if factor == 1 else "thinned" if factor < 1 else "superposed"
     )
-    recorded_text = pc.or_(pc.is_valid(rows.column("messages")), pc.is_valid(rows.column("prompt"))).to_numpy(
-        zero_copy_only=False
-    )
+    if {"messages", "prompt"} <= set(rows.column_names):
+        recorded_text = pc.or_(pc.is_valid(rows.column("messages")), pc.is_valid(rows.column("prompt"))).to_numpy(
+            zero_copy_only=False
+        )
+    else:  # the arrivals alone (arrivals_at_volume): no text to send twice
+        recorded_text = np.zeros(n, dtype=bool)
     sent_again = int((recorded_text & (kept if copies == 1 else copies > 1)).sum()) if copies else 0
     scaling = VolumeScaling(spec, factor, method, copies, spread, n, scaled.num_rows, sent_again)
     return scaled, scaled_offsets, scaling
+
+
+VolumeHook = Callable[[pa.Table, np.ndarray], tuple[pa.Table, np.ndarray, dict[str, Any]]]
+
+
+def volume_hook(volume: TrafficVolume, say: Callable[[str], None] = print) -> VolumeHook:
+    """ReplayRequest.volume for `volume`: the selected rows at it on their own timeline (the factor from
+    their own totals), saying what was done and warning where recorded text is sent more than once."""
+
+    def at_volume(rows: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+        scaled, scaled_offsets, scaling = on_timeline(
+            rows, offsets, volume.factor(log_volume(rows, offsets)), volume.spec
+        )
+        say(f"replay: {scaling.describe()}")
+        if scaling.repeated_text_rows:
+            say(
+                f"replay: WARNING {scaling.repeated_text_rows:,} rows with recorded text are sent more than once "
+                "(a server's prefix cache serves the copies cheaply)"
+            )
+        return scaled, scaled_offsets, asdict(scaling)
+
+    return at_volume
+
+
+def arrivals_at_volume(log: str | Path, factor: float) -> np.ndarray:
+    """The traffic log's arrivals (s from its first, sorted) at `factor` times its volume, as `replay
+    --volume` would send them (the same thinning and copies): what the capacity plan's fleet simulation
+    is fed. Reads three columns of the log."""
+    pf = open_traffic_log(log)
+    rows = pf.read(columns=["arrival_time", "request_id", "session_id"])
+    micros = rows.column("arrival_time").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    offsets = (micros - micros.min()) / 1e6 if len(micros) else np.zeros(0)
+    _, scaled, _ = on_timeline(rows.drop_columns(["arrival_time"]), offsets, factor)
+    return scaled

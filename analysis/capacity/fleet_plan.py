@@ -2,11 +2,20 @@
 month against the APIs, the break-even volume and the verdict of the runbook's decision rule.
 
 Definitions (`DEFINITIONS` carries them into plan.json):
-- replicas = ceil(peak demand x (1 + headroom) / SLO capacity) + spare; GPUs = replicas x GPUs per
-  replica. The peak is analysis/capacity/demand.py's (the largest window rate at the volume); the
-  SLO capacity analysis/capacity/replica_capacity.py's (one replica, from its sweep). At the top of
-  the capacity's bracket the same formula gives `replicas_at_bracket_high`: the fleet is between
-  the two.
+- replicas by the peak = ceil(peak demand x (1 + headroom) / SLO capacity) + spare. The peak is
+  analysis/capacity/demand.py's (the largest window rate at the volume); the SLO capacity
+  analysis/capacity/replica_capacity.py's (one replica, from its sweep). At the top of the
+  capacity's bracket the same formula gives `replicas_at_bracket_high`.
+- replicas (where the fleet is simulated, analysis/capacity/fleet_simulation.py): the fewest serving
+  replicas whose simulated fleet meets every SLO on the log's own arrivals at the volume, their rate
+  x (1 + headroom), searched from the peak's count; + spare. Without the simulation, the peak's
+  count. GPUs = replicas x GPUs per replica. Predictions: the simulated percentiles of replicas - 1,
+  replicas and replicas + 1 at the volume itself.
+- The step function (autoscaled bound, break-even, cost against volume) needs the fleet at other
+  volumes: replicas there = ceil(peak there x (1 + headroom) / the sizing capacity) + spare, where the
+  sizing capacity is the SLO capacity, or with the simulation peak x (1 + headroom) / its serving
+  replicas (so it gives the simulated fleet at the plan's volume and scales it in proportion elsewhere;
+  a larger fleet pools its bursts better, so this errs towards too many replicas).
 - Autoscaled bound: per hour of the log, the same formula on that hour's peak (at least one replica,
   plus the spare); GPU-hours a month = the hours' replicas weighted by the hours' lengths / the log's
   span x 720 h x GPUs per replica: what a fleet that followed the demand hour by hour would lease.
@@ -40,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shadowreplay.analysis.capacity.cost_model import CONDITIONS, DEFAULT_VOLUME_THRESHOLD_TOKENS, CostModel
 from shadowreplay.analysis.capacity.demand import HOUR_S, Demand
+from shadowreplay.analysis.capacity.fleet_simulation import FleetSimulator
 from shadowreplay.analysis.capacity.replica_capacity import ReplicaCapacity
 from shadowreplay.analysis.cost.prices import HOURS_PER_MONTH, PriceBook, SelfHostedPrice, TokenPrice
 
@@ -47,7 +57,11 @@ MTOK = 1_000_000
 MAX_BREAK_EVEN_REPLICAS = 100_000  # the step function is followed this far at most
 
 DEFINITIONS = {
-    "replicas": "ceil(peak demand x (1 + headroom) / SLO capacity) + spare; GPUs = replicas x GPUs per replica",
+    "replicas_by_peak": "ceil(peak demand x (1 + headroom) / SLO capacity) + spare",
+    "replicas": "the fewest serving replicas whose simulated fleet meets every SLO on the log's arrivals at the "
+    "volume x (1 + headroom), + spare (without a simulation: replicas_by_peak); GPUs = replicas x GPUs per replica",
+    "sizing_capacity_rps": "per replica, for the fleet at other volumes: the SLO capacity, or with the simulation "
+    "peak x (1 + headroom) / its serving replicas",
     "autoscaled_gpu_hours_per_month": "per hour of the log, replicas for that hour's peak (at least 1, plus the "
     "spare), weighted by the hours' lengths / span x 720 h x GPUs per replica",
     "self_hosted_monthly_usd": "GPUs x lease per GPU-hour x 720 h + engineering a month (a month is 30 days)",
@@ -110,6 +124,9 @@ class FleetPlan(_Model):
     sweep: str
     slos: str
     replicas: int | None
+    replicas_by_peak: int | None = None
+    sizing: Literal["fleet simulation", "peak / SLO capacity"] | None = None
+    sizing_capacity_rps: float | None = None
     gpus_per_replica: int
     gpus: int | None
     slo_capacity_rps: float | None
@@ -129,6 +146,8 @@ class FleetPlan(_Model):
     gpu_count_given_suffices: bool | None = None
     apis: list[ApiCost] = Field(default_factory=list)
     verdict: Verdict
+    fleet_model: dict[str, Any] | None = None  # the simulated replica (ReplicaService.json_dict)
+    predictions: list[dict[str, Any]] = Field(default_factory=list)  # FleetPrediction.json_dict, by replicas
     notes: list[str] = Field(default_factory=list)
 
 
@@ -146,9 +165,10 @@ class Sizing:
 def self_hosted_monthly_at(plan: FleetPlan, factor: float) -> float | None:
     """The self-hosted cost a month of `plan`'s target at `factor` times the planned volume (the fleet the
     sizing formula gives there; None without an SLO capacity or a lease)."""
-    if plan.slo_capacity_rps is None or plan.self_hosted is None:
+    if plan.sizing_capacity_rps is None or plan.self_hosted is None:
         return None
-    replicas = Sizing(plan.slo_capacity_rps, plan.headroom, plan.spare).replicas(plan.peak_demand_rps * factor, True)
+    sizing = Sizing(plan.sizing_capacity_rps, plan.headroom, plan.spare)
+    replicas = sizing.replicas(plan.peak_demand_rps * factor, True)
     return plan.self_hosted.monthly_usd(replicas * plan.gpus_per_replica)
 
 
@@ -315,8 +335,10 @@ def plan_fleet(
     spare: int = 0,
     prices: PriceBook | None = None,
     model: CostModel | None = None,
+    simulator: FleetSimulator | None = None,
 ) -> FleetPlan:
-    """The plan of `capacity`'s target for `demand` (module docstring)."""
+    """The plan of `capacity`'s target for `demand` (module docstring); `simulator`: its fleet on the demand's
+    arrivals, which then decides the replicas."""
     gpus_per_replica = capacity.gpus_per_replica or 1
     notes: list[str] = []
     if capacity.shape == "poisson":
@@ -348,7 +370,17 @@ def plan_fleet(
             verdict=_verdict(None, apis, conditions, model), notes=notes,
         )  # fmt: skip
     sizing = Sizing(capacity.slo_capacity_rps, headroom, spare)
-    replicas = sizing.replicas(demand.peak_rps, at_least_one=True)
+    by_peak = sizing.replicas(demand.peak_rps, at_least_one=True)
+    replicas = by_peak
+    predictions: list[dict[str, Any]] = []
+    if simulator is not None:
+        serving, notes_made = _simulated_fleet(simulator, by_peak - spare, headroom, spare)
+        replicas = serving + spare
+        notes.extend(notes_made)
+        sizing = Sizing(demand.peak_rps * (1.0 + headroom) / serving, headroom, spare)
+        predictions = [
+            simulator.predict(size).json_dict() for size in (replicas - 1, replicas, replicas + 1) if size >= 1
+        ]
     high = None
     if capacity.bracket_high_rps is not None:
         high = Sizing(capacity.bracket_high_rps, headroom, spare).replicas(demand.peak_rps, at_least_one=True)
@@ -378,6 +410,9 @@ def plan_fleet(
         replicas=replicas,
         gpus_per_replica=gpus_per_replica,
         gpus=gpus,
+        replicas_by_peak=by_peak,
+        sizing="fleet simulation" if simulator is not None else "peak / SLO capacity",
+        sizing_capacity_rps=sizing.capacity_rps,
         slo_capacity_rps=capacity.slo_capacity_rps,
         slo_capacity_bracket_rps=bracket,
         replicas_at_bracket_high=high,
@@ -395,5 +430,23 @@ def plan_fleet(
         gpu_count_given_suffices=(given >= gpus) if given is not None else None,
         apis=apis,
         verdict=_verdict(monthly_self, apis, conditions, model),
+        fleet_model=simulator.service.json_dict() if simulator is not None else None,
+        predictions=predictions,
         notes=notes,
     )
+
+
+def _simulated_fleet(simulator: FleetSimulator, start: int, headroom: float, spare: int) -> tuple[int, list[str]]:
+    """The fewest serving replicas the simulation finds meeting the SLOs at the rate x (1 + headroom), and
+    notes on what it could not judge."""
+    notes = []
+    service = simulator.service
+    if not service.saturated:
+        notes.append(
+            f"no point of {service.sweep} saturated: the simulated replica's {service.slots} slots are a lower bound "
+            "(its fleet errs towards too many replicas)"
+        )
+    if simulator.unpredicted:
+        notes.append(f"the fleet simulation does not predict {', '.join(simulator.unpredicted)}: not judged by it")
+    serving, _ = simulator.smallest_fleet(max(start, 1), rate_factor=1.0 + headroom)
+    return serving, notes

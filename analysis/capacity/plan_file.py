@@ -8,13 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from shadowreplay.analysis.capacity import demand as demand_module
-from shadowreplay.analysis.capacity import fleet_plan, replica_capacity
+from shadowreplay.analysis.capacity import fleet_plan, fleet_simulation, replica_capacity
 from shadowreplay.analysis.capacity.cost_model import CostModel
 from shadowreplay.analysis.capacity.demand import Demand
 from shadowreplay.analysis.capacity.fleet_plan import FleetPlan, plan_fleet
+from shadowreplay.analysis.capacity.fleet_simulation import FleetSimulator, ReplicaService
 from shadowreplay.analysis.capacity.replica_capacity import ReplicaCapacity
 from shadowreplay.analysis.cost.prices import PriceBook
+from shadowreplay.analysis.metrics.slo import parse_slos
+from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.run_dir import write_text_atomically
 
 if TYPE_CHECKING:
@@ -32,9 +37,26 @@ def capacity_plan(
     spare: int,
     prices: PriceBook | None,
     model: CostModel | None,
+    arrivals_s: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """plan.json's object: the demand, one plan per target (with its sweep's capacity), the definitions."""
-    plans: list[FleetPlan] = [plan_fleet(c, demand, headroom, spare, prices, model) for c in capacities]
+    """plan.json's object: the demand, one plan per target (with its sweep's capacity), the definitions.
+    `arrivals_s`: the log's arrivals at the demand's volume (s from the first), on which each target's
+    fleet is simulated (analysis/capacity/fleet_simulation.py); None: sized by the peak alone."""
+    plans: list[FleetPlan] = []
+    for capacity in capacities:
+        simulator = None
+        unsimulated = None
+        if arrivals_s is not None and capacity.slo_capacity_rps is not None:
+            try:
+                service = ReplicaService.from_sweep(capacity.sweep)
+            except ShadowReplayError as exc:  # e.g. a sweep whose points' rows are gone: sized by the peak alone
+                unsimulated = f"the fleet is not simulated: {exc}"
+            else:
+                simulator = FleetSimulator(service, arrivals_s, parse_slos(capacity.slos))
+        plan = plan_fleet(capacity, demand, headroom, spare, prices, model, simulator)
+        if unsimulated:
+            plan.notes.append(unsimulated)
+        plans.append(plan)
     return {
         "kind": PLAN_KIND,
         "schema_version": PLAN_VERSION,
@@ -46,6 +68,7 @@ def capacity_plan(
             **demand_module.DEFINITIONS,
             **replica_capacity.DEFINITIONS,
             **fleet_plan.DEFINITIONS,
+            **fleet_simulation.DEFINITIONS,
         },
     }
 
@@ -87,7 +110,9 @@ def print_plans(plan: dict[str, Any], console: Console) -> None:
         low, high = entry["slo_capacity_bracket_rps"]
         capacity = "-" if low is None else f"{low:.3g}" + (f" (< {high:.3g})" if high is not None else "")
         replicas = "-" if entry["replicas"] is None else str(entry["replicas"])
-        if entry["replicas_at_bracket_high"] not in (None, entry["replicas"]):
+        if entry["sizing"] == "fleet simulation":
+            replicas += f" (simulated; {entry['replicas_by_peak']} by the peak)"
+        elif entry["replicas_at_bracket_high"] not in (None, entry["replicas"]):
             replicas += f" ({entry['replicas_at_bracket_high']} at the bracket's top)"
         fleet.add_row(
             capacity,
@@ -102,6 +127,8 @@ def print_plans(plan: dict[str, Any], console: Console) -> None:
             _usd(entry["monthly_cost_usd"]),
         )
         console.print(fleet)
+        if entry["predictions"]:
+            print_predictions(entry, console)
         if entry["apis"]:
             apis = Table(title=f"The same {_tokens(entry['monthly_tokens'])} tokens a month on the APIs")
             for column in ("API", "USD/month", "break-even tokens/month", "note"):
@@ -117,3 +144,60 @@ def print_plans(plan: dict[str, Any], console: Console) -> None:
             console.print(f"  {condition['name']}: {status} ({condition['source']})", highlight=False, soft_wrap=True)
         for note in entry["notes"]:
             console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+
+
+def print_predictions(entry: dict[str, Any], console: Console) -> None:
+    """The simulated fleet's percentiles for replicas - 1, replicas and replicas + 1."""
+    from rich.table import Table
+
+    model = entry["fleet_model"]
+    table = Table(
+        title=f"Fleet simulation ({model['slots']} slots a replica, {model['mean_service_s'] * 1000:,.0f} ms mean "
+        f"service, from {model['calibration_requests']} requests of the sweep)"
+    )
+    for column in ("replicas", "TTFT p50 ms", "TTFT p95 ms", "TPOT p95 ms", "e2e p95 ms", "queued", "meets SLOs"):
+        table.add_column(column, justify="right")
+    for prediction in entry["predictions"]:
+        ms = prediction["percentiles_ms"]
+        table.add_row(
+            str(prediction["replicas"]),
+            _ms(ms["ttft"]["p50"]),
+            _ms(ms["ttft"]["p95"]),
+            _ms(ms["tpot"]["p95"]),
+            _ms(ms["e2e"]["p95"]),
+            f"{prediction['queued_fraction']:.1%}",
+            "yes" if prediction["meets_slos"] else "NO",
+        )
+    console.print(table)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def print_verify(plan: dict[str, Any], console: Console) -> None:
+    """`--verify`'s replays: measured p95 and SLOs beside the simulation's, with its error."""
+    from rich.table import Table
+
+    table = Table(title="Verified by replay (p95 ms: measured / predicted, error)")
+    for column in ("target", "replicas", "requests", "errors", "TTFT", "TPOT", "e2e", "meets SLOs (replay / model)"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for check in plan["verify"]:
+        cells = []
+        for metric in ("ttft", "tpot", "e2e"):
+            measured, predicted, error = (
+                check["measured_p95_ms"][metric],
+                check["predicted_p95_ms"][metric],
+                check["error"][metric],
+            )
+            cells.append(f"{_ms(measured)} / {_ms(predicted)}" + (f" ({error:+.0%})" if error is not None else ""))
+        met = {True: "yes", False: "NO", None: "-"}
+        table.add_row(
+            check["target"],
+            f"{check['replicas']}" + (" (plan)" if check["planned"] else ""),
+            str(check["requests"]),
+            f"{check['error_rate']:.1%}" if check["error_rate"] is not None else "-",
+            *cells,
+            f"{met[check['slos_met']]} / {met[check['predicted_slos_met']]}",
+        )
+    console.print(table)

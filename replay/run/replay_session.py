@@ -30,7 +30,7 @@ from shadowreplay.replay.run.runner import RunOutcome, RunSettings, run_plan
 from shadowreplay.replay.run.session import Session
 from shadowreplay.replay.schemas.manifest import Counts, Selection
 from shadowreplay.replay.schemas.run_dir import RunDir
-from shadowreplay.replay.targets.config import load_targets
+from shadowreplay.replay.targets.config import TargetConfig, load_targets
 
 
 @dataclass
@@ -60,13 +60,16 @@ class ReplayRequest:
     # (rows, offsets, what it did for the manifest's selection.volume); the CLI passes
     # loadgen/volume.py's on_timeline for --volume. None: the rows as selected.
     volume: Callable[[pa.Table, np.ndarray], tuple[pa.Table, np.ndarray, dict[str, Any]]] | None = None
+    # The targets themselves, loaded (e.g. a target at another replica count, `capacity --verify`),
+    # instead of target_files.
+    targets: list[TargetConfig] | None = None
 
 
 def replay_log(request: ReplayRequest) -> RunOutcome:
     """Replay the selected rows of a traffic log against every target, inside one Session: the
     run directory refused if it already holds results, servers and Ray started and stopped, the
     manifest written on any exit."""
-    targets = load_targets(request.target_files)
+    targets = request.targets if request.targets is not None else load_targets(request.target_files)
     rows = select_rows(request.log, Window.parse(request.window) if request.window else None, request.limit)
     offsets = arrival_offsets_s(rows)
     volume: dict[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from shadowreplay.errors import UserError
@@ -18,7 +19,10 @@ def add_parser(subparsers) -> None:
             "From each sweep (one per target; --shape poisson or trace) its replica's SLO capacity under --slo, "
             "and from LOG the demand at --volume: the log's arrivals as rates over --window (default: short enough "
             "for the SLO to notice a 10% overload), peak and peak-to-average. "
-            "Replicas = ceil(peak x (1 + headroom) / capacity) + spare, GPUs = replicas x gpus_per_replica; "
+            "Each target's fleet is simulated on the log's own arrivals at the volume (each replica calibrated from "
+            "its sweep): replicas = the fewest that meet every SLO at the rate x (1 + headroom), + spare (also shown: "
+            "ceil(peak x (1 + headroom) / capacity) + spare), GPUs = replicas x gpus_per_replica, with the predicted "
+            "percentiles of N - 1, N and N + 1; "
             "the autoscaled bound (hour by hour); the monthly cost self-hosted (--cost-model or the --prices "
             "self-hosted entry) beside every priced API; the break-even volume; and the runbook's verdict with "
             "its four conditions and where each came from."
@@ -78,6 +82,23 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--cost-model", type=Path, metavar="FILE", help="the runbook's cost model (configs/cost_model.example.yaml)"
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="replay LOG at the volume against N-1, N and N+1 replicas of each --target (needs -o): measured "
+        "percentiles and SLOs beside the simulation's",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="T.yaml",
+        help="with --verify: the target of a sweep (its name), with endpoints: (one URL per replica) or kind vllm",
+    )
+    parser.add_argument(
+        "--verify-duration", metavar="D", help="with --verify: replay only the first D of the log (e.g. 10m)"
+    )
     parser.add_argument("--json", action="store_true", help="print plan.json's object instead of the table")
     parser.add_argument(
         "-o", "--output", type=Path, metavar="PLAN_DIR", help="write PLAN_DIR/plan.json and PLAN_DIR/plan.html"
@@ -89,13 +110,18 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.capacity.cost_model import load_cost_model
     from shadowreplay.analysis.capacity.demand import default_window_s
     from shadowreplay.analysis.capacity.demand import demand as demand_of
-    from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, write_plan
+    from shadowreplay.analysis.capacity.plan_file import capacity_plan, print_plans, print_verify, write_plan
     from shadowreplay.analysis.capacity.replica_capacity import replica_capacity
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.analysis.cost.prices import load_prices
     from shadowreplay.analysis.metrics.slo import parse_slos
+    from shadowreplay.loadgen.volume import arrivals_at_volume
     from shadowreplay.replay.run.plan import parse_duration_s
 
+    if args.verify and (not args.target or not args.output):
+        raise UserError("--verify needs --target T.yaml (each sweep's target) and -o PLAN_DIR (for its replays)")
+    if args.target and not args.verify:
+        raise UserError("--target is for --verify")
     if args.headroom < 0 or args.spare < 0:
         raise UserError("--headroom and --spare must be zero or more")
     if args.gpus_per_replica is not None and args.gpus_per_replica < 1:
@@ -112,7 +138,13 @@ def run(args: argparse.Namespace) -> int:
     else:  # the tightest of the sweeps' (analysis/capacity/demand.py default_window_s)
         window_s = min(default_window_s(parse_slos(c.slos), c.point_s) for c in capacities)
     demand = demand_of(args.log, window_s, volume)
-    plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model)
+    arrivals = arrivals_at_volume(args.log, demand.factor)  # what the fleet simulation is fed
+    plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model, arrivals)
+    if args.verify:
+        from shadowreplay.loadgen.capacity_verify import VerifyRequest, verify_plan
+
+        request = VerifyRequest(args.log, args.target, args.output, volume, args.verify_duration)
+        verify_plan(plan, request, say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
     if args.output:
         from shadowreplay.analysis.capacity.plan_page import write_plan_page  # plotly and jinja2 only for the page
 
@@ -125,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
         console = Console() if Console().is_terminal else Console(width=140)
         print_plans(plan, console)
+        if plan.get("verify"):
+            print_verify(plan, console)
         if args.output:
             console.print(f"plan: {path}; page: {page}", highlight=False)
     return 0

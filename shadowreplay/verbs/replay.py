@@ -86,32 +86,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     import numpy as np
-    import pyarrow as pa
 
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.loadgen.shapes import TraceScaled
-    from shadowreplay.loadgen.volume import log_volume, on_timeline
+    from shadowreplay.loadgen.volume import volume_hook
     from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 
     def trace_scaled(offsets: np.ndarray) -> np.ndarray:
         return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
-
-    def at_volume(rows: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, np.ndarray, dict]:
-        assert volume is not None, "passed only with --volume"
-        scaled, scaled_offsets, scaling = on_timeline(
-            rows, offsets, volume.factor(log_volume(rows, offsets)), volume.spec
-        )
-        print(f"replay: {scaling.describe()}", flush=True)
-        if scaling.repeated_text_rows:
-            print(
-                f"replay: WARNING {scaling.repeated_text_rows:,} rows with recorded text are sent more than once "
-                "(a server's prefix cache serves the copies cheaply)",
-                flush=True,
-            )
-        return scaled, scaled_offsets, asdict(scaling)
 
     if args.speed <= 0:
         raise UserError("--speed must be positive")
@@ -139,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         worker_cpus=args.worker_cpus,
         send_times=trace_scaled,
         schedule=f"TraceScaled(speed={args.speed:g})",
-        volume=at_volume if volume is not None else None,
+        volume=volume_hook(volume, lambda line: print(line, flush=True)) if volume is not None else None,
     )
     outcome = replay_log(request)  # its errors are ShadowReplayErrors: the CLI prints them as one line
     print(

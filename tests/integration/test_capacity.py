@@ -17,8 +17,10 @@ import yaml
 import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
 from shadowreplay.cli import main
+from shadowreplay.loadgen.volume import arrivals_at_volume
 from tests.support.chromium import chromium_dom, plotly_drawing
 from tests.support.fifo_model import FifoServerModel
+from tests.support.fleet_reference import plain_fleet
 from tests.support.paths import REPO
 from tests.support.traffic_logs import arrivals_log, bursty_offsets
 
@@ -88,8 +90,30 @@ def test_the_plan_is_its_inputs_recomputed(swept, capsys, tmp_path):
     assert peak > 1.5 * mean  # the bursts at 1.6x the mean show in 3 s windows
     assert demand["peak_rps"] == pytest.approx(peak) and demand["mean_rps"] == pytest.approx(mean)
     assert entry["peak_demand_rps"] == pytest.approx(peak)
-    replicas = math.ceil(peak * 1.15 / capacity) + 1
+    assert entry["replicas_by_peak"] == math.ceil(peak * 1.15 / capacity) + 1
+
+    # The fleet simulation, calibrated from the sweep's rows: the FIFO server is 1 slot of 1/6 s, TTFT 15 ms.
+    fleet_model = entry["fleet_model"]
+    assert fleet_model["slots"] == 1 and fleet_model["mean_service_s"] == pytest.approx(1 / 6)
+    assert fleet_model["service_ttft_p50_ms"] == pytest.approx(15.0)
+    # Its answer, recomputed by the plain request-by-request simulation on the arrivals at 3x, their rate
+    # 1.15x (the headroom): the fewest serving replicas whose TTFT p95 is within 300 ms; + the spare.
+    arrivals = arrivals_at_volume(log, 3.0) / 1.15
+
+    def ttft_p95_ms(replicas: int) -> float:
+        waits = plain_fleet(arrivals, np.full(len(arrivals), 1 / 6), replicas, 1)
+        return float(np.percentile(waits + 0.015, 95) * 1000)
+
+    serving = next(n for n in range(1, 50) if ttft_p95_ms(n) <= 300.0)
+    replicas = serving + 1
+    assert entry["sizing"] == "fleet simulation"
     assert entry["replicas"] == replicas and entry["gpus_per_replica"] == 2 and entry["gpus"] == 2 * replicas
+    predicted = {p["replicas"]: p for p in entry["predictions"]}  # at 3x itself, without the headroom
+    assert sorted(predicted) == [replicas - 1, replicas, replicas + 1]
+    for size, prediction in predicted.items():
+        waits = plain_fleet(arrivals * 1.15, np.full(len(arrivals), 1 / 6), size, 1)
+        expected = np.percentile(waits + 0.015, 95) * 1000
+        assert prediction["percentiles_ms"]["ttft"]["p95"] == pytest.approx(expected, rel=0.02), size
 
     model = yaml.safe_load(COST_MODEL.read_text())["cost_model"]
     lease_hour = model["self_host_path"]["h100_monthly_lease"] / 720
@@ -109,8 +133,8 @@ def test_the_plan_is_its_inputs_recomputed(swept, capsys, tmp_path):
 
     # The break-even against each API, checked on the cost functions: self-hosting costs no more than the
     # API at every volume above it (a grid of them), and more just below it.
-    def self_cost(volume_factor: float) -> float:
-        fleet = max(math.ceil(peak * volume_factor * 1.15 / capacity - 1e-9), 1) + 1
+    def self_cost(volume_factor: float) -> float:  # the simulated fleet, in proportion to the volume
+        fleet = max(math.ceil(serving * volume_factor - 1e-9), 1) + 1
         return fleet * 2 * lease_hour * 720 + engineering
 
     for api in entry["apis"]:

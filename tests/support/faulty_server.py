@@ -13,6 +13,11 @@ or `{"faulty": {"fault": "reset", "fault_after_tokens": 3}}` (a target config ca
 Token i (0-based) is sent `ttft_ms + i * itl_ms` after the request arrived (absolute schedule, so
 delays do not accumulate).
 
+With `slots=k` the server is one of known capacity: it serves at most k requests at once, first come
+first served, and a request's script clock starts when it gets a slot (the time before is its
+queueing: TTFT = wait + ttft_ms). With a fixed script of `tokens` tokens its capacity is
+k / (ttft_ms + (tokens - 1) x itl_ms) requests a second.
+
 Use it in-process (`async with FaultyServer() as server: server.base_url`), in a background thread
 (`with FaultyServerThread() as server:`), or as its own process:
 `python tests/support/faulty_server.py --port 8123 --ttft-ms 50 --itl-ms 10`. It binds 127.0.0.1 only.
@@ -155,9 +160,11 @@ class _Stream:
 class FaultyServer:
     """The server in the current event loop: `await start()` / `await stop()`, or `async with`."""
 
-    def __init__(self, script: Script | None = None, port: int = 0):
+    def __init__(self, script: Script | None = None, port: int = 0, slots: int = 0):
         self.script = script or Script()
         self.port = port
+        self.slots = slots  # 0: no limit
+        self._slot_gate: asyncio.Semaphore | None = None
         self.requests_seen = 0
         self.client_ports: list[int] = []  # the client's port of each request, in arrival order
         self._runner: web.AppRunner | None = None
@@ -175,6 +182,8 @@ class FaultyServer:
         return app
 
     async def start(self) -> str:
+        if self.slots:
+            self._slot_gate = asyncio.Semaphore(self.slots)  # FIFO: waiters are woken in arrival order
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, HOST, self.port)
@@ -233,6 +242,14 @@ class FaultyServer:
             return web.json_response({"id": "cmpl-json", "object": "chat.completion", "choices": []})
         if not body.get("stream"):
             return _error_response(400, "the faulty server only streams; set stream: true", "invalid_request_error")
+        if self._slot_gate is not None:
+            async with self._slot_gate:
+                return await self._respond(request, api, body, script, time.perf_counter())
+        return await self._respond(request, api, body, script, arrived)
+
+    async def _respond(
+        self, request: web.Request, api: str, body: dict, script: Script, arrived: float
+    ) -> web.StreamResponse:
         tokens = int(body["max_tokens"]) if body.get("max_tokens") is not None else script.tokens
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and script.send_usage
         response = web.StreamResponse(
@@ -338,8 +355,8 @@ class FaultyServerThread(ServerThread[FaultyServer]):
     """The server on its own event loop in a daemon thread (for synchronous tests):
     `with FaultyServerThread(script) as server: server.base_url`."""
 
-    def __init__(self, script: Script | None = None, port: int = 0, start_timeout_s: float = 10.0):
-        super().__init__(FaultyServer(script, port), start_timeout_s)
+    def __init__(self, script: Script | None = None, port: int = 0, start_timeout_s: float = 10.0, slots: int = 0):
+        super().__init__(FaultyServer(script, port, slots), start_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,13 +368,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--itl-ms", type=float, default=0.0, help="then one chunk every this many ms")
     parser.add_argument("--tokens", type=int, default=8, help="output tokens when the request gives no max_tokens")
     parser.add_argument("--tokens-per-chunk", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=0, help="serve at most this many requests at once (0: no limit)")
     args = parser.parse_args(argv)
     script = Script(
         ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, tokens=args.tokens, tokens_per_chunk=args.tokens_per_chunk
     )
 
     async def serve() -> None:
-        server = FaultyServer(script, args.port)
+        server = FaultyServer(script, args.port, args.slots)
         await server.start()
         print(f"faulty server listening on {server.base_url}", flush=True)
         try:

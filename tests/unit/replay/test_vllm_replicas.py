@@ -119,3 +119,13 @@ def test_the_bundled_replicas_example_loads_as_four_replicas_of_two_gpus():
     assert fleet.replica_count == 4 and fleet.replica_gpus == 2
     with pytest.raises(UserError, match="need 8 GPUs; this host shows 4"):
         replica_slots(fleet.name, fleet.replica_count, fleet.replica_gpus, ["0", "1", "2", "3"], None)
+
+
+@pytest.mark.parametrize(
+    ("example", "gpus", "replicas"), [("gemma-4-31b.example.yaml", 2, 1), ("glm-5.1.example.yaml", 16, 3)]
+)
+def test_the_runbook_candidates_examples_load_with_their_gpus_per_replica(example, gpus, replicas):
+    """Gemma 4 31B: tensor parallel 2 from its args; GLM-5.1: 16 GPUs a replica, given (TP 8 x PP 2 over two
+    nodes, started outside shadowreplay and listed as endpoints)."""
+    target = load_target(REPO / "configs" / "targets" / example)
+    assert target.replica_gpus == gpus and target.replica_count == replicas

@@ -1,0 +1,363 @@
+"""The fleet simulation: N replicas fed by the log's own arrivals at the planned volume, each replica
+calibrated from its sweep, predicting the latency percentiles a replay would measure.
+
+Definitions (`DEFINITIONS` carries them into plan.json):
+- A replica is `slots` requests served at once, first come first served, each request taking its own
+  service time (send to last token, e2e) with its first token `ttft` into it; a request that finds its
+  replica's slots busy waits for the first to free. This is exactly a server of k slots with fixed
+  service times, and what a continuous-batching server (vLLM) is to first order: a batch of
+  `max_num_seqs` sequences whose members' latency does not grow with the batch. A real one's does
+  (TPOT rises with the batch), so below saturation the model reads latency low, more so the fuller
+  the batch; `--verify` measures how far (docs/DESIGN.md "Capacity plan").
+- Calibration (`ReplicaService.from_sweep`): the service times are the per-request TTFT and e2e of the
+  sweep's lightest point, from the requests that found fewer than `slots` of the point's requests in
+  flight when sent (those that did not queue); slots = round(saturation rate x mean service time)
+  (Little's law at saturation: a full replica serves slots / service time requests a second), where the
+  saturation rate is the highest achieved rate of any point. Service times and slots are found together
+  (slots from all the rows, then from the unqueued ones, until slots no longer changes). Where no point
+  saturated, slots is a lower bound and the prediction errs high (the plan notes it).
+- Routing: each request goes to the replica with the fewest requests in flight (served or waiting),
+  ties to the one whose count changed longest ago: the client's least-in-flight rule with one worker
+  (replay/clients/replicas.py; several workers each route by their own counts).
+- Service draws: every simulated request takes the service times of one calibration request drawn at
+  random (seeded: every fleet size sees the same draws, so fleets differ by their size alone).
+- Predicted per request: TTFT = wait + its TTFT, e2e = wait + its e2e, TPOT = its TPOT (a slot's pace
+  does not depend on the queue); percentiles with linear interpolation, as the report's.
+- Cost: the stretches where fewer requests are in flight than the fleet has slots cannot queue, and
+  are found for all requests at once (numpy: every request's count in flight if none waited); only the
+  stretches where the fleet is full are simulated request by request, so a month of traffic on a
+  fleet sized for it takes seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shadowreplay.analysis.metrics.slo import Slo
+from shadowreplay.errors import UserError
+
+PREDICTED_METRICS = ("ttft", "tpot", "e2e")  # what the model predicts; an SLO on another is not judged
+SAME_AS = {"sched_ttft": "ttft", "sched_e2e": "e2e"}  # equal to these for a client that sends on time
+PERCENTILES = (50.0, 95.0, 99.0)
+SEED = 0xF1EE7
+MAX_SEARCH_REPLICAS = 100_000
+
+DEFINITIONS = {
+    "fleet_model": "each replica serves `slots` requests at once, first come first served, each with the service "
+    "times (TTFT, e2e) of a calibration request drawn at random; a request waits when its replica's slots are "
+    "busy; routed to the replica with the fewest in flight",
+    "calibration": "service times: the sweep's lightest point's requests that did not queue; slots = round("
+    "saturation rate x mean e2e), the saturation rate the highest achieved rate of any point",
+    "predicted": "TTFT = wait + service TTFT, e2e = wait + service e2e, TPOT = service TPOT; linear percentiles",
+}
+
+
+@dataclass(frozen=True)
+class ReplicaService:
+    """One replica's service, calibrated from a sweep (module docstring); times in seconds."""
+
+    sweep: str
+    slots: int
+    ttft_s: np.ndarray = field(repr=False)  # one per calibration request
+    e2e_s: np.ndarray = field(repr=False)
+    tpot_s: np.ndarray = field(repr=False)  # NaN where a request had one token
+    calibration_rps: float  # the offered rate of the point the service times come from
+    saturation_rps: float
+    saturated: bool  # some point saturated: slots is measured, not a lower bound
+
+    @property
+    def mean_service_s(self) -> float:
+        return float(self.e2e_s.mean())
+
+    @property
+    def capacity_rps(self) -> float:
+        """What a full replica serves a second: slots / mean service time."""
+        return self.slots / self.mean_service_s
+
+    def json_dict(self) -> dict:
+        return {
+            "sweep": self.sweep,
+            "slots": self.slots,
+            "calibration_requests": len(self.e2e_s),
+            "calibration_rps": self.calibration_rps,
+            "saturation_rps": self.saturation_rps,
+            "saturated": self.saturated,
+            "mean_service_s": self.mean_service_s,
+            "service_ttft_p50_ms": float(np.median(self.ttft_s)) * 1000.0,
+            "service_e2e_p50_ms": float(np.median(self.e2e_s)) * 1000.0,
+            "capacity_rps": self.capacity_rps,
+        }
+
+    @classmethod
+    def from_sweep(cls, sweep_dir: str | Path) -> ReplicaService:
+        """The service of the sweep at `sweep_dir`'s target (module docstring: calibration)."""
+        import polars as pl
+
+        from shadowreplay.analysis.data.run_data import load_run
+        from shadowreplay.analysis.data.sweep_data import read_sweep
+        from shadowreplay.analysis.metrics.table import tpot_ms
+
+        directory = Path(sweep_dir)
+        _, curve = read_sweep(directory)
+        used = curve.filter(~pl.col("outlier") & pl.col("offered_rps").is_not_null())
+        achieved = used.get_column("achieved_rps").drop_nulls()
+        if used.height == 0 or achieved.len() == 0:
+            raise UserError(f"{directory}: the sweep has no open-loop point to calibrate a replica from")
+        saturation_rps = float(achieved.max())  # type: ignore[arg-type]
+        lightest = used.sort("offered_rps").row(0, named=True)
+        columns = ("sent_s", "done_s", "ttft_ms", "e2e_ms", "completion_tokens", "client_tokens", "status")
+        run = load_run(directory / lightest["run_dir"], columns=columns)
+        rows = (
+            run.final_scan.filter(pl.col("status") == "ok")
+            .select("sent_s", "done_s", "ttft_ms", "e2e_ms", tpot_ms())
+            .drop_nulls(["sent_s", "done_s", "ttft_ms", "e2e_ms"])
+            .sort("sent_s")
+            .collect()
+        )
+        if rows.height == 0:
+            raise UserError(f"{directory / lightest['run_dir']}: the sweep's lightest point has no ok request")
+        sent = rows.get_column("sent_s").to_numpy()
+        done = rows.get_column("done_s").to_numpy()
+        in_flight = np.arange(len(sent)) - np.searchsorted(np.sort(done), sent, side="right")
+        ttft = rows.get_column("ttft_ms").to_numpy() / 1000.0
+        e2e = rows.get_column("e2e_ms").to_numpy() / 1000.0
+        tpot = rows.get_column("tpot_ms").cast(pl.Float64).fill_null(np.nan).to_numpy() / 1000.0
+        unqueued = np.ones(len(e2e), dtype=bool)
+        slots = 0
+        for _ in range(10):  # slots from the requests that did not queue, until it settles
+            found = max(1, round(saturation_rps * float(e2e[unqueued].mean())))
+            if found == slots:
+                break
+            slots = found
+            unqueued = in_flight < slots
+        saturated = bool(used.get_column("saturation").is_not_null().any())  # a point's reason, null when none
+        return cls(
+            sweep=str(directory),
+            slots=slots,
+            ttft_s=ttft[unqueued],
+            e2e_s=np.maximum(e2e[unqueued], 1e-9),
+            tpot_s=tpot[unqueued],
+            calibration_rps=float(lightest["offered_rps"]),
+            saturation_rps=saturation_rps,
+            saturated=saturated,
+        )
+
+
+def unqueued_in_flight(arrivals_s: np.ndarray, service_s: np.ndarray) -> np.ndarray:
+    """Per request, how many earlier requests are still in flight when it arrives if nobody waits (the
+    same for every fleet size: `fleet_waits` takes it to size several fleets on one arrival process)."""
+    done = np.sort(arrivals_s + service_s)
+    return np.arange(len(arrivals_s)) - np.searchsorted(done, arrivals_s, side="right")
+
+
+def fleet_waits(
+    arrivals_s: np.ndarray,
+    service_s: np.ndarray,
+    replicas: int,
+    slots: int,
+    in_flight: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each request's wait (s) in a fleet of `replicas` x `slots` (module docstring). `arrivals_s` sorted;
+    `in_flight`: their `unqueued_in_flight`, where already known."""
+    n = len(arrivals_s)
+    waits = np.zeros(n)
+    if n == 0:
+        return waits
+    capacity = replicas * slots
+    undelayed_done = arrivals_s + service_s
+    if in_flight is None:
+        in_flight = unqueued_in_flight(arrivals_s, service_s)
+    full = np.flatnonzero(in_flight >= capacity)
+    longest = float(service_s.max())
+    position = 0
+    while True:
+        nxt = int(np.searchsorted(full, position))
+        if nxt == len(full):
+            return waits
+        position = _queued_stretch(
+            arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits
+        )
+
+
+def _queued_stretch(
+    arrivals: np.ndarray,
+    service: np.ndarray,
+    undelayed_done: np.ndarray,
+    first: int,
+    replicas: int,
+    slots: int,
+    longest: float,
+    waits: np.ndarray,
+) -> int:
+    """Simulate request by request from `first` (the fleet full, nobody waiting) until every request that
+    waited is done; fills `waits` and returns the next request, from which nobody waits until the fleet
+    is full again. The requests in flight at `first` are dealt to the replicas in arrival order."""
+    start_t = float(arrivals[first])
+    low = int(np.searchsorted(arrivals, start_t - longest, side="left"))
+    held = [j for j in range(low, first) if undelayed_done[j] > start_t]
+    slot_free: list[list[float]] = [[] for _ in range(replicas)]
+    departures: list[tuple[float, int]] = []
+    for index, j in enumerate(held):
+        replica = index % replicas
+        slot_free[replica].append(float(undelayed_done[j]))
+        departures.append((float(undelayed_done[j]), replica))
+    counts = [len(free) for free in slot_free]
+    for free in slot_free:
+        free.extend([start_t] * (slots - len(free)))  # (a replica dealt fewer than its slots has them free)
+        heapq.heapify(free)
+    heapq.heapify(departures)
+    tick = 0
+    changed = list(range(replicas))  # when each replica's count last changed: ties go to the oldest
+    by_count = [(counts[r], changed[r], r) for r in range(replicas)]
+    heapq.heapify(by_count)
+    last_waiter_done = -math.inf
+    heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
+    n = len(arrivals)
+    i = first
+    while i < n:
+        now = float(arrivals[i])
+        if i > first and last_waiter_done <= now:
+            return i
+        while departures and departures[0][0] <= now:
+            _, replica = heappop(departures)
+            counts[replica] -= 1
+            tick += 1
+            changed[replica] = replica_tick = tick + replicas
+            heappush(by_count, (counts[replica], replica_tick, replica))
+        while True:  # the fewest in flight; stale entries (a count changed since) are dropped
+            count, when, replica = by_count[0]
+            if when == changed[replica] and count == counts[replica]:
+                break
+            heappop(by_count)
+        free = slot_free[replica]
+        begin = free[0] if free[0] > now else now
+        done = begin + float(service[i])
+        heapreplace(free, done)
+        heappush(departures, (done, replica))
+        counts[replica] += 1
+        tick += 1
+        changed[replica] = replica_tick = tick + replicas
+        heapreplace(by_count, (counts[replica], replica_tick, replica))
+        if begin > now:
+            waits[i] = begin - now
+            if done > last_waiter_done:
+                last_waiter_done = done
+        if len(by_count) > 8 * replicas + 64:  # keep the stale entries few
+            by_count = [(counts[r], changed[r], r) for r in range(replicas)]
+            heapq.heapify(by_count)
+        i += 1
+    return n
+
+
+@dataclass(frozen=True)
+class FleetPrediction:
+    """The predicted latency percentiles of `replicas` replicas, and whether each SLO is met."""
+
+    replicas: int
+    requests: int
+    queued_fraction: float  # of requests that waited for a slot
+    percentiles_ms: dict[str, dict[str, float | None]]  # metric -> "p95" -> ms
+    slos_met: dict[str, bool]  # SLO text -> met (the SLOs the model predicts)
+
+    @property
+    def meets(self) -> bool:
+        return all(self.slos_met.values())
+
+    def json_dict(self) -> dict:
+        return {
+            "replicas": self.replicas,
+            "requests": self.requests,
+            "queued_fraction": self.queued_fraction,
+            "percentiles_ms": self.percentiles_ms,
+            "slos_met": self.slos_met,
+            "meets_slos": self.meets,
+        }
+
+
+def predicted_metric(slo: Slo) -> str | None:
+    """The predicted metric an SLO is judged on, None where the model does not predict it (itl)."""
+    name = SAME_AS.get(slo.metric, slo.metric)
+    return name if name in PREDICTED_METRICS else None
+
+
+class FleetSimulator:
+    """Fleets of one replica service fed by one arrival process (module docstring)."""
+
+    def __init__(self, service: ReplicaService, arrivals_s: np.ndarray, slos: Sequence[Slo], seed: int = SEED):
+        order = np.argsort(arrivals_s, kind="stable")
+        self.arrivals_s = np.asarray(arrivals_s, dtype=float)[order]
+        self.service = service
+        self.slos = tuple(slos)
+        draws = np.random.default_rng(seed).integers(len(service.e2e_s), size=len(self.arrivals_s))
+        self._e2e = service.e2e_s[draws]
+        self._ttft = service.ttft_s[draws]
+        self._tpot = service.tpot_s[draws]
+        self.unpredicted = sorted({str(slo) for slo in self.slos if predicted_metric(slo) is None})
+        self._in_flight: dict[float, np.ndarray] = {}  # by rate factor: the same for every fleet size
+        self._made: dict[tuple[int, float], FleetPrediction] = {}
+
+    def predict(self, replicas: int, rate_factor: float = 1.0) -> FleetPrediction:
+        """`replicas` replicas on the arrivals, their rate `rate_factor` times as high (headroom)."""
+        if replicas < 1:
+            raise ValueError("a fleet has at least one replica")
+        made = self._made.get((replicas, rate_factor))
+        if made is not None:
+            return made
+        arrivals = self.arrivals_s / rate_factor if rate_factor != 1.0 else self.arrivals_s
+        if rate_factor not in self._in_flight:
+            self._in_flight[rate_factor] = unqueued_in_flight(arrivals, self._e2e)
+        waits = fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor])
+        values = {"ttft": waits + self._ttft, "e2e": waits + self._e2e, "tpot": self._tpot}
+        wanted = sorted({*PERCENTILES, *(slo.percentile for slo in self.slos)})
+        percentiles: dict[str, dict[str, float | None]] = {}
+        for metric, seconds in values.items():
+            finite = seconds[np.isfinite(seconds)]
+            picked = np.percentile(finite, wanted) * 1000.0 if len(finite) else [None] * len(wanted)
+            percentiles[metric] = {
+                f"p{p:g}": (float(v) if v is not None else None) for p, v in zip(wanted, picked, strict=True)
+            }
+        met: dict[str, bool] = {}
+        for slo in self.slos:
+            judged = predicted_metric(slo)
+            if judged is None:
+                continue
+            value = percentiles[judged][f"p{slo.percentile:g}"]
+            met[str(slo)] = value is not None and value <= slo.threshold_ms
+        queued = float((waits > 0).mean()) if len(waits) else 0.0
+        self._made[(replicas, rate_factor)] = made = FleetPrediction(replicas, len(waits), queued, percentiles, met)
+        return made
+
+    def smallest_fleet(self, start: int, rate_factor: float = 1.0) -> tuple[int, dict[int, FleetPrediction]]:
+        """The fewest replicas that meet every predicted SLO, searched from `start`, and the predictions
+        made on the way (by fleet size)."""
+        made: dict[int, FleetPrediction] = {}
+
+        def meets(replicas: int) -> bool:
+            if replicas not in made:
+                made[replicas] = self.predict(replicas, rate_factor)
+            return made[replicas].meets
+
+        replicas = max(1, start)
+        if meets(replicas):
+            while replicas > 1 and meets(replicas - 1):
+                replicas -= 1
+            return replicas, made
+        low = replicas  # fails; double until one meets, then bisect
+        high = replicas * 2
+        while not meets(high):
+            if high >= MAX_SEARCH_REPLICAS:
+                raise UserError(f"no fleet of up to {MAX_SEARCH_REPLICAS:,} replicas meets the SLOs in the simulation")
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if meets(middle):
+                high = middle
+            else:
+                low = middle
+        return high, made
