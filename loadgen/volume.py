@@ -171,8 +171,11 @@ def arrivals_at_volume(log: str | Path, factor: float) -> np.ndarray:
     --volume` would send them (the same thinning and copies): what the capacity plan's fleet simulation
     is fed. Reads three columns of the log."""
     pf = open_traffic_log(log)
-    rows = pf.read(columns=["arrival_time", "request_id", "session_id"])
+    columns = ["arrival_time"] if factor == 1 else ["arrival_time", "request_id", "session_id"]
+    rows = pf.read(columns=columns)  # the ids only where they pick or shift conversations
     micros = rows.column("arrival_time").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
     offsets = (micros - micros.min()) / 1e6 if len(micros) else np.zeros(0)
+    if factor == 1:
+        return np.sort(offsets)
     _, scaled, _ = on_timeline(rows.drop_columns(["arrival_time"]), offsets, factor)
     return scaled

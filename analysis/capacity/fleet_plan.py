@@ -55,6 +55,7 @@ from shadowreplay.analysis.cost.prices import HOURS_PER_MONTH, PriceBook, SelfHo
 
 MTOK = 1_000_000
 MAX_BREAK_EVEN_REPLICAS = 100_000  # the step function is followed this far at most
+FEW_CALIBRATION_REQUESTS = 30  # fewer service times than this, and the plan says its percentiles are rough
 
 DEFINITIONS = {
     "replicas_by_peak": "ceil(peak demand x (1 + headroom) / SLO capacity) + spare",
@@ -445,6 +446,11 @@ def _simulated_fleet(simulator: FleetSimulator, start: int, headroom: float, spa
         notes.append(
             f"no point of {service.sweep} saturated: the simulated replica's {service.slots} slots are a lower bound "
             "(its fleet errs towards too many replicas)"
+        )
+    if len(service.e2e_s) < FEW_CALIBRATION_REQUESTS:
+        notes.append(
+            f"the simulated replica is calibrated from only {len(service.e2e_s)} requests of {service.sweep} that did "
+            "not queue: its percentiles are rough (longer sweep points give more)"
         )
     if simulator.unpredicted:
         notes.append(f"the fleet simulation does not predict {', '.join(simulator.unpredicted)}: not judged by it")

@@ -10,12 +10,14 @@ Definitions (`DEFINITIONS` carries them into plan.json):
   (TPOT rises with the batch), so below saturation the model reads latency low, more so the fuller
   the batch; `--verify` measures how far (docs/DESIGN.md "Capacity plan").
 - Calibration (`ReplicaService.from_sweep`): the service times are the per-request TTFT and e2e of the
-  sweep's lightest point, from the requests that found fewer than `slots` of the point's requests in
-  flight when sent (those that did not queue); slots = round(saturation rate x mean service time)
-  (Little's law at saturation: a full replica serves slots / service time requests a second), where the
-  saturation rate is the highest achieved rate of any point. Service times and slots are found together
-  (slots from all the rows, then from the unqueued ones, until slots no longer changes). Where no point
-  saturated, slots is a lower bound and the prediction errs high (the plan notes it).
+  sweep's points that held (met the SLOs without saturating; else its lightest point), from the
+  requests that found fewer than `slots` of their point's requests in flight when sent (those that
+  did not queue): so a batching server's service times include the slowdown of the loads it held.
+  slots = round(saturation rate x mean service time) (Little's law at saturation: a full replica
+  serves slots / service time requests a second), where the saturation rate is the highest achieved
+  rate of any point. Service times and slots are found together (slots from all the rows, then from
+  the unqueued ones, until slots no longer changes). Where no point saturated, slots is a lower bound
+  and the prediction errs high (the plan notes it).
 - Routing: each request goes to the replica with the fewest requests in flight (served or waiting),
   ties to the one whose count changed longest ago: the client's least-in-flight rule with one worker
   (replay/clients/replicas.py; several workers each route by their own counts).
@@ -52,7 +54,8 @@ DEFINITIONS = {
     "fleet_model": "each replica serves `slots` requests at once, first come first served, each with the service "
     "times (TTFT, e2e) of a calibration request drawn at random; a request waits when its replica's slots are "
     "busy; routed to the replica with the fewest in flight",
-    "calibration": "service times: the sweep's lightest point's requests that did not queue; slots = round("
+    "calibration": "service times: the requests that did not queue of the sweep's points that held (else of its "
+    "lightest point); slots = round("
     "saturation rate x mean e2e), the saturation rate the highest achieved rate of any point",
     "predicted": "TTFT = wait + service TTFT, e2e = wait + service e2e, TPOT = service TPOT; linear percentiles",
 }
@@ -67,7 +70,8 @@ class ReplicaService:
     ttft_s: np.ndarray = field(repr=False)  # one per calibration request
     e2e_s: np.ndarray = field(repr=False)
     tpot_s: np.ndarray = field(repr=False)  # NaN where a request had one token
-    calibration_rps: float  # the offered rate of the point the service times come from
+    calibration_points: int  # the sweep's points the service times come from
+    calibration_rps: float  # the highest offered rate among them
     saturation_rps: float
     saturated: bool  # some point saturated: slots is measured, not a lower bound
 
@@ -85,6 +89,7 @@ class ReplicaService:
             "sweep": self.sweep,
             "slots": self.slots,
             "calibration_requests": len(self.e2e_s),
+            "calibration_points": self.calibration_points,
             "calibration_rps": self.calibration_rps,
             "saturation_rps": self.saturation_rps,
             "saturated": self.saturated,
@@ -110,21 +115,27 @@ class ReplicaService:
         if used.height == 0 or achieved.len() == 0:
             raise UserError(f"{directory}: the sweep has no open-loop point to calibrate a replica from")
         saturation_rps = float(achieved.max())  # type: ignore[arg-type]
-        lightest = used.sort("offered_rps").row(0, named=True)
+        held = used.filter(pl.col("saturation").is_null() & pl.col("slo_met").fill_null(True))
+        chosen = held if held.height else used.sort("offered_rps").head(1)
         columns = ("sent_s", "done_s", "ttft_ms", "e2e_ms", "completion_tokens", "client_tokens", "status")
-        run = load_run(directory / lightest["run_dir"], columns=columns)
-        rows = (
-            run.final_scan.filter(pl.col("status") == "ok")
-            .select("sent_s", "done_s", "ttft_ms", "e2e_ms", tpot_ms())
-            .drop_nulls(["sent_s", "done_s", "ttft_ms", "e2e_ms"])
-            .sort("sent_s")
-            .collect()
-        )
+        parts = []
+        for point in chosen.iter_rows(named=True):
+            run = load_run(directory / point["run_dir"], columns=columns)
+            rows = (
+                run.final_scan.filter(pl.col("status") == "ok")
+                .select("sent_s", "done_s", "ttft_ms", "e2e_ms", tpot_ms())
+                .drop_nulls(["sent_s", "done_s", "ttft_ms", "e2e_ms"])
+                .sort("sent_s")
+                .collect()
+            )
+            sent, done = rows.get_column("sent_s").to_numpy(), rows.get_column("done_s").to_numpy()
+            # in flight at the replica when each was sent: the point's earlier requests not yet done
+            in_flight = np.arange(len(sent)) - np.searchsorted(np.sort(done), sent, side="right")
+            parts.append(rows.with_columns(pl.Series("in_flight", in_flight)))
+        rows = pl.concat(parts)
         if rows.height == 0:
-            raise UserError(f"{directory / lightest['run_dir']}: the sweep's lightest point has no ok request")
-        sent = rows.get_column("sent_s").to_numpy()
-        done = rows.get_column("done_s").to_numpy()
-        in_flight = np.arange(len(sent)) - np.searchsorted(np.sort(done), sent, side="right")
+            raise UserError(f"{directory}: the sweep's points {', '.join(chosen['run_dir'])} have no ok request")
+        in_flight = rows.get_column("in_flight").to_numpy()
         ttft = rows.get_column("ttft_ms").to_numpy() / 1000.0
         e2e = rows.get_column("e2e_ms").to_numpy() / 1000.0
         tpot = rows.get_column("tpot_ms").cast(pl.Float64).fill_null(np.nan).to_numpy() / 1000.0
@@ -143,7 +154,8 @@ class ReplicaService:
             ttft_s=ttft[unqueued],
             e2e_s=np.maximum(e2e[unqueued], 1e-9),
             tpot_s=tpot[unqueued],
-            calibration_rps=float(lightest["offered_rps"]),
+            calibration_points=chosen.height,
+            calibration_rps=float(chosen.get_column("offered_rps").max()),  # type: ignore[arg-type]
             saturation_rps=saturation_rps,
             saturated=saturated,
         )

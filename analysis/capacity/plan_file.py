@@ -4,7 +4,7 @@ and the same plan as console tables."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +37,14 @@ def capacity_plan(
     spare: int,
     prices: PriceBook | None,
     model: CostModel | None,
-    arrivals_s: np.ndarray | None = None,
+    arrivals_s: Callable[[], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """plan.json's object: the demand, one plan per target (with its sweep's capacity), the definitions.
-    `arrivals_s`: the log's arrivals at the demand's volume (s from the first), on which each target's
-    fleet is simulated (analysis/capacity/fleet_simulation.py); None: sized by the peak alone."""
+    `arrivals_s` gives the log's arrivals at the demand's volume (s from the first; read once, when a
+    fleet is first simulated), on which each target's fleet is simulated
+    (analysis/capacity/fleet_simulation.py); None: sized by the peak alone."""
     plans: list[FleetPlan] = []
+    arrivals: np.ndarray | None = None
     for capacity in capacities:
         simulator = None
         unsimulated = None
@@ -52,7 +54,8 @@ def capacity_plan(
             except ShadowReplayError as exc:  # e.g. a sweep whose points' rows are gone: sized by the peak alone
                 unsimulated = f"the fleet is not simulated: {exc}"
             else:
-                simulator = FleetSimulator(service, arrivals_s, parse_slos(capacity.slos))
+                arrivals = arrivals_s() if arrivals is None else arrivals
+                simulator = FleetSimulator(service, arrivals, parse_slos(capacity.slos))
         plan = plan_fleet(capacity, demand, headroom, spare, prices, model, simulator)
         if unsimulated:
             plan.notes.append(unsimulated)
@@ -152,8 +155,9 @@ def print_predictions(entry: dict[str, Any], console: Console) -> None:
 
     model = entry["fleet_model"]
     table = Table(
-        title=f"Fleet simulation ({model['slots']} slots a replica, {model['mean_service_s'] * 1000:,.0f} ms mean "
-        f"service, from {model['calibration_requests']} requests of the sweep)"
+        title=f"Fleet simulation ({model['slots']} slot{'s' if model['slots'] != 1 else ''} a replica, "
+        f"{model['mean_service_s'] * 1000:,.0f} ms mean service, from {model['calibration_requests']} requests of "
+        f"{model['calibration_points']} sweep point{'s' if model['calibration_points'] != 1 else ''})"
     )
     for column in ("replicas", "TTFT p50 ms", "TTFT p95 ms", "TPOT p95 ms", "e2e p95 ms", "queued", "meets SLOs"):
         table.add_column(column, justify="right")

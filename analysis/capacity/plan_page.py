@@ -1,13 +1,16 @@
 """PLAN_DIR/plan.html: a capacity plan as a self-contained page, drawn from plan.json's figures.
 
 - Demand against the fleet: the window rates of the log at the planned volume over the log's time,
-  with each target's fleet at the SLOs (the replicas that serve, not the spare, x one replica's SLO
-  capacity / (1 + headroom)) as a line: where the demand crosses it, the fleet is too small.
+  with each target's fleet as a line: where the fleet is simulated, its serving replicas (not the
+  spare) x what a full replica serves (slots / mean service time: where the demand crosses it, the
+  fleet saturates); else the serving replicas x one replica's SLO capacity / (1 + headroom).
+- Predicted latency against replicas, per simulated target: the predicted percentile of each SLO's
+  metric for N - 1, N and N + 1 replicas, the SLO's threshold as a line, and with `--verify` the
+  replays' measured p95 beside the predicted p95.
 - Cost against volume, per target: self-hosted a month (the sizing formula at each volume: a step
   each time the peak passes another replica's capacity) and each API's line, with the planned
   volume and the break-even against the API the verdict compares marked.
 - The fleet, the APIs and the verdict with its four conditions, as tables and text.
-Not yet: the predicted p95 against replicas (the fleet simulation, issue 12).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 
 from shadowreplay import installed_version
 from shadowreplay.analysis.capacity.fleet_plan import FleetPlan, self_hosted_monthly_at
+from shadowreplay.analysis.capacity.fleet_simulation import predicted_metric
+from shadowreplay.analysis.metrics.slo import parse_slos
 from shadowreplay.analysis.report.charts import ColourMap, Panel, Series, Threshold, XMarker, line_chart
 from shadowreplay.analysis.report.page import Definitions, Figure, ReportPage, Text
 from shadowreplay.analysis.summary.tables import SummaryTable, money, number
@@ -38,6 +43,11 @@ def _demand_figure(demand: dict[str, Any], plans: list[FleetPlan], colours: Colo
         if plan.replicas is None or plan.slo_capacity_rps is None:
             continue
         serving = plan.replicas - plan.spare
+        if plan.fleet_model is not None:
+            full = plan.fleet_model["capacity_rps"]
+            label = f"{plan.target}: {serving} replicas x {full:.3g} req/s (saturated)"
+            thresholds.append(Threshold(serving * full, label))
+            continue
         limit = serving * plan.slo_capacity_rps / (1 + plan.headroom)
         thresholds.append(Threshold(limit, f"{plan.target}: {serving} replicas x {plan.slo_capacity_rps:.3g} req/s"))
     panel = Panel(
@@ -50,7 +60,8 @@ def _demand_figure(demand: dict[str, Any], plans: list[FleetPlan], colours: Colo
         "Demand against the fleet",
         line_chart(panel, "time in the log (h)" if in_hours else "time in the log (s)"),
         "The largest window rate of each span of the log, at the planned volume; dashed lines: each target's "
-        "serving replicas x one replica's SLO capacity / (1 + headroom).",
+        "serving replicas x what a full simulated replica serves (or, not simulated, x one replica's SLO capacity / "
+        "(1 + headroom)).",
     )
 
 
@@ -93,6 +104,54 @@ def _cost_figure(plan: FleetPlan, colours: ColourMap) -> Figure | None:
         line_chart(panel, "tokens a month", log_x=True, markers=markers, hovermode="closest"),
         "Self-hosted: the sizing formula at each volume (a step for each replica more, GPUs x lease x 720 h + "
         "engineering); dotted: the APIs for the same tokens (the cheapest, and the one the verdict compares).",
+    )
+
+
+def _prediction_figure(plan: FleetPlan, checks: list[dict[str, Any]], colours: ColourMap) -> Figure | None:
+    """The predicted percentile of each SLO's metric against replicas, with the SLOs and the replays."""
+    if not plan.predictions:
+        return None
+    sizes = [p["replicas"] for p in plan.predictions]
+    series, thresholds = [], []
+    for slo in parse_slos(plan.slos):
+        metric = predicted_metric(slo)
+        if metric is None:
+            continue
+        name = f"{metric.upper()} p{slo.percentile:g}"
+        values = [p["percentiles_ms"][metric].get(f"p{slo.percentile:g}") for p in plan.predictions]
+        series.append(Series(f"{name} predicted", sizes, values, colour=colours(name), mode="lines+markers"))
+        thresholds.append(Threshold(slo.threshold_ms, f"SLO {slo}"))
+    mine = sorted((c for c in checks if c["target"] == plan.target), key=lambda c: c["replicas"])
+    for metric in ("ttft", "e2e"):
+        if mine:
+            values = [c["measured_p95_ms"][metric] for c in mine]
+            series.append(
+                Series(
+                    f"{metric.upper()} p95 replayed",
+                    [c["replicas"] for c in mine],
+                    values,
+                    colour=colours(f"{metric.upper()} p95 replayed"),
+                    dash="dot",
+                    mode="lines+markers",
+                )
+            )
+    if not series:
+        return None
+    values = [v for s in series for v in s.y if v is not None and v > 0]
+    panel = Panel(
+        f"{plan.target}: predicted latency against replicas",
+        "ms",
+        series,
+        thresholds,
+        log_y=bool(values) and max(values) / min(values) > 30,
+    )
+    model = plan.fleet_model or {}
+    return Figure(
+        f"{plan.target}: predicted latency against replicas",
+        line_chart(panel, "replicas", hovermode="closest"),
+        f"The fleet simulation on the log's arrivals at the planned volume ({model.get('slots')} slots a replica, "
+        f"{model.get('mean_service_s', 0) * 1000:,.0f} ms mean service, from the sweep); dashed: each SLO; "
+        "dotted: the replays of --verify (measured p95).",
     )
 
 
@@ -175,12 +234,12 @@ def build_plan_page(plan: dict[str, Any]) -> ReportPage:
         if entry.apis:
             costs.add(_api_table(entry))
     predicted = page.section("Predicted latency against replicas")
-    predicted.add(
-        Text(
-            "Not yet: the fleet simulation (TTFT and TPOT percentiles for N-1, N and N+1 replicas) is to come.",
-            tone="warning",
-        )
-    )
+    for entry in plans:
+        figure = _prediction_figure(entry, plan.get("verify") or [], colours)
+        if figure is None:
+            predicted.add(Text(f"{entry.target}: not simulated (see its notes): sized by the peak.", tone="warning"))
+        else:
+            predicted.add(figure)
     page.section("Definitions").add(Definitions("How every figure is computed", plan["definitions"]))
     return page
 

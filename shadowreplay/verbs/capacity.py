@@ -4,6 +4,7 @@ that costs a month against the APIs, the break-even volume and the verdict (anal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -138,13 +139,22 @@ def run(args: argparse.Namespace) -> int:
     else:  # the tightest of the sweeps' (analysis/capacity/demand.py default_window_s)
         window_s = min(default_window_s(parse_slos(c.slos), c.point_s) for c in capacities)
     demand = demand_of(args.log, window_s, volume)
-    arrivals = arrivals_at_volume(args.log, demand.factor)  # what the fleet simulation is fed
-    plan = capacity_plan(capacities, demand, args.headroom, args.spare, prices, model, arrivals)
+    plan = capacity_plan(  # the fleet simulation is fed the log's arrivals at the volume
+        capacities,
+        demand,
+        args.headroom,
+        args.spare,
+        prices,
+        model,
+        lambda: arrivals_at_volume(args.log, demand.factor),
+    )
     if args.verify:
         from shadowreplay.loadgen.capacity_verify import VerifyRequest, verify_plan
 
         request = VerifyRequest(args.log, args.target, args.output, volume, args.verify_duration)
-        verify_plan(plan, request, say=lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
+        # with --json, stdout is the plan alone: the replays' lines go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            verify_plan(plan, request)
     if args.output:
         from shadowreplay.analysis.capacity.plan_page import write_plan_page  # plotly and jinja2 only for the page
 

@@ -74,7 +74,9 @@ def test_the_plan_is_its_inputs_recomputed(swept, capsys, tmp_path):
     page = tmp_path / "plan" / "plan.html"  # drawn from plan.json's figures, renders with no network
     dom, _ = chromium_dom(page, tmp_path / "profile")
     rendered = plotly_drawing(dom)
-    assert len(rendered.figure_classes) == 2, rendered.figure_classes  # demand against the fleet; cost against volume
+    # demand against the fleet; cost against volume; predicted latency against replicas
+    assert len(rendered.figure_classes) == 3, rendered.figure_classes
+    assert "SLO ttft_p95=300ms" in rendered.svg_texts and "TTFT p95 predicted" in rendered.svg_texts
     assert all("js-plotly-plot" in classes for classes in rendered.figure_classes.values())
     assert "break-even against cost model" not in rendered.svg_texts  # no break-even here (the API stays cheaper)
     assert any(text.startswith("modelled: ") and "replicas x" in text for text in rendered.svg_texts)

@@ -51,6 +51,7 @@ def service(slots: int, ttft_s: float, e2e_s: float) -> ReplicaService:
         ttft_s=np.full(10, ttft_s),
         e2e_s=np.full(10, e2e_s),
         tpot_s=np.full(10, (e2e_s - ttft_s) / 9),
+        calibration_points=1,
         calibration_rps=1.0,
         saturation_rps=slots / e2e_s,
         saturated=True,
