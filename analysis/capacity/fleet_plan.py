@@ -52,6 +52,7 @@ from shadowreplay.analysis.capacity.demand import HOUR_S, Demand
 from shadowreplay.analysis.capacity.fleet_simulation import FleetSimulator
 from shadowreplay.analysis.capacity.replica_capacity import ReplicaCapacity
 from shadowreplay.analysis.cost.prices import HOURS_PER_MONTH, PriceBook, SelfHostedPrice, TokenPrice
+from shadowreplay.errors import UserError
 
 MTOK = 1_000_000
 MAX_BREAK_EVEN_REPLICAS = 100_000  # the step function is followed this far at most
@@ -374,14 +375,18 @@ def plan_fleet(
     by_peak = sizing.replicas(demand.peak_rps, at_least_one=True)
     replicas = by_peak
     predictions: list[dict[str, Any]] = []
+    serving = None
     if simulator is not None:
         serving, notes_made = _simulated_fleet(simulator, by_peak - spare, headroom, spare)
-        replicas = serving + spare
         notes.extend(notes_made)
+    if simulator is not None and serving is not None:
+        replicas = serving + spare
         sizing = Sizing(demand.peak_rps * (1.0 + headroom) / serving, headroom, spare)
         predictions = [
             simulator.predict(size).json_dict() for size in (replicas - 1, replicas, replicas + 1) if size >= 1
         ]
+    else:
+        simulator = None  # sized by the peak alone (a note says why)
     high = None
     if capacity.bracket_high_rps is not None:
         high = Sizing(capacity.bracket_high_rps, headroom, spare).replicas(demand.peak_rps, at_least_one=True)
@@ -437,9 +442,11 @@ def plan_fleet(
     )
 
 
-def _simulated_fleet(simulator: FleetSimulator, start: int, headroom: float, spare: int) -> tuple[int, list[str]]:
-    """The fewest serving replicas the simulation finds meeting the SLOs at the rate x (1 + headroom), and
-    notes on what it could not judge."""
+def _simulated_fleet(
+    simulator: FleetSimulator, start: int, headroom: float, spare: int
+) -> tuple[int | None, list[str]]:
+    """The fewest serving replicas the simulation finds meeting the SLOs at the rate x (1 + headroom) (None
+    where it finds none: the plan is then sized by the peak), and notes on what it could not judge."""
     notes = []
     service = simulator.service
     if not service.saturated:
@@ -454,5 +461,7 @@ def _simulated_fleet(simulator: FleetSimulator, start: int, headroom: float, spa
         )
     if simulator.unpredicted:
         notes.append(f"the fleet simulation does not predict {', '.join(simulator.unpredicted)}: not judged by it")
-    serving, _ = simulator.smallest_fleet(max(start, 1), rate_factor=1.0 + headroom)
-    return serving, notes
+    try:
+        return simulator.smallest_fleet(max(start, 1), rate_factor=1.0 + headroom), notes
+    except UserError as exc:
+        return None, [*notes, f"the fleet simulation finds no fleet: {exc}; sized by the peak alone"]

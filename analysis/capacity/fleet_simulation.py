@@ -168,19 +168,53 @@ def unqueued_in_flight(arrivals_s: np.ndarray, service_s: np.ndarray) -> np.ndar
     return np.arange(len(arrivals_s)) - np.searchsorted(done, arrivals_s, side="right")
 
 
+@dataclass
+class StopRule:
+    """When a fleet's simulation may stop: its SLOs are certainly missed. Per SLO, each request's slack
+    (s: the wait it can take and still be within the threshold; negative where its service alone misses
+    it) and the most requests that may miss while the percentile stays within (`misses_allowed`)."""
+
+    slacks: list[np.ndarray]
+    misses_allowed: list[int]
+    misses: list[int] = field(default_factory=list)  # so far; those that miss with no wait are counted first
+
+    def __post_init__(self) -> None:
+        self.misses = [int((slack < 0).sum()) for slack in self.slacks]
+
+    def missed(self) -> bool:
+        return any(m > allowed for m, allowed in zip(self.misses, self.misses_allowed, strict=True))
+
+    def waited(self, i: int, wait: float) -> bool:
+        """Request i waited `wait`: True once some SLO is certainly missed."""
+        for j, slack in enumerate(self.slacks):
+            if 0.0 <= slack[i] < wait:
+                self.misses[j] += 1
+                if self.misses[j] > self.misses_allowed[j]:
+                    return True
+        return False
+
+
+class _Missed(Exception):
+    """Raised inside a stretch when its StopRule says the SLOs are certainly missed."""
+
+
 def fleet_waits(
     arrivals_s: np.ndarray,
     service_s: np.ndarray,
     replicas: int,
     slots: int,
     in_flight: np.ndarray | None = None,
-) -> np.ndarray:
+    stop: StopRule | None = None,
+) -> np.ndarray | None:
     """Each request's wait (s) in a fleet of `replicas` x `slots` (module docstring). `arrivals_s` sorted;
-    `in_flight`: their `unqueued_in_flight`, where already known."""
+    `in_flight`: their `unqueued_in_flight`, where already known. With `stop`, None as soon as its SLOs
+    are certainly missed (an overloaded fleet is judged without simulating all of its queue)."""
     n = len(arrivals_s)
     waits = np.zeros(n)
     if n == 0:
         return waits
+    if stop is not None and stop.missed():
+        return None
     capacity = replicas * slots
     undelayed_done = arrivals_s + service_s
     if in_flight is None:
@@ -192,9 +226,12 @@ def fleet_waits(
         nxt = int(np.searchsorted(full, position))
         if nxt == len(full):
             return waits
-        position = _queued_stretch(
-            arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits
-        )
+        try:
+            position = _queued_stretch(
+                arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits, stop
+            )
+        except _Missed:
+            return None
 
 
 def _queued_stretch(
@@ -206,6 +243,7 @@ def _queued_stretch(
     slots: int,
     longest: float,
     waits: np.ndarray,
+    stop: StopRule | None = None,
 ) -> int:
     """Simulate request by request from `first` (the fleet full, nobody waiting) until every request that
     waited is done; fills `waits` and returns the next request, from which nobody waits until the fleet
@@ -260,6 +298,8 @@ def _queued_stretch(
             waits[i] = begin - now
             if done > last_waiter_done:
                 last_waiter_done = done
+            if stop is not None and stop.waited(i, begin - now):
+                raise _Missed
         if len(by_count) > 8 * replicas + 64:  # keep the stale entries few
             by_count = [(counts[r], changed[r], r) for r in range(replicas)]
             heapq.heapify(by_count)
@@ -325,6 +365,7 @@ class FleetSimulator:
         if rate_factor not in self._in_flight:
             self._in_flight[rate_factor] = unqueued_in_flight(arrivals, self._e2e)
         waits = fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor])
+        assert waits is not None, "without a stop rule the fleet is simulated to the end"
         values = {"ttft": waits + self._ttft, "e2e": waits + self._e2e, "tpot": self._tpot}
         wanted = sorted({*PERCENTILES, *(slo.percentile for slo in self.slos)})
         percentiles: dict[str, dict[str, float | None]] = {}
@@ -345,31 +386,74 @@ class FleetSimulator:
         self._made[(replicas, rate_factor)] = made = FleetPrediction(replicas, len(waits), queued, percentiles, met)
         return made
 
-    def smallest_fleet(self, start: int, rate_factor: float = 1.0) -> tuple[int, dict[int, FleetPrediction]]:
-        """The fewest replicas that meet every predicted SLO, searched from `start`, and the predictions
-        made on the way (by fleet size)."""
-        made: dict[int, FleetPrediction] = {}
+    def _stop_rule(self, rate_factor: float) -> StopRule:
+        """The SLOs as a StopRule: per queueing SLO (TTFT, e2e) the slack of each request, and the misses
+        its linear percentile allows (more than n - 1 - floor((n - 1) p / 100) misses put the value at that
+        rank, and so the percentile, above the threshold)."""
+        n = len(self.arrivals_s)
+        slacks, allowed = [], []
+        for slo in self.slos:
+            metric = predicted_metric(slo)
+            if metric not in ("ttft", "e2e"):
+                continue
+            service = self._ttft if metric == "ttft" else self._e2e
+            slacks.append(slo.threshold_ms / 1000.0 - service)
+            allowed.append(n - 1 - math.floor((n - 1) * slo.percentile / 100.0))
+        return StopRule(slacks, allowed)
 
-        def meets(replicas: int) -> bool:
-            if replicas not in made:
-                made[replicas] = self.predict(replicas, rate_factor)
-            return made[replicas].meets
+    def meets(self, replicas: int, rate_factor: float = 1.0) -> bool:
+        """Whether `replicas` replicas meet every predicted SLO: the prediction's answer, found without
+        simulating all of an overloaded fleet's queue (it stops once an SLO is certainly missed)."""
+        made = self._made.get((replicas, rate_factor))
+        if made is not None:
+            return made.meets
+        if any(not self._met_without_wait(slo) for slo in self.slos):
+            return False  # a TPOT SLO, or a service that misses alone: no fleet size helps
+        arrivals = self.arrivals_s / rate_factor if rate_factor != 1.0 else self.arrivals_s
+        if rate_factor not in self._in_flight:
+            self._in_flight[rate_factor] = unqueued_in_flight(arrivals, self._e2e)
+        stop = self._stop_rule(rate_factor)
+        waits = fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor], stop)
+        if waits is None:
+            return False
+        return self.predict(replicas, rate_factor).meets  # it ran to the end: the full answer (cached)
 
+    def _met_without_wait(self, slo: Slo) -> bool:
+        metric = predicted_metric(slo)
+        if metric is None:
+            return True
+        values = {"ttft": self._ttft, "e2e": self._e2e, "tpot": self._tpot}[metric]
+        finite = values[np.isfinite(values)]
+        return not len(finite) or float(np.percentile(finite, slo.percentile)) * 1000.0 <= slo.threshold_ms
+
+    def smallest_fleet(self, start: int, rate_factor: float = 1.0) -> int:
+        """The fewest replicas that meet every predicted SLO: from `start`, steps doubling down (or up) until
+        the answer is bracketed, then bisection."""
+        if not all(self._met_without_wait(slo) for slo in self.slos):
+            raise UserError("the simulated replica's service alone misses an SLO: no fleet size meets it")
         replicas = max(1, start)
-        if meets(replicas):
-            while replicas > 1 and meets(replicas - 1):
-                replicas -= 1
-            return replicas, made
-        low = replicas  # fails; double until one meets, then bisect
-        high = replicas * 2
-        while not meets(high):
-            if high >= MAX_SEARCH_REPLICAS:
-                raise UserError(f"no fleet of up to {MAX_SEARCH_REPLICAS:,} replicas meets the SLOs in the simulation")
-            low, high = high, high * 2
+        if self.meets(replicas, rate_factor):
+            high, step, low = replicas, 1, 0
+            while high > 1:
+                probe = max(1, high - step)
+                if not self.meets(probe, rate_factor):
+                    low = probe
+                    break
+                high, step = probe, step * 2
+            if low == 0:
+                return high
+        else:
+            low, high = replicas, replicas * 2
+            while not self.meets(high, rate_factor):
+                if high >= MAX_SEARCH_REPLICAS:
+                    raise UserError(
+                        f"no fleet of up to {MAX_SEARCH_REPLICAS:,} replicas meets the SLOs in the simulation"
+                    )
+                low, high = high, high * 2
         while high - low > 1:
             middle = (low + high) // 2
-            if meets(middle):
+            if self.meets(middle, rate_factor):
                 high = middle
             else:
                 low = middle
-        return high, made
+        return high

@@ -9,6 +9,7 @@ import pytest
 
 from shadowreplay.analysis.capacity.fleet_simulation import FleetSimulator, ReplicaService, fleet_waits
 from shadowreplay.analysis.metrics.slo import parse_slos
+from shadowreplay.errors import UserError
 from tests.support.fleet_reference import plain_fleet
 
 
@@ -70,10 +71,33 @@ def test_the_prediction_is_the_waits_plus_the_service_and_the_search_finds_the_t
     assert four.percentiles_ms["e2e"]["p50"] == pytest.approx(np.percentile(waits + 0.5, 50) * 1000)
     assert four.percentiles_ms["tpot"]["p95"] == pytest.approx(400 / 9)
     assert four.queued_fraction == pytest.approx((waits > 0).mean())
-    found, made = simulator.smallest_fleet(start=1)
-    assert made[found].meets and not made[found - 1].meets
-    assert simulator.smallest_fleet(start=20)[0] == found  # from above, the same answer
-    larger = simulator.smallest_fleet(start=1, rate_factor=1.5)[0]  # 50% headroom: more replicas
+    found = simulator.smallest_fleet(start=1)
+    assert simulator.predict(found).meets and not simulator.predict(found - 1).meets
+    assert simulator.smallest_fleet(start=20) == found == simulator.smallest_fleet(start=found)  # from above
+    larger = simulator.smallest_fleet(start=1, rate_factor=1.5)  # 50% headroom: more replicas
     assert larger > found
     p95 = [simulator.predict(n).percentiles_ms["ttft"]["p95"] for n in range(found - 1, found + 3)]
     assert p95 == sorted(p95, reverse=True)  # more replicas, less wait
+
+
+def test_an_overloaded_fleet_is_judged_without_simulating_all_its_queue_and_the_same_as_in_full():
+    rng = np.random.default_rng(5)
+    arrivals = bursty_arrivals(rng, 20_000, 9.0)
+    replica = service(slots=2, ttft_s=0.1, e2e_s=0.5)
+    for slos in ("ttft_p95=300ms", "ttft_p50=150ms,e2e_p99=900ms", "e2e_p90=2s"):
+        judged = FleetSimulator(replica, arrivals, parse_slos(slos))
+        in_full = FleetSimulator(replica, arrivals, parse_slos(slos))
+        for replicas in range(1, 8):  # the early answer is the full prediction's, overloaded or not
+            assert judged.meets(replicas) == in_full.predict(replicas).meets, (slos, replicas)
+    # one replica of 4 req/s under 9 req/s: stopped once the SLO is certainly missed, long before the end
+    stop = FleetSimulator(replica, arrivals, parse_slos("ttft_p95=300ms"))._stop_rule(1.0)
+    assert fleet_waits(np.sort(arrivals), np.full(len(arrivals), 0.5), 1, 2, stop=stop) is None
+    assert stop.misses[0] == stop.misses_allowed[0] + 1 < len(arrivals) / 10
+
+
+def test_a_service_that_misses_the_slo_alone_has_no_fleet():
+    arrivals = np.arange(100) * 1.0
+    simulator = FleetSimulator(service(slots=1, ttft_s=0.5, e2e_s=0.8), arrivals, parse_slos("ttft_p95=300ms"))
+    assert not simulator.meets(50)
+    with pytest.raises(UserError, match="service alone misses an SLO"):
+        simulator.smallest_fleet(start=1)
