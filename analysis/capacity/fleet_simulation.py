@@ -33,7 +33,6 @@ Definitions (`DEFINITIONS` carries them into plan.json):
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shadowreplay.analysis.capacity.fleet_queue import queued_stretch
 from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.errors import UserError
 
@@ -172,30 +172,18 @@ def unqueued_in_flight(arrivals_s: np.ndarray, service_s: np.ndarray) -> np.ndar
 class StopRule:
     """When a fleet's simulation may stop: its SLOs are certainly missed. Per SLO, each request's slack
     (s: the wait it can take and still be within the threshold; negative where its service alone misses
-    it) and the most requests that may miss while the percentile stays within (`misses_allowed`)."""
+    it) as a row of `slacks`, and the most requests that may miss while the percentile stays within
+    (`misses_allowed`); `misses` counts them (those that miss with no wait first)."""
 
-    slacks: list[np.ndarray]
-    misses_allowed: list[int]
-    misses: list[int] = field(default_factory=list)  # so far; those that miss with no wait are counted first
+    slacks: np.ndarray  # (SLOs, requests)
+    misses_allowed: np.ndarray  # (SLOs,)
+    misses: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.misses = [int((slack < 0).sum()) for slack in self.slacks]
+        self.misses = (self.slacks < 0).sum(axis=1).astype(np.int64)
 
     def missed(self) -> bool:
-        return any(m > allowed for m, allowed in zip(self.misses, self.misses_allowed, strict=True))
-
-    def waited(self, i: int, wait: float) -> bool:
-        """Request i waited `wait`: True once some SLO is certainly missed."""
-        for j, slack in enumerate(self.slacks):
-            if 0.0 <= slack[i] < wait:
-                self.misses[j] += 1
-                if self.misses[j] > self.misses_allowed[j]:
-                    return True
-        return False
-
-
-class _Missed(Exception):
-    """Raised inside a stretch when its StopRule says the SLOs are certainly missed."""
+        return bool((self.misses > self.misses_allowed).any())
 
 
 def fleet_waits(
@@ -221,90 +209,20 @@ def fleet_waits(
         in_flight = unqueued_in_flight(arrivals_s, service_s)
     full = np.flatnonzero(in_flight >= capacity)
     longest = float(service_s.max())
+    slacks = stop.slacks if stop is not None else np.empty((0, n))
+    misses = stop.misses if stop is not None else np.zeros(0, dtype=np.int64)
+    allowed = stop.misses_allowed if stop is not None else np.zeros(0, dtype=np.int64)
     position = 0
     while True:
         nxt = int(np.searchsorted(full, position))
         if nxt == len(full):
             return waits
-        try:
-            position = _queued_stretch(
-                arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits, stop
-            )
-        except _Missed:
+        position, stopped = queued_stretch(
+            arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits,
+            slacks, misses, allowed,
+        )  # fmt: skip
+        if stopped:
             return None
-
-
-def _queued_stretch(
-    arrivals: np.ndarray,
-    service: np.ndarray,
-    undelayed_done: np.ndarray,
-    first: int,
-    replicas: int,
-    slots: int,
-    longest: float,
-    waits: np.ndarray,
-    stop: StopRule | None = None,
-) -> int:
-    """Simulate request by request from `first` (the fleet full, nobody waiting) until every request that
-    waited is done; fills `waits` and returns the next request, from which nobody waits until the fleet
-    is full again. The requests in flight at `first` are dealt to the replicas in arrival order."""
-    start_t = float(arrivals[first])
-    low = int(np.searchsorted(arrivals, start_t - longest, side="left"))
-    held = [j for j in range(low, first) if undelayed_done[j] > start_t]
-    slot_free: list[list[float]] = [[] for _ in range(replicas)]
-    departures: list[tuple[float, int]] = []
-    for index, j in enumerate(held):
-        replica = index % replicas
-        slot_free[replica].append(float(undelayed_done[j]))
-        departures.append((float(undelayed_done[j]), replica))
-    counts = [len(free) for free in slot_free]
-    for free in slot_free:
-        free.extend([start_t] * (slots - len(free)))  # (a replica dealt fewer than its slots has them free)
-        heapq.heapify(free)
-    heapq.heapify(departures)
-    tick = 0
-    changed = list(range(replicas))  # when each replica's count last changed: ties go to the oldest
-    by_count = [(counts[r], changed[r], r) for r in range(replicas)]
-    heapq.heapify(by_count)
-    last_waiter_done = -math.inf
-    heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
-    n = len(arrivals)
-    i = first
-    while i < n:
-        now = float(arrivals[i])
-        if i > first and last_waiter_done <= now:
-            return i
-        while departures and departures[0][0] <= now:
-            _, replica = heappop(departures)
-            counts[replica] -= 1
-            tick += 1
-            changed[replica] = replica_tick = tick + replicas
-            heappush(by_count, (counts[replica], replica_tick, replica))
-        while True:  # the fewest in flight; stale entries (a count changed since) are dropped
-            count, when, replica = by_count[0]
-            if when == changed[replica] and count == counts[replica]:
-                break
-            heappop(by_count)
-        free = slot_free[replica]
-        begin = free[0] if free[0] > now else now
-        done = begin + float(service[i])
-        heapreplace(free, done)
-        heappush(departures, (done, replica))
-        counts[replica] += 1
-        tick += 1
-        changed[replica] = replica_tick = tick + replicas
-        heapreplace(by_count, (counts[replica], replica_tick, replica))
-        if begin > now:
-            waits[i] = begin - now
-            if done > last_waiter_done:
-                last_waiter_done = done
-            if stop is not None and stop.waited(i, begin - now):
-                raise _Missed
-        if len(by_count) > 8 * replicas + 64:  # keep the stale entries few
-            by_count = [(counts[r], changed[r], r) for r in range(replicas)]
-            heapq.heapify(by_count)
-        i += 1
-    return n
 
 
 @dataclass(frozen=True)
@@ -353,6 +271,7 @@ class FleetSimulator:
         self.unpredicted = sorted({str(slo) for slo in self.slos if predicted_metric(slo) is None})
         self._in_flight: dict[float, np.ndarray] = {}  # by rate factor: the same for every fleet size
         self._made: dict[tuple[int, float], FleetPrediction] = {}
+        self._slacks: tuple[np.ndarray, np.ndarray] | None = None  # the stop rule's, made once
 
     def predict(self, replicas: int, rate_factor: float = 1.0) -> FleetPrediction:
         """`replicas` replicas on the arrivals, their rate `rate_factor` times as high (headroom)."""
@@ -361,11 +280,18 @@ class FleetSimulator:
         made = self._made.get((replicas, rate_factor))
         if made is not None:
             return made
+        waits = self._waits(replicas, rate_factor)
+        assert waits is not None, "without a stop rule the fleet is simulated to the end"
+        return self._predicted(replicas, rate_factor, waits)
+
+    def _waits(self, replicas: int, rate_factor: float, stop: StopRule | None = None) -> np.ndarray | None:
         arrivals = self.arrivals_s / rate_factor if rate_factor != 1.0 else self.arrivals_s
         if rate_factor not in self._in_flight:
             self._in_flight[rate_factor] = unqueued_in_flight(arrivals, self._e2e)
-        waits = fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor])
-        assert waits is not None, "without a stop rule the fleet is simulated to the end"
+        return fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor], stop)
+
+    def _predicted(self, replicas: int, rate_factor: float, waits: np.ndarray) -> FleetPrediction:
+        """The prediction of a fleet whose requests waited `waits` (kept for the next ask)."""
         values = {"ttft": waits + self._ttft, "e2e": waits + self._e2e, "tpot": self._tpot}
         wanted = sorted({*PERCENTILES, *(slo.percentile for slo in self.slos)})
         percentiles: dict[str, dict[str, float | None]] = {}
@@ -386,20 +312,23 @@ class FleetSimulator:
         self._made[(replicas, rate_factor)] = made = FleetPrediction(replicas, len(waits), queued, percentiles, met)
         return made
 
-    def _stop_rule(self, rate_factor: float) -> StopRule:
+    def _stop_rule(self) -> StopRule:
         """The SLOs as a StopRule: per queueing SLO (TTFT, e2e) the slack of each request, and the misses
         its linear percentile allows (more than n - 1 - floor((n - 1) p / 100) misses put the value at that
         rank, and so the percentile, above the threshold)."""
         n = len(self.arrivals_s)
-        slacks, allowed = [], []
-        for slo in self.slos:
-            metric = predicted_metric(slo)
-            if metric not in ("ttft", "e2e"):
-                continue
-            service = self._ttft if metric == "ttft" else self._e2e
-            slacks.append(slo.threshold_ms / 1000.0 - service)
-            allowed.append(n - 1 - math.floor((n - 1) * slo.percentile / 100.0))
-        return StopRule(slacks, allowed)
+        if self._slacks is None:
+            slacks, allowed = [], []
+            for slo in self.slos:
+                metric = predicted_metric(slo)
+                if metric not in ("ttft", "e2e"):
+                    continue
+                service = self._ttft if metric == "ttft" else self._e2e
+                slacks.append(slo.threshold_ms / 1000.0 - service)
+                allowed.append(n - 1 - math.floor((n - 1) * slo.percentile / 100.0))
+            rows = np.array(slacks) if slacks else np.empty((0, n))
+            self._slacks = (rows, np.array(allowed, dtype=np.int64))
+        return StopRule(*self._slacks)  # its own count of misses: one rule per run
 
     def meets(self, replicas: int, rate_factor: float = 1.0) -> bool:
         """Whether `replicas` replicas meet every predicted SLO: the prediction's answer, found without
@@ -409,14 +338,10 @@ class FleetSimulator:
             return made.meets
         if any(not self._met_without_wait(slo) for slo in self.slos):
             return False  # a TPOT SLO, or a service that misses alone: no fleet size helps
-        arrivals = self.arrivals_s / rate_factor if rate_factor != 1.0 else self.arrivals_s
-        if rate_factor not in self._in_flight:
-            self._in_flight[rate_factor] = unqueued_in_flight(arrivals, self._e2e)
-        stop = self._stop_rule(rate_factor)
-        waits = fleet_waits(arrivals, self._e2e, replicas, self.service.slots, self._in_flight[rate_factor], stop)
+        waits = self._waits(replicas, rate_factor, self._stop_rule())
         if waits is None:
             return False
-        return self.predict(replicas, rate_factor).meets  # it ran to the end: the full answer (cached)
+        return self._predicted(replicas, rate_factor, waits).meets  # it ran to the end: the full answer
 
     def _met_without_wait(self, slo: Slo) -> bool:
         metric = predicted_metric(slo)

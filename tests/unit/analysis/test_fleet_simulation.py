@@ -90,7 +90,7 @@ def test_an_overloaded_fleet_is_judged_without_simulating_all_its_queue_and_the_
         for replicas in range(1, 8):  # the early answer is the full prediction's, overloaded or not
             assert judged.meets(replicas) == in_full.predict(replicas).meets, (slos, replicas)
     # one replica of 4 req/s under 9 req/s: stopped once the SLO is certainly missed, long before the end
-    stop = FleetSimulator(replica, arrivals, parse_slos("ttft_p95=300ms"))._stop_rule(1.0)
+    stop = FleetSimulator(replica, arrivals, parse_slos("ttft_p95=300ms"))._stop_rule()
     assert fleet_waits(np.sort(arrivals), np.full(len(arrivals), 0.5), 1, 2, stop=stop) is None
     assert stop.misses[0] == stop.misses_allowed[0] + 1 < len(arrivals) / 10
 
