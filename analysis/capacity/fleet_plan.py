@@ -8,9 +8,9 @@ Definitions (`DEFINITIONS` carries them into plan.json):
   capacity's bracket the same formula gives `replicas_at_bracket_high`.
 - replicas (where the fleet is simulated, analysis/capacity/fleet_simulation.py): the fewest serving
   replicas whose simulated fleet meets every SLO on the log's own arrivals at the volume, their rate
-  x (1 + headroom), searched from the peak's count; + spare. Without the simulation, the peak's
-  count. GPUs = replicas x GPUs per replica. Predictions: the simulated percentiles of replicas - 1,
-  replicas and replicas + 1 at the volume itself.
+  x (1 + headroom), searched from the fewest that keep up with the mean load; + spare. Without the
+  simulation, the peak's count. GPUs = replicas x GPUs per replica. Predictions: the simulated
+  percentiles of replicas - 1, replicas and replicas + 1 at the volume itself.
 - The step function (autoscaled bound, break-even, cost against volume) needs the fleet at other
   volumes: replicas there = ceil(peak there x (1 + headroom) / the sizing capacity) + spare, where the
   sizing capacity is the SLO capacity, or with the simulation peak x (1 + headroom) / its serving
@@ -377,7 +377,7 @@ def plan_fleet(
     predictions: list[dict[str, Any]] = []
     serving = None
     if simulator is not None:
-        serving, notes_made = _simulated_fleet(simulator, by_peak - spare, headroom, spare)
+        serving, notes_made = _simulated_fleet(simulator, headroom)
         notes.extend(notes_made)
     if simulator is not None and serving is not None:
         replicas = serving + spare
@@ -442,9 +442,7 @@ def plan_fleet(
     )
 
 
-def _simulated_fleet(
-    simulator: FleetSimulator, start: int, headroom: float, spare: int
-) -> tuple[int | None, list[str]]:
+def _simulated_fleet(simulator: FleetSimulator, headroom: float) -> tuple[int | None, list[str]]:
     """The fewest serving replicas the simulation finds meeting the SLOs at the rate x (1 + headroom) (None
     where it finds none: the plan is then sized by the peak), and notes on what it could not judge."""
     notes = []
@@ -461,7 +459,7 @@ def _simulated_fleet(
         )
     if simulator.unpredicted:
         notes.append(f"the fleet simulation does not predict {', '.join(simulator.unpredicted)}: not judged by it")
-    try:
-        return simulator.smallest_fleet(max(start, 1), rate_factor=1.0 + headroom), notes
+    try:  # from the fewest that keep up with the mean load (probes below the answer stop early)
+        return simulator.smallest_fleet(rate_factor=1.0 + headroom), notes
     except UserError as exc:
         return None, [*notes, f"the fleet simulation finds no fleet: {exc}; sized by the peak alone"]

@@ -93,3 +93,32 @@ def queued_stretch(  # noqa: PLR0913 - the arrays of one simulation, passed to c
                     if misses[j] > allowed[j]:
                         return i, True
     return n, False
+
+
+@njit(cache=True)
+def queued_waits(  # noqa: PLR0913
+    arrivals: np.ndarray,
+    service: np.ndarray,
+    undelayed_done: np.ndarray,
+    full: np.ndarray,  # the requests that arrive with every slot busy if nobody waited, sorted
+    replicas: int,
+    slots: int,
+    longest: float,
+    waits: np.ndarray,
+    slacks: np.ndarray,
+    misses: np.ndarray,
+    allowed: np.ndarray,
+) -> bool:
+    """Every stretch in turn, each from the first full request at or after the previous one's end, in one
+    compiled call (a stretch can be a few requests, and a month of traffic has hundreds of thousands of
+    them); True where the stop rule stopped it."""
+    index = 0
+    while index < len(full):
+        position, stopped = queued_stretch(
+            arrivals, service, undelayed_done, full[index], replicas, slots, longest, waits, slacks, misses, allowed
+        )
+        if stopped:
+            return True
+        while index < len(full) and full[index] < position:
+            index += 1
+    return False

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from shadowreplay.analysis.capacity.fleet_queue import queued_stretch
 from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.errors import UserError
 
@@ -49,6 +48,7 @@ SAME_AS = {"sched_ttft": "ttft", "sched_e2e": "e2e"}  # equal to these for a cli
 PERCENTILES = (50.0, 95.0, 99.0)
 SEED = 0xF1EE7
 MAX_SEARCH_REPLICAS = 100_000
+KEPT_WAITS = 3  # search probes whose waits are kept for the predictions
 
 DEFINITIONS = {
     "fleet_model": "each replica serves `slots` requests at once, first come first served, each with the service "
@@ -208,21 +208,18 @@ def fleet_waits(
     if in_flight is None:
         in_flight = unqueued_in_flight(arrivals_s, service_s)
     full = np.flatnonzero(in_flight >= capacity)
-    longest = float(service_s.max())
+    if len(full) == 0:
+        return waits
+    from shadowreplay.analysis.capacity.fleet_queue import queued_waits  # numba: imported where it is needed
+
     slacks = stop.slacks if stop is not None else np.empty((0, n))
     misses = stop.misses if stop is not None else np.zeros(0, dtype=np.int64)
     allowed = stop.misses_allowed if stop is not None else np.zeros(0, dtype=np.int64)
-    position = 0
-    while True:
-        nxt = int(np.searchsorted(full, position))
-        if nxt == len(full):
-            return waits
-        position, stopped = queued_stretch(
-            arrivals_s, service_s, undelayed_done, int(full[nxt]), replicas, slots, longest, waits,
-            slacks, misses, allowed,
-        )  # fmt: skip
-        if stopped:
-            return None
+    longest = float(service_s.max())
+    stopped = queued_waits(
+        arrivals_s, service_s, undelayed_done, full, replicas, slots, longest, waits, slacks, misses, allowed
+    )
+    return None if stopped else waits
 
 
 @dataclass(frozen=True)
@@ -250,6 +247,14 @@ class FleetPrediction:
         }
 
 
+def _percentiles_ms(seconds: np.ndarray, wanted: list[float]) -> dict[str, float | None]:
+    """The `wanted` percentiles (linear, as the report's) of values in seconds, in ms, keyed `p95`."""
+    if not len(seconds):
+        return {f"p{p:g}": None for p in wanted}
+    picked = np.percentile(seconds, wanted) * 1000.0
+    return {f"p{p:g}": float(v) for p, v in zip(wanted, picked, strict=True)}
+
+
 def predicted_metric(slo: Slo) -> str | None:
     """The predicted metric an SLO is judged on, None where the model does not predict it (itl)."""
     name = SAME_AS.get(slo.metric, slo.metric)
@@ -272,6 +277,8 @@ class FleetSimulator:
         self._in_flight: dict[float, np.ndarray] = {}  # by rate factor: the same for every fleet size
         self._made: dict[tuple[int, float], FleetPrediction] = {}
         self._slacks: tuple[np.ndarray, np.ndarray] | None = None  # the stop rule's, made once
+        self._tpot_ms: dict[str, float | None] | None = None
+        self._kept: dict[tuple[int, float], np.ndarray] = {}  # the last probes' waits, by fleet and rate factor
 
     def predict(self, replicas: int, rate_factor: float = 1.0) -> FleetPrediction:
         """`replicas` replicas on the arrivals, their rate `rate_factor` times as high (headroom)."""
@@ -280,7 +287,9 @@ class FleetSimulator:
         made = self._made.get((replicas, rate_factor))
         if made is not None:
             return made
-        waits = self._waits(replicas, rate_factor)
+        waits = self._kept.pop((replicas, rate_factor), None)  # a search probe's, where it ran to the end
+        if waits is None:
+            waits = self._waits(replicas, rate_factor)
         assert waits is not None, "without a stop rule the fleet is simulated to the end"
         return self._predicted(replicas, rate_factor, waits)
 
@@ -292,15 +301,12 @@ class FleetSimulator:
 
     def _predicted(self, replicas: int, rate_factor: float, waits: np.ndarray) -> FleetPrediction:
         """The prediction of a fleet whose requests waited `waits` (kept for the next ask)."""
-        values = {"ttft": waits + self._ttft, "e2e": waits + self._e2e, "tpot": self._tpot}
         wanted = sorted({*PERCENTILES, *(slo.percentile for slo in self.slos)})
-        percentiles: dict[str, dict[str, float | None]] = {}
-        for metric, seconds in values.items():
-            finite = seconds[np.isfinite(seconds)]
-            picked = np.percentile(finite, wanted) * 1000.0 if len(finite) else [None] * len(wanted)
-            percentiles[metric] = {
-                f"p{p:g}": (float(v) if v is not None else None) for p, v in zip(wanted, picked, strict=True)
-            }
+        percentiles: dict[str, dict[str, float | None]] = {
+            "ttft": _percentiles_ms(waits + self._ttft, wanted),
+            "e2e": _percentiles_ms(waits + self._e2e, wanted),
+            "tpot": self._tpot_percentiles(wanted),  # a slot's pace: the same for every fleet
+        }
         met: dict[str, bool] = {}
         for slo in self.slos:
             judged = predicted_metric(slo)
@@ -311,6 +317,11 @@ class FleetSimulator:
         queued = float((waits > 0).mean()) if len(waits) else 0.0
         self._made[(replicas, rate_factor)] = made = FleetPrediction(replicas, len(waits), queued, percentiles, met)
         return made
+
+    def _tpot_percentiles(self, wanted: list[float]) -> dict[str, float | None]:
+        if self._tpot_ms is None:
+            self._tpot_ms = _percentiles_ms(self._tpot[np.isfinite(self._tpot)], wanted)
+        return self._tpot_ms
 
     def _stop_rule(self) -> StopRule:
         """The SLOs as a StopRule: per queueing SLO (TTFT, e2e) the slack of each request, and the misses
@@ -330,6 +341,17 @@ class FleetSimulator:
             self._slacks = (rows, np.array(allowed, dtype=np.int64))
         return StopRule(*self._slacks)  # its own count of misses: one rule per run
 
+    def least_replicas(self, rate_factor: float = 1.0) -> int:
+        """The fewest replicas whose slots keep up with the mean load: ceil(mean rate x mean service time /
+        slots), at least 1 (a fleet below it falls behind over the log; over a short log it may still meet
+        its SLOs, which the search finds: it is only where the search starts)."""
+        n = len(self.arrivals_s)
+        span = float(self.arrivals_s[-1] - self.arrivals_s[0]) if n > 1 else 0.0
+        if span <= 0:
+            return 1
+        load = (n - 1) / span * rate_factor * float(self._e2e.mean())
+        return max(1, math.ceil(load / self.service.slots))
+
     def meets(self, replicas: int, rate_factor: float = 1.0) -> bool:
         """Whether `replicas` replicas meet every predicted SLO: the prediction's answer, found without
         simulating all of an overloaded fleet's queue (it stops once an SLO is certainly missed)."""
@@ -341,7 +363,19 @@ class FleetSimulator:
         waits = self._waits(replicas, rate_factor, self._stop_rule())
         if waits is None:
             return False
-        return self._predicted(replicas, rate_factor, waits).meets  # it ran to the end: the full answer
+        if len(self._kept) >= KEPT_WAITS:
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[(replicas, rate_factor)] = waits  # the plan predicts N and N + 1, probed on the way
+        return all(self._slo_met(slo, waits) for slo in self.slos)  # it ran to the end: the SLOs themselves
+
+    def _slo_met(self, slo: Slo, waits: np.ndarray) -> bool:
+        metric = predicted_metric(slo)
+        if metric is None:
+            return True
+        if metric == "tpot":
+            return self._met_without_wait(slo)
+        values = waits + (self._ttft if metric == "ttft" else self._e2e)
+        return float(np.percentile(values, slo.percentile)) * 1000.0 <= slo.threshold_ms
 
     def _met_without_wait(self, slo: Slo) -> bool:
         metric = predicted_metric(slo)
@@ -351,9 +385,12 @@ class FleetSimulator:
         finite = values[np.isfinite(values)]
         return not len(finite) or float(np.percentile(finite, slo.percentile)) * 1000.0 <= slo.threshold_ms
 
-    def smallest_fleet(self, start: int, rate_factor: float = 1.0) -> int:
-        """The fewest replicas that meet every predicted SLO: from `start`, steps doubling down (or up) until
-        the answer is bracketed, then bisection."""
+    def smallest_fleet(self, start: int | None = None, rate_factor: float = 1.0) -> int:
+        """The fewest replicas that meet every predicted SLO: from `start` (default: `least_replicas`), steps
+        doubling down (or up) until the answer is bracketed, then bisection. A probe below the answer
+        stops early (its SLO certainly missed), one above it runs to the end: so the search starts low."""
+        if start is None:
+            start = self.least_replicas(rate_factor)
         if not all(self._met_without_wait(slo) for slo in self.slos):
             raise UserError("the simulated replica's service alone misses an SLO: no fleet size meets it")
         replicas = max(1, start)
@@ -368,13 +405,15 @@ class FleetSimulator:
             if low == 0:
                 return high
         else:
-            low, high = replicas, replicas * 2
+            low, step = replicas, 1
+            high = low + step
             while not self.meets(high, rate_factor):
                 if high >= MAX_SEARCH_REPLICAS:
                     raise UserError(
                         f"no fleet of up to {MAX_SEARCH_REPLICAS:,} replicas meets the SLOs in the simulation"
                     )
-                low, high = high, high * 2
+                low, step = high, step * 2
+                high = low + step
         while high - low > 1:
             middle = (low + high) // 2
             if self.meets(middle, rate_factor):
