@@ -9,7 +9,9 @@ production has none), its lengths cut as the sweep cut them (its --max-prompt-to
 --max-completion-tokens, so the replays ask for what the calibration measured); the SLOs are judged
 as the plan judged them. Beside each, the fleet simulation
 on the same requests (the replay's own scheduled sends), so the simulator's error is measured where
-its answer can be checked: (predicted - measured) / measured per metric.
+its answer can be checked: (predicted - measured) / measured per metric. Where the replicas it started
+share a host's CPUs (kind vllm on a host without GPUs), each check carries a warning: they slow each
+other, which the fleet on machines of its own would not.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
 from shadowreplay.analysis.metrics.slo import parse_slos
 from shadowreplay.errors import UserError
 from shadowreplay.loadgen.volume import volume_hook
+from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.targets.config import TargetConfig, load_targets
 
 CHECKED = ("ttft", "tpot", "e2e")  # the metrics whose p95 is set beside the prediction
@@ -100,6 +103,9 @@ def verify_plan(plan: dict[str, Any], request: VerifyRequest, say: Callable[[str
                     volume=volume_hook(request.volume, say) if request.volume is not None else None,
                 )
             )
+            shared = _shared_cpus(run_dir)
+            if shared:
+                say(f"verify: WARNING {shared}")
             run = load_run(run_dir, columns=ANALYSIS_COLUMNS)
             summary = summarize(run, slos=slos, warmup_s=0.0)
             stats = summary.targets[entry["target"]].all
@@ -120,6 +126,7 @@ def verify_plan(plan: dict[str, Any], request: VerifyRequest, say: Callable[[str
                     "predicted_p95_ms": expected,
                     "predicted_slos_met": predicted.meets,
                     "error": {metric: _relative_error(expected[metric], measured[metric]) for metric in CHECKED},
+                    "warning": shared,
                 }
             )
     plan["verify"] = checks
@@ -131,3 +138,17 @@ def _relative_error(predicted: float | None, measured: float | None) -> float | 
     if predicted is None or not measured:
         return None
     return (predicted - measured) / measured
+
+
+def _shared_cpus(run_dir: Path) -> str | None:
+    """What the replay measured besides the fleet, where its started servers shared CPUs (several replicas
+    on a host without GPUs): they slow each other, as replicas on their own machines do not."""
+    manifest = RunDir(run_dir).read_manifest_json() or {}
+    servers = manifest.get("servers") or []
+    shared = [s for s in servers if s.get("cpus_shared")]
+    if len(servers) < 2 or not shared:
+        return None
+    return (
+        f"the {len(servers)} replicas started here share CPUs {shared[0].get('cpus')}: each slows the others, as "
+        "replicas on machines of their own would not; this replay measures that contention, not the fleet"
+    )

@@ -57,6 +57,7 @@ from shadowreplay.errors import UserError
 MTOK = 1_000_000
 MAX_BREAK_EVEN_REPLICAS = 100_000  # the step function is followed this far at most
 FEW_CALIBRATION_REQUESTS = 30  # fewer service times than this, and the plan says its percentiles are rough
+FEW_SIMULATED_REQUESTS = 200  # fewer simulated requests than this, and the plan says so too
 
 DEFINITIONS = {
     "replicas_by_peak": "ceil(peak demand x (1 + headroom) / SLO capacity) + spare",
@@ -385,6 +386,12 @@ def plan_fleet(
         predictions = [
             simulator.predict(size).json_dict() for size in (replicas - 1, replicas, replicas + 1) if size >= 1
         ]
+        simulated = len(simulator.arrivals_s)
+        if simulated < FEW_SIMULATED_REQUESTS:
+            notes.append(
+                f"the fleet is simulated on {simulated} requests (the log at the volume): a percentile of so few "
+                "rests on a handful of them; plan on a longer log"
+            )
     else:
         simulator = None  # sized by the peak alone (a note says why)
     high = None

@@ -205,3 +205,5 @@ def print_verify(plan: dict[str, Any], console: Console) -> None:
             f"{met[check['slos_met']]} / {met[check['predicted_slos_met']]}",
         )
     console.print(table)
+    for warning in sorted({check["warning"] for check in plan["verify"] if check.get("warning")}):
+        console.print(f"  WARNING: {warning}", highlight=False, soft_wrap=True)

@@ -76,6 +76,9 @@ def test_a_plan_is_verified_with_one_and_two_real_replicas_balanced_over_and_cou
     manifest = json.loads((run_dir / "manifest.json").read_text())
     servers = manifest["servers"]
     assert [(s["target"], s["replica"]) for s in servers] == [("fleet", 0), ("fleet", 1)]
+    # replicas sharing this host's CPUs slow each other: the check says its replay measured that
+    assert (checks[2]["warning"] is not None) == any(s.get("cpus_shared") for s in servers), checks[2]
+    assert checks[1]["warning"] is None  # one server shares with nobody
     assert len({s["url"] for s in servers}) == 2 and all(s["gpus"] is None for s in servers)
     assert [s["log"] for s in servers] == [str(run_dir / "vllm-fleet-0.log"), str(run_dir / "vllm-fleet-1.log")]
     placement = manifest["placement"]["server_cpus"]
