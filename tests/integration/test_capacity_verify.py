@@ -55,8 +55,8 @@ def test_the_planned_fleet_is_the_smallest_that_meets_the_slo_when_replayed(serv
     log = arrivals_log(tmp_path / "bursty.parquet", offsets)
     one = _target(tmp_path / "one.yaml", [servers[0].base_url])
     sweep_dir = tmp_path / "sweep"
-    argv = ["sweep", str(log), "--target", str(one), "--shape", "trace", "--from", "2", "--to", "9", "--points", "3"]
-    argv += ["--duration", "6s", "--slo", SLO, "--bisect-steps", "1", "-o", str(sweep_dir)]
+    argv = ["sweep", str(log), "--target", str(one), "--shape", "trace", "--from", "2", "--to", "9", "--points", "2"]
+    argv += ["--duration", "6s", "--slo", SLO, "--bisect-steps", "0", "-o", str(sweep_dir)]
     assert main(argv) == 0
     fleet = _target(tmp_path / "fleet.yaml", [server.base_url for server in servers])
     plan_dir = tmp_path / "plan"

@@ -57,7 +57,7 @@ def test_a_plan_is_verified_with_one_and_two_real_replicas_balanced_over_and_cou
     )
     plan_dir = tmp_path / "plan"
     argv = ["capacity", "--sweep", str(sweep_dir), "--log", str(azure_log), "--volume", VOLUME, "--verify"]
-    argv += ["--target", str(target), "--verify-duration", "40s", "-o", str(plan_dir)]
+    argv += ["--target", str(target), "--verify-duration", "30s", "-o", str(plan_dir)]
     capsys.readouterr()
     assert main(argv) == 0
     with capsys.disabled():
