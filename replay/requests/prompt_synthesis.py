@@ -111,7 +111,7 @@ class PromptSynthesizer:
             raise PromptSynthesisError(f"block_size must be at least 1, got {block_size}")
         self.tokenizer_dir = Path(tokenizer_dir)
         self.block_size = block_size
-        self._hf = _load_hf_tokenizer(self.tokenizer_dir)
+        self._hf = load_hf_tokenizer(self.tokenizer_dir)
         self.backend: Tokenizer = self._hf.backend_tokenizer
         candidates = self._single_token_words()
         self.constructive = self._pre_tokenizer_splits_words(candidates)
@@ -342,7 +342,7 @@ def _word_picks(seed: int, length: int, choices: int) -> np.ndarray:
     return x.astype(np.intp)
 
 
-def _load_hf_tokenizer(tokenizer_dir: Path):
+def load_hf_tokenizer(tokenizer_dir: Path):
     if not (tokenizer_dir / "tokenizer.json").exists() and not (tokenizer_dir / "tokenizer_config.json").exists():
         raise PromptSynthesisError(
             f"{tokenizer_dir}: no tokenizer.json or tokenizer_config.json "

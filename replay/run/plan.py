@@ -26,7 +26,6 @@ The builder's additions are per target, so a run's counts are read from its resu
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,22 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
+from shadowreplay.replay.schemas.durations import DurationError, parse_duration_s
 from shadowreplay.replay.schemas.traffic_log import arrival_time_ranges, open_traffic_log
-
-_DURATION = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class PlanError(ShadowReplayError, ValueError):
     """A replay selection that cannot be honoured (bad window, nothing left to send)."""
-
-
-def parse_duration_s(text: str, what: str = "duration") -> float:
-    """'90', '90s', '1.5m', '250ms', '2h' -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise PlanError(f"{what} {text!r}: expected a number of seconds, optionally with ms, s, m or h")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -69,10 +58,13 @@ class Window:
         if ".." not in text:
             raise PlanError(f"window {text!r}: expected START..END (seconds from the first arrival)")
         start, end = text.split("..", 1)
-        window = cls(
-            start_s=parse_duration_s(start, "window start") if start.strip() else 0.0,
-            end_s=parse_duration_s(end, "window end") if end.strip() else None,
-        )
+        try:
+            window = cls(
+                start_s=parse_duration_s(start, "window start") if start.strip() else 0.0,
+                end_s=parse_duration_s(end, "window end") if end.strip() else None,
+            )
+        except DurationError as exc:
+            raise PlanError(f"window {text!r}: {exc}") from None
         if window.end_s is not None and window.end_s <= window.start_s:
             raise PlanError(f"window {text!r}: end must be after start")
         return window

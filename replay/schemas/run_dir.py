@@ -9,9 +9,16 @@ RUN_DIR/
   summary.json           the report's summary (analysis/summary/)
   report.html            the report's page (analysis/report/)
   vllm-<target>.log      the log of each vLLM server the run started
+  requests.parquet       a shadow's request facts: references, production's answers (replay/schemas/shadow_requests.py)
+  prompt_format.json     a shadow's chat-template check (replay/targets/prompt_format.py), with
+  prompt_format_tokens.parquet  each request's rendered length per target
 SWEEP_DIR/
   curve.parquet  summary.json  report.html
   points/<nn>-<level>/   one RUN_DIR per load point
+GATES_DIR/ (a shadow's judgement; RUN_DIR itself by default)
+  gates.json  summary.md  summary.html
+  pairs.parquet          one row per request: both targets' paired measures (analysis/shadow/paired_requests.py)
+  windows.parquet        per window and target: the figures summary.md shows (analysis/shadow/windows.py)
 ```
 
 No other module spells these names: writers ask a `RunDir` (or `SweepDir`) for a path or a
@@ -46,6 +53,12 @@ SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.html"
 CURVE_NAME = "curve.parquet"
 POINTS_DIRNAME = "points"
+SHADOW_REQUESTS_NAME = "requests.parquet"
+GATES_NAME = "gates.json"
+SHADOW_SUMMARY_MD = "summary.md"
+SHADOW_SUMMARY_HTML = "summary.html"
+SHADOW_WINDOWS_NAME = "windows.parquet"
+SHADOW_PAIRS_NAME = "pairs.parquet"
 
 
 class RunDirError(ShadowReplayError):
@@ -158,6 +171,15 @@ class RunDir(_OutputDir):
         return self.path / (f"vllm-{target}.log" if replica is None else f"vllm-{target}-{replica}.log")
 
     # -- shards ----------------------------------------------------------------------------------
+    @property
+    def shadow_requests_path(self) -> Path:
+        return self.path / SHADOW_REQUESTS_NAME
+
+    @property
+    def prompt_format_dir(self) -> Path:
+        """Where the chat-template check writes prompt_format.json and prompt_format_tokens.parquet."""
+        return self.path
+
     def result_shards(self) -> list[Path]:
         return committed_shards(self.results_dir)
 
@@ -236,6 +258,31 @@ class RunDir(_OutputDir):
         updated = Manifest.model_validate(manifest.model_dump() | fields)
         self.write_manifest(updated, scrubber)
         return updated
+
+
+class GatesDir(_OutputDir):
+    """Where a shadow's judgement goes (`shadow`, `gate -o`): gates.json, summary.md and summary.html, and the
+    rows their figures come from."""
+
+    @property
+    def gates_path(self) -> Path:
+        return self.path / GATES_NAME
+
+    @property
+    def summary_md_path(self) -> Path:
+        return self.path / SHADOW_SUMMARY_MD
+
+    @property
+    def summary_html_path(self) -> Path:
+        return self.path / SHADOW_SUMMARY_HTML
+
+    @property
+    def windows_path(self) -> Path:
+        return self.path / SHADOW_WINDOWS_NAME
+
+    @property
+    def pairs_path(self) -> Path:
+        return self.path / SHADOW_PAIRS_NAME
 
 
 class SweepDir(_OutputDir):

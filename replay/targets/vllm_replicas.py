@@ -32,7 +32,7 @@ PARALLEL_FLAGS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _flag_value(args: Sequence[str], names: tuple[str, ...]) -> str | None:
+def flag_value(args: Sequence[str], names: tuple[str, ...]) -> str | None:
     """The value of the last of `names` in `args` (`--flag N` or `--flag=N`; "" for a flag with none)."""
     found = None
     for index, arg in enumerate(args):
@@ -47,7 +47,7 @@ def parallel_size(args: Sequence[str]) -> int:
     where not given). ValueError for a size that is not a positive integer."""
     size = 1
     for names in PARALLEL_FLAGS:
-        value = _flag_value(args, names)
+        value = flag_value(args, names)
         if value is None:
             continue
         if not value.isdigit() or int(value) < 1:

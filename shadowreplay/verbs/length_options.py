@@ -26,8 +26,13 @@ MAX_COMPLETION_HELP = (
 )
 
 
-def add_length_options(parser: argparse.ArgumentParser) -> None:
-    """`--output-lengths`, `--max-prompt-tokens` and `--max-completion-tokens`."""
-    parser.add_argument("--output-lengths", choices=OUTPUT_LENGTHS, default="recorded", help=OUTPUT_LENGTHS_HELP)
+def add_length_options(parser: argparse.ArgumentParser, output_lengths: str = "recorded") -> None:
+    """`--output-lengths` (default `output_lengths`), `--max-prompt-tokens` and `--max-completion-tokens`."""
+    help_text = OUTPUT_LENGTHS_HELP
+    if output_lengths != "recorded":
+        help_text = help_text.replace("recorded (default)", "recorded").replace(
+            "natural:", f"{output_lengths} (default):"
+        )
+    parser.add_argument("--output-lengths", choices=OUTPUT_LENGTHS, default=output_lengths, help=help_text)
     parser.add_argument("--max-prompt-tokens", type=int, metavar="N", help=MAX_PROMPT_HELP)
     parser.add_argument("--max-completion-tokens", type=int, metavar="N", help=MAX_COMPLETION_HELP)

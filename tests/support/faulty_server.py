@@ -216,6 +216,11 @@ class FaultyServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "completions")
 
+    def script_for(self, body: dict, script: Script) -> Script:
+        """The script one request gets, from its body (which it may change); a subclass answers by content
+        (tests/support/answer_server.py). Here: the script as the body's `faulty` object made it."""
+        return script
+
     def _arrival(self, request: web.Request) -> float:
         """The moment the script's clock starts for `request` (perf_counter): when its handler starts.
         Called once per request, first thing in its handler."""
@@ -228,7 +233,7 @@ class FaultyServer:
         self.client_ports.append(peer[1] if peer else -1)
         try:
             body = await request.json()
-            script = self.script.updated(body.get("faulty") or {})
+            script = self.script_for(body, self.script.updated(body.get("faulty") or {}))
         except (ValueError, TypeError) as exc:
             return _error_response(400, f"bad request for the faulty server: {exc}", "invalid_request_error")
         if script.status >= 400:

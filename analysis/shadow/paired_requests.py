@@ -1,0 +1,237 @@
+"""The paired measures of a shadow comparison: one row per request holding what each side (the baseline,
+the candidate and, with --aa, the baseline's second copy) made of it, read from the run's final result
+rows and its request facts (RUN_DIR/requests.parquet, replay/schemas/shadow_requests.py).
+
+Per side, with a one-letter prefix (`b_` baseline, `c_` candidate, `a_` the A/A copy):
+- `status`, `error` (status != ok: metrics.table is_error), `ttft_ms`, `tpot_ms`, `e2e_ms` (null unless
+  the request is ok: the latency population of docs/DESIGN.md), `output_tokens` (metrics.table
+  output_tokens), `truncated` (finish reason `length`), `refusal` (scorers.refusals over the answer),
+  `json_valid` (scorers.json_valid), and one `correct_<k>` per scorer k of the gates (scorers.score
+  against the log's `reference`; null without one).
+Per request: `request_id`, `tag`, `arrival_s` (the log's timeline) and `arrival_time`, `scheduled_s` (the replay's),
+`known_s` (when every side's outcome was known: the latest `done_s`, else `scheduled_s`: the order a
+live shadow learns its evidence in), `json_expected` (the request asked for JSON, or the baseline
+answered JSON), `length_ratio` (candidate output tokens over the baseline's, both ok).
+
+`--baseline production`: the baseline side is what the log recorded: production's answer
+(`response_text`), its status (`prod_status`, else ok), latencies (`prod_ttft_ms`, `prod_e2e_ms`) and
+output tokens (`completion_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from shadowreplay.analysis.data.run_data import RunData, RunDataError
+from shadowreplay.analysis.metrics.table import is_error, output_tokens, tpot_ms
+from shadowreplay.analysis.shadow.scorers import (
+    ScorerSpec,
+    asks_for_json,
+    json_valid,
+    looks_like_json,
+    refusals,
+    score,
+)
+from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY
+from shadowreplay.replay.schemas.shadow_requests import KIND as REQUESTS_KIND
+from shadowreplay.replay.schemas.shadow_requests import SHADOW_REQUESTS_SCHEMA
+
+PRODUCTION = "production"
+"""The baseline name that means the answers captured in the log, not a replayed target."""
+SIDES = {"baseline": "b", "candidate": "c", "aa": "a"}
+SIDE_COLUMNS = (
+    "status",
+    "error",
+    "ttft_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "output_tokens",
+    "truncated",
+    "refusal",
+    "json_valid",
+)
+RESULT_COLUMNS = (
+    "request_id",
+    "target",
+    "scheduled_s",
+    "done_s",
+    "status",
+    "ttft_ms",
+    "e2e_ms",
+    "completion_tokens",
+    "client_tokens",
+    "finish_reason",
+    "output_text",
+    "tag",
+)
+
+
+class ShadowDataError(RunDataError):
+    """A run directory that cannot be judged as asked (a target it lacks, no request facts where needed)."""
+
+
+@dataclass(frozen=True)
+class Sides:
+    """The targets compared: `baseline` (a target's name, or PRODUCTION), `candidate`, and `aa` (the baseline's
+    second copy, for the noise floor) or None."""
+
+    baseline: str
+    candidate: str
+    aa: str | None = None
+
+    @property
+    def named(self) -> dict[str, str]:
+        """prefix -> target name, for the sides present."""
+        found = {"b": self.baseline, "c": self.candidate}
+        if self.aa is not None:
+            found["a"] = self.aa
+        return found
+
+
+def read_shadow_requests(path: Path) -> pl.DataFrame | None:
+    """RUN_DIR/requests.parquet as polars, checked for its kind; None where the file is absent."""
+    if not path.is_file():
+        return None
+    schema = pq.read_schema(path)
+    kind = (schema.metadata or {}).get(METADATA_KIND_KEY)
+    if kind != REQUESTS_KIND.encode():
+        raise ShadowDataError(f"{path}: not a shadow requests file (kind {kind!r})")
+    missing = [name for name in SHADOW_REQUESTS_SCHEMA.names if name not in schema.names]
+    if missing:
+        raise ShadowDataError(f"{path}: lacks columns {missing}")
+    return pl.read_parquet(path, columns=SHADOW_REQUESTS_SCHEMA.names)
+
+
+def _side_frame(
+    frame: pl.LazyFrame, prefix: str, scorers: Sequence[ScorerSpec], phrases: Sequence[str]
+) -> pl.DataFrame:
+    """One side's measures by request_id (module docstring), from rows holding RESULT_COLUMNS and `reference`."""
+    ok = pl.col("status") == "ok"
+    side = frame.select(
+        "request_id",
+        "scheduled_s",
+        "done_s",
+        pl.col("tag").cast(pl.String),
+        "reference",
+        pl.col("output_text").cast(pl.String),
+        pl.col("status").cast(pl.String),
+        is_error().alias("error"),
+        pl.when(ok).then(pl.col("ttft_ms")).alias("ttft_ms"),
+        pl.when(ok).then(tpot_ms()).alias("tpot_ms"),
+        pl.when(ok).then(pl.col("e2e_ms")).alias("e2e_ms"),
+        output_tokens().alias("output_tokens"),
+        (pl.col("finish_reason").cast(pl.String) == "length").fill_null(False).alias("truncated"),
+    ).collect()
+    texts = side.get_column("output_text")
+    references = side.get_column("reference")
+    added = [refusals(texts, phrases).alias("refusal"), json_valid(texts).alias("json_valid")]
+    added += [score(spec, texts, references).alias(f"correct_{k}") for k, spec in enumerate(scorers)]
+    side = side.with_columns(added)
+    keep = ["request_id", *SIDE_COLUMNS, *(f"correct_{k}" for k in range(len(scorers)))]
+    extra = {"scheduled_s": "scheduled_s", "done_s": "done_s", "tag": "tag", "output_text": "output_text"}
+    renamed = side.select(
+        *(pl.col(name).alias(name if name == "request_id" else f"{prefix}_{name}") for name in keep),
+        *(pl.col(name).alias(f"{prefix}_{alias}") for name, alias in extra.items()),
+    )
+    return renamed
+
+
+def _target_rows(run: RunData, target: str) -> pl.LazyFrame:
+    if target not in run.target_names:
+        raise ShadowDataError(
+            f"{run.run_dir}: no target named {target!r} in this run (targets: {', '.join(run.target_names)})"
+        )
+    return run.final_scan.filter(pl.col("target") == target).select(RESULT_COLUMNS)
+
+
+def _production_rows(requests: pl.DataFrame, scheduled: pl.LazyFrame) -> pl.LazyFrame:
+    """The log's own record as a side: production's answer, status, latencies and output tokens."""
+    return (
+        requests.lazy()
+        .join(scheduled, on="request_id", how="inner")
+        .select(
+            "request_id",
+            "scheduled_s",
+            pl.lit(None, dtype=pl.Float64).alias("done_s"),
+            pl.col("prod_status").fill_null("ok").alias("status"),
+            pl.col("prod_ttft_ms").alias("ttft_ms"),
+            pl.col("prod_e2e_ms").alias("e2e_ms"),
+            pl.col("completion_tokens"),
+            pl.lit(None, dtype=pl.Int32).alias("client_tokens"),
+            pl.lit(None, dtype=pl.String).alias("finish_reason"),
+            pl.col("response_text").alias("output_text"),
+            "tag",
+        )
+    )
+
+
+def paired_requests(
+    run: RunData,
+    sides: Sides,
+    scorers: Sequence[ScorerSpec],
+    refusal_phrases: Sequence[str],
+    requests: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """The paired measures (module docstring) of every request that each side has a final row for, ordered by
+    `known_s`. `requests`: the run's request facts (read_shadow_requests), needed for references, JSON requests
+    and `--baseline production`; without them accuracy is null and JSON is expected only where the baseline
+    answered JSON."""
+    if sides.baseline == PRODUCTION and requests is None:
+        raise ShadowDataError(
+            f"{run.run_dir}: --baseline production needs the log's answers (requests.parquet, written by "
+            "`shadowreplay shadow`)"
+        )
+    facts = (
+        requests.select("request_id", "reference", "arrival_s", "arrival_time", "params").lazy()
+        if requests is not None
+        else None
+    )
+    frames: dict[str, pl.DataFrame] = {}
+    for prefix, target in sides.named.items():
+        if prefix == "b" and target == PRODUCTION:
+            assert requests is not None
+            rows = _production_rows(requests, _target_rows(run, sides.candidate).select("request_id", "scheduled_s"))
+        else:
+            rows = _target_rows(run, target)
+        if facts is not None:
+            rows = rows.join(facts.select("request_id", "reference"), on="request_id", how="left")
+        else:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias("reference"))
+        frames[prefix] = _side_frame(rows, prefix, scorers, refusal_phrases)
+    paired = frames["c"].join(frames["b"], on="request_id", how="inner")
+    if "a" in frames:
+        paired = paired.join(frames["a"], on="request_id", how="inner")
+    done = [pl.col(f"{prefix}_done_s") for prefix in frames]
+    paired = paired.with_columns(
+        pl.col("c_scheduled_s").alias("scheduled_s"),
+        pl.max_horizontal(done).fill_null(pl.col("c_scheduled_s")).alias("known_s"),
+        pl.coalesce(pl.col("c_tag"), pl.col("b_tag")).alias("tag"),
+        looks_like_json(paired.get_column("b_output_text")).fill_null(False).alias("b_answered_json"),
+    )
+    if facts is not None:
+        paired = paired.join(
+            facts.select("request_id", "arrival_s", "arrival_time", "params").collect(), on="request_id", how="left"
+        )
+        asked = asks_for_json(paired.get_column("params"))
+        paired = paired.with_columns(asked.alias("asked_json")).drop("params")
+    else:
+        paired = paired.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("arrival_s"),
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("arrival_time"),
+            pl.lit(False).alias("asked_json"),
+        )
+    ok_both = (pl.col("b_status") == "ok") & (pl.col("c_status") == "ok") & (pl.col("b_output_tokens") > 0)
+    paired = paired.with_columns(
+        (pl.col("asked_json") | pl.col("b_answered_json")).alias("json_expected"),
+        pl.when(ok_both)
+        .then(pl.col("c_output_tokens").cast(pl.Float64) / pl.col("b_output_tokens"))
+        .alias("length_ratio"),
+    )
+    drop = [c for c in paired.columns if c.endswith(("_done_s", "_tag", "_output_text", "_scheduled_s"))]
+    drop += ["b_answered_json", "asked_json"]
+    return paired.drop(drop).sort("known_s", "scheduled_s", "request_id")

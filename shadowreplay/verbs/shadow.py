@@ -1,0 +1,101 @@
+"""`shadowreplay shadow`: a baseline and a candidate replayed on the same traffic at the same moments, then
+judged by the gates (loadgen/shadow_replay.py, analysis/shadow/)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shadowreplay.errors import UserError
+from shadowreplay.verbs.gate_options import add_gate_options, price_book, print_judgement
+from shadowreplay.verbs.length_options import add_length_options
+from shadowreplay.verbs.worker_options import add_worker_cpus
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "shadow",
+        help="replay a log to a baseline and a candidate at the same moments and judge the gates",
+        description=(
+            "Send every selected request of LOG to --baseline and --candidate (and with --aa to a second copy of "
+            "the baseline, the noise floor) at the same scheduled time, keeping each answer; check every chat "
+            "structure of the log against each target's chat template first (RUN_DIR/prompt_format.json); then "
+            "judge --gates as `shadowreplay gate` does: gates.json, summary.md, summary.html in RUN_DIR. "
+            "--baseline production judges the candidate against the answers captured in the log (response_text). "
+            "Models end their answers (--output-lengths natural) unless told otherwise. "
+            "Exit 0 when the verdict is pass, 3 when it is fail, 130 when interrupted."
+        ),
+    )
+    parser.add_argument("log", type=Path, help="traffic log (Parquet, from `shadowreplay ingest`)")
+    parser.add_argument(
+        "--baseline", required=True, metavar="B.yaml", help="the baseline's target file, or `production`"
+    )
+    parser.add_argument("--candidate", required=True, type=Path, metavar="C.yaml", help="the candidate's target file")
+    parser.add_argument("--aa", action="store_true", help="also replay a second copy of the baseline: the noise floor")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
+    parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
+    parser.add_argument(
+        "--window", metavar="START..END", help="replay only arrivals in this slice (seconds from the first arrival)"
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="replay at most the first N requests (after --window)")
+    parser.add_argument("--duration", metavar="D", help="stop scheduling sends after D of replay time")
+    parser.add_argument("--workers", type=int, metavar="N", help="replay worker processes (default: one per CPU)")
+    parser.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of a local one")
+    add_length_options(parser, output_lengths="natural")
+    add_worker_cpus(parser)
+    add_gate_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shadowreplay.analysis.shadow.gates_file import load_gates
+    from shadowreplay.analysis.shadow.judge_run import judge_run
+    from shadowreplay.analysis.shadow.paired_requests import Sides
+    from shadowreplay.loadgen.shadow_replay import ShadowRequest, prepare, replay_shadow, shadow_targets
+    from shadowreplay.loadgen.shapes import TraceScaled
+
+    if args.speed <= 0:
+        raise UserError("--speed must be positive")
+    for name in ("limit", "workers"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive")
+    gates = load_gates(args.gates)  # a bad gates file stops the shadow before anything is sent
+    prices = price_book(args.prices)
+
+    def trace_scaled(offsets: np.ndarray) -> np.ndarray:
+        return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
+
+    request = ShadowRequest(
+        log=args.log,
+        baseline=args.baseline,
+        candidate=args.candidate,
+        run_dir=args.output,
+        aa=args.aa,
+        window=args.window,
+        limit=args.limit,
+        duration=args.duration,
+        workers=args.workers,
+        address=args.address,
+        output_lengths=args.output_lengths,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_completion_tokens=args.max_completion_tokens,
+        send_times=trace_scaled,
+        schedule=f"TraceScaled(speed={args.speed:g})",
+        worker_cpus=args.worker_cpus,
+    )
+    chosen = shadow_targets(request)
+    found = prepare(request, chosen)
+    for target in chosen.targets:
+        rejected = found.rejected_requests(target.name)
+        if rejected:
+            print(f"shadow: WARNING {target.name}'s chat template rejects {rejected:,} requests (prompt_format.json)")
+    outcome = replay_shadow(request, chosen)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.by_status.items()))
+    print(f"shadow: {sum(outcome.by_status.values())} result rows in {args.output}/results ({counts})", flush=True)
+    if outcome.cancelled:
+        return 130
+    judgement = judge_run(args.output, Sides(chosen.baseline, chosen.candidate, chosen.aa), gates, args.output, prices)
+    return print_judgement(judgement, "shadow", args.json)
