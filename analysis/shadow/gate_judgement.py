@@ -236,8 +236,13 @@ def _side_figures(pairs: pl.DataFrame, gate: GateSpec, prefix: str, scorer: int 
         assert measure.percentile is not None
         found = percentiles_of(values, [measure.percentile])
         return {percentile_key(measure.percentile): found[0] if found else None, "requests": float(len(values))}
-    if measure.family == "length_ratio":
-        return {}
+    if measure.family == "length_ratio":  # a paired figure: shown on the candidate's side
+        if prefix != "c":
+            return {}
+        ratios = pairs.get_column("length_ratio").drop_nulls().to_numpy()
+        assert measure.percentile is not None
+        found = percentiles_of(ratios, [measure.percentile])
+        return {percentile_key(measure.percentile): found[0] if found else None, "requests": float(len(ratios))}
     indicator = pairs.select(_bad_indicator(gate, prefix, scorer).alias("bad")).get_column("bad").drop_nulls()
     if indicator.is_empty():
         return {"rate": None, "requests": 0.0}

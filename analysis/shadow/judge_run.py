@@ -6,6 +6,7 @@ What `shadowreplay gate` runs, and `shadowreplay shadow` after its replay.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ def prompt_format_counts(found: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"targets": targets, "checked_requests": found.get("checked_requests"), "skipped": found.get("skipped", {})}
 
 
+def _write_atomically(frame: pl.DataFrame, path: Path) -> None:
+    """`frame` as Parquet at `path` through a hidden temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
 def judge_run(run_dir: Path, sides: Sides, gates: GatesFile, out: Path, prices: PriceBook | None) -> Judgement:
     """Judge `sides` of the run in `run_dir` by `gates`; gates.json, pairs.parquet, windows.parquet, summary.md and
     summary.html written to `out` (created)."""
@@ -72,8 +80,8 @@ def judge_run(run_dir: Path, sides: Sides, gates: GatesFile, out: Path, prices: 
     cost = cost_summary(final, steady_window(final), prices, data.target_configs, {})
     directory = GatesDir(out)
     directory.path.mkdir(parents=True, exist_ok=True)
-    pairs.write_parquet(directory.pairs_path)
-    figures.write_parquet(directory.windows_path)
+    _write_atomically(pairs, directory.pairs_path)
+    _write_atomically(figures, directory.windows_path)
     write_text_atomically(directory.gates_path, report.model_dump_json(indent=2))
     write_summaries(
         directory.summary_html_path, directory.summary_md_path, report, figures, accuracy, prompt_format, cost
