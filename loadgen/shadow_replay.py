@@ -6,22 +6,35 @@ request facts the judgement needs (RUN_DIR/requests.parquet) and the chat-templa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from shadowreplay.analysis.shadow.gates_file import JudgeSpec
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.run.plan import OutputLengths, Window, select_rows
 from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 from shadowreplay.replay.run.runner import RunOutcome
 from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
-from shadowreplay.replay.schemas.shadow_requests import shadow_requests, write_shadow_requests
+from shadowreplay.replay.schemas.shadow_requests import (
+    JUDGE_ID_SEPARATOR,
+    PRODUCTION_SIDE,
+    shadow_requests,
+    write_shadow_requests,
+)
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 from shadowreplay.replay.targets.config import TargetConfig, load_target
 from shadowreplay.replay.targets.prompt_format import PromptFormatReport, check_prompt_formats
 
-PRODUCTION = "production"  # analysis/shadow/paired_requests.py PRODUCTION: the log's own answers
+PRODUCTION = PRODUCTION_SIDE  # the baseline name meaning the log's own answers
 AA_SUFFIX = "-aa"
 
 
@@ -112,6 +125,102 @@ def replay_shadow(request: ShadowRequest, chosen: ShadowTargets) -> RunOutcome:
             keep_output_text=True,
             send_times=request.send_times,
             schedule=request.schedule,
+            worker_cpus=request.worker_cpus,
+        )
+    )
+
+
+def request_text(messages: str | None, prompt: str | None) -> str:
+    """What a request asked, for a judge: its messages as `role: content` lines (text parts of list contents), or
+    its completions prompt."""
+    if messages is None:
+        return prompt or ""
+    try:
+        parsed = json.loads(messages)
+    except ValueError:
+        return messages
+    lines = []
+    for message in parsed if isinstance(parsed, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        lines.append(f"{message.get('role', '?')}: {content or ''}" if isinstance(message, dict) else str(message))
+    return "\n".join(lines)
+
+
+def _answers(run_dir: RunDir, targets: list[str]) -> pa.Table:
+    """request_id, target, output_text of the final ok rows of `targets` with an answer."""
+    tables = []
+    for shard in run_dir.result_shards():
+        table = pq.read_table(shard, columns=["request_id", "target", "final", "status", "output_text"])
+        keep = pc.and_(
+            pc.and_(table.column("final"), pc.equal(pc.cast(table.column("status"), pa.string()), "ok")),
+            pc.is_in(pc.cast(table.column("target"), pa.string()), value_set=pa.array(targets, pa.string())),
+        )
+        kept = table.filter(pc.and_(keep, pc.is_valid(table.column("output_text"))))
+        tables.append(
+            kept.select(["request_id", "target", "output_text"]).cast(
+                pa.schema([("request_id", pa.string()), ("target", pa.string()), ("output_text", pa.string())])
+            )
+        )
+    return pa.concat_tables(tables) if tables else pa.table({"request_id": [], "target": [], "output_text": []})
+
+
+def judge_log(request: ShadowRequest, chosen: ShadowTargets, judge: JudgeSpec) -> Path:
+    """RUN_DIR/judge-log.parquet: one rubric prompt per answer of every side (production's own answers too, where
+    they are the baseline), `1 / judge.rate` s apart, id `<request_id>|<side>`."""
+    run_dir = RunDir(request.run_dir)
+    rows = select_rows(request.log, Window.parse(request.window) if request.window else None, request.limit)
+    asked: dict[str, tuple[str, str | None, str | None]] = {}
+    for row in rows.select(["request_id", "messages", "prompt", "reference", "response_text"]).to_pylist():
+        asked[row["request_id"]] = (
+            request_text(row["messages"], row["prompt"]),
+            row["reference"],
+            row["response_text"],
+        )
+    sides = [t.name for t in chosen.targets]
+    answers: list[tuple[str, str, str]] = [
+        (a["request_id"], a["target"], a["output_text"]) for a in _answers(run_dir, sides).to_pylist()
+    ]
+    if chosen.baseline == PRODUCTION:
+        answers += [(rid, PRODUCTION, text) for rid, (_, _, text) in asked.items() if text is not None]
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    judged: list[dict[str, Any]] = []
+    params = json.dumps({"temperature": 0, "max_tokens": judge.max_tokens})
+    for request_id, side, answer in sorted(answers, key=lambda a: (a[0], a[1])):
+        question, reference, _ = asked.get(request_id, ("", None, None))
+        prompt = judge.prompt(question, answer, reference)
+        judged.append(
+            {
+                "request_id": f"{request_id}{JUDGE_ID_SEPARATOR}{side}",
+                "arrival_time": start + timedelta(seconds=len(judged) / judge.rate),
+                "api": "chat",
+                "messages": json.dumps([{"role": "user", "content": prompt}]),
+                "params": params,
+                "completion_tokens": judge.max_tokens,
+                "tag": side,
+            }
+        )
+    if not judged:
+        raise ShadowError(f"{run_dir.path}: no answer to judge (no side answered a request)")
+    table = pa.Table.from_pylist(judged, schema=TRAFFIC_LOG_SCHEMA)
+    pq.write_table(table, run_dir.judge_log_path)
+    return run_dir.judge_log_path
+
+
+def judge_answers(request: ShadowRequest, chosen: ShadowTargets, judge: JudgeSpec) -> RunOutcome:
+    """The judge's run (RUN_DIR/judge): judge_log replayed against the judge target, its replies kept."""
+    log = judge_log(request, chosen, judge)
+    return replay_log(
+        ReplayRequest(
+            log=log,
+            target_files=[judge.target],
+            run_dir=RunDir(request.run_dir).judge_dir.path,
+            workers=request.workers,
+            address=request.address,
+            output_lengths="natural",
+            max_completion_tokens=judge.max_tokens,
+            keep_output_text=True,
             worker_cpus=request.worker_cpus,
         )
     )

@@ -5,6 +5,7 @@ cutover and judged by analysis/shadow/gate_judgement.py (docs/DESIGN.md, "Shadow
 alpha: 0.05            # false-alarm bound over the whole shadow period, all gates together
 window: 1h             # reporting windows (and the starts of the breach search's stretches)
 refusal_phrases: [...] # optional: what counts as a refusal (default: scorers.DEFAULT_REFUSAL_PHRASES)
+judge: {target: judge.yaml, rate: 5}   # optional: an LLM grading answers, for `scorer: judge` (JudgeSpec)
 gates:
   - {name: ttft-sla, metric: ttft_p95_ms, max: 500}                          # absolute, on the candidate
   - {name: accuracy, metric: accuracy, scorer: normalized, max_drop: 0.02}   # against the baseline
@@ -152,6 +153,51 @@ class GateSpec(BaseModel):
         return f"{self.metric}{scorer} {symbol} {self.limit_value:g}"
 
 
+DEFAULT_RUBRIC = (
+    "You are grading an answer to a request.\n\nRequest:\n{question}\n\nReference answer (may be empty):\n"
+    "{reference}\n\nAnswer to grade:\n{answer}\n\nIs the answer correct, and consistent with the reference where "
+    "one is given? Reply with exactly one word: PASS or FAIL."
+)
+RUBRIC_FIELDS = ("{question}", "{answer}", "{reference}")
+
+
+class JudgeSpec(BaseModel):
+    """An LLM that scores answers (`scorer: judge`): each answer of each side is sent to `target` (a target file,
+    relative to the gates file) as `rubric` with {question}, {answer} and {reference} filled in, at `rate`
+    requests a second, asking at most `max_tokens`; the answer is right where `pass_pattern` (a regex, case
+    ignored) is found in the judge's reply. The judge's calls are a run of their own (RUN_DIR/judge), rows,
+    cost and all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: Path
+    rubric: str = DEFAULT_RUBRIC
+    pass_pattern: str = r"\bPASS\b"
+    rate: float = Field(default=5.0, gt=0.0)
+    max_tokens: int = Field(default=16, gt=0)
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric(cls, value: str) -> str:
+        if "{answer}" not in value:
+            raise ValueError("a rubric must hold {answer} (and may hold {question} and {reference})")
+        return value
+
+    @field_validator("pass_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pass_pattern {value!r} does not compile: {exc}") from None
+        return value
+
+    def prompt(self, question: str, answer: str, reference: str | None) -> str:
+        """The rubric with the request, the answer and the reference (empty where none) in place."""
+        text = self.rubric.replace("{question}", question).replace("{reference}", reference or "")
+        return text.replace("{answer}", answer)
+
+
 class GatesFile(BaseModel):
     """A gates file, validated: `alpha` is shared by every gate (each is judged at alpha / number of gates)."""
 
@@ -160,6 +206,7 @@ class GatesFile(BaseModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     window: str = "1h"
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    judge: JudgeSpec | None = None
     gates: tuple[GateSpec, ...] = Field(min_length=1)
 
     @field_validator("window")
@@ -179,7 +226,14 @@ class GatesFile(BaseModel):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"gate names must be distinct: {', '.join(duplicated)} given twice")
+        judged = [gate.name for gate in self.gates if gate.scorer is not None and gate.scorer.kind == "judge"]
+        if judged and self.judge is None:
+            raise ValueError(f"gate {judged[0]!r} scores by judge: give a `judge` (its target file, and a rubric)")
         return self
+
+    @property
+    def uses_judge(self) -> bool:
+        return any(scorer.kind == "judge" for scorer in self.scorers)
 
     @property
     def window_s(self) -> float:
@@ -203,6 +257,9 @@ class GatesFile(BaseModel):
 def load_gates(path: Path) -> GatesFile:
     """The gates file at `path`; GatesFileError naming the file and the field for anything wrong in it."""
     raw = read_yaml_mapping(path, "gates file", GatesFileError, "alpha, window and a list of gates")
+    judge = raw.get("judge")
+    if isinstance(judge, dict) and isinstance(judge.get("target"), str):  # relative to the gates file
+        raw["judge"] = {**judge, "target": str((path.parent / judge["target"]).resolve())}
     try:
         return GatesFile.model_validate(raw)
     except ValidationError as exc:

@@ -19,7 +19,14 @@ from shadowreplay.analysis.data.run_data import load_run
 from shadowreplay.analysis.metrics.table import steady_window
 from shadowreplay.analysis.shadow.gate_judgement import GatesReport, judge_gates
 from shadowreplay.analysis.shadow.gates_file import GatesFile
-from shadowreplay.analysis.shadow.paired_requests import PRODUCTION, Sides, paired_requests, read_shadow_requests
+from shadowreplay.analysis.shadow.judge_verdicts import judge_verdicts
+from shadowreplay.analysis.shadow.paired_requests import (
+    PRODUCTION,
+    ShadowDataError,
+    Sides,
+    paired_requests,
+    read_shadow_requests,
+)
 from shadowreplay.analysis.shadow.shadow_summary import write_summaries
 from shadowreplay.analysis.shadow.windows import grouped_figures
 from shadowreplay.replay.schemas.run_dir import GatesDir, RunDir, write_text_atomically
@@ -70,7 +77,21 @@ def judge_run(run_dir: Path, sides: Sides, gates: GatesFile, out: Path, prices: 
     run = RunDir(run_dir)
     data = load_run(run_dir, include_output_text=True)
     requests = read_shadow_requests(run.shadow_requests_path)
-    pairs = paired_requests(data, sides, gates.scorers, gates.refusal_phrases, requests)
+    verdicts = None
+    judge_cost = None
+    if gates.uses_judge:
+        assert gates.judge is not None
+        if not run.judge_dir.has_results():
+            raise ShadowDataError(
+                f"{run.judge_dir.path}: the gates score by judge, and this run has no judge run (`shadowreplay "
+                "shadow` runs the gates file's judge after its replay)"
+            )
+        verdicts = judge_verdicts(run.judge_dir.path, gates.judge.pass_pattern)
+        judged = load_run(run.judge_dir.path)
+        judge_cost = cost_summary(
+            judged.final_scan, steady_window(judged.final_scan), prices, judged.target_configs, {}
+        )
+    pairs = paired_requests(data, sides, gates.scorers, gates.refusal_phrases, requests, verdicts)
     prompt_format = read_prompt_format(run)
     report = judge_gates(pairs, gates, sides, prompt_format_counts(prompt_format))
     accuracy = bool(gates.scorers)
@@ -78,6 +99,8 @@ def judge_run(run_dir: Path, sides: Sides, gates: GatesFile, out: Path, prices: 
     replayed = [name for name in sides.named.values() if name != PRODUCTION]
     final = data.final_scan.filter(pl.col("target").is_in(replayed))
     cost = cost_summary(final, steady_window(final), prices, data.target_configs, {})
+    if judge_cost is not None and judge_cost.get("status") == "computed" and cost.get("status") == "computed":
+        cost["targets"].update({f"{name} (judge)": entry for name, entry in judge_cost["targets"].items()})
     directory = GatesDir(out)
     directory.path.mkdir(parents=True, exist_ok=True)
     _write_atomically(pairs, directory.pairs_path)

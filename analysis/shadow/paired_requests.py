@@ -39,9 +39,9 @@ from shadowreplay.analysis.shadow.scorers import (
 )
 from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY
 from shadowreplay.replay.schemas.shadow_requests import KIND as REQUESTS_KIND
-from shadowreplay.replay.schemas.shadow_requests import SHADOW_REQUESTS_SCHEMA
+from shadowreplay.replay.schemas.shadow_requests import PRODUCTION_SIDE, SHADOW_REQUESTS_SCHEMA
 
-PRODUCTION = "production"
+PRODUCTION = PRODUCTION_SIDE
 """The baseline name that means the answers captured in the log, not a replayed target."""
 SIDES = {"baseline": "b", "candidate": "c", "aa": "a"}
 SIDE_COLUMNS = (
@@ -108,9 +108,14 @@ def read_shadow_requests(path: Path) -> pl.DataFrame | None:
 
 
 def _side_frame(
-    frame: pl.LazyFrame, prefix: str, scorers: Sequence[ScorerSpec], phrases: Sequence[str]
+    frame: pl.LazyFrame,
+    prefix: str,
+    scorers: Sequence[ScorerSpec],
+    phrases: Sequence[str],
+    verdicts: pl.DataFrame | None,
 ) -> pl.DataFrame:
-    """One side's measures by request_id (module docstring), from rows holding RESULT_COLUMNS and `reference`."""
+    """One side's measures by request_id (module docstring), from rows holding RESULT_COLUMNS and `reference`;
+    `verdicts` (request_id, correct): the judge's on this side's answers, for a `judge` scorer."""
     ok = pl.col("status") == "ok"
     side = frame.select(
         "request_id",
@@ -130,8 +135,20 @@ def _side_frame(
     texts = side.get_column("output_text")
     references = side.get_column("reference")
     added = [refusals(texts, phrases).alias("refusal"), json_valid(texts).alias("json_valid")]
-    added += [score(spec, texts, references).alias(f"correct_{k}") for k, spec in enumerate(scorers)]
+    added += [
+        score(spec, texts, references).alias(f"correct_{k}") for k, spec in enumerate(scorers) if spec.kind != "judge"
+    ]
     side = side.with_columns(added)
+    for k, spec in enumerate(scorers):
+        if spec.kind == "judge":
+            judged = (
+                verdicts
+                if verdicts is not None
+                else pl.DataFrame(schema={"request_id": pl.String, "correct": pl.Boolean})
+            )
+            side = side.join(
+                judged.select("request_id", pl.col("correct").alias(f"correct_{k}")), on="request_id", how="left"
+            )
     keep = ["request_id", *SIDE_COLUMNS, *(f"correct_{k}" for k in range(len(scorers)))]
     extra = {"scheduled_s": "scheduled_s", "done_s": "done_s", "tag": "tag", "output_text": "output_text"}
     renamed = side.select(
@@ -176,11 +193,13 @@ def paired_requests(
     scorers: Sequence[ScorerSpec],
     refusal_phrases: Sequence[str],
     requests: pl.DataFrame | None,
+    judge_verdicts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The paired measures (module docstring) of every request that each side has a final row for, ordered by
     `known_s`. `requests`: the run's request facts (read_shadow_requests), needed for references, JSON requests
     and `--baseline production`; without them accuracy is null and JSON is expected only where the baseline
-    answered JSON."""
+    answered JSON. `judge_verdicts` (analysis/shadow/judge_verdicts.py): the judge's verdict on each side's
+    answers (`target` PRODUCTION for the log's own), for `judge` scorers; an answer it did not judge is null."""
     if sides.baseline == PRODUCTION and requests is None:
         raise ShadowDataError(
             f"{run.run_dir}: --baseline production needs the log's answers (requests.parquet, written by "
@@ -202,7 +221,12 @@ def paired_requests(
             rows = rows.join(facts.select("request_id", "reference"), on="request_id", how="left")
         else:
             rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias("reference"))
-        frames[prefix] = _side_frame(rows, prefix, scorers, refusal_phrases)
+        side_verdicts = (
+            judge_verdicts.filter(pl.col("target") == target).select("request_id", "correct")
+            if judge_verdicts is not None
+            else None
+        )
+        frames[prefix] = _side_frame(rows, prefix, scorers, refusal_phrases, side_verdicts)
     paired = frames["c"].join(frames["b"], on="request_id", how="inner")
     if "a" in frames:
         paired = paired.join(frames["a"], on="request_id", how="inner")

@@ -35,7 +35,9 @@ from referencing.exceptions import Unresolvable
 
 from shadowreplay.errors import ShadowReplayError
 
-ScorerKind = Literal["exact", "normalized", "contains", "regex", "numeric", "json_schema", "choice"]
+ScorerKind = Literal["exact", "normalized", "contains", "regex", "numeric", "json_schema", "choice", "judge"]
+"""`judge`: an LLM's verdict on each answer, read from the judge's own run (analysis/shadow/judge_verdicts.py), not
+computed here."""
 
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "I'm sorry, but I can't",
@@ -185,6 +187,8 @@ def score(spec: ScorerSpec, outputs: pl.Series, references: pl.Series) -> pl.Ser
     spec.kind (_score_exact, _score_normalized, _score_contains, _score_regex, _score_numeric,
     _score_json_schema, _score_choice). ScorerError, naming the row, for a reference the scorer cannot use
     (checked on every row with a reference, answered or not)."""
+    if spec.kind == "judge":
+        raise ScorerError("a judge's verdicts are read from its run (analysis/shadow/judge_verdicts.py), not scored")
     if outputs.len() != references.len():
         raise ValueError(f"outputs ({outputs.len()}) and references ({references.len()}) differ in length")
     out, ref = outputs.cast(pl.String), references.cast(pl.String)

@@ -12,6 +12,7 @@ RUN_DIR/
   requests.parquet       a shadow's request facts: references, production's answers (replay/schemas/shadow_requests.py)
   prompt_format.json     a shadow's chat-template check (replay/targets/prompt_format.py), with
   prompt_format_tokens.parquet  each request's rendered length per target
+  judge-log.parquet      a shadow's judge prompts (one per answer), replayed into judge/ (a RUN_DIR)
 SWEEP_DIR/
   curve.parquet  summary.json  report.html
   points/<nn>-<level>/   one RUN_DIR per load point
@@ -54,6 +55,8 @@ REPORT_NAME = "report.html"
 CURVE_NAME = "curve.parquet"
 POINTS_DIRNAME = "points"
 SHADOW_REQUESTS_NAME = "requests.parquet"
+JUDGE_DIRNAME = "judge"
+JUDGE_LOG_NAME = "judge-log.parquet"
 GATES_NAME = "gates.json"
 SHADOW_SUMMARY_MD = "summary.md"
 SHADOW_SUMMARY_HTML = "summary.html"
@@ -174,6 +177,16 @@ class RunDir(_OutputDir):
     @property
     def shadow_requests_path(self) -> Path:
         return self.path / SHADOW_REQUESTS_NAME
+
+    @property
+    def judge_dir(self) -> RunDir:
+        """A shadow's judge run: the rubric prompts of every answer replayed against the judge target."""
+        return RunDir(self.path / JUDGE_DIRNAME)
+
+    @property
+    def judge_log_path(self) -> Path:
+        """The judge's traffic log: one rubric prompt per answer judged."""
+        return self.path / JUDGE_LOG_NAME
 
     @property
     def prompt_format_dir(self) -> Path:

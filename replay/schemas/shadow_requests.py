@@ -23,6 +23,11 @@ from shadowreplay.replay.schemas.shards import commit_file
 
 SCHEMA_VERSION = 1
 KIND = "shadow_requests"
+JUDGE_ID_SEPARATOR = "|"
+"""A judge request's id is `<request_id>|<target>`: which answer, of which side, it judged (loadgen/shadow_replay.py
+writes them, analysis/shadow/judge_verdicts.py reads them)."""
+PRODUCTION_SIDE = "production"
+"""The side name of production's own answers (the log's response_text) in a judge's request ids."""
 SHADOW_REQUESTS_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),

@@ -53,8 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.shadow.gates_file import load_gates
     from shadowreplay.analysis.shadow.judge_run import judge_run
     from shadowreplay.analysis.shadow.paired_requests import Sides
-    from shadowreplay.loadgen.shadow_replay import ShadowRequest, prepare, replay_shadow, shadow_targets
+    from shadowreplay.loadgen.shadow_replay import (
+        ShadowRequest,
+        judge_answers,
+        prepare,
+        replay_shadow,
+        shadow_targets,
+    )
     from shadowreplay.loadgen.shapes import TraceScaled
+    from shadowreplay.replay.targets.config import load_target
 
     if args.speed <= 0:
         raise UserError("--speed must be positive")
@@ -87,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         worker_cpus=args.worker_cpus,
     )
     chosen = shadow_targets(request)
+    if gates.judge is not None:
+        load_target(gates.judge.target)  # a bad judge target stops the shadow before anything is sent
     found = prepare(request, chosen)
     for target in chosen.targets:
         rejected = found.rejected_requests(target.name)
@@ -97,5 +106,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"shadow: {sum(outcome.by_status.values())} result rows in {args.output}/results ({counts})", flush=True)
     if outcome.cancelled:
         return 130
+    if gates.uses_judge:
+        assert gates.judge is not None
+        judged = judge_answers(request, chosen, gates.judge)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(judged.by_status.items()))
+        print(f"shadow: the judge answered {sum(judged.by_status.values())} rubric prompts ({counts})", flush=True)
+        if judged.cancelled:
+            return 130
     judgement = judge_run(args.output, Sides(chosen.baseline, chosen.candidate, chosen.aa), gates, args.output, prices)
     return print_judgement(judgement, "shadow", args.json)

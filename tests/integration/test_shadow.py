@@ -1,6 +1,7 @@
 """`shadowreplay shadow` and `gate` against scripted servers that answer questions with known references
 (tests/support/answer_server.py): a candidate that degrades at a known moment (first token +400 ms and 20%
-wrong answers from question 600, 15 s into the replay) fails the latency and accuracy gates with the first
+wrong answers from question 600, 15 s into the replay) fails the latency and accuracy gates (scored by a
+numeric scorer and by a scripted judge) with the first
 breach shortly after, the error gate passes (no errors on either side), the baseline's A/A copy passes
 every gate, `--baseline production` judges against the log's own answers, the chat-template check catches
 a template that refuses a system message, and every figure traces to the rows."""
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from shadowreplay.cli import main
-from tests.support.answer_server import AnswerServerThread, Degradation, question_log
+from tests.support.answer_server import AnswerServerThread, Degradation, JudgeServerThread, question_log
 from tests.support.chromium import chromium_dom, plotly_drawing
 
 CHANGE_S = 15.0  # question 600 at 40 questions/s
@@ -27,10 +28,12 @@ GEMMA_LIKE = (
 # 1,200 pairs show an unchanged candidate within 2% at alpha 0.05 / 3 (confidence_sequence.py LAMBDA_CAP)
 GATES = """alpha: 0.05
 window: 2s
+judge: {target: judge.yaml, rate: 400}
 gates:
   - {name: ttft-sla, metric: ttft_p95_ms, max: 300}
   - {name: accuracy, metric: accuracy, scorer: {kind: numeric}, max_drop: 0.02}
   - {name: errors, metric: error_rate, max_increase: 0.02}
+  - {name: judged, metric: accuracy, scorer: judge, max_drop: 0.02}
 """
 
 
@@ -74,7 +77,12 @@ def test_a_degrading_candidate_fails_the_right_gates_soon_after_the_change(tmp_p
     gates.write_text(GATES)
     run_dir = tmp_path / "shadow"
     degraded = Degradation(from_question=600, extra_ttft_ms=400.0, wrong_every=5)
-    with AnswerServerThread() as base_server, AnswerServerThread(degradation=degraded) as cand_server:
+    with (
+        AnswerServerThread() as base_server,
+        AnswerServerThread(degradation=degraded) as cand_server,
+        JudgeServerThread() as judge_server,
+    ):
+        _target(tmp_path / "judge.yaml", "judge", judge_server.base_url, tiny_model_dir)
         baseline = _target(tmp_path / "base.yaml", "base", base_server.base_url, tiny_model_dir)
         candidate = _target(tmp_path / "cand.yaml", "cand", cand_server.base_url, gemma_like)
         argv = ["shadow", str(log), "--baseline", str(baseline), "--candidate", str(candidate), "--aa"]
@@ -89,6 +97,12 @@ def test_a_degrading_candidate_fails_the_right_gates_soon_after_the_change(tmp_p
     assert ttft["status"] == "fail" and CHANGE_S < ttft["first_breach_s"] < CHANGE_S + 3, ttft
     assert accuracy["status"] == "fail" and CHANGE_S < accuracy["first_breach_s"] < CHANGE_S + 10, accuracy
     assert errors["status"] == "pass" and errors["first_breach_s"] is None, errors
+    # the judge graded every answer of every side (its own run: rows, manifest) and agrees with the references
+    judged = gates_by_name["judged"]
+    assert judge_server.server.graded == 3 * 1200
+    assert len([r for r in pq.read_table(run_dir / "judge" / "results").to_pylist() if r["final"]]) == 3600
+    assert judged["status"] == "fail" and CHANGE_S < judged["first_breach_s"] < CHANGE_S + 10, judged
+    assert judged["candidate"]["rate"] == accuracy["candidate"]["rate"] and judged["baseline"]["rate"] == 1.0
     assert all(int(i.removeprefix("q-")) >= 600 and int(i.removeprefix("q-")) % 5 == 0 for i in accuracy["evidence"])
     assert errors["noise_floor"] == 0.0 and accuracy["noise_floor"] == 0.0  # the A/A copy answered alike
 

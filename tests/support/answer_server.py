@@ -87,3 +87,33 @@ def question_log(path: Path, questions: int, rate: float, tags: tuple[str, ...] 
             }
         )
     return write_log(path, rows)
+
+
+_GRADED = re.compile(
+    r"Reference answer \(may be empty\):\n(.*?)\n\nAnswer to grade:\n(.*?)\n\nIs the answer", re.DOTALL
+)
+
+
+class JudgeServer(FaultyServer):
+    """A scripted judge for the default rubric (analysis/shadow/gates_file.py DEFAULT_RUBRIC): PASS where the
+    graded answer's last number is the reference, else FAIL; it counts the prompts it graded."""
+
+    def __init__(self, port: int = 0):
+        super().__init__(Script(ttft_ms=5.0, itl_ms=1.0), port=port)
+        self.graded = 0
+
+    def script_for(self, body: dict, script: Script) -> Script:
+        body.pop("max_tokens", None)
+        messages = body.get("messages") or []
+        match = _GRADED.search(str(messages[-1].get("content", ""))) if messages else None
+        if match is None:
+            return dataclasses.replace(script, token_texts=["I", " cannot", " tell"], tokens=3)
+        self.graded += 1
+        numbers = re.findall(r"-?\d+", match.group(2))
+        verdict = "PASS" if numbers and numbers[-1] == match.group(1).strip() else "FAIL"
+        return dataclasses.replace(script, token_texts=[verdict], tokens=1)
+
+
+class JudgeServerThread(ServerThread[JudgeServer]):
+    def __init__(self) -> None:
+        super().__init__(JudgeServer())

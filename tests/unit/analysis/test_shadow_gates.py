@@ -125,6 +125,25 @@ def test_gates_files_are_checked_with_the_file_and_field_named(tmp_path):
         load_gates(path)
 
 
+def test_a_judge_scorer_needs_a_judge_whose_target_is_found_beside_the_gates_file(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text("gates:\n  - {name: j, metric: accuracy, scorer: judge, max_drop: 0.02}\n")
+    with pytest.raises(GatesFileError, match="give a `judge`"):
+        load_gates(path)
+    path.write_text(
+        "judge: {target: judge.yaml, rubric: 'Grade {question}'}\ngates:\n  - {name: j, metric: error_rate, max: 1}\n"
+    )
+    with pytest.raises(GatesFileError, match=r"must hold \{answer\}"):
+        load_gates(path)
+    path.write_text(
+        "judge: {target: t/judge.yaml}\ngates:\n  - {name: j, metric: accuracy, scorer: judge, max_drop: 0.1}\n"
+    )
+    loaded = load_gates(path)
+    assert loaded.uses_judge and loaded.judge is not None and loaded.judge.target == tmp_path / "t" / "judge.yaml"
+    prompt = loaded.judge.prompt("What is 2 plus 2?", "4", None)
+    assert "What is 2 plus 2?" in prompt and "Answer to grade:\n4" in prompt and "{" not in prompt
+
+
 def test_the_bundled_gates_files_load():
     for path in sorted((CONFIGS / "gates").glob("*.yaml")):
         assert load_gates(path).gates
