@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.shadow.gates_file import load_gates
     from shadowreplay.analysis.shadow.judge_run import judge_run
     from shadowreplay.analysis.shadow.paired_requests import Sides
+    from shadowreplay.loadgen.live_gates import LiveGates
     from shadowreplay.loadgen.shadow_replay import (
         ShadowRequest,
         judge_answers,
@@ -101,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
         rejected = found.rejected_requests(target.name)
         if rejected:
             print(f"shadow: WARNING {target.name}'s chat template rejects {rejected:,} requests (prompt_format.json)")
-    outcome = replay_shadow(request, chosen)
+    sides = Sides(chosen.baseline, chosen.candidate, chosen.aa)
+    with LiveGates(args.output, sides, gates) as live:
+        outcome = replay_shadow(request, chosen)
+    if live.judgements:
+        print(f"shadow: judged {live.judgements} times while it ran ({args.output}/live/gates.json)", flush=True)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.by_status.items()))
     print(f"shadow: {sum(outcome.by_status.values())} result rows in {args.output}/results ({counts})", flush=True)
     if outcome.cancelled:
@@ -113,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"shadow: the judge answered {sum(judged.by_status.values())} rubric prompts ({counts})", flush=True)
         if judged.cancelled:
             return 130
-    judgement = judge_run(args.output, Sides(chosen.baseline, chosen.candidate, chosen.aa), gates, args.output, prices)
+    judgement = judge_run(args.output, sides, gates, args.output, prices)
     return print_judgement(judgement, "shadow", args.json)

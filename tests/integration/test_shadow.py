@@ -97,6 +97,10 @@ def test_a_degrading_candidate_fails_the_right_gates_soon_after_the_change(tmp_p
     assert ttft["status"] == "fail" and CHANGE_S < ttft["first_breach_s"] < CHANGE_S + 3, ttft
     assert accuracy["status"] == "fail" and CHANGE_S < accuracy["first_breach_s"] < CHANGE_S + 10, accuracy
     assert errors["status"] == "pass" and errors["first_breach_s"] is None, errors
+    # judged while it ran (every 5 s at the least): the rows so far, at most every request
+    live = json.loads((run_dir / "live" / "gates.json").read_text())
+    assert 0 < live["requests"] <= 1200 and "judged" not in {g["name"] for g in live["gates"]}  # no judge yet
+    assert "while it ran" in printed
     # the judge graded every answer of every side (its own run: rows, manifest) and agrees with the references
     judged = gates_by_name["judged"]
     assert judge_server.server.graded == 3 * 1200
