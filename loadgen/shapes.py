@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -262,6 +262,16 @@ class TraceScaled:
         speed = self.effective_speed
         for offset in self.offsets_s:
             yield float(offset) / speed
+
+
+def at_speed(speed: float) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A replay's send times for `--speed`: the selected rows' arrival offsets played `speed` times faster
+    (TraceScaled), as the array a ReplayRequest takes, with the schedule's name for the manifest."""
+
+    def send_times(offsets: np.ndarray) -> np.ndarray:
+        return np.fromiter(TraceScaled(offsets, speed).send_times(), dtype=float, count=len(offsets))
+
+    return send_times, f"TraceScaled(speed={speed:g})"
 
 
 @dataclass(frozen=True, eq=False)

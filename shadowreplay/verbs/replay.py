@@ -86,18 +86,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
-    from shadowreplay.loadgen.shapes import TraceScaled
+    from shadowreplay.loadgen.shapes import at_speed
     from shadowreplay.loadgen.volume import volume_hook
     from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
 
-    def trace_scaled(offsets: np.ndarray) -> np.ndarray:
-        return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
-
     if args.speed <= 0:
         raise UserError("--speed must be positive")
+    send_times, schedule = at_speed(args.speed)
     volume = TrafficVolume.parse(args.volume) if args.volume else None
     checks = checks_from(args)  # checked before the run, used after it with --strict
     for name in ("limit", "workers", "max_prompt_tokens", "max_completion_tokens"):
@@ -120,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         busy_poll=args.busy_poll,
         worker_cpus=args.worker_cpus,
-        send_times=trace_scaled,
-        schedule=f"TraceScaled(speed={args.speed:g})",
+        send_times=send_times,
+        schedule=schedule,
         volume=volume_hook(volume, lambda line: print(line, flush=True)) if volume is not None else None,
     )
     outcome = replay_log(request)  # its errors are ShadowReplayErrors: the CLI prints them as one line

@@ -48,7 +48,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from shadowreplay.analysis.shadow.gates_file import load_gates
     from shadowreplay.analysis.shadow.judge_run import judge_run
@@ -61,20 +60,18 @@ def run(args: argparse.Namespace) -> int:
         replay_shadow,
         shadow_targets,
     )
-    from shadowreplay.loadgen.shapes import TraceScaled
+    from shadowreplay.loadgen.shapes import at_speed
     from shadowreplay.replay.targets.config import load_target
 
     if args.speed <= 0:
         raise UserError("--speed must be positive")
+    send_times, schedule = at_speed(args.speed)
     for name in ("limit", "workers"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive")
     gates = load_gates(args.gates)  # a bad gates file stops the shadow before anything is sent
     prices = price_book(args.prices)
-
-    def trace_scaled(offsets: np.ndarray) -> np.ndarray:
-        return np.fromiter(TraceScaled(offsets, args.speed).send_times(), dtype=float, count=len(offsets))
 
     request = ShadowRequest(
         log=args.log,
@@ -90,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         output_lengths=args.output_lengths,
         max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens,
-        send_times=trace_scaled,
-        schedule=f"TraceScaled(speed={args.speed:g})",
+        send_times=send_times,
+        schedule=schedule,
         worker_cpus=args.worker_cpus,
     )
     chosen = shadow_targets(request)
