@@ -75,6 +75,7 @@ class GateResult(BaseModel):
     name: str
     metric: str
     condition: str  # as a reader says it, e.g. "ttft_p95_ms <= 500"
+    limit: float  # the limit as the gates file gives it (500 above)
     against_baseline: bool
     status: GateStatus
     first_breach_s: float | None
@@ -132,10 +133,6 @@ class _Series:
     high: float
     judged: str
     bad: np.ndarray  # where the candidate did worse (evidence)
-
-
-_QUANTITY = {"latency": "{q}_ms", "length_ratio": "length_ratio"}
-_BAD = {"error_rate": "error", "refusal_rate": "refusal", "truncation_rate": "truncated"}
 
 
 def _bad_indicator(gate: GateSpec, prefix: str, scorer: int | None) -> pl.Expr:
@@ -287,6 +284,7 @@ def _judge(
         name=gate.name,
         metric=gate.metric,
         condition=gate.condition,
+        limit=gate.limit_value,
         against_baseline=gate.against_baseline,
         status=status,
         first_breach_s=float(series.times[breach.index]) if breach is not None else None,

@@ -98,9 +98,15 @@ def verdict_section(report: GatesReport) -> Section:
                 tone="warning",
             )
         )
-    for reason in report.reasons:
-        if "inconclusive" in reason:
-            section.add(Text(reason, tone="warning"))
+    for gate in report.gates:
+        if gate.status == "inconclusive":
+            section.add(
+                Text(
+                    f"INCONCLUSIVE {gate.name}: {gate.condition} is not shown to hold ({gate.requests:,} requests in "
+                    "its population; a longer shadow narrows its confidence sequence)",
+                    tone="warning",
+                )
+            )
     rows = []
     for gate in report.gates:
         interval = NO_VALUE if gate.interval is None else f"[{gate.interval[0]:.4f}, {gate.interval[1]:.4f}]"
@@ -201,20 +207,12 @@ def hourly_section(report: GatesReport, figures: pl.DataFrame, accuracy: bool) -
         )
     )
     ttft_gate = next((g for g in report.gates if g.metric.startswith("ttft_p95")), None)
-    section.add(_window_chart(windows, "ttft_p95_ms", "TTFT p95 per window", "ms", _limit(ttft_gate)))
+    limit = ttft_gate.limit if ttft_gate is not None else None
+    section.add(_window_chart(windows, "ttft_p95_ms", "TTFT p95 per window", "ms", limit))
     if accuracy:
         section.add(_window_chart(windows, "accuracy", "Accuracy per window", "share right", None))
     section.add(_grouping_table("Both targets, window by window", windows, "window", accuracy))
     return section
-
-
-def _limit(gate: Any) -> float | None:
-    if gate is None:
-        return None
-    try:
-        return float(gate.condition.rsplit(" ", 1)[-1])
-    except ValueError:
-        return None
 
 
 def gate_state_section(report: GatesReport) -> Section:

@@ -5,12 +5,14 @@ at alpha, where a per-window check without correction raises them in most period
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from shadowreplay.analysis.shadow.confidence_sequence import confidence_sequence, first_breach, start_levels
 from shadowreplay.analysis.shadow.gate_judgement import judge_gates
 from shadowreplay.analysis.shadow.gates_file import GatesFile, GatesFileError, load_gates
 from shadowreplay.analysis.shadow.paired_requests import Sides
+from shadowreplay.analysis.shadow.windows import grouped_figures, wilson
 from tests.support.paths import CONFIGS
 from tests.support.shadow_pairs import aa_false_alarms, side_columns, synthetic_pairs
 
@@ -147,3 +149,33 @@ def test_a_judge_scorer_needs_a_judge_whose_target_is_found_beside_the_gates_fil
 def test_the_bundled_gates_files_load():
     for path in sorted((CONFIGS / "gates").glob("*.yaml")):
         assert load_gates(path).gates
+
+
+def test_the_grouped_figures_are_the_pairs_own():
+    rng = np.random.default_rng(5)
+    n = 900
+    pairs = synthetic_pairs(
+        n,
+        1.0,
+        {"b": side_columns("b", n, rng, error_rate=0.1, accuracy=0.8), "c": side_columns("c", n, rng, accuracy=0.8)},
+    )
+    figures = grouped_figures(pairs, SIDES, window_s=300.0, accuracy=True)
+    window = figures.filter(
+        (pl.col("grouping") == "window") & (pl.col("group") == "1") & (pl.col("role") == "baseline")
+    )
+    rows = pairs.filter((pl.col("scheduled_s") >= 300) & (pl.col("scheduled_s") < 600))
+    assert window["requests"][0] == rows.height == 300
+    assert window["ttft_p95_ms"][0] == pytest.approx(np.percentile(rows["b_ttft_ms"].drop_nulls().to_numpy(), 95))
+    assert window["error_rate"][0] == pytest.approx(rows["b_error"].mean())
+    right = int(rows["b_correct_0"].sum())
+    assert window["accuracy"][0] == pytest.approx(right / 300)
+    tags = figures.filter((pl.col("grouping") == "tag") & (pl.col("role") == "candidate"))
+    assert sorted(tags["group"].to_list()) == ["chat", "math"] and tags["requests"].sum() == n
+
+
+def test_the_wilson_interval():
+    frame = pl.DataFrame({"k": [8.0, 0.0], "n": [10.0, 20.0]})
+    low, high = wilson(pl.col("k"), pl.col("n"))
+    found = frame.select(low.alias("low"), high.alias("high"))
+    assert found["low"].to_list() == pytest.approx([0.4902, 0.0], abs=1e-4)
+    assert found["high"].to_list() == pytest.approx([0.9433, 0.1611], abs=1e-4)
