@@ -6,9 +6,11 @@ Per side, with a one-letter prefix (`b_` baseline, `c_` candidate, `a_` the A/A 
 - `status`, `error` (status != ok: metrics.table is_error), `ttft_ms`, `tpot_ms`, `e2e_ms` (null unless
   the request is ok: the latency population of docs/DESIGN.md), `output_tokens` (metrics.table
   output_tokens), `truncated` (finish reason `length`), `refusal` (scorers.refusals over the answer),
-  `json_valid` (scorers.json_valid), and one `correct_<k>` per scorer k of the gates (scorers.score
-  against the log's `reference`; null without one).
-Per request: `request_id`, `tag`, `arrival_s` (the log's timeline) and `arrival_time`, `scheduled_s` (the replay's),
+  `json_valid` (scorers.json_valid), `answered_json` (scorers.looks_like_json), and one `correct_<k>` per
+  scorer k of the gates (scorers.score against the log's `reference`; null without one; a `judge` scorer's
+  from the judge's verdicts). The answers are scored shard by shard: their text is never held whole.
+Per request: `request_id`, `tag`, `arrival_s` (the log's timeline) and `arrival_time`, `scheduled_s` (the
+replay's),
 `known_s` (when every side's outcome was known: the latest `done_s`, else `scheduled_s`: the order a
 live shadow learns its evidence in), `json_expected` (the request asked for JSON, or the baseline
 answered JSON), `length_ratio` (candidate output tokens over the baseline's, both ok).
@@ -20,7 +22,7 @@ output tokens (`completion_tokens`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ SIDE_COLUMNS = (
     "truncated",
     "refusal",
     "json_valid",
+    "answered_json",
 )
 RESULT_COLUMNS = (
     "request_id",
@@ -134,7 +137,11 @@ def _side_frame(
     ).collect()
     texts = side.get_column("output_text")
     references = side.get_column("reference")
-    added = [refusals(texts, phrases).alias("refusal"), json_valid(texts).alias("json_valid")]
+    added = [
+        refusals(texts, phrases).alias("refusal"),
+        json_valid(texts).alias("json_valid"),
+        looks_like_json(texts).fill_null(False).alias("answered_json"),
+    ]
     added += [
         score(spec, texts, references).alias(f"correct_{k}") for k, spec in enumerate(scorers) if spec.kind != "judge"
     ]
@@ -150,20 +157,32 @@ def _side_frame(
                 judged.select("request_id", pl.col("correct").alias(f"correct_{k}")), on="request_id", how="left"
             )
     keep = ["request_id", *SIDE_COLUMNS, *(f"correct_{k}" for k in range(len(scorers)))]
-    extra = {"scheduled_s": "scheduled_s", "done_s": "done_s", "tag": "tag", "output_text": "output_text"}
-    renamed = side.select(
+    kept_for_pairing = ("scheduled_s", "done_s", "tag")  # dropped once the sides are joined
+    return side.select(
         *(pl.col(name).alias(name if name == "request_id" else f"{prefix}_{name}") for name in keep),
-        *(pl.col(name).alias(f"{prefix}_{alias}") for name, alias in extra.items()),
+        *(pl.col(name).alias(f"{prefix}_{name}") for name in kept_for_pairing),
     )
-    return renamed
 
 
-def _target_rows(run: RunData, target: str) -> pl.LazyFrame:
+def _check_target(run: RunData, target: str) -> None:
     if target not in run.target_names:
         raise ShadowDataError(
             f"{run.run_dir}: no target named {target!r} in this run (targets: {', '.join(run.target_names)})"
         )
+
+
+def _target_rows(run: RunData, target: str) -> pl.LazyFrame:
+    _check_target(run, target)
     return run.final_scan.filter(pl.col("target") == target).select(RESULT_COLUMNS)
+
+
+def _target_shards(run: RunData, target: str) -> Iterator[pl.DataFrame]:
+    """The target's final rows, shard by shard (RunData.each_shard): a side's answers are scored a few shards at
+    a time, so the answers' text is never held for the whole run."""
+    _check_target(run, target)
+    yield from run.each_shard(
+        lambda shard: shard.filter(pl.col("final") & (pl.col("target") == target)).select(RESULT_COLUMNS)
+    )
 
 
 def _production_rows(requests: pl.DataFrame, scheduled: pl.LazyFrame) -> pl.LazyFrame:
@@ -185,6 +204,12 @@ def _production_rows(requests: pl.DataFrame, scheduled: pl.LazyFrame) -> pl.Lazy
             "tag",
         )
     )
+
+
+def _with_references(rows: pl.LazyFrame, facts: pl.LazyFrame | None) -> pl.LazyFrame:
+    if facts is None:
+        return rows.with_columns(pl.lit(None, dtype=pl.String).alias("reference"))
+    return rows.join(facts.select("request_id", "reference"), on="request_id", how="left")
 
 
 def paired_requests(
@@ -214,19 +239,20 @@ def paired_requests(
     for prefix, target in sides.named.items():
         if prefix == "b" and target == PRODUCTION:
             assert requests is not None
-            rows = _production_rows(requests, _target_rows(run, sides.candidate).select("request_id", "scheduled_s"))
+            scheduled = _target_rows(run, sides.candidate).select("request_id", "scheduled_s")
+            pieces: Iterable[pl.LazyFrame] = [_production_rows(requests, scheduled)]
         else:
-            rows = _target_rows(run, target)
-        if facts is not None:
-            rows = rows.join(facts.select("request_id", "reference"), on="request_id", how="left")
-        else:
-            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias("reference"))
+            pieces = (shard.lazy() for shard in _target_shards(run, target))
         side_verdicts = (
             judge_verdicts.filter(pl.col("target") == target).select("request_id", "correct")
             if judge_verdicts is not None
             else None
         )
-        frames[prefix] = _side_frame(rows, prefix, scorers, refusal_phrases, side_verdicts)
+        parts = [
+            _side_frame(_with_references(rows, facts), prefix, scorers, refusal_phrases, side_verdicts)
+            for rows in pieces
+        ]
+        frames[prefix] = pl.concat(parts, how="vertical_relaxed")  # a shard without the target: Null columns
     paired = frames["c"].join(frames["b"], on="request_id", how="inner")
     if "a" in frames:
         paired = paired.join(frames["a"], on="request_id", how="inner")
@@ -235,7 +261,6 @@ def paired_requests(
         pl.col("c_scheduled_s").alias("scheduled_s"),
         pl.max_horizontal(done).fill_null(pl.col("c_scheduled_s")).alias("known_s"),
         pl.coalesce(pl.col("c_tag"), pl.col("b_tag")).alias("tag"),
-        looks_like_json(paired.get_column("b_output_text")).fill_null(False).alias("b_answered_json"),
     )
     if facts is not None:
         paired = paired.join(
@@ -256,6 +281,6 @@ def paired_requests(
         .then(pl.col("c_output_tokens").cast(pl.Float64) / pl.col("b_output_tokens"))
         .alias("length_ratio"),
     )
-    drop = [c for c in paired.columns if c.endswith(("_done_s", "_tag", "_output_text", "_scheduled_s"))]
-    drop += ["b_answered_json", "asked_json"]
+    drop = [c for c in paired.columns if c.endswith(("_done_s", "_tag", "_scheduled_s"))]
+    drop += ["asked_json"]
     return paired.drop(drop).sort("known_s", "scheduled_s", "request_id")

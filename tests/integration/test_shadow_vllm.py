@@ -1,8 +1,9 @@
 """`shadowreplay shadow` of a slice of the bundled Azure trace against two real vLLM-CPU targets: the
 session's server (the tiny model, seed 0) as the baseline and a `kind: vllm` target the shadow starts itself
 serving the same architecture with other weights (seed 1) as the candidate, judged by the shipped gates
-file. gates.json, summary.md and summary.html are written; the latency figures are the rows' own; the two
-models answer differently; the trace has no references, so the accuracy gate is inconclusive and says so."""
+file. gates.json, summary.md and summary.html (rendered in headless Chromium) are written; the latency
+figures are the rows' own; the two models answer differently; the trace has no references, so the
+accuracy gate is inconclusive and says so."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from shadowreplay.cli import main
 from shadowreplay.embedded import checkout
 from shadowreplay.embedded.checkout import TINY_MODEL_ARGS, TINY_MODEL_ENV, TINY_MODEL_NAME
 from shadowreplay.embedded.tiny_model import build
+from tests.support.chromium import chromium_dom, plotly_drawing
 from tests.support.paths import CONFIGS
 from tests.support.target_files import vllm_openai_target
 
@@ -74,4 +76,5 @@ def test_two_tiny_models_are_shadowed_on_the_azure_trace(tmp_path, azure_log, vl
         "tiny-seed1"
     ]  # the shadow started it, and stopped it
     assert (run_dir / "summary.md").read_text().startswith("# Shadow: tiny-seed1 against tiny-seed0: FAIL")
-    assert "Verdict: FAIL" in (run_dir / "summary.html").read_text()
+    dom, _ = chromium_dom(run_dir / "summary.html", tmp_path / "profile")  # renders offline, charts drawn
+    assert "Verdict: FAIL" in dom and all("js-plotly-plot" in c for c in plotly_drawing(dom).figure_classes.values())

@@ -42,6 +42,7 @@ def side_columns(
         f"{prefix}_truncated": np.zeros(n, dtype=bool),
         f"{prefix}_refusal": np.zeros(n, dtype=bool),
         f"{prefix}_json_valid": np.zeros(n, dtype=bool),
+        f"{prefix}_answered_json": np.zeros(n, dtype=bool),
         f"{prefix}_correct_0": correct,
     }
 
