@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 CLI_MAIN = "import sys; from shadowreplay.cli import main; sys.exit(main())"
 
 
-def run_child(command: list[str]) -> tuple[float, float, str]:
+def run_child(command: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float, str]:
     """Run `command` in a fresh process with this checkout first on its path: (wall seconds, peak RSS
-    MiB, stdout). A child that fails ends the benchmark."""
+    MiB, stdout). A child that fails (an exit status not in `ok_codes`) ends the benchmark."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryFile(mode="w+") as stdout:
         started = time.perf_counter()
@@ -25,7 +25,7 @@ def run_child(command: list[str]) -> tuple[float, float, str]:
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         code = os.waitstatus_to_exitcode(status)
-        if code != 0:
+        if code not in ok_codes:
             raise SystemExit(f"benchmark child {command[:3]} failed with exit status {code}")
         stdout.seek(0)
         return wall, usage.ru_maxrss / 1024, stdout.read()  # Linux reports KiB
