@@ -238,3 +238,13 @@ def load_prices(path: str | Path) -> PriceBook:
     except ValidationError as exc:
         raise PriceError(f"{path}: invalid price file: {validation_problems(exc)}") from None
     return book.model_copy(update={"source": str(path)})
+
+
+def chosen_prices(option: str | None) -> PriceBook | None:
+    """The price book a verb's `--prices` names: `none` for no cost section, a file, or by default
+    DEFAULT_PRICES_PATH where it exists (else None)."""
+    if option is not None and option.lower() == "none":
+        return None
+    if option is None:
+        return load_prices(DEFAULT_PRICES_PATH) if DEFAULT_PRICES_PATH.is_file() else None
+    return load_prices(option)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shadowreplay.verbs.gate_options import add_gate_options, price_book, print_judgement
+from shadowreplay.verbs.gate_options import add_gate_options, print_judgement
 
 
 def add_parser(subparsers) -> None:
@@ -36,11 +36,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shadowreplay.analysis.cost.prices import chosen_prices
     from shadowreplay.analysis.shadow.gates_file import load_gates
     from shadowreplay.analysis.shadow.judge_run import judge_run
     from shadowreplay.analysis.shadow.paired_requests import Sides
 
     gates = load_gates(args.gates)
     sides = Sides(args.baseline, args.candidate, args.aa)
-    judgement = judge_run(args.run_dir, sides, gates, args.output or args.run_dir, price_book(args.prices))
+    judgement = judge_run(args.run_dir, sides, gates, args.output or args.run_dir, chosen_prices(args.prices))
     return print_judgement(judgement, "gate", args.json)

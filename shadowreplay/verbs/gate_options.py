@@ -50,13 +50,3 @@ def print_judgement(judgement: Judgement, verb: str, as_json: bool) -> int:
         out = judgement.out
         print(f"{verb}: wrote {out.gates_path}, {out.summary_md_path} and {out.summary_html_path}")
     return 0 if report.verdict == "pass" else FAILED_EXIT
-
-
-def price_book(option: str | None):  # -> PriceBook | None (kept light: imported by the verb at run time)
-    from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, load_prices
-
-    if option is not None and option.lower() == "none":
-        return None
-    if option is None:
-        return load_prices(DEFAULT_PRICES_PATH) if DEFAULT_PRICES_PATH.is_file() else None
-    return load_prices(option)

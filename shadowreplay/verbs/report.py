@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shadowreplay.analysis.cost.model import RUN_SPAN, CostError, MonthlyVolume
-from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, PriceBook, load_prices
+from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, chosen_prices
 from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics import table as metrics
@@ -123,14 +123,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _price_book(option: str | None) -> PriceBook | None:
-    if option is not None and option.lower() == "none":
-        return None
-    if option is None:
-        return load_prices(DEFAULT_PRICES_PATH) if DEFAULT_PRICES_PATH.is_file() else None
-    return load_prices(option)
-
-
 def _monthly_volume(args: argparse.Namespace) -> MonthlyVolume:
     if args.monthly_requests is not None:
         return MonthlyVolume("requests", args.monthly_requests)
@@ -153,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     slos = parse_slos(",".join(args.slo)) if args.slo else ()
     if args.check and not slos:
         raise UserError(f"--check needs at least one --slo to check (e.g. --slo {EXAMPLE}); nothing was checked")
-    prices = _price_book(args.prices)
+    prices = chosen_prices(args.prices)
     monthly = _monthly_volume(args)
     data = load_run(args.run_dir, columns=ANALYSIS_COLUMNS)
     telemetry = load_telemetry(args.run_dir)

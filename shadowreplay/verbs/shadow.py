@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from shadowreplay.errors import UserError
-from shadowreplay.verbs.gate_options import add_gate_options, price_book, print_judgement
+from shadowreplay.verbs.gate_options import add_gate_options, print_judgement
 from shadowreplay.verbs.length_options import add_length_options
 from shadowreplay.verbs.worker_options import add_worker_cpus
 
@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
+    from shadowreplay.analysis.cost.prices import chosen_prices
     from shadowreplay.analysis.shadow.gates_file import load_gates
     from shadowreplay.analysis.shadow.judge_run import judge_run
     from shadowreplay.analysis.shadow.paired_requests import Sides
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive")
     gates = load_gates(args.gates)  # a bad gates file stops the shadow before anything is sent
-    prices = price_book(args.prices)
+    prices = chosen_prices(args.prices)
 
     request = ShadowRequest(
         log=args.log,
