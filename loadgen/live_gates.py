@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +37,12 @@ def _judge_once(run_dir: Path, sides: Sides, gates: GatesFile, out: Path) -> Non
     """One live judgement, in its own process (imports its own analysis)."""
     os.nice(19)
     from shadowreplay.analysis.shadow.judge_run import judge_run
+    from shadowreplay.errors import ShadowReplayError
 
-    judge_run(run_dir, sides, gates, out, prices=None)
+    try:
+        judge_run(run_dir, sides, gates, out, prices=None)
+    except ShadowReplayError:  # too early to judge (a side without rows yet): the next window will
+        sys.exit(1)
 
 
 class LiveGates:
