@@ -54,8 +54,8 @@ class GatesFileError(ShadowReplayError, ValueError):
 @dataclass(frozen=True)
 class GateMeasure:
     """What a gate's metric name means: `family` (`latency`, `length_ratio` or `rate`), `quantity` (`ttft`,
-    `tpot`, `e2e`, `length_ratio`, or the rate's name), `percentile` (quantile metrics) and `bad_is_high`
-    (rates: the bad direction)."""
+    `tpot`, `e2e`, `length_ratio`, or the rate's name) and `percentile` (quantile metrics); a rate's bad
+    direction is its name's (BAD_RATES, GOOD_RATES)."""
 
     family: Literal["latency", "length_ratio", "rate"]
     quantity: str
