@@ -55,6 +55,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.loadgen.locust.gevent_stream_client import GeventStreamingClient, StreamCancelled, client_pool
 from shadowreplay.loadgen.locust.request_mix import RequestMix, SynthesizedLengths
+from shadowreplay.replay.clients.stream_client import ERROR_TEXT_LIMIT
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.requests.builder import RequestBuilder
 from shadowreplay.replay.run.plan import OUTPUT_LENGTHS, LengthClamp, PlanError
@@ -418,7 +419,8 @@ class OpenAIStreamingUser(FastHttpUser):
         try:
             built = recorder.builder.build(row)
         except Exception as exc:  # a row the target cannot take: its own row, never a crash
-            outcome = StreamOutcome(status="http_error", error=f"request not built: {exc}")
+            error = self.stream_client.scrubber.cut(f"request not built: {exc}", ERROR_TEXT_LIMIT)
+            outcome = StreamOutcome(status="http_error", error=error)
             recorder.record(row, outcome, 1, final=True)
             recorder.report(outcome)
             return

@@ -415,8 +415,16 @@ class StreamAttempt:
             where = " (inside an unterminated event)" if inside_event else ""
             self.fail("stream_error", f"stream ended without [DONE] or a finish reason{where}")
 
+    def body_message(self, body: bytes) -> str:
+        """The message in a response body read up to ERROR_BODY_LIMIT bytes, scrubbed before it is
+        read: a body cut at the limit may end in the first part of a key, which no later scrub
+        would match (and blanks collapsed before it could bring it to the message's front)."""
+        text = body.decode("utf-8", "replace")
+        scrubbed = self.scrubber.head(text) if len(body) >= ERROR_BODY_LIMIT else self.scrubber.text(text)
+        return self.protocol.error_message(scrubbed)
+
     def not_an_event_stream(self, body: bytes) -> None:
-        self.fail("stream_error", f"server answered JSON, not an event stream: {self.protocol.error_message(body)}")
+        self.fail("stream_error", f"server answered JSON, not an event stream: {self.body_message(body)}")
 
     def http_error(self, status: int, reason: str | None, headers: Mapping[str, str]) -> None:
         """An HTTP error status: the outcome and the wait the server asked for (Retry-After, else
@@ -426,7 +434,7 @@ class StreamAttempt:
         self.fail("http_error", f"HTTP {status} {reason or ''}".rstrip())
 
     def http_error_body(self, status: int, body: bytes) -> None:
-        message = self.protocol.error_message(body)
+        message = self.body_message(body)
         if message:
             self.outcome.error = self.scrubber.cut(f"HTTP {status}: {message}", ERROR_TEXT_LIMIT)
 

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.run.cpu_placement import cpu_list
-from shadowreplay.replay.secrets import Scrubber
+from shadowreplay.replay.secrets import SECRET_NAME, Scrubber
 from shadowreplay.replay.targets.vllm_replicas import CUDA_DEVICES_ENV
 
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
@@ -57,6 +57,7 @@ ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 OMP_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 LOG_TAIL_LINES = 40
+MIN_SECRET_CHARS = 8  # a secret-named variable's value shorter than this is not scrubbed from logs
 _PR_SET_PDEATHSIG = 1
 
 
@@ -355,16 +356,27 @@ class VllmServer:
     # ---- identity ---------------------------------------------------------------------------
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The log's last `lines` lines, scrubbed of the server's secrets (vLLM logs its arguments,
+        `--api-key` included). Whole lines are kept, so no key is cut in two before the scrub."""
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         with open(self.log_path, "rb") as log:
             tail = deque(log, maxlen=lines)
-        return b"".join(tail).decode("utf-8", errors="replace").rstrip()
+        return self.scrubber().text(b"".join(tail).decode("utf-8", errors="replace")).rstrip()
+
+    def scrubber(self) -> Scrubber:
+        """A scrubber of this server's secrets: its `--api-key` and the values of secret-named
+        variables given in `env` (e.g. VLLM_API_KEY, HF_TOKEN; a value too short to be a secret,
+        such as a flag's `1`, is left alone so that the log stays readable)."""
+        given = [
+            value for name, value in self.env.items() if SECRET_NAME.search(name) and len(value) >= MIN_SECRET_CHARS
+        ]
+        return Scrubber([self._api_key, *given])
 
     def identity(self) -> dict:
         """What the manifest records about this server: version, served model(s), full argument
         list and the environment it was given (secret values redacted)."""
-        scrubber = Scrubber([self._api_key])
+        scrubber = self.scrubber()
         return {
             "kind": "vllm",
             "version": self.version,

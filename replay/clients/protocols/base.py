@@ -87,9 +87,10 @@ class WireProtocol(ABC):
         """What `event` says, or None for events that say nothing (pings); raises
         WireProtocolError for an event this API would never send."""
 
-    def error_message(self, body: bytes) -> str:
-        """The human message in an error response body (JSON error object, else the text)."""
-        text = body.decode("utf-8", "replace").strip()
+    def error_message(self, body: bytes | str) -> str:
+        """The human message in an error response body (JSON error object, else the text with its
+        blanks collapsed); `body` as bytes, or as text already decoded (and scrubbed)."""
+        text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else body).strip()
         try:
             parsed = json.loads(text)
         except ValueError:

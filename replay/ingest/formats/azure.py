@@ -2,7 +2,8 @@
 
 Columns: `TIMESTAMP` (wall clock with 7 decimals, UTC; any ISO 8601 form is accepted, see
 replay/ingest/times.py), `ContextTokens` -> prompt_tokens, `GeneratedTokens` -> completion_tokens
-(both required: an empty field is not a valid value). Other columns are ignored. The trace has no
+(both required: an empty field is a `missing_value`; integral floats such as `374.0` are read as
+integers, see replay/ingest/token_counts.py). Other columns are ignored. The trace has no
 ids: request_id is `azure-<row>`, row being the 1-based data row. api is `--api` (chat by
 default); tag is `--tag`.
 """

@@ -15,7 +15,8 @@ Accepted fields of a line (first one present wins):
   completions), else chat with messages, completions with a prompt, `--api` otherwise.
 - response: `response` (or its `body`, as in OpenAI Batch output), or a string taken as the text:
   `usage.prompt_tokens` and `usage.completion_tokens`; text from `choices[0].message.content` or
-  `choices[0].text`. Top-level `prompt_tokens`/`completion_tokens` take precedence over usage.
+  `choices[0].text`. Top-level `prompt_tokens`/`completion_tokens` take precedence over usage
+  (unless null or empty text). Token counts are optional here: an empty one is absent.
 Blank lines are skipped; source_row is the line number.
 """
 
@@ -177,12 +178,8 @@ def _add_request(rows: JsonRows, number: int, raw: str, line: dict) -> None:
         "messages": messages_text,
         "prompt": prompt,
         "params": to_json_text(params) if params else None,
-        "prompt_tokens": scalar_text(
-            line["prompt_tokens"] if line.get("prompt_tokens") is not None else usage.get("prompt_tokens")
-        ),
-        "completion_tokens": scalar_text(
-            line["completion_tokens"] if line.get("completion_tokens") is not None else usage.get("completion_tokens")
-        ),
+        "prompt_tokens": scalar_text(_token_count(line, usage, "prompt_tokens")),
+        "completion_tokens": scalar_text(_token_count(line, usage, "completion_tokens")),
         "tag": _text(line.get("tag"), "tag", found),
         "response_text": response_text,
         "reference": _text(line.get("reference"), "reference", found),
@@ -190,6 +187,15 @@ def _add_request(rows: JsonRows, number: int, raw: str, line: dict) -> None:
     index = rows.add(number, raw, values)
     for field_name, reason, detail in found:
         rows.problem(index, field_name, reason, detail)
+
+
+def _token_count(line: dict, usage: dict, name: str) -> Any:
+    """The line's own `name`, else the usage's: a top-level value that is absent or blank (null,
+    empty text) gives way."""
+    value = line.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return usage.get(name, value)
+    return value
 
 
 def _text(value: Any, field_name: str, found: list[tuple[str, str, str]]) -> str | None:

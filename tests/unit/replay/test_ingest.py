@@ -106,7 +106,7 @@ def test_a_corrupted_azure_copy_quarantines_exactly_the_corrupted_rows(tmp_path)
         10: ("2023-11-16 18:20:00.0000000,-7,10", "prompt_tokens", "negative_token_count"),
         11: ("2023-11-16 18:20:00.0000000,100,3.5", "completion_tokens", "non_integer_token_count"),
         12: ("2023-11-16 18:20:00.0000000,abc,10", "prompt_tokens", "non_integer_token_count"),
-        13: ("2023-11-16 18:20:00.0000000,100,", "completion_tokens", "non_integer_token_count"),
+        13: ("2023-11-16 18:20:00.0000000,100,", "completion_tokens", "missing_value"),
         14: ("2023-11-16 18:20:00.0000000,99999999999,10", "prompt_tokens", "token_count_out_of_range"),
         700: ("2023-13-45 25:00:00.0000000,100,10", "arrival_time", "invalid_time"),
         1200: ("2023-11-16 18:20:00.0000000,100,10,extra", None, "unparseable_row"),
@@ -553,27 +553,38 @@ def test_the_csv_record_reader_returns_every_record_with_its_number(tmp_path_fac
 
 # ---- validators (property-based) --------------------------------------------------------------------
 
-_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_INTEGER_TEXT = re.compile(r"(-?[0-9]+)(\.0+)?")
 
 
 @given(
     st.lists(
         st.one_of(
-            st.text(max_size=8), st.integers(-(2**40), 2**40).map(str), st.integers(0, 99).map(lambda n: f" {n}\t")
+            st.text(max_size=8),
+            st.integers(-(2**40), 2**40).map(str),
+            st.integers(0, 99).map(lambda n: f" {n}\t"),
+            st.integers(0, 2**33).map(lambda n: f"{n}.0"),
+            st.sampled_from(["", " ", "\t", "7.", "7.5", "7.00", "-0.0"]),
         ),
         max_size=30,
-    )
+    ),
+    st.booleans(),
 )
-def test_token_count_text_accepts_exactly_the_non_negative_int32_integers(texts):
+def test_token_count_text_accepts_exactly_the_non_negative_int32_integers(texts, required):
     problems = RowProblems(len(texts))
-    counts = token_counts(pa.array(texts, pa.string()), "prompt_tokens", problems, required=True).to_pylist()
+    counts = token_counts(pa.array(texts, pa.string()), "prompt_tokens", problems, required=required).to_pylist()
+    reasons = dict(problems.items())
     for index, text in enumerate(texts):
         stripped = text.strip(" \t\n\r\x0b\x0c")
-        value = int(stripped) if _INTEGER_TEXT.fullmatch(stripped) else None
+        match = _INTEGER_TEXT.fullmatch(stripped)
+        value = int(match.group(1)) if match else None
         if value is not None and 0 <= value <= INT32_MAX:
             assert counts[index] == value and not problems.has_problem(index)
+        elif not stripped:  # blank: absent, a missing value where the count is required
+            assert counts[index] is None
+            assert (reasons[index].reason if index in reasons else None) == ("missing_value" if required else None)
         else:
             assert counts[index] is None and problems.has_problem(index)
+            assert reasons[index].reason != "missing_value"
 
 
 @given(

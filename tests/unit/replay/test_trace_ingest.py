@@ -79,7 +79,7 @@ def test_corrupted_azure_rows_are_quarantined_and_the_rest_kept(tmp_path, capsys
         (5, "arrival_time", "invalid_time"),
         (100, "prompt_tokens", "negative_token_count"),
         (2000, "prompt_tokens", "non_integer_token_count"),
-        (3000, "completion_tokens", "non_integer_token_count"),
+        (3000, "completion_tokens", "missing_value"),
     }
     assert all(q["source_file"] == str(src) and q["raw"] for q in quarantine)
     assert set(kept.column("request_id").to_pylist()).isdisjoint({f"azure-{r}" for r in corrupt})
