@@ -1,8 +1,11 @@
 """The Session: what every verb that runs traffic shares, from the keys to the manifest.
 
 `with Session(targets, run_dir) as session:` reads every target's key once (a key that cannot be
-read is one clear error, before anything starts), starts a vLLM server for each `kind: vllm`
-target (its log in the run directory), starts a local Ray instance or joins `ray_address` (unless
+read is one clear error, before anything starts), loads every target's tokenizer once, starts a
+vLLM server for each `kind: vllm` target (its log in the run directory), checks that every
+target's endpoints answer (replay/targets/preflight.py: a tokenizer that does not load, or an
+endpoint with nothing listening or that refuses the key, is one error, one line per target, before
+any request is scheduled), starts a local Ray instance or joins `ray_address` (unless
 `use_ray=False`), and hands out the run's telemetry samplers. Where it starts a server on this host
 for workers on this host, or where the verb names the workers' CPUs (`worker_cpus`), it gives the
 workers their own CPUs and the server and Ray's processes the others (`session.placement`,
@@ -30,6 +33,7 @@ from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.replay.secrets import Scrubber
 from shadowreplay.replay.targets.config import TargetConfig, read_keys
+from shadowreplay.replay.targets.preflight import check_endpoints, check_tokenizers
 from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers, print_line
 
 ERROR_TEXT_LIMIT = 500
@@ -134,9 +138,12 @@ class Session:
         self.scrubber = Scrubber(read_keys(self.configured_targets))
         self.manifest.started_at = time.time()
         try:
+            check_tokenizers(self.configured_targets)  # before a vLLM server spends minutes starting
             self.targets, self.servers = start_local_servers(
                 self.configured_targets, self.run_dir, self._stack, self.placement.server_cpus
             )
+            for warning in check_endpoints(self.targets):  # every replica answers, before Ray and any request
+                print(f"WARNING: {warning}", flush=True)
             self.manifest.targets = [t.public_dict() for t in self.targets]
             self.manifest.placement = self.placement.model_dump()
             driver = ProcessPriority.current()  # the user's own process: recorded, never changed

@@ -13,6 +13,8 @@ from a known provider (PROVIDER_KINDS).
 
 Relative paths in a target file (tokenizer, api_key_file, vllm.model, vllm.python) are resolved
 against the directory of that file, so a config means the same thing from any working directory.
+`tokenizer` is a local Hugging Face tokenizer directory: one that does not exist is an error when
+the file is loaded; whether it loads is checked before a run starts (replay/targets/preflight.py).
 The API key is never in the file: `api_key_env` names the environment variable that holds it,
 or `api_key_file` names a file whose content is the key.
 
@@ -386,6 +388,15 @@ def load_target(path: str | Path) -> TargetConfig:
         raise TargetConfigError(f"{path}: invalid target: {validation_problems(exc)}") from None
     config.source = str(path)
     config._env_bindings = bindings
+    if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
+        # Here, not in a worker's traceback seconds into the run (the directory is loaded in the
+        # driver before the run: replay/targets/preflight.py).
+        tokenizer = Path(config.tokenizer)
+        shown = str(tokenizer) if tokenizer.is_absolute() else f"{tokenizer} (relative to {path.parent.resolve()})"
+        missing = "is not a directory" if tokenizer.exists() else "does not exist"
+        raise TargetConfigError(
+            f"{path}: tokenizer: {shown} {missing}; a local Hugging Face tokenizer directory is needed"
+        )
     return config
 
 

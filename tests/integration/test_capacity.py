@@ -19,9 +19,11 @@ import shadowreplay.replay.run.runner as runner
 from shadowreplay.cli import main
 from shadowreplay.loadgen.volume import arrivals_at_volume
 from tests.support.chromium import chromium_dom, plotly_drawing
+from tests.support.faulty_server import FaultyServer
 from tests.support.fifo_model import FifoServerModel
 from tests.support.fleet_reference import plain_fleet
 from tests.support.paths import REPO
+from tests.support.server_thread import ServerThread
 from tests.support.traffic_logs import arrivals_log, bursty_offsets
 
 FIFO = FifoServerModel(server_rps=6.0, first_token_ms=15.0, output_tokens=8, timeout_s=3.0)
@@ -40,14 +42,15 @@ def swept(tmp_path, monkeypatch, capsys) -> tuple[Path, Path, np.ndarray]:
     offsets = bursty_offsets(REQUESTS)
     log = arrivals_log(tmp_path / "bursty.parquet", offsets)
     target = tmp_path / "target.yaml"
-    target.write_text(
-        "name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n"
-        "gpus_per_replica: 2\n"
-    )
     sweep_dir = tmp_path / "sweep"
     argv = ["sweep", str(log), "--target", str(target), "--shape", "trace", "--from", "0.5", "--to", "8"]
     argv += ["--points", "5", "--duration", "40s", "--slo", SLO, "--bisect-steps", "3", "-o", str(sweep_dir)]
-    assert main(argv) == 0
+    with ServerThread(FaultyServer()) as server:  # listens for the Session's endpoint check; the model serves
+        target.write_text(
+            f"name: modelled\nkind: openai\nbase_url: {server.base_url}\nmodel: m\napi: completions\n"
+            "gpus_per_replica: 2\n"
+        )
+        assert main(argv) == 0
     capsys.readouterr()
     return sweep_dir, log, offsets
 

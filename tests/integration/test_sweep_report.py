@@ -29,8 +29,10 @@ from shadowreplay.analysis.summary.tables import SummaryTable
 from shadowreplay.cli import main
 from shadowreplay.replay.schemas.run_dir import REPORT_NAME as SWEEP_REPORT_NAME
 from tests.support.chromium import chromium_dom, plotly_drawing
+from tests.support.faulty_server import FaultyServer
 from tests.support.fifo_model import FifoServerModel
 from tests.support.paths import REPO
+from tests.support.server_thread import ServerThread
 
 BUNDLED = REPO / "shadowreplay" / "embedded" / "data" / "azure_conv_first5min.csv"
 SERVER_RPS = 6.0  # the modelled server completes one request every 1 / SERVER_RPS s
@@ -64,30 +66,12 @@ def swept(tmp_path, traffic_log, monkeypatch, capsys) -> tuple[Path, str]:
     monkeypatch.setattr(load_sweep, "run_plan", MODELLED.run_plan)
     monkeypatch.setattr(runner, "start_ray", lambda address, cpus=None: {})
     target = tmp_path / "target.yaml"
-    target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")
     sweep_dir = tmp_path / "sweep"
-    code = main(
-        [
-            "sweep",
-            str(traffic_log),
-            "--target",
-            str(target),
-            "--from",
-            "1",
-            "--to",
-            "32",
-            "--points",
-            "6",
-            "--duration",
-            "10s",
-            "--slo",
-            SLO,
-            "--bisect-steps",
-            "2",
-            "-o",
-            str(sweep_dir),
-        ]
-    )
+    argv = ["sweep", str(traffic_log), "--target", str(target), "--from", "1", "--to", "32", "--points", "6"]
+    argv += ["--duration", "10s", "--slo", SLO, "--bisect-steps", "2", "-o", str(sweep_dir)]
+    with ServerThread(FaultyServer()) as server:  # listens for the Session's endpoint check; the model serves
+        target.write_text(f"name: modelled\nkind: openai\nbase_url: {server.base_url}\nmodel: m\napi: completions\n")
+        code = main(argv)
     assert code == 0
     return sweep_dir, capsys.readouterr().out
 

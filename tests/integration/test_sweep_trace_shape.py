@@ -18,7 +18,9 @@ import shadowreplay.loadgen.sweep as load_sweep
 import shadowreplay.replay.run.runner as runner
 from shadowreplay.cli import main
 from shadowreplay.loadgen.shapes import TracePattern
+from tests.support.faulty_server import FaultyServer
 from tests.support.fifo_model import FifoServerModel
+from tests.support.server_thread import ServerThread
 from tests.support.traffic_logs import arrivals_log, bursty_offsets, flat_offsets
 
 FIFO = FifoServerModel(server_rps=6.0, first_token_ms=15.0, output_tokens=8, timeout_s=3.0)
@@ -30,11 +32,12 @@ def _sweep(tmp_path: Path, log: Path, shape: str, monkeypatch, name: str) -> dic
     monkeypatch.setattr(load_sweep, "run_plan", FIFO.run_plan)
     monkeypatch.setattr(runner, "start_ray", lambda address, cpus=None: {})
     target = tmp_path / "target.yaml"
-    target.write_text("name: modelled\nkind: openai\nbase_url: http://127.0.0.1:9/v1\nmodel: m\napi: completions\n")
     sweep_dir = tmp_path / name
     argv = ["sweep", str(log), "--target", str(target), "--shape", shape, "--from", "0.5", "--to", "8"]
     argv += ["--points", "5", "--duration", "40s", "--slo", SLO, "--bisect-steps", "3", "-o", str(sweep_dir)]
-    assert main(argv) == 0
+    with ServerThread(FaultyServer()) as server:  # listens for the Session's endpoint check; the model serves
+        target.write_text(f"name: modelled\nkind: openai\nbase_url: {server.base_url}\nmodel: m\napi: completions\n")
+        assert main(argv) == 0
     return json.loads((sweep_dir / "summary.json").read_text()) | {"dir": str(sweep_dir)}
 
 

@@ -96,6 +96,7 @@ def setup(tiny_model_dir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("prompt_format")
     gemma_dir = copy_tokenizer(tiny_model_dir, root / "gemma-like", GEMMA_LIKE_TEMPLATE)
     plain_dir = copy_tokenizer(tiny_model_dir, root / "no-template", None)
+    (root / "absent").mkdir()
     targets = [
         target(
             root,
@@ -109,6 +110,7 @@ def setup(tiny_model_dir, tmp_path_factory) -> dict:
         target(root, "plain", tokenizer=str(plain_dir)),
         target(root, "gone", tokenizer=str(root / "absent")),
     ]
+    (root / "absent").rmdir()  # gone after the file was read (load_target refuses a path that does not exist)
     log = write_log(root / "log.parquet", log_rows())
     return {"root": root, "log": log, "targets": targets, "tiny": tiny_model_dir}
 
