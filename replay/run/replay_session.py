@@ -1,10 +1,18 @@
 """One replay from start to finish: targets loaded, rows selected and scheduled, then inside one
 Session (replay/run/session.py) local servers started, Ray workers run, the manifest written and
 local servers stopped (also on failure or Ctrl-C).
+
+The manifest is written as the run starts (status `running`, with what `--resume` needs), so a
+driver killed mid-run leaves a run directory that says so. `resume_run` takes such a run (or one
+stopped by Ctrl-C, or with `worker_lost` rows) up again: torn shards set aside, the `cancelled` and
+`worker_lost` final rows retired, and exactly the (request, target) pairs without a final row
+replayed as a new segment, on a new epoch (replay/schemas/manifest.py Segment).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +34,11 @@ from shadowreplay.replay.run.plan import (
     select_rows,
 )
 from shadowreplay.replay.run.progress_display import ProgressDisplay
-from shadowreplay.replay.run.runner import RunOutcome, RunSettings, run_plan
+from shadowreplay.replay.run.runner import RunOutcome, RunSettings, pairs_of, run_plan
 from shadowreplay.replay.run.session import Session
-from shadowreplay.replay.schemas.manifest import Counts, Selection
-from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.schemas.manifest import Counts, ResumeFacts, Segment, Selection
+from shadowreplay.replay.schemas.results import RESUMABLE_STATUSES
+from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 from shadowreplay.replay.targets.config import TargetConfig, load_targets
 
 
@@ -96,6 +105,15 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
         settings.worker_cpus = session.placement.loadgen_cpus  # off the local server's CPUs
         manifest = session.manifest
         manifest.run_id = settings.run_id
+        manifest.resume = ResumeFacts(
+            targets=[t.public_dict() for t in targets],
+            workers=request.workers,
+            address=request.address,
+            keep_output_text=request.keep_output_text,
+            block_size=request.block_size,
+            busy_poll=request.busy_poll,
+            worker_cpus=request.worker_cpus,
+        )
         manifest.traffic_log = str(request.log)
         manifest.selection = Selection(
             window=request.window,
@@ -115,34 +133,138 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             scheduled=plan.num_rows * len(session.targets),
             prompts_over_max=prompts_over_max(plan, clamp),
         )
-        samplers = session.telemetry_samplers(settings.run_id, run_dir)
-        # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has
-        # GPUs, or a node has no NVML, one line says so (before the live display) and the run goes on.
-        with session.gpu_samplers(settings.run_id, run_dir) as gpu_samplers:
-            gpu_samplers.place()
-            with ProgressDisplay(f"replay {settings.run_id}") as display:
-                outcome = run_plan(
-                    plan,
-                    session.targets,
-                    settings,
-                    on_progress=display.update,
-                    samplers=samplers,
-                    gpu_samplers=gpu_samplers,
-                )
+        outcome = _run_segment(session, plan, settings, run_dir, plan.num_rows * len(session.targets))
         manifest.epoch = outcome.epoch
         manifest.wall_s = outcome.wall_s
         manifest.workers = outcome.workers
         manifest.clock_offsets = {w["worker"]: w["wall_minus_perf"] for w in outcome.workers}
-        manifest.counts.rows_by_status = outcome.by_status
-        manifest.counts.rows_written_by_runner_for_lost_workers = outcome.lost_rows
-        # From the rows on disk, not the plan: the builder flags rows on the workers (a prompt raised
-        # to a target's chat-template floor, a body's own max_tokens cut), per target.
-        manifest.counts.clamped_requests, manifest.counts.raised_requests = length_counts(run_dir)
         manifest.telemetry = outcome.telemetry
-        manifest.cancelled = outcome.cancelled
-        if outcome.cancelled:
-            manifest.status = "interrupted"
     return outcome
+
+
+def _run_segment(session: Session, plan: pa.Table, settings: RunSettings, run_dir: RunDir, pairs: int) -> RunOutcome:
+    """Run `plan` as segment `settings.segment` of the run: the manifest written first (status
+    running), then the workers, then the segment's facts and the run's counts from the rows on disk."""
+    manifest = session.manifest
+    segment = Segment(
+        segment=settings.segment,
+        started_at=time.time(),
+        pairs=pairs,
+        from_s=float(pc.min(plan.column("scheduled_s")).as_py() or 0.0) if plan.num_rows else None,
+        status="running",
+        command=list(sys.argv),
+    )
+    manifest.segments.append(segment)
+    manifest.status = "running"
+    session.write_manifest(run_dir, manifest)  # what a killed driver leaves: a run that says it did not finish
+    samplers = session.telemetry_samplers(settings.run_id, run_dir)
+    # NVML at 10 Hz on every node of the cluster with GPUs, one actor each; where no node has
+    # GPUs, or a node has no NVML, one line says so (before the live display) and the run goes on.
+
+    def started(epoch: float, workers: list[dict]) -> None:
+        segment.epoch, segment.workers = epoch, workers
+        segment.clock_offsets = {w["worker"]: w["wall_minus_perf"] for w in workers}
+        if settings.segment == 0:
+            manifest.epoch, manifest.workers, manifest.clock_offsets = epoch, workers, segment.clock_offsets
+        session.write_manifest(run_dir, manifest)
+
+    with session.gpu_samplers(settings.run_id, run_dir) as gpu_samplers:
+        gpu_samplers.place()
+        with ProgressDisplay(f"replay {settings.run_id}") as display:
+            outcome = run_plan(
+                plan,
+                session.targets,
+                settings,
+                on_progress=display.update,
+                samplers=samplers,
+                gpu_samplers=gpu_samplers,
+                on_start=started,
+            )
+    segment.ended_at = time.time()
+    segment.epoch = outcome.epoch
+    segment.workers = outcome.workers  # replacements included
+    segment.clock_offsets = {w["worker"]: w["wall_minus_perf"] for w in outcome.workers}
+    segment.lost_workers = outcome.lost_workers
+    segment.status = "interrupted" if outcome.cancelled else "completed"
+    manifest.counts.rows_by_status = outcome.by_status
+    lost_before = manifest.counts.rows_written_by_runner_for_lost_workers or 0
+    manifest.counts.rows_written_by_runner_for_lost_workers = lost_before + outcome.lost_rows
+    # From the rows on disk, not the plan: the builder flags rows on the workers (a prompt raised
+    # to a target's chat-template floor, a body's own max_tokens cut), per target.
+    manifest.counts.clamped_requests, manifest.counts.raised_requests = length_counts(run_dir)
+    manifest.cancelled = outcome.cancelled
+    manifest.status = "interrupted" if outcome.cancelled else "completed"
+    return outcome
+
+
+class ResumeError(RunDirError):
+    """A run directory that cannot be resumed (no manifest, or one from before resume existed)."""
+
+
+def resume_run(path: Path) -> RunOutcome:
+    """Replay exactly the (request, target) pairs of the run in `path` that have no final row (or a
+    `cancelled` / `worker_lost` one), as a new segment of the same run: see the module docstring."""
+    from shadowreplay.replay.targets.config import target_from_public_dict
+
+    run_dir = RunDir(path)
+    manifest = run_dir.read_manifest()
+    if manifest is None or manifest.resume is None or manifest.run_id is None:
+        why = "it has no manifest.json" if manifest is None else "its manifest has no resume facts (an older run?)"
+        raise ResumeError(f"{path}: cannot resume: {why}")
+    if not run_dir.plan_shards():
+        raise ResumeError(f"{path}: cannot resume: no plan shards in {run_dir.plan_dir} (a closed-loop run?)")
+    facts = manifest.resume
+    targets = [target_from_public_dict(entry, f"{run_dir.manifest_path} resume.targets") for entry in facts.targets]
+    scan = run_dir.scan_results()
+    torn = run_dir.set_aside_torn(scan.torn)
+    for shard, why in scan.torn:
+        print(f"replay: set aside a torn result shard {shard.name} ({why}); its requests are replayed", flush=True)
+    retired = run_dir.retire_final_rows(RESUMABLE_STATUSES)
+    plan = missing_pairs(run_dir, targets)
+    pairs = pairs_of(plan, targets)
+    segment = len(manifest.segments) or 1
+    print(
+        f"replay: resuming {manifest.run_id} as segment {segment}: {pairs:,} (request, target) pair(s) without a "
+        f"final row ({retired:,} cancelled or worker_lost rows retired, {len(torn)} torn shard(s) set aside)",
+        flush=True,
+    )
+    settings = RunSettings(
+        run_dir=run_dir.path,
+        run_id=manifest.run_id,
+        workers=facts.workers,
+        address=facts.address,
+        keep_output_text=facts.keep_output_text,
+        block_size=facts.block_size,
+        busy_poll=facts.busy_poll,
+        segment=segment,
+    )
+    with Session(
+        targets, run_dir, ray_address=facts.address, worker_cpus=facts.worker_cpus, manifest=manifest
+    ) as session:
+        settings.worker_cpus = session.placement.loadgen_cpus
+        if not plan.num_rows:
+            manifest.counts.rows_by_status = run_dir.scan_results().by_status()
+            manifest.status = "completed"
+            print("replay: nothing to resume: every (request, target) pair has its final row", flush=True)
+            return RunOutcome(manifest.run_id, manifest.counts.rows_by_status, [], None, 0.0, False, 0)
+        outcome = _run_segment(session, plan, settings, run_dir, pairs)
+        session.manifest.segments[-1].retired_rows = retired
+        session.manifest.segments[-1].torn_shards = [p.name for p in torn]
+    return outcome
+
+
+def missing_pairs(run_dir: RunDir, targets: list[TargetConfig]) -> pa.Table:
+    """The run's plan rows (from its plan shards, shard by shard) with a target still missing its
+    final row, each with `only_targets` (null: every target), in schedule order."""
+    from shadowreplay.replay.run.runner import without_final
+
+    index = run_dir.final_rows()
+    parts = [without_final(pq.read_table(shard), targets, index) for shard in run_dir.plan_shards()]
+    parts = [part for part in parts if part.num_rows]
+    if not parts:
+        return pq.read_table(run_dir.plan_shards()[0]).slice(0, 0)
+    plan = pa.concat_tables(parts, promote_options="permissive")
+    return plan.sort_by("scheduled_s")
 
 
 def length_counts(run_dir: RunDir) -> tuple[int, int]:

@@ -30,6 +30,7 @@ def result_row(
     to_run_s: RunClock,
     keep_output_text: bool = False,
     replica: int | None = None,
+    segment: int = 0,
 ) -> dict:
     """The result row (a dict keyed by RESULTS_SCHEMA names) of one attempt of one request.
 
@@ -37,6 +38,7 @@ def result_row(
     `shadowreplay.replay.requests.builder.BuiltRequest.recorded_row` gives): `request_id`, `scheduled_s`,
     `expected_prompt_tokens`, `expected_completion_tokens`, `clamped`, `raised` and `tag` are read from it.
     `replica`: the index, in the target's endpoints, of the replica the attempt went to (None: none).
+    `segment`: the run's start that sent it (0, or the k-th --resume).
     """
     sent_s = to_run_s(outcome.sent)
     first_s = to_run_s(outcome.first_token)
@@ -51,6 +53,7 @@ def result_row(
         "final": final,
         "worker": worker,
         "replica": replica,
+        "segment": segment,
         "scheduled_s": scheduled_s,
         "sent_s": sent_s,
         "first_token_s": first_s,

@@ -1,11 +1,15 @@
 """The Ray runner: starts a local Ray instance (or joins a cluster), splits the plan across worker
 actors, gives them one start epoch, shows live progress, and guarantees one final result row per
-scheduled request and target, whatever happened to a worker.
+scheduled request and target, whatever happened to a worker: a dead worker's requests in flight
+become `worker_lost` rows and its unsent ones go to a replacement (`_Fleet`), Ctrl-C at any moment
+leaves `cancelled` rows for what was not done, and the workers stop on their own when this driver
+dies (replay/run/driver_link.py). The counts it returns are read from the rows on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -16,17 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.run.cpu_placement import LOADGEN_NICE, ProcessPriority, descendant_processes, process_cpus
+from shadowreplay.replay.run.driver_link import DriverLink
 from shadowreplay.replay.run.plan import split_plan
 from shadowreplay.replay.run.plan_pieces import PIECE_ROWS
 from shadowreplay.replay.run.ray_notices import silence_ray_auth_notice
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot
 from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
-from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.schemas.run_dir import FinalRowIndex, RunDir
 from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError
 from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
@@ -54,6 +63,7 @@ class ReplayWorkerActor:
         return {
             "worker": self.worker.settings.worker,
             "host": socket.gethostname(),
+            "node": ray.get_runtime_context().get_node_id(),  # Ray's node: several may share a host
             "pid": os.getpid(),
             "wall_minus_perf": self.worker.wall_minus_perf,
             "requests": self.worker.plan.num_rows,
@@ -67,8 +77,8 @@ class ReplayWorkerActor:
     def progress(self) -> ProgressSnapshot:
         return self.worker.progress()
 
-    def cancel(self) -> None:
-        self.worker.cancel()
+    def cancel(self, reason: str = "run cancelled") -> None:
+        self.worker.cancel(reason)
 
 
 # ray.remote's typed overloads take no actor options (max_concurrency): they are given where the actors start.
@@ -87,6 +97,7 @@ class RunSettings:
     duration_s: float | None = None  # closed loop: stop taking new requests after this long
     busy_poll: bool = False  # every worker's event loop polls without sleeping (a core each; see replay_worker)
     worker_cpus: list[int] | None = None  # pin every worker to these CPUs (Session.placement); None: not pinned
+    segment: int = 0  # 0: the run's first start; k: its k-th --resume (the plan: the pairs left, on a new epoch)
 
 
 def worker_failure(exc: BaseException) -> str:
@@ -102,13 +113,17 @@ def worker_failure(exc: BaseException) -> str:
 @dataclass
 class RunOutcome:
     run_id: str
-    by_status: dict[str, int]
+    by_status: dict[str, int]  # final rows by status, as the run directory holds them after the run
     workers: list[dict]
-    epoch: float
+    epoch: float | None  # None: interrupted before the workers were ready
     wall_s: float
     cancelled: bool
-    lost_rows: int  # rows the runner had to write for requests whose worker died
+    lost_rows: int  # `worker_lost` rows the runner wrote (requests in flight when their worker died)
     telemetry: list = field(default_factory=list)  # each sampler's stats
+    lost_workers: list[dict] = field(
+        default_factory=list
+    )  # each: worker, lost_at_s, worker_lost, reassigned, replaced_by
+    unsent_rows: int = 0  # `cancelled` rows the runner wrote (Ctrl-C before the workers recorded them)
 
 
 def start_ray(address: str | None, cpus: Sequence[int] | None = None) -> dict:
@@ -175,99 +190,330 @@ def run_plan(
     progress_interval_s: float = PROGRESS_INTERVAL_S,
     samplers: list | None = None,
     gpu_samplers: GpuNodeSamplers | None = None,
+    on_start: Callable[[float, list[dict]], None] | None = None,
 ) -> RunOutcome:
     """Replay `plan` against `targets` on Ray workers; results land in settings.run_dir/results.
     `samplers` (telemetry: objects with start(clock) and stop() -> stats) run on this process
     from the shared epoch until the last worker is done. `gpu_samplers` (NVML actors, one on every
     GPU node of the cluster) are placed while the workers start, then sample over the same span on
-    the same timeline; every sampler's stats end up in RunOutcome.telemetry."""
+    the same timeline; every sampler's stats end up in RunOutcome.telemetry. `on_start(epoch,
+    workers)` is called once the epoch is chosen, before the first send (to record them at once:
+    a driver killed later still leaves them in the manifest).
+
+    Whatever happens (a worker process dies, Ctrl-C during start-up or after a worker died), every
+    (request, target) pair of an open-loop plan ends with exactly one final row: see `_Fleet`."""
     run_dir = RunDir(settings.run_dir)
     run_dir.results_dir.mkdir(parents=True, exist_ok=True)
     # One worker per CPU of the cluster, or per CPU the placement gave the workers.
     cpus = len(settings.worker_cpus) if settings.worker_cpus else int(ray.cluster_resources().get("CPU", 1))
     n_workers = max(1, min(settings.workers or cpus, plan.num_rows, settings.concurrency or plan.num_rows))
-    shards = split_plan(plan, n_workers)
-    # Closed loop: the users are spread over the workers as evenly as they go.
-    users: list[int | None] = [None] * n_workers
-    if settings.concurrency:
-        users = [settings.concurrency // n_workers + (i < settings.concurrency % n_workers) for i in range(n_workers)]
-    actors: list[Any] = []  # actor handles
-    for i, shard in enumerate(shards):
-        worker_settings = WorkerSettings(
-            run_id=settings.run_id,
-            worker=f"w{i:03d}",
-            run_dir=str(run_dir.path),
-            keep_output_text=settings.keep_output_text,
-            block_size=settings.block_size,
-            concurrency=users[i],
-            duration_s=settings.duration_s,
-            worker_count=n_workers,
-            busy_poll=settings.busy_poll,
-            cpus=tuple(settings.worker_cpus) if settings.worker_cpus else None,
-        )
-        # Each worker reads its share from the run directory in pieces (replay/run/plan_pieces.py):
-        # a plan of millions of rows never travels through the object store.
-        shard_path = run_dir.write_plan_shard(worker_settings.worker, shard, PIECE_ROWS)
-        actor = REPLAY_WORKER_ACTOR.options(num_cpus=0, max_concurrency=ACTOR_THREADS)
-        actors.append(actor.remote(worker_settings, targets, str(shard_path)))
-    if gpu_samplers is not None:
-        gpu_samplers.place()  # their processes start beside the workers'
-    by_status: dict[str, int] = {}
+    fleet = _Fleet(plan, targets, settings, run_dir)
+    started = time.monotonic()
     cancelled = False
+    telemetry: list = []
     try:
-        workers = ray.get([a.ready.remote() for a in actors])
+        fleet.start(n_workers)
+        if gpu_samplers is not None:
+            gpu_samplers.place()  # their processes start beside the workers'
+        workers = fleet.wait_ready()
         for line in sorted({w["priority_warning"] for w in workers if w["priority_warning"]}):
             print(f"replay: WARNING: {line}", flush=True)
         if gpu_samplers is not None:
             gpu_samplers.wait_ready()  # so that they sample from before the epoch on
-        epoch = time.time() + START_LEAD_S
+        # The epoch puts the plan's first send START_LEAD_S from now: 0 on a first start, the
+        # resumed rows' first scheduled_s on a resume (the segment takes up the log's timeline).
+        first_s = float(pc.min(plan.column("scheduled_s")).as_py() or 0.0) if settings.segment else 0.0
+        epoch = time.time() + START_LEAD_S - first_s
         started = time.monotonic()
         clock = ClockMapping(ClockMapping.measure_wall_minus_perf(), epoch)
+        fleet.epoch = epoch
+        if on_start is not None:
+            on_start(epoch, workers)
         for sampler in samplers or []:
             sampler.start(clock)
         if gpu_samplers is not None:
             gpu_samplers.start(epoch)  # each actor maps its own clock to this epoch
-        run_refs = {a.run.remote(epoch): a for a in actors}
-        pending = list(run_refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_interval_s)
-                for ref in done:
-                    try:
-                        for status, count in ray.get(ref).items():
-                            by_status[status] = by_status.get(status, 0) + count
-                    except ray.exceptions.RayError as exc:  # a worker died: its missing rows are filled below
-                        print(f"replay: worker {run_refs[ref]} failed: {worker_failure(exc)}", flush=True)
-                if on_progress is not None:
-                    on_progress(_progress_of(actors))
-        except KeyboardInterrupt:
-            cancelled = True
-            ray.get([a.cancel.remote() for a in actors])
-            for ref in pending:
-                try:
-                    for status, count in ray.get(ref).items():
-                        by_status[status] = by_status.get(status, 0) + count
-                except ray.exceptions.RayError:
-                    pass
+        fleet.run(epoch)
+        while fleet.running():
+            fleet.wait(progress_interval_s)
+            if on_progress is not None:
+                on_progress(_progress_of(fleet.live_actors()))
+    except KeyboardInterrupt:
+        cancelled = True
+        fleet.cancel()
     finally:  # also when the workers never got ready: no sampler outlives the run
-        telemetry = [sampler.stop() for sampler in samplers or []]
-        if gpu_samplers is not None:
-            telemetry += gpu_samplers.stop()
+        try:
+            telemetry = [sampler.stop() for sampler in samplers or []]
+            if gpu_samplers is not None:
+                telemetry += gpu_samplers.stop()
+        finally:
+            fleet.close()
     # Open loop: every planned request was scheduled and must have its final row. Closed loop: only
     # the requests users took were scheduled, and each worker writes theirs.
-    lost = 0 if settings.concurrency else fill_missing_rows(plan, targets, settings.run_id, run_dir)
-    if lost:
-        by_status["cancelled"] = by_status.get("cancelled", 0) + lost
+    unsent = 0
+    if not settings.concurrency:
+        status, error = ("cancelled", "run cancelled before send") if cancelled else ("worker_lost", LOST_UNKNOWN)
+        unsent = fill_missing_rows(plan, targets, settings, run_dir, status, error)
     return RunOutcome(
         run_id=settings.run_id,
-        by_status=by_status,
-        workers=workers,
-        epoch=epoch,
+        by_status=run_dir.scan_results().by_status(),  # the truth is the rows on disk
+        workers=fleet.ready_facts,
+        epoch=fleet.epoch,
         wall_s=time.monotonic() - started,
         cancelled=cancelled,
-        lost_rows=lost,
+        lost_rows=fleet.lost_rows + (0 if cancelled else unsent),
         telemetry=telemetry,
+        lost_workers=fleet.lost_workers,
+        unsent_rows=unsent if cancelled else 0,
     )
+
+
+LOST_IN_FLIGHT = "worker lost: the request was in flight, or its result not yet committed, when its worker process died"
+LOST_UNKNOWN = "worker lost: no outcome recorded for this request"
+LOST_NOT_REPLACED = "worker lost: its worker process died and no replacement could take the request"
+MAX_REPLACEMENTS = 3  # per worker share: a share whose workers keep dying is given up as worker_lost
+CANCEL_WAIT_S = 30.0  # after Ctrl-C, how long the workers get to record what was in flight
+
+
+@dataclass
+class _Slot:
+    """One worker actor and its share of the plan."""
+
+    name: str
+    shard_path: Path
+    actor: Any
+    generation: int = 0  # 0: a first worker; k: the k-th replacement of its share
+    node: str | None = None  # the Ray node it was placed on
+    pairs: int | None = None  # (request, target) pairs of its share
+    run_ref: Any = None
+    facts: dict | None = None
+
+
+class _Fleet:
+    """The run's worker actors: started, made ready, run on one epoch, replaced when one dies,
+    cancelled on Ctrl-C (a second Ctrl-C stops at once).
+
+    A worker that dies (its process killed, its node lost): the requests of its share without a final
+    row on disk and scheduled before the loss was noticed were in flight, or done but not committed
+    (at most one flush batch: WorkerSettings.flush_rows / flush_age_s); they get `worker_lost` rows,
+    counted. The rest were never sent: a replacement worker takes them, at their scheduled times
+    where still possible, else at once, which their `lateness_ms` shows. Workers are spread over the
+    live nodes with CPUs one by one (each to the node holding fewest of the run's live workers), so
+    a replacement lands on a node that is still alive."""
+
+    def __init__(self, plan: pa.Table, targets: list[TargetConfig], settings: RunSettings, run_dir: RunDir):
+        self.plan = plan
+        self.targets = targets
+        self.settings = settings
+        self.run_dir = run_dir
+        self.slots: list[_Slot] = []
+        self.ready_facts: list[dict] = []
+        self.epoch: float | None = None
+        self.lost_rows = 0
+        self.lost_workers: list[dict] = []
+        self.cancelled = False
+        self.link = DriverLink.listen(ray.util.get_node_ip_address())
+        self._group = f"segment-{settings.segment}" if settings.segment else None
+        self._prefix = f"s{settings.segment}-" if settings.segment else ""
+        self._users: list[int | None] = []
+
+    # -- start -----------------------------------------------------------------------------------
+    def start(self, n_workers: int) -> None:
+        shards = split_plan(self.plan, n_workers)
+        # Closed loop: the users are spread over the workers as evenly as they go.
+        concurrency = self.settings.concurrency
+        self._users = [None] * n_workers
+        if concurrency:
+            self._users = [concurrency // n_workers + (i < concurrency % n_workers) for i in range(n_workers)]
+        for i, shard in enumerate(shards):
+            name = f"{self._prefix}w{i:03d}"
+            # Each worker reads its share from the run directory in pieces (replay/run/plan_pieces.py):
+            # a plan of millions of rows never travels through the object store.
+            path = self.run_dir.write_plan_shard(name, shard, PIECE_ROWS, self._group)
+            self.slots.append(self._start_actor(name, path, self._users[i], pairs_of(shard, self.targets)))
+
+    def _next_node(self, avoid: str | None = None) -> str | None:
+        """The live node with CPUs that holds the fewest of this run's live workers (None: let Ray
+        choose); not `avoid` (where a worker just died: Ray may not know yet that the node is gone)
+        unless it is the only one."""
+        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        alive = [node for node in alive if node != avoid] or alive
+        if not alive:
+            return None
+        load = {node: 0 for node in alive}
+        for slot in self.slots:
+            if slot.node in load and (slot.run_ref is not None or self.epoch is None):
+                load[slot.node] += 1
+        return min(alive, key=lambda node: (load[node], alive.index(node)))
+
+    def _start_actor(
+        self, name: str, path: Path, users: int | None, pairs: int | None, generation: int = 0, avoid: str | None = None
+    ) -> _Slot:
+        s = self.settings
+        worker_settings = WorkerSettings(
+            run_id=s.run_id,
+            worker=name,
+            run_dir=str(self.run_dir.path),
+            keep_output_text=s.keep_output_text,
+            block_size=s.block_size,
+            concurrency=users,
+            duration_s=s.duration_s,
+            worker_count=len(self._users),
+            busy_poll=s.busy_poll,
+            cpus=tuple(s.worker_cpus) if s.worker_cpus else None,
+            segment=s.segment,
+            driver=self.link.address,
+            pairs=pairs,
+        )
+        # Spread over the nodes one by one, each worker pinned to its node (Ray's soft affinity and
+        # SPREAD both put every zero-CPU actor on the driver's node, on a two-node cluster here).
+        node = self._next_node(avoid)
+        strategy: Any = NodeAffinitySchedulingStrategy(node, soft=False) if node else "SPREAD"
+        options = REPLAY_WORKER_ACTOR.options(num_cpus=0, max_concurrency=ACTOR_THREADS, scheduling_strategy=strategy)
+        actor = options.remote(worker_settings, self.targets, str(path))
+        return _Slot(name, path, actor, generation, node=node, pairs=pairs)
+
+    def wait_ready(self) -> list[dict]:
+        """Every worker's start-up facts. A worker that dies before it is ready (its node lost, or
+        one Ray still counts alive) starts again on another node, up to MAX_REPLACEMENTS times."""
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            waiting = [slot for slot in self.slots if slot.facts is None]
+            refs = [slot.actor.ready.remote() for slot in waiting]
+            failed: list[tuple[_Slot, ray.exceptions.RayActorError]] = []
+            for slot, ref in zip(waiting, refs, strict=True):
+                try:
+                    slot.facts = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    failed.append((slot, exc))
+            if not failed:
+                break
+            if attempt == MAX_REPLACEMENTS:
+                raise failed[0][1]
+            for slot, error in failed:
+                why = worker_failure(error)
+                print(f"replay: worker {slot.name} died while starting ({why}); starting it again", flush=True)
+                position = self.slots.index(slot)  # only the first workers wait here: one per users entry
+                users = self._users[position]
+                again = self._start_actor(slot.name, slot.shard_path, users, slot.pairs, slot.generation, slot.node)
+                self.slots[position] = again
+        self.ready_facts = [slot.facts for slot in self.slots if slot.facts is not None]
+        return self.ready_facts
+
+    def run(self, epoch: float) -> None:
+        self.epoch = epoch
+        for slot in self.slots:
+            slot.run_ref = slot.actor.run.remote(epoch)
+
+    # -- while it runs ---------------------------------------------------------------------------
+    def running(self) -> bool:
+        return any(slot.run_ref is not None for slot in self.slots)
+
+    def live_actors(self) -> list[Any]:
+        return [slot.actor for slot in self.slots if slot.run_ref is not None]
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for workers to end; a worker that died is replaced."""
+        refs = {slot.run_ref: slot for slot in self.slots if slot.run_ref is not None}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in done:
+            slot = refs[ref]
+            slot.run_ref = None
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                print(f"replay: worker {slot.name} failed: {worker_failure(exc)}", flush=True)
+                self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        """`worker_lost` rows for what the dead worker had in flight; its unsent rows to a replacement."""
+        assert self.epoch is not None, "a worker runs only after the epoch is set"
+        lost_at_s = time.time() - self.epoch
+        share = pq.read_table(slot.shard_path)
+        index = self.run_dir.final_rows()
+        in_flight = pc.less_equal(share.column("scheduled_s"), lost_at_s)
+        lost = fill_missing_rows(
+            share.filter(in_flight), self.targets, self.settings, self.run_dir, "worker_lost", LOST_IN_FLIGHT, index
+        )
+        unsent = without_final(share.filter(pc.invert(in_flight)), self.targets, index)
+        record: dict[str, Any] = {
+            "worker": slot.name,
+            "lost_at_s": round(lost_at_s, 3),
+            "worker_lost": lost,
+            "reassigned": 0,
+        }
+        if self.settings.concurrency or not unsent.num_rows:
+            self.lost_rows += lost
+            self.lost_workers.append(record)
+            return  # closed loop: the users it ran are gone with it; their rows were never scheduled
+        generation = slot.generation + 1
+        if generation > MAX_REPLACEMENTS:
+            lost += fill_missing_rows(
+                unsent, self.targets, self.settings, self.run_dir, "worker_lost", LOST_NOT_REPLACED, index
+            )
+            self.lost_rows += lost
+            self.lost_workers.append({**record, "worker_lost": lost, "replaced_by": None})
+            return
+        base = slot.name.split(".r", 1)[0]
+        name = f"{base}.r{generation}"
+        path = self.run_dir.write_plan_shard(name, unsent, PIECE_ROWS, "replacements")
+        replacement = self._start_actor(name, path, None, pairs_of(unsent, self.targets), generation, slot.node)
+        try:
+            replacement.facts = ray.get(replacement.actor.ready.remote())
+        except ray.exceptions.RayError as exc:
+            print(f"replay: replacement {name} failed to start: {worker_failure(exc)}", flush=True)
+            lost += fill_missing_rows(
+                unsent, self.targets, self.settings, self.run_dir, "worker_lost", LOST_NOT_REPLACED, index
+            )
+            self.lost_rows += lost
+            self.lost_workers.append({**record, "worker_lost": lost, "replaced_by": None})
+            return
+        replacement.run_ref = replacement.actor.run.remote(self.epoch)
+        self.slots.append(replacement)
+        self.ready_facts.append(replacement.facts)
+        self.lost_rows += lost
+        self.lost_workers.append({**record, "reassigned": pairs_of(unsent, self.targets), "replaced_by": name})
+        print(
+            f"replay: worker {slot.name} lost at {lost_at_s:.1f} s: {lost} request(s) worker_lost, "
+            f"{unsent.num_rows} unsent request(s) go to {name}",
+            flush=True,
+        )
+
+    # -- stop ------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ctrl-C: every live worker stops sending and records what it had; one that died meanwhile
+        is skipped (its rows are filled). A second Ctrl-C kills the workers at once."""
+        self.cancelled = True
+        print("replay: stopping: the workers record what is in flight (Ctrl-C again to stop at once)", flush=True)
+        try:
+            for slot in self.slots:
+                if slot.run_ref is None and self.epoch is not None:
+                    continue
+                try:
+                    slot.actor.cancel.remote()
+                except ray.exceptions.RayError:
+                    continue
+            refs = [slot.run_ref for slot in self.slots if slot.run_ref is not None]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+            for slot in self.slots:
+                slot.run_ref = None
+        except KeyboardInterrupt:
+            for slot in self.slots:
+                with contextlib.suppress(Exception):
+                    ray.kill(slot.actor)
+            left = without_final(self.plan, self.targets, self.run_dir.final_rows())
+            print(
+                f"replay: stopped at once: {pairs_of(left, self.targets)} (request, target) pair(s) have no final row; "
+                f"`shadowreplay replay --resume {self.run_dir.path}` replays them",
+                flush=True,
+            )
+            raise
+
+    def close(self) -> None:
+        self.link.close()
+        for slot in self.slots:  # idle once their run returned; a cancel that timed out loses only what was in flight
+            with contextlib.suppress(Exception):
+                ray.kill(slot.actor)
 
 
 def _progress_of(actors: list) -> ProgressSnapshot:
@@ -281,26 +527,80 @@ def _progress_of(actors: list) -> ProgressSnapshot:
     return ProgressSnapshot.combine(snapshots)
 
 
-def fill_missing_rows(plan: pa.Table, targets: list[TargetConfig], run_id: str, run_dir: RunDir) -> int:
-    """Write a `cancelled` final row for every (request, target) that has none (a lost worker). The
-    plan and the index stay in Arrow: only the missing rows become Python objects."""
-    index = run_dir.final_rows()
-    writer = run_dir.result_writer("runner")
+def pairs_of(rows: pa.Table, targets: list[TargetConfig]) -> int:
+    """(request, target) pairs of plan rows: every target, or a resumed row's `only_targets`."""
+    if "only_targets" not in rows.column_names:
+        return rows.num_rows * len(targets)
+    only = rows.column("only_targets")
+    every = pc.sum(pc.is_null(only)).as_py() or 0
+    some = pc.sum(pc.list_value_length(only.filter(pc.is_valid(only)))).as_py() or 0
+    return int(every * len(targets) + some)
+
+
+def without_final(rows: pa.Table, targets: list[TargetConfig], index: FinalRowIndex) -> pa.Table:
+    """The plan rows with a target still missing its final row, `only_targets` set to those
+    targets (null where every target is missing): what is left to send."""
+    if not rows.num_rows:
+        return rows
+    wanted = _wanted_masks(rows, targets)
+    missing = {t.name: pc.and_(wanted[t.name], index.without_final(rows.column("request_id"), t.name)) for t in targets}
+    flags = {name: mask.to_numpy(zero_copy_only=False) for name, mask in missing.items()}
+    names = [t.name for t in targets]
+    only: list[list[str] | None] = []
+    keep: list[bool] = []
+    for i in range(rows.num_rows):  # one small list per row left: resumes and lost shares are the few
+        left = [name for name in names if flags[name][i]]
+        keep.append(bool(left))
+        only.append(None if len(left) == len(names) else left)
+    column = pa.array(only, pa.list_(pa.string()))
+    table = rows.drop_columns(["only_targets"]) if "only_targets" in rows.column_names else rows
+    return table.append_column("only_targets", column).filter(pa.array(keep))
+
+
+def _wanted_masks(rows: pa.Table, targets: list[TargetConfig]) -> dict[str, pa.Array]:
+    """Per target, a mask of the rows that go to it (all, unless a row's `only_targets` says otherwise)."""
+    n = rows.num_rows
+    if "only_targets" not in rows.column_names:
+        return {t.name: pa.array(np.ones(n, dtype=bool)) for t in targets}
+    only = rows.column("only_targets").to_pylist()
+    return {t.name: pa.array([o is None or t.name in o for o in only]) for t in targets}
+
+
+_runner_writers = itertools.count()
+
+
+def fill_missing_rows(
+    plan: pa.Table,
+    targets: list[TargetConfig],
+    settings: RunSettings,
+    run_dir: RunDir,
+    status: str = "worker_lost",
+    error: str = LOST_UNKNOWN,
+    index: FinalRowIndex | None = None,
+) -> int:
+    """Write a final row of `status` for every (request, target) of `plan` that has none; returns how
+    many. The plan and the index stay in Arrow: only the missing rows become Python objects."""
+    index = index if index is not None else run_dir.final_rows()
+    prefix = f"s{settings.segment}-" if settings.segment else ""
+    writer = run_dir.result_writer(f"{prefix}runner{next(_runner_writers)}")
     missing = 0
     kept = ["request_id", "scheduled_s", "expected_prompt_tokens", "expected_completion_tokens", "clamped", "raised"]
     columns = plan.select([*kept, "tag"])  # a plan is built from traffic-log rows: it has every one
+    wanted = _wanted_masks(plan, targets)
     for target in targets:
-        for row in columns.filter(index.without_final(columns.column("request_id"), target.name)).to_pylist():
+        mask = pc.and_(wanted[target.name], index.without_final(columns.column("request_id"), target.name))
+        for row in columns.filter(mask).to_pylist():
             missing += 1
             writer.add(
                 {
-                    "run_id": run_id,
+                    "run_id": settings.run_id,
                     "target": target.name,
                     "attempt": 1,
                     "final": True,
                     "worker": None,
-                    "status": "cancelled",
-                    "error": "no outcome recorded: the worker was lost before it wrote this request",
+                    "segment": settings.segment,
+                    "status": status,
+                    "error": error,
                     "token_times_ms": [],
                     **row,
                 }

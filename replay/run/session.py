@@ -113,6 +113,7 @@ class Session:
         ray_address: str | None = None,
         external_manifest: bool = False,
         worker_cpus: Sequence[int] | None = None,
+        manifest: Manifest | None = None,
     ):
         self.configured_targets = list(targets)
         self.run_dir = run_dir
@@ -129,14 +130,15 @@ class Session:
             local_workers=not ray_address,  # a local Ray instance, or Locust's own processes here
             worker_cpus=worker_cpus,  # --worker-cpus: the user's choice (cpu_placement.py)
         )
-        self.manifest = Manifest(targets=[t.public_dict() for t in self.configured_targets])
+        # A resume carries on the run's own manifest (replay/run/replay_session.py resume_run).
+        self.manifest = manifest or Manifest(targets=[t.public_dict() for t in self.configured_targets])
         self._stack = contextlib.ExitStack()
         self._started_ray = False
         self._gpu_lines: set[str] = set()
 
     def __enter__(self) -> Session:
         self.scrubber = Scrubber(read_keys(self.configured_targets))
-        self.manifest.started_at = time.time()
+        self.manifest.started_at = self.manifest.started_at or time.time()
         try:
             check_tokenizers(self.configured_targets)  # before a vLLM server spends minutes starting
             self.targets, self.servers = start_local_servers(
@@ -231,12 +233,15 @@ class Session:
         manifest = self.manifest
         manifest.ended_at = time.time()
         if exc is None:
-            manifest.status = manifest.status or "completed"
+            manifest.status = manifest.status if manifest.status not in (None, "running") else "completed"
         elif isinstance(exc, KeyboardInterrupt):
             manifest.status = "interrupted"
         else:
             manifest.status = "failed"
             manifest.error = self.error_text(exc)
+        if manifest.segments and manifest.segments[-1].status == "running":  # the segment ended with the run
+            manifest.segments[-1].status = manifest.status
+            manifest.segments[-1].ended_at = manifest.ended_at
         if self.external_manifest:
             updated = self.run_dir.update_manifest(
                 self.scrubber,

@@ -8,6 +8,16 @@ run, on any host whose wall clock is synchronised, share the same `*_s` axis: se
 run's start epoch.
 This module has no Ray in it; replay/run/runner.py wraps it in a Ray actor.
 
+Surviving (the runner's side is in replay/run/runner.py):
+- Results are committed every `flush_rows` rows or `flush_age_s` seconds (1000 rows, 2 s), so a
+  worker process that dies loses at most that batch and what is in flight; the runner gives those
+  requests `worker_lost` rows and hands the worker's unsent rows to a replacement.
+- The worker watches its driver (`DriverLink`, replay/run/driver_link.py): when the driver's
+  process is gone, the worker stops sending at once (within `DRIVER_LOST_STOP_S`), ends what is in
+  flight as `cancelled` ("the driver was lost") and commits its rows, so a `--resume` replays them.
+- A plan row may carry `only_targets` (a resume segment's rows missing for some targets only):
+  it is sent to those targets alone.
+
 Keeping the loop free (a late wake-up shows as send lateness and as late token stamps):
 - A send is waited for by sleeping until `SPIN_BEFORE_SEND_S` before it, then yielding to the loop
   until the moment comes (uvloop's timers have millisecond resolution, and a wake-up on a busy
@@ -52,14 +62,16 @@ from shadowreplay.replay.clients.rate_limiter import RateLimiter, estimated_toke
 from shadowreplay.replay.clients.read_stamps import StampingConnector
 from shadowreplay.replay.clients.replicas import Replicas
 from shadowreplay.replay.clients.retry_policy import BUDGET_EXHAUSTED, RetryBudget
-from shadowreplay.replay.clients.stream_client import StreamingClient
+from shadowreplay.replay.clients.stream_client import ERROR_TEXT_LIMIT, StreamingClient
 from shadowreplay.replay.clock import ClockMapping
 from shadowreplay.replay.requests.builder import RequestBuilder
+from shadowreplay.replay.run.driver_link import DriverLink
 from shadowreplay.replay.run.plan_pieces import PlanPieces
 from shadowreplay.replay.run.result_rows import result_row
 from shadowreplay.replay.run.running_sketch import RunningSketch
 from shadowreplay.replay.schemas.results import StreamOutcome
 from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.secrets import Scrubber
 from shadowreplay.replay.targets.config import TargetConfig
 
 _new_event_loop: Callable[[], asyncio.AbstractEventLoop]
@@ -81,12 +93,17 @@ class WorkerSettings:
     keep_output_text: bool = False
     block_size: int = 512
     flush_rows: int = 1000
-    flush_age_s: float = 5.0
+    flush_age_s: float = 2.0  # results older than this are committed: what a lost worker can lose
     concurrency: int | None = None  # closed loop with this many users; None: open loop at scheduled_s
     duration_s: float | None = None  # closed loop: stop taking rows after this many seconds
     worker_count: int = 1  # workers in the run: each enforces this share of a target's rate limits and retry budget
     busy_poll: bool = False  # keep the event loop polling for the whole run (a full core): see the module docstring
     cpus: tuple[int, ...] | None = None  # the CPUs this worker runs on (replay/run/cpu_placement.py); None: any
+    segment: int = 0  # the run's start this worker belongs to: 0, or the k-th --resume
+    driver: tuple[str, int] | None = None  # the driver's DriverLink address: stop when the driver is gone
+    pairs: int | None = (
+        None  # (request, target) pairs in its share, where rows carry only_targets; None: rows x targets
+    )
 
 
 async def _poll_forever() -> None:
@@ -112,21 +129,26 @@ class ReplayWorker:
         self.builders = {t.name: RequestBuilder(t, block_size=settings.block_size) for t in targets}
         for builder in self.builders.values():
             builder.prepare()  # load tokenizers now, not on the first send (it would show as lateness)
-        self.sketch = RunningSketch(scheduled=self.plan.num_rows * len(targets))
+        self.sketch = RunningSketch(scheduled=settings.pairs or self.plan.num_rows * len(targets))
+        self.scrubber = Scrubber([t.api_key() for t in targets])
         share = 1.0 / max(1, settings.worker_count)
         self.limiters = {t.name: RateLimiter(t.rate_limits, share) for t in targets}
         self.retry_budgets = {t.name: RetryBudget(t.retry.budget, share) for t in targets}
         self.wall_minus_perf = ClockMapping.measure_wall_minus_perf()
         self._cancel = threading.Event()
+        self._cancel_reason = "run cancelled"
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._driver = DriverLink.watch(settings.driver, self._driver_lost) if settings.driver else None
         self._writer = RunDir(settings.run_dir).result_writer(
             settings.worker, max_rows=settings.flush_rows, max_age_s=settings.flush_age_s, background=True
         )
         self.plan.start()  # its first pieces are read while the other workers get ready
 
     # -- called from other threads (the Ray actor's control methods) --------------------------
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "run cancelled") -> None:
         """Stop sending; requests in flight end as `cancelled`, unsent ones get `cancelled` rows."""
+        if not self._cancel.is_set():
+            self._cancel_reason = reason
         self._cancel.set()
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -134,6 +156,9 @@ class ReplayWorker:
 
     def progress(self):
         return self.sketch.snapshot()
+
+    def _driver_lost(self) -> None:
+        self.cancel("the driver was lost")
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, epoch: float) -> dict:
@@ -154,6 +179,8 @@ class ReplayWorker:
             self.plan.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            if self._driver is not None:
+                self._driver.close()
 
     def _warm_up_writer(self, clock: ClockMapping) -> None:
         """Encode a few result rows shaped like the run's (in memory, nothing written) before the
@@ -183,6 +210,7 @@ class ReplayWorker:
                 final=True,
                 to_run_s=clock.to_run_s,
                 keep_output_text=self.settings.keep_output_text,
+                segment=self.settings.segment,
             )
             for row in plan_rows
             for target in self.targets
@@ -235,7 +263,7 @@ class ReplayWorker:
             if not await self._wait_until(clock.to_perf(row["scheduled_s"])):
                 self._record_unsent(row, clock)
                 break
-            for target in self.targets:
+            for target in self._targets_of(row):
                 key = (target.name, row["session_id"]) if row["session_id"] is not None else None
                 predecessor = last_of_session.get(key) if key else None
                 task = asyncio.create_task(self._one(clients[target.name], target, row, clock, predecessor))
@@ -280,9 +308,15 @@ class ReplayWorker:
             done, _ = await asyncio.wait(set(tasks), timeout=0.2)
             tasks -= done
 
+    def _targets_of(self, row: dict) -> list[TargetConfig]:
+        """The targets `row` goes to: all, or a resumed row's `only_targets`."""
+        only = row.get("only_targets")
+        return self.targets if only is None else [t for t in self.targets if t.name in only]
+
     def _record_unsent(self, row: dict, clock: ClockMapping) -> None:
-        for target in self.targets:
-            self._record(row, target, StreamOutcome(status="cancelled", error="run cancelled before send"), clock, 1)
+        error = f"{self._cancel_reason} before send"
+        for target in self._targets_of(row):
+            self._record(row, target, StreamOutcome(status="cancelled", error=error), clock, 1)
 
     async def _wait_until(self, perf_deadline: float) -> bool:
         """Sleep until the deadline (the last millisecond by yielding); False if cancelled meanwhile."""
@@ -308,9 +342,8 @@ class ReplayWorker:
             try:
                 built = self.builders[target.name].build(row)
             except Exception as exc:  # a row the target cannot take: its own row, never a crash
-                self._record(
-                    row, target, StreamOutcome(status="http_error", error=f"request not built: {exc}"), clock, 1
-                )
+                error = self.scrubber.cut(f"request not built: {exc}", ERROR_TEXT_LIMIT)
+                self._record(row, target, StreamOutcome(status="http_error", error=error), clock, 1)
                 return
             row = built.recorded_row(row)
             limiter, budget = self.limiters[target.name], self.retry_budgets[target.name]
@@ -336,7 +369,7 @@ class ReplayWorker:
             self._record(
                 row,
                 target,
-                StreamOutcome(status="cancelled", error="run cancelled before this attempt"),
+                StreamOutcome(status="cancelled", error=f"{self._cancel_reason} before this attempt"),
                 clock,
                 attempt,
             )
@@ -362,6 +395,7 @@ class ReplayWorker:
             to_run_s=clock.to_run_s,
             keep_output_text=self.settings.keep_output_text,
             replica=replica,
+            segment=self.settings.segment,
         )
         self._writer.add(result)
         if attempt == 1:  # a retry's send is late by design

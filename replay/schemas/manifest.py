@@ -68,6 +68,41 @@ class Counts(_Part):
     rows_written_by_runner_for_lost_workers: int | None = None
 
 
+class Segment(_Part):
+    """One start of a run: segment 0 is the first, segment k its k-th `--resume`. Each segment has
+    its own epoch: its rows' `*_s` are seconds from it, on the log's timeline (the epoch is set so
+    that the first request the segment replays is sent at its original `scheduled_s`), and its own
+    workers' clock offsets, so latencies and lateness are true within every segment."""
+
+    segment: int
+    started_at: float | None = None  # wall clock
+    ended_at: float | None = None
+    epoch: float | None = None  # wall clock of t = 0 on this segment's timeline
+    pairs: int | None = None  # (request, target) pairs it set out to replay
+    from_s: float | None = None  # the first of them's scheduled_s: where the segment took up the timeline
+    status: Literal["completed", "failed", "interrupted", "running"] | None = None
+    command: list[str] = Field(default_factory=list)  # the command line that started it
+    workers: list[dict[str, Any]] = Field(default_factory=list)
+    clock_offsets: dict[str, float] = Field(default_factory=dict)
+    lost_workers: list[dict[str, Any]] = Field(default_factory=list)  # worker, lost_at_s, worker_lost, reassigned, ...
+    retired_rows: int | None = None  # earlier final rows (cancelled, worker_lost) this resume replays again
+    torn_shards: list[str] = Field(default_factory=list)  # set aside into results/torn/, their requests replayed
+
+
+class ResumeFacts(_Part):
+    """What `--resume` needs to run a run's missing pairs again without its command line: the
+    targets as configured (before local servers got their URLs; names of key variables, never a
+    key) and the run settings."""
+
+    targets: list[dict[str, Any]] = Field(default_factory=list)
+    workers: int | None = None
+    address: str | None = None
+    keep_output_text: bool = False
+    block_size: int = 512
+    busy_poll: bool = False
+    worker_cpus: list[int] | None = None
+
+
 class SweepPoint(_Part):
     """A sweep point's place in its sweep."""
 
@@ -89,7 +124,8 @@ class Manifest(BaseModel):
     versions: dict[str, str | None] = Field(default_factory=package_versions)
     platform: str = Field(default_factory=platform.platform)
     run_id: str | None = None
-    status: Literal["completed", "failed", "interrupted"] | None = None  # how the run ended
+    # how the run ended; "running" from its start until then (a driver that was killed leaves it)
+    status: Literal["completed", "failed", "interrupted", "running"] | None = None
     error: str | None = None  # why it failed, secrets removed
     started_at: float | None = None  # wall clock (s since 1970) when the run began
     ended_at: float | None = None
@@ -108,6 +144,8 @@ class Manifest(BaseModel):
     counts: Counts = Field(default_factory=Counts)
     telemetry: list[dict[str, Any]] | None = None  # each sampler's stats
     cancelled: bool | None = None
+    segments: list[Segment] = Field(default_factory=list)  # every start of the run, the first included
+    resume: ResumeFacts | None = None  # what `--resume` reads (replay, shadow)
     sweep_point: SweepPoint | None = None
     load_generator: dict[str, Any] | None = None  # locust: tool, users, spawn rate, processes, ...
     request_mix: dict[str, Any] | None = None  # locust: where its requests come from

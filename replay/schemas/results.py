@@ -9,9 +9,15 @@ left to end its answer: `--output-lengths natural`, or no recorded length), `cla
 included), `raised` (a length was raised above the recorded one: a prompt shorter than the chat
 template's floor, a recorded output of 0 tokens; schema_version 2, null in version 1 files),
 `replica` (which of the target's endpoints the attempt went to, by index, 0 for a target with one
-base_url, null for an attempt never sent; schema_version 3, null in earlier files), `final` (the
-last attempt for this request and target), `scheduled_latency_ms` is derived in analysis, not
-stored.
+base_url, null for an attempt never sent; schema_version 3, null in earlier files), `segment` (0
+for the run's first start, k for its k-th `--resume`; schema_version 4, null in earlier files,
+read as 0), `final` (the last attempt for this request and target), `scheduled_latency_ms` is
+derived in analysis, not stored.
+
+Statuses: `cancelled` is the user's Ctrl-C (or a driver that was lost: the workers stop on their
+own); `worker_lost` is a request whose worker process died while it was in flight, or whose result
+was still in the worker's buffer. Both are RESUMABLE_STATUSES: `replay --resume` replays them (their
+rows stay on disk, no longer final), as it replays the pairs without any final row.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ import pyarrow as pa
 
 from shadowreplay.replay.schemas.contract import stamp
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # earlier versions lack the columns added later (readers fill them with nulls)
-ADDED_COLUMNS = {"raised": 2, "replica": 3}  # column -> the schema version that added it
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # earlier versions lack the columns added later (readers fill them with nulls)
+ADDED_COLUMNS = {"raised": 2, "replica": 3, "segment": 4}  # column -> the schema version that added it
 KIND = "results"
 
 DICTIONARY_COLUMNS = ("run_id", "target", "worker", "finish_reason", "status", "tag")
 """Columns of few distinct values that analysis filters and groups on: dictionary-encoded in shards (the
 others plain; replay/schemas/shards.py write_parquet)."""
-STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled")
+STATUSES = ("ok", "http_error", "timeout", "connection_error", "stream_error", "cancelled", "worker_lost")
+RESUMABLE_STATUSES = ("cancelled", "worker_lost")  # final rows that `--resume` replays again
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -41,6 +48,7 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("final", pa.bool_(), nullable=False),
         pa.field("worker", pa.string()),
         pa.field("replica", pa.int16()),
+        pa.field("segment", pa.int16()),
         pa.field("scheduled_s", pa.float64()),
         pa.field("sent_s", pa.float64()),
         pa.field("first_token_s", pa.float64()),

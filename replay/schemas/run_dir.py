@@ -3,8 +3,12 @@
 ```
 RUN_DIR/
   manifest.json          Manifest (replay/schemas/manifest.py), secrets removed
-  plan/<worker>.parquet                    each worker's share of the plan (replay/run/plan_pieces.py)
+  plan/<worker>.parquet                    each worker's share of the plan (replay/run/plan_pieces.py);
+                                           together, the run's whole plan (each request once)
+  plan/<group>/<worker>.parquet            a lost worker's replacement's share (`replacements`), a
+                                           resume segment's shares (`segment-<k>`)
   results/part-<worker>-<seq>.parquet      result shards (replay/schemas/results.py)
+  results/torn/                            shards that could not be read, set aside by `--resume`
   telemetry/<sampler>-<seq>.parquet        telemetry shards (replay/schemas/telemetry.py)
   summary.json           the report's summary (analysis/summary/)
   report.html            the report's page (analysis/report/)
@@ -24,8 +28,9 @@ GATES_DIR/ (a shadow's judgement; RUN_DIR itself by default)
 
 No other module spells these names: writers ask a `RunDir` (or `SweepDir`) for a path or a
 writer, readers for the committed shards. Shards are written by the one `ShardWriter`
-(replay/schemas/shards.py), committed atomically; `final_rows()` says which (request, target)
-pairs already have their final row, for resuming a run.
+(replay/schemas/shards.py), committed atomically; `scan_results()` reads the key columns of every
+result shard (a shard that cannot be read is reported as torn, never trusted), and
+`final_rows()` says which (request, target) pairs already have their final row, for resuming a run.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ import pyarrow.parquet as pq
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import DICTIONARY_COLUMNS, RESULTS_SCHEMA
-from shadowreplay.replay.schemas.shards import ShardWriter, commit_file, is_committed_shard
+from shadowreplay.replay.schemas.shards import COMPRESSION, SHARD_SUFFIX, ShardWriter, commit_file, is_committed_shard
 from shadowreplay.replay.secrets import Scrubber
 
 RESULTS_DIRNAME = "results"
+TORN_DIRNAME = "torn"
 PLAN_DIRNAME = "plan"
 TELEMETRY_DIRNAME = "telemetry"
 MANIFEST_NAME = "manifest.json"
@@ -82,6 +88,29 @@ def committed_shards(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_file() and is_committed_shard(p))
+
+
+FINAL_KEYS = pa.schema([("request_id", pa.string()), ("target", pa.string()), ("status", pa.string())])
+
+
+@dataclass(frozen=True)
+class ResultScan:
+    """The key columns of every final row in the committed result shards that could be read, and
+    the shards that could not (`torn`: path and why), which no index trusts."""
+
+    finals: pa.Table  # FINAL_KEYS: request_id, target, status of every final row
+    readable: list[Path]
+    torn: list[tuple[Path, str]]
+
+    def by_status(self) -> dict[str, int]:
+        """Final rows by status, as the rows on disk have them."""
+        counts = self.finals.group_by("status").aggregate([("status", "count")]).to_pylist()
+        return {row["status"]: row["status_count"] for row in counts}
+
+    def duplicate_finals(self) -> int:
+        """Final rows beyond the first of their (request_id, target): 0 in a sound run."""
+        pairs = self.finals.group_by(["request_id", "target"]).aggregate([]).num_rows
+        return self.finals.num_rows - pairs
 
 
 @dataclass(frozen=True)
@@ -155,14 +184,20 @@ class RunDir(_OutputDir):
     def plan_dir(self) -> Path:
         return self.path / PLAN_DIRNAME
 
-    def plan_shard_path(self, worker: str) -> Path:
-        """Where `worker`'s share of the plan is written for it to read (replay/run/plan_pieces.py)."""
-        return self.plan_dir / f"{worker}.parquet"
+    def plan_shard_path(self, worker: str, group: str | None = None) -> Path:
+        """Where `worker`'s share of the plan is written for it to read (replay/run/plan_pieces.py);
+        `group`: a subdirectory for shares that repeat requests of the whole plan (a replacement
+        worker's, a resume segment's)."""
+        return (self.plan_dir / group if group else self.plan_dir) / f"{worker}.parquet"
 
-    def write_plan_shard(self, worker: str, shard: pa.Table, row_group_rows: int) -> Path:
+    def plan_shards(self) -> list[Path]:
+        """The first start's plan shards: together, the run's whole plan, each request once."""
+        return committed_shards(self.plan_dir)
+
+    def write_plan_shard(self, worker: str, shard: pa.Table, row_group_rows: int, group: str | None = None) -> Path:
         """Write `worker`'s share of the plan, `row_group_rows` rows per row group (the pieces its
         worker reads); whole or not at all (written aside, then committed as shards are: commit_file)."""
-        path = self.plan_shard_path(worker)
+        path = self.plan_shard_path(worker, group)
         path.parent.mkdir(parents=True, exist_ok=True)
         aside = path.with_name(f".{path.name}.writing")
         pq.write_table(shard, aside, row_group_size=row_group_rows)
@@ -223,14 +258,66 @@ class RunDir(_OutputDir):
             dictionary_columns=DICTIONARY_COLUMNS,
         )
 
-    def final_rows(self) -> FinalRowIndex:
-        """The (request_id, target) pairs whose final row is in a committed result shard."""
-        keys = pa.schema([("request_id", pa.string()), ("target", pa.string())])
-        finals = [keys.empty_table()]
+    def scan_results(self) -> ResultScan:
+        """The final rows' keys of every committed result shard; a shard whose footer or key columns
+        cannot be read (cut short by a crashed disk, damaged) is listed as torn, with the reason."""
+        finals = [FINAL_KEYS.empty_table()]
+        readable: list[Path] = []
+        torn: list[tuple[Path, str]] = []
         for shard in self.result_shards():
-            table = pq.read_table(shard, columns=["request_id", "target", "final"])
-            finals.append(table.filter(table.column("final")).select(keys.names).cast(keys))
-        return FinalRowIndex(pa.concat_tables(finals))
+            try:
+                table = pq.read_table(shard, columns=["request_id", "target", "final", "status"])
+            except (OSError, pa.ArrowException) as exc:
+                torn.append((shard, f"{type(exc).__name__}: {exc}"))
+                continue
+            readable.append(shard)
+            finals.append(table.filter(table.column("final")).select(FINAL_KEYS.names).cast(FINAL_KEYS))
+        return ResultScan(pa.concat_tables(finals), readable, torn)
+
+    def final_rows(self) -> FinalRowIndex:
+        """The (request_id, target) pairs whose final row is in a committed, readable result shard."""
+        return FinalRowIndex(self.scan_results().finals.select(["request_id", "target"]))
+
+    def set_aside_torn(self, torn: list[tuple[Path, str]]) -> list[Path]:
+        """Move torn shards into results/torn/ (kept for a post-mortem, never read again) and delete
+        the hidden temporary files of writes that never committed; call only while nothing writes."""
+        aside = self.results_dir / TORN_DIRNAME
+        moved = []
+        for shard, _why in torn:
+            aside.mkdir(parents=True, exist_ok=True)
+            target = aside / shard.name
+            os.replace(shard, target)
+            moved.append(target)
+        if self.results_dir.is_dir():
+            for stale in self.results_dir.glob(f".*{SHARD_SUFFIX}.tmp"):
+                stale.unlink(missing_ok=True)
+        return moved
+
+    def retire_final_rows(self, statuses: tuple[str, ...]) -> int:
+        """Mark every final row whose status is one of `statuses` as no longer final (its shard
+        rewritten whole, atomically: commit_file), so that a resume's new row is the one final row
+        of its pair; returns the rows retired. A crash in between leaves such pairs without a final
+        row, which the next resume replays: never two final rows."""
+        retired = 0
+        wanted = pa.array(statuses, pa.string())
+        for shard in self.result_shards():
+            keys = pq.read_table(shard, columns=["final", "status"])
+            status = pc.cast(keys.column("status"), pa.string())
+            hit = pc.and_(keys.column("final"), pc.is_in(status, value_set=wanted))
+            count = pc.sum(hit).as_py() or 0
+            if not count:
+                continue
+            file = pq.ParquetFile(shard)
+            table = file.read()
+            position = table.schema.get_field_index("final")
+            final = pc.and_not(table.column("final"), hit)
+            table = table.set_column(position, file.schema_arrow.field("final"), final)
+            aside = shard.with_name(f".{shard.name}.tmp")
+            dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
+            pq.write_table(table, aside, compression=COMPRESSION, use_dictionary=dictionary)
+            commit_file(aside, shard)
+            retired += count
+        return retired
 
     # -- manifest --------------------------------------------------------------------------------
     def write_manifest(self, manifest: Manifest, scrubber: Scrubber) -> Path:

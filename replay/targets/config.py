@@ -388,15 +388,29 @@ def load_target(path: str | Path) -> TargetConfig:
         raise TargetConfigError(f"{path}: invalid target: {validation_problems(exc)}") from None
     config.source = str(path)
     config._env_bindings = bindings
-    if config.tokenizer is not None and not Path(config.tokenizer).is_dir():
-        # Here, not in a worker's traceback seconds into the run (the directory is loaded in the
-        # driver before the run: replay/targets/preflight.py).
+    # A local path (resolved absolute by _resolve_paths) must be a directory: said here, not in a
+    # worker's traceback seconds into the run. A bare hub id ("org/name") is left to the load in the
+    # driver before the run (replay/targets/preflight.py).
+    if config.tokenizer is not None and Path(config.tokenizer).is_absolute() and not Path(config.tokenizer).is_dir():
         tokenizer = Path(config.tokenizer)
-        shown = str(tokenizer) if tokenizer.is_absolute() else f"{tokenizer} (relative to {path.parent.resolve()})"
+        shown = str(tokenizer)
         missing = "is not a directory" if tokenizer.exists() else "does not exist"
         raise TargetConfigError(
             f"{path}: tokenizer: {shown} {missing}; a local Hugging Face tokenizer directory is needed"
         )
+    return config
+
+
+def target_from_public_dict(public: dict, source: str) -> TargetConfig:
+    """A target as a manifest recorded it (TargetConfig.public_dict: names of key variables and key
+    files, never a key), for `--resume`; `source` names where it was read, in errors."""
+    raw = {k: v for k, v in public.items() if k != "from_env"}
+    try:
+        config = TargetConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise TargetConfigError(f"{source}: invalid target: {validation_problems(exc)}") from None
+    config.source = source
+    config._env_bindings = dict(public.get("from_env") or {})
     return config
 
 

@@ -14,6 +14,7 @@ from shadowreplay.verbs.worker_options import add_busy_poll, add_worker_cpus
 
 if TYPE_CHECKING:
     from shadowreplay.analysis.summary.load_fidelity import LoadCheck
+    from shadowreplay.replay.run.runner import RunOutcome
 
 
 def add_parser(subparsers) -> None:
@@ -27,20 +28,33 @@ def add_parser(subparsers) -> None:
             "without text get synthesized prompts of their recorded length in each target's tokenizer; every "
             "row asks for exactly its recorded output length unless --output-lengths natural. One result row "
             "per request, target and attempt "
-            "lands in RUN_DIR/results/*.parquet; RUN_DIR/manifest.json records what ran."
+            "lands in RUN_DIR/results/*.parquet; RUN_DIR/manifest.json records what ran. A worker process "
+            "that dies: its requests in flight end `worker_lost`, its unsent ones go to a replacement. "
+            "`--resume RUN_DIR` (nothing else) replays exactly the pairs a crashed, killed or interrupted run "
+            "left without a final row. Exit 0; 130 interrupted; 3 --strict failed; "
+            f"{INCOMPLETE_EXIT} requests ended worker_lost (resume the run)."
         ),
     )
-    parser.add_argument("log", type=Path, help="traffic log (Parquet, from `shadowreplay ingest`)")
+    parser.add_argument("log", type=Path, nargs="?", help="traffic log (Parquet, from `shadowreplay ingest`)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help=(
+            "take up a run whose driver was killed, that was interrupted or that lost requests: replay its pairs "
+            "without a final row (and its cancelled and worker_lost ones) on a new epoch, as the manifest's next "
+            "segment; give no LOG, --target or -o"
+        ),
+    )
     parser.add_argument(
         "--target",
         "-t",
         action="append",
-        required=True,
         type=Path,
         metavar="T.yaml",
         help="target file (repeat for several targets; see configs/targets/)",
     )
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
+    parser.add_argument("-o", "--output", type=Path, metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
     parser.add_argument(
         "--volume",
@@ -85,7 +99,15 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+INCOMPLETE_EXIT = 4
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _resume(args)
+    missing = [name for name, value in (("LOG", args.log), ("--target", args.target), ("-o", args.output)) if not value]
+    if missing:
+        raise UserError(f"replay needs {', '.join(missing)} (or --resume RUN_DIR)")
 
     from shadowreplay.analysis.capacity.traffic_volume import TrafficVolume
     from shadowreplay.loadgen.shapes import at_speed
@@ -122,14 +144,38 @@ def run(args: argparse.Namespace) -> int:
         volume=volume_hook(volume, lambda line: print(line, flush=True)) if volume is not None else None,
     )
     outcome = replay_log(request)  # its errors are ShadowReplayErrors: the CLI prints them as one line
-    print(
-        f"replay: {sum(outcome.by_status.values())} result rows in {args.output}/results "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(outcome.by_status.items()))}); "
-        f"next: shadowreplay report {args.output}"
-    )
-    if outcome.cancelled:
-        return 130
+    code = _ending(outcome, args.output)
+    if code:
+        return code
     return _strict_check(args.output, checks) if args.strict else 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from shadowreplay.replay.run.replay_session import resume_run
+
+    given = [name for name in ("log", "target", "output") if getattr(args, name)]
+    if given:
+        raise UserError("--resume RUN_DIR takes everything else from the run's manifest; drop LOG, --target and -o")
+    return _ending(resume_run(args.resume), args.resume)
+
+
+def _ending(outcome: RunOutcome, run_dir: Path) -> int:
+    """The run's last lines, from the final rows on disk, and its exit code."""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.by_status.items()))
+    print(f"replay: {sum(outcome.by_status.values())} final rows in {run_dir}/results ({counts})", flush=True)
+    lost = outcome.by_status.get("worker_lost", 0)
+    if outcome.cancelled:
+        print(f"replay: interrupted; `shadowreplay replay --resume {run_dir}` replays what is left", flush=True)
+        return 130
+    if lost:
+        print(
+            f"replay: {lost} request(s) ended worker_lost (their worker process died); "
+            f"`shadowreplay replay --resume {run_dir}` replays them (exit {INCOMPLETE_EXIT})",
+            flush=True,
+        )
+        return INCOMPLETE_EXIT
+    print(f"replay: next: shadowreplay report {run_dir}", flush=True)
+    return 0
 
 
 STRICT_EXIT = 3

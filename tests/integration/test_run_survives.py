@@ -1,0 +1,194 @@
+"""Runs that survive, probed as a user meets them: the real `shadowreplay replay` CLI in its own
+process on a local Ray (or a real two-node cluster), against the scripted server over 127.0.0.1,
+with a worker process, a node or the driver itself SIGKILLed mid-run, Ctrl-C after a worker died,
+then `--resume`. Each case ends with exactly one final row per (request, target), counted from the
+rows on disk."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.faulty_server import FaultyServerThread, Script
+from tests.support.run_processes import kill, start_cli, wait_for_workers, worker_pids
+from tests.support.target_files import write_target
+from tests.support.traffic_logs import log_row, write_log
+from tests.support.two_node_cluster import TwoNodeCluster
+
+REQUESTS = 480
+RATE_RPS = 40.0  # 12 s of traffic
+SCRIPT = Script(ttft_ms=20, itl_ms=15)  # each request streams for about 100 ms
+
+
+def finals(run_dir: Path) -> dict[tuple[str, str], dict]:
+    """(request_id, target) -> its final row; asserts there is exactly one each."""
+    table = pq.read_table(run_dir / "results", columns=["request_id", "target", "final", "status", "worker", "segment"])
+    rows = table.filter(table.column("final")).to_pylist()
+    pairs = {(r["request_id"], r["target"]): r for r in rows}
+    assert len(pairs) == len(rows), "two final rows for one pair"
+    return pairs
+
+
+def by_status(pairs: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in pairs.values():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FaultyServerThread(SCRIPT) as running:
+        yield running
+
+
+@pytest.fixture()
+def replay_args(tmp_path, server):
+    log = write_log(tmp_path / "log.parquet", [log_row(i, i / RATE_RPS, max_tokens=6) for i in range(REQUESTS)])
+    target = write_target(tmp_path / "t.yaml", server.base_url)
+    return ["replay", str(log), "--target", str(target), "-o", str(tmp_path / "run"), "--workers", "2"]
+
+
+def run_to_end(process, timeout_s: float = 180.0) -> int:
+    return process.wait(timeout=timeout_s)
+
+
+def output(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def test_a_killed_worker_loses_only_what_was_in_flight_and_its_unsent_requests_go_to_a_replacement(
+    tmp_path, replay_args
+):
+    process = start_cli(replay_args, tmp_path / "out.txt")
+    pids = wait_for_workers(2)
+    time.sleep(5.0)
+    kill(pids[0])
+    code = run_to_end(process)
+    text = output(tmp_path / "out.txt")
+    run = tmp_path / "run"
+    pairs = finals(run)
+    assert len(pairs) == REQUESTS, text
+    counts = by_status(pairs)
+    assert "cancelled" not in counts, (counts, text)
+    lost = counts.get("worker_lost", 0)
+    assert counts["ok"] + lost == REQUESTS, counts
+    # In flight when it died, or done within its last flush (2 s at 20 req/s per worker), at most.
+    assert lost <= 60, counts
+    replaced = [r for r in pairs.values() if r["worker"] and ".r1" in r["worker"]]
+    assert len(replaced) > 100, "the dead worker's unsent requests were sent by its replacement"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["counts"]["rows_by_status"] == counts
+    (record,) = manifest["segments"][0]["lost_workers"]
+    assert record["worker_lost"] == lost and record["replaced_by"].endswith(".r1")
+    assert code == (4 if lost else 0), text
+    if lost:
+        assert "--resume" in text
+        resumed = start_cli(["replay", "--resume", str(run)], tmp_path / "resume.txt")
+        assert run_to_end(resumed) == 0, output(tmp_path / "resume.txt")
+        after = finals(run)
+        assert by_status(after) == {"ok": REQUESTS}
+        assert {r["segment"] for r in after.values() if r["status"] == "ok"} == {0, 1}
+
+
+def test_a_killed_driver_stops_its_workers_and_resume_replays_exactly_what_has_no_final_row(
+    tmp_path, replay_args, server
+):
+    process = start_cli(replay_args, tmp_path / "out.txt")
+    wait_for_workers(2)
+    time.sleep(5.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    killed = time.monotonic()
+    time.sleep(1.0)
+    seen = server.server.requests_seen
+    time.sleep(2.0)
+    assert server.server.requests_seen == seen, "the dead driver's workers went on sending after 1 s"
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "running"
+    before = finals(run)
+    # The workers saw the driver go (replay/run/driver_link.py): what they had not done they recorded
+    # as cancelled, and committed, before Ray ended them.
+    stopped = [row for row in before.values() if row["status"] != "ok"]
+    assert len(before) <= REQUESTS and len(stopped) > 100, by_status(before)
+    table = pq.read_table(run / "results", columns=["final", "status", "error"])
+    cancelled = table.filter(pc.equal(table.column("status"), "cancelled")).column("error").to_pylist()
+    assert set(cancelled) == {"the driver was lost before send", "cancelled by the caller"}, set(
+        cancelled
+    )  # unsent, in flight
+    deadline = killed + 60
+    while worker_pids() and time.monotonic() < deadline:  # Ray ends the orphaned actors
+        time.sleep(0.2)
+    resumed = start_cli(["replay", "--resume", str(run)], tmp_path / "resume.txt")
+    assert run_to_end(resumed) == 0, output(tmp_path / "resume.txt")
+    after = finals(run)
+    assert len(after) == REQUESTS and by_status(after) == {"ok": REQUESTS}
+    ok_before = {pair for pair, row in before.items() if row["status"] == "ok"}
+    assert all(after[pair]["segment"] == 0 for pair in ok_before), "what was done is not replayed"
+    resumed_pairs = {pair for pair, row in after.items() if row["segment"] == 1}
+    assert resumed_pairs == set(after) - ok_before
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and [s["segment"] for s in manifest["segments"]] == [0, 1]
+    assert manifest["segments"][1]["pairs"] == len(resumed_pairs)
+    assert manifest["segments"][1]["clock_offsets"] and manifest["segments"][1]["epoch"] > manifest["epoch"]
+    table = pq.read_table(run / "results", columns=["segment", "lateness_ms", "final"])
+    resumed_lateness = table.filter(pc.and_(table.column("final"), pc.equal(table.column("segment"), 1)))
+    assert pc.max(resumed_lateness.column("lateness_ms")).as_py() < 1000, "the segment's own epoch: sends on time"
+
+
+def test_ctrl_c_after_a_worker_died_exits_130_with_a_manifest_and_one_final_row_per_request(tmp_path, replay_args):
+    process = start_cli(replay_args, tmp_path / "out.txt")
+    pids = wait_for_workers(2)
+    time.sleep(4.0)
+    kill(pids[0])
+    time.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    code = run_to_end(process, 90)
+    text = output(tmp_path / "out.txt")
+    assert code == 130, text
+    assert "Traceback" not in text, text
+    run = tmp_path / "run"
+    pairs = finals(run)
+    assert len(pairs) == REQUESTS
+    counts = by_status(pairs)
+    assert set(counts) <= {"ok", "cancelled", "worker_lost"} and counts.get("cancelled", 0) > 100, counts
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["counts"]["rows_by_status"] == counts
+
+
+def test_a_replay_across_a_real_two_node_cluster_survives_losing_a_node(tmp_path, replay_args):
+    """Two raylets on this machine (tests/support/two_node_cluster.py), joined with --address: one
+    worker on each node, one epoch, per-worker clock offsets and nodes in the manifest; the second
+    node is killed mid-run and the run still ends with one final row per request."""
+    with TwoNodeCluster() as cluster:
+        process = start_cli([*replay_args, "--address", cluster.address], tmp_path / "out.txt")
+        wait_for_workers(2)
+        time.sleep(4.0)
+        cluster.kill_second_node()
+        code = run_to_end(process)
+        text = output(tmp_path / "out.txt")
+        run = tmp_path / "run"
+        manifest = json.loads((run / "manifest.json").read_text())
+        first = manifest["segments"][0]
+        nodes = {w["worker"]: w["node"] for w in first["workers"]}
+        assert {nodes["w000"], nodes["w001"]} == set(cluster.nodes.values()), (nodes, cluster.nodes)
+        assert len(manifest["cluster"]["nodes"]) == 2 and set(first["clock_offsets"]) == set(nodes)
+        (lost,) = first["lost_workers"]
+        dead = next(name for name in ("w000", "w001") if nodes[name] == cluster.nodes["second"])
+        assert lost["worker"] == dead and nodes[lost["replaced_by"]] == cluster.nodes["head"], (lost, nodes)
+        pairs = finals(run)
+        assert len(pairs) == REQUESTS, text
+        counts = by_status(pairs)
+        assert set(counts) <= {"ok", "worker_lost"}, counts
+        assert code == (4 if counts.get("worker_lost") else 0), text
+        if code == 4:  # on the same cluster, the one node left
+            resumed = start_cli(["replay", "--resume", str(run)], tmp_path / "resume.txt")
+            assert run_to_end(resumed) == 0, output(tmp_path / "resume.txt")
+            assert by_status(finals(run)) == {"ok": REQUESTS}
