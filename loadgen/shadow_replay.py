@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from shadowreplay.analysis.shadow.gates_file import JudgeSpec
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.run.plan import OutputLengths, Window, select_rows
-from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log
+from shadowreplay.replay.run.replay_session import ReplayRequest, replay_log, resume_run
 from shadowreplay.replay.run.runner import RunOutcome
 from shadowreplay.replay.schemas.run_dir import RunDir, RunDirError
 from shadowreplay.replay.schemas.shadow_requests import (
@@ -106,6 +106,58 @@ def prepare(request: ShadowRequest, chosen: ShadowTargets) -> PromptFormatReport
     return found
 
 
+RESUMED_FIELDS = (
+    "log",
+    "baseline",
+    "candidate",
+    "aa",
+    "window",
+    "limit",
+    "duration",
+    "workers",
+    "address",
+    "output_lengths",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "worker_cpus",
+)
+
+
+def resume_facts(request: ShadowRequest) -> dict[str, Any]:
+    """The shadow's request as the manifest keeps it for `shadow --resume` (paths as text)."""
+    facts = {name: getattr(request, name) for name in RESUMED_FIELDS}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in facts.items()}
+
+
+def resumed_request(facts: dict[str, Any], run_dir: Path) -> ShadowRequest:
+    """The shadow's request again, from its manifest's facts (resume_facts)."""
+    baseline = str(facts["baseline"])
+    return ShadowRequest(
+        log=Path(facts["log"]),
+        baseline=baseline if baseline == PRODUCTION else Path(baseline),
+        candidate=Path(facts["candidate"]),
+        run_dir=run_dir,
+        aa=bool(facts.get("aa")),
+        window=facts.get("window"),
+        limit=facts.get("limit"),
+        duration=facts.get("duration"),
+        workers=facts.get("workers"),
+        address=facts.get("address"),
+        output_lengths=facts.get("output_lengths") or "natural",
+        max_prompt_tokens=facts.get("max_prompt_tokens"),
+        max_completion_tokens=facts.get("max_completion_tokens"),
+        worker_cpus=facts.get("worker_cpus"),
+    )
+
+
+def resume_judge(request: ShadowRequest, chosen: ShadowTargets, judge: JudgeSpec) -> RunOutcome:
+    """The judge's run after a resume: resumed where it had started, else run."""
+    judge_dir = RunDir(request.run_dir).judge_dir
+    if judge_dir.read_manifest() is not None:
+        return resume_run(judge_dir.path)
+    return judge_answers(request, chosen, judge)
+
+
 def replay_shadow(request: ShadowRequest, chosen: ShadowTargets) -> RunOutcome:
     """Every selected request to every chosen target at the same scheduled time, output text kept."""
     return replay_log(
@@ -126,6 +178,7 @@ def replay_shadow(request: ShadowRequest, chosen: ShadowTargets) -> RunOutcome:
             send_times=request.send_times,
             schedule=request.schedule,
             worker_cpus=request.worker_cpus,
+            resume_extra=resume_facts(request),
         )
     )
 

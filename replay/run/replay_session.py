@@ -72,6 +72,9 @@ class ReplayRequest:
     # The targets themselves, loaded (e.g. a target at another replica count, `capacity --verify`),
     # instead of target_files.
     targets: list[TargetConfig] | None = None
+    # What a verb built on replay needs to resume beyond the replay itself (a shadow's request), kept
+    # in the manifest's resume facts.
+    resume_extra: dict[str, Any] | None = None
 
 
 def replay_log(request: ReplayRequest) -> RunOutcome:
@@ -113,6 +116,7 @@ def replay_log(request: ReplayRequest) -> RunOutcome:
             block_size=request.block_size,
             busy_poll=request.busy_poll,
             worker_cpus=request.worker_cpus,
+            shadow=request.resume_extra,
         )
         manifest.traffic_log = str(request.log)
         manifest.selection = Selection(

@@ -101,6 +101,7 @@ class ResumeFacts(_Part):
     block_size: int = 512
     busy_poll: bool = False
     worker_cpus: list[int] | None = None
+    shadow: dict[str, Any] | None = None  # a shadow's own request (log, target files, selection): `shadow --resume`
 
 
 class SweepPoint(_Part):

@@ -25,16 +25,22 @@ def add_parser(subparsers) -> None:
             "runs after the replay, as a run of its own in RUN_DIR/judge. "
             "--baseline production judges the candidate against the answers captured in the log (response_text). "
             "Models end their answers (--output-lengths natural) unless told otherwise. "
+            "`--resume RUN_DIR --gates G.yaml` takes up a shadow that was killed or interrupted: the pairs without "
+            "a final row are replayed (replay --resume), the judge's run resumed, then the gates judged. "
             "Exit 0 when the verdict is pass, 3 when it is fail, 130 when interrupted."
         ),
     )
-    parser.add_argument("log", type=Path, help="traffic log (Parquet, from `shadowreplay ingest`)")
+    parser.add_argument("log", type=Path, nargs="?", help="traffic log (Parquet, from `shadowreplay ingest`)")
     parser.add_argument(
-        "--baseline", required=True, metavar="B.yaml", help="the baseline's target file, or `production`"
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="take up a killed or interrupted shadow (with --gates; LOG, targets and selection from its manifest)",
     )
-    parser.add_argument("--candidate", required=True, type=Path, metavar="C.yaml", help="the candidate's target file")
+    parser.add_argument("--baseline", metavar="B.yaml", help="the baseline's target file, or `production`")
+    parser.add_argument("--candidate", type=Path, metavar="C.yaml", help="the candidate's target file")
     parser.add_argument("--aa", action="store_true", help="also replay a second copy of the baseline: the noise floor")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory to create")
+    parser.add_argument("-o", "--output", type=Path, metavar="RUN_DIR", help="run directory to create")
     parser.add_argument("--speed", type=float, default=1.0, help="time compression: 2 sends twice as fast (default 1)")
     parser.add_argument(
         "--window", metavar="START..END", help="replay only arrivals in this slice (seconds from the first arrival)"
@@ -66,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
     from shadowreplay.loadgen.shapes import at_speed
     from shadowreplay.replay.targets.config import load_target
 
+    if args.resume is not None:
+        return _resume(args)
+    missing = [
+        f
+        for f, v in (
+            ("LOG", args.log),
+            ("--baseline", args.baseline),
+            ("--candidate", args.candidate),
+            ("-o", args.output),
+        )
+        if not v
+    ]
+    if missing:
+        raise UserError(f"shadow needs {', '.join(missing)} (or --resume RUN_DIR)")
     if args.speed <= 0:
         raise UserError("--speed must be positive")
     send_times, schedule = at_speed(args.speed)
@@ -119,4 +139,38 @@ def run(args: argparse.Namespace) -> int:
         if judged.cancelled:
             return 130
     judgement = judge_run(args.output, sides, gates, args.output, prices)
+    return print_judgement(judgement, "shadow", args.json)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """`shadow --resume RUN_DIR --gates G.yaml`: the replay's missing pairs, the judge's run, then the gates."""
+    from shadowreplay.analysis.cost.prices import chosen_prices
+    from shadowreplay.analysis.shadow.gates_file import load_gates
+    from shadowreplay.analysis.shadow.judge_run import judge_run
+    from shadowreplay.analysis.shadow.paired_requests import Sides
+    from shadowreplay.loadgen.shadow_replay import resume_judge, resumed_request, shadow_targets
+    from shadowreplay.replay.run.replay_session import ResumeError, resume_run
+    from shadowreplay.replay.schemas.run_dir import RunDir
+
+    given = [name for name in ("log", "baseline", "candidate", "output") if getattr(args, name)]
+    if given:
+        raise UserError("--resume RUN_DIR takes LOG, the targets and the selection from the run's manifest; drop them")
+    gates = load_gates(args.gates)
+    prices = chosen_prices(args.prices)
+    manifest = RunDir(args.resume).read_manifest()
+    if manifest is None or manifest.resume is None or manifest.resume.shadow is None:
+        raise ResumeError(
+            f"{args.resume}: not a shadow's run directory with resume facts (manifest.json resume.shadow)"
+        )
+    request = resumed_request(manifest.resume.shadow, args.resume)
+    chosen = shadow_targets(request)
+    outcome = resume_run(args.resume)
+    if outcome.cancelled:
+        return 130
+    if gates.uses_judge:
+        assert gates.judge is not None
+        if resume_judge(request, chosen, gates.judge).cancelled:
+            return 130
+    sides = Sides(chosen.baseline, chosen.candidate, chosen.aa)
+    judgement = judge_run(args.resume, sides, gates, args.resume, prices)
     return print_judgement(judgement, "shadow", args.json)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.answer_server import AnswerServerThread, question_log
 from tests.support.faulty_server import FaultyServerThread, Script
 from tests.support.run_processes import kill, start_cli, wait_for_workers, worker_pids
 from tests.support.target_files import write_target
@@ -192,3 +193,45 @@ def test_a_replay_across_a_real_two_node_cluster_survives_losing_a_node(tmp_path
             resumed = start_cli(["replay", "--resume", str(run)], tmp_path / "resume.txt")
             assert run_to_end(resumed) == 0, output(tmp_path / "resume.txt")
             assert by_status(finals(run)) == {"ok": REQUESTS}
+
+
+SHADOW_GATES = """alpha: 0.05
+window: 2s
+gates:
+  - {name: accuracy, metric: accuracy, scorer: {kind: numeric}, max_drop: 0.05}
+  - {name: errors, metric: error_rate, max_increase: 0.05}
+"""
+
+
+def test_a_shadow_whose_driver_was_killed_resumes_and_is_judged_on_every_request(tmp_path, tiny_model_dir):
+    log = question_log(tmp_path / "questions.parquet", questions=360, rate=40.0)
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(SHADOW_GATES)
+    run = tmp_path / "shadow"
+    with AnswerServerThread() as base_server, AnswerServerThread() as cand_server:
+        baseline = shadow_target(tmp_path / "base.yaml", "base", base_server.base_url, tiny_model_dir)
+        candidate = shadow_target(tmp_path / "cand.yaml", "cand", cand_server.base_url, tiny_model_dir)
+        argv = ["shadow", str(log), "--baseline", str(baseline), "--candidate", str(candidate), "--workers", "2"]
+        process = start_cli([*argv, "--gates", str(gates), "--prices", "none", "-o", str(run)], tmp_path / "out.txt")
+        wait_for_workers(2)
+        time.sleep(3.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        assert not (run / "gates.json").exists()
+        resumed = start_cli(
+            ["shadow", "--resume", str(run), "--gates", str(gates), "--prices", "none"], tmp_path / "r.txt"
+        )
+        code = run_to_end(resumed)
+    text = output(tmp_path / "r.txt")
+    assert code == 0, text
+    pairs = finals(run)
+    assert len(pairs) == 2 * 360 and by_status(pairs) == {"ok": 720}
+    assert {row["segment"] for row in pairs.values()} == {0, 1}
+    report = json.loads((run / "gates.json").read_text())
+    assert report["verdict"] == "pass" and report["requests"] == 360
+
+
+def shadow_target(path: Path, name: str, base_url: str, tokenizer: Path) -> Path:
+    lines = [f"name: {name}", "kind: openai", f"base_url: {base_url}", "model: scripted", f"tokenizer: {tokenizer}"]
+    path.write_text("\n".join([*lines, "timeouts: {connect_s: 5, first_token_s: 5, total_s: 10}"]) + "\n")
+    return path
