@@ -35,7 +35,7 @@ from shadowreplay.replay.run.plan_pieces import PIECE_ROWS
 from shadowreplay.replay.run.ray_notices import silence_ray_auth_notice
 from shadowreplay.replay.run.running_sketch import ProgressSnapshot
 from shadowreplay.replay.run.worker import ReplayWorker, WorkerSettings
-from shadowreplay.replay.schemas.run_dir import FinalRowIndex, RunDir
+from shadowreplay.replay.schemas.run_dir import FinalRowIndex, ResultScan, RunDir
 from shadowreplay.replay.targets.config import TargetConfig, TargetConfigError
 from shadowreplay.replay.telemetry.gpu_node_samplers import GpuNodeSamplers
 
@@ -237,7 +237,7 @@ def run_plan(
         while fleet.running():
             fleet.wait(progress_interval_s)
             if on_progress is not None:
-                on_progress(_progress_of(fleet.live_actors()))
+                on_progress(fleet.progress())
     except KeyboardInterrupt:
         cancelled = True
         fleet.cancel()
@@ -285,6 +285,7 @@ class _Slot:
     generation: int = 0  # 0: a first worker; k: the k-th replacement of its share
     node: str | None = None  # the Ray node it was placed on
     pairs: int | None = None  # (request, target) pairs of its share
+    lost: bool = False  # its process died: its part of the progress is settled from the rows on disk
     run_ref: Any = None
     facts: dict | None = None
 
@@ -311,6 +312,7 @@ class _Fleet:
         self.epoch: float | None = None
         self.lost_rows = 0
         self.lost_workers: list[dict] = []
+        self.settled: list[ProgressSnapshot] = []  # dead workers' parts of the progress line
         self.cancelled = False
         self.link = DriverLink.listen(ray.util.get_node_ip_address())
         self._group = f"segment-{settings.segment}" if settings.segment else None
@@ -409,7 +411,8 @@ class _Fleet:
         return any(slot.run_ref is not None for slot in self.slots)
 
     def live_actors(self) -> list[Any]:
-        return [slot.actor for slot in self.slots if slot.run_ref is not None]
+        """The workers not lost (running or done: a done worker still answers for its progress)."""
+        return [slot.actor for slot in self.slots if not slot.lost]
 
     def wait(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for workers to end; a worker that died is replaced."""
@@ -427,6 +430,7 @@ class _Fleet:
     def _replace(self, slot: _Slot) -> None:
         """`worker_lost` rows for what the dead worker had in flight; its unsent rows to a replacement."""
         assert self.epoch is not None, "a worker runs only after the epoch is set"
+        slot.lost = True
         lost_at_s = time.time() - self.epoch
         share = pq.read_table(slot.shard_path)
         index = self.run_dir.final_rows()
@@ -435,48 +439,64 @@ class _Fleet:
             share.filter(in_flight), self.targets, self.settings, self.run_dir, "worker_lost", LOST_IN_FLIGHT, index
         )
         unsent = without_final(share.filter(pc.invert(in_flight)), self.targets, index)
-        record: dict[str, Any] = {
-            "worker": slot.name,
-            "lost_at_s": round(lost_at_s, 3),
-            "worker_lost": lost,
-            "reassigned": 0,
-        }
-        if self.settings.concurrency or not unsent.num_rows:
-            self.lost_rows += lost
-            self.lost_workers.append(record)
-            return  # closed loop: the users it ran are gone with it; their rows were never scheduled
+        replacement = None
+        if unsent.num_rows and not self.settings.concurrency:  # closed loop: its users are gone with it
+            replacement = self._start_replacement(slot, unsent)
+            if replacement is None:
+                lost += fill_missing_rows(
+                    unsent, self.targets, self.settings, self.run_dir, "worker_lost", LOST_NOT_REPLACED, index
+                )
+        reassigned = pairs_of(unsent, self.targets) if replacement is not None else 0
+        self.lost_rows += lost
+        self.lost_workers.append(
+            {
+                "worker": slot.name,
+                "lost_at_s": round(lost_at_s, 3),
+                "worker_lost": lost,
+                "reassigned": reassigned,
+                "replaced_by": replacement.name if replacement is not None else None,
+            }
+        )
+        self.settled.append(self._settled_part(share, pairs_of(share, self.targets) - reassigned))
+        print(
+            f"replay: worker {slot.name} lost at {lost_at_s:.1f} s: {lost} request(s) worker_lost, "
+            f"{unsent.num_rows if replacement is not None else 0} unsent request(s) go to "
+            f"{replacement.name if replacement is not None else 'no replacement'}",
+            flush=True,
+        )
+
+    def _start_replacement(self, slot: _Slot, unsent: pa.Table) -> _Slot | None:
+        """A new worker for `unsent`, running on the run's epoch; None when none could start."""
         generation = slot.generation + 1
         if generation > MAX_REPLACEMENTS:
-            lost += fill_missing_rows(
-                unsent, self.targets, self.settings, self.run_dir, "worker_lost", LOST_NOT_REPLACED, index
-            )
-            self.lost_rows += lost
-            self.lost_workers.append({**record, "worker_lost": lost, "replaced_by": None})
-            return
-        base = slot.name.split(".r", 1)[0]
-        name = f"{base}.r{generation}"
+            return None
+        name = f"{slot.name.split('.r', 1)[0]}.r{generation}"
         path = self.run_dir.write_plan_shard(name, unsent, PIECE_ROWS, "replacements")
         replacement = self._start_actor(name, path, None, pairs_of(unsent, self.targets), generation, slot.node)
         try:
             replacement.facts = ray.get(replacement.actor.ready.remote())
         except ray.exceptions.RayError as exc:
             print(f"replay: replacement {name} failed to start: {worker_failure(exc)}", flush=True)
-            lost += fill_missing_rows(
-                unsent, self.targets, self.settings, self.run_dir, "worker_lost", LOST_NOT_REPLACED, index
-            )
-            self.lost_rows += lost
-            self.lost_workers.append({**record, "worker_lost": lost, "replaced_by": None})
-            return
+            return None
         replacement.run_ref = replacement.actor.run.remote(self.epoch)
         self.slots.append(replacement)
         self.ready_facts.append(replacement.facts)
-        self.lost_rows += lost
-        self.lost_workers.append({**record, "reassigned": pairs_of(unsent, self.targets), "replaced_by": name})
-        print(
-            f"replay: worker {slot.name} lost at {lost_at_s:.1f} s: {lost} request(s) worker_lost, "
-            f"{unsent.num_rows} unsent request(s) go to {name}",
-            flush=True,
+        return replacement
+
+    def _settled_part(self, share: pa.Table, pairs: int) -> ProgressSnapshot:
+        """A dead worker's part of the progress line, from its rows on disk: done, by status."""
+        finals = self.run_dir.scan_results().finals
+        mine = finals.filter(
+            pc.is_in(finals.column("request_id"), value_set=share.column("request_id").combine_chunks())
         )
+        names = pa.array([t.name for t in self.targets], pa.string())
+        mine = mine.filter(pc.is_in(mine.column("target"), value_set=names))
+        by_status = ResultScan(mine, [], []).by_status()
+        return ProgressSnapshot(scheduled=pairs, sent=pairs, done=pairs, by_status=by_status)
+
+    def progress(self) -> ProgressSnapshot:
+        """Every live worker's progress, plus what the dead ones settled (their rows on disk)."""
+        return ProgressSnapshot.combine([_progress_of(self.live_actors()), *self.settled])
 
     # -- stop ------------------------------------------------------------------------------------
     def cancel(self) -> None:

@@ -89,6 +89,8 @@ def test_a_killed_worker_loses_only_what_was_in_flight_and_its_unsent_requests_g
     (record,) = manifest["segments"][0]["lost_workers"]
     assert record["worker_lost"] == lost and record["replaced_by"].endswith(".r1")
     assert code == (4 if lost else 0), text
+    last = [line for line in text.replace("\r", "\n").splitlines() if " sent " in line][-1]
+    assert f"sent {REQUESTS}/{REQUESTS}" in last and (f"worker_lost {lost}" in last or not lost), last
     if lost:
         assert "--resume" in text
         resumed = start_cli(["replay", "--resume", str(run)], tmp_path / "resume.txt")
