@@ -310,8 +310,8 @@ class StreamingClient:
                 exchange.fail("timeout", f"first-token timeout: no output token within {limits.first_token_s:g} s")
             else:
                 exchange.fail("timeout", f"total timeout: stream not finished within {limits.total_s:g} s")
-        except asyncio.CancelledError:
-            exchange.fail("cancelled", "cancelled by the caller")
+        except asyncio.CancelledError as exc:  # the caller's reason, where it gave one (Task.cancel(msg))
+            exchange.fail("cancelled", f"{exc.args[0]} while in flight" if exc.args else "cancelled by the caller")
         except aiohttp.ClientPayloadError as exc:
             exchange.fail("connection_error", f"connection broken mid-stream: {exc}")
         except aiohttp.ClientConnectorError as exc:

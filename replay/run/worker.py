@@ -304,7 +304,7 @@ class ReplayWorker:
         while tasks:
             if self._cancel.is_set():
                 for task in tasks:
-                    task.cancel()
+                    task.cancel(self._cancel_reason)
             done, _ = await asyncio.wait(set(tasks), timeout=0.2)
             tasks -= done
 
