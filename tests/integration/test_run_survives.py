@@ -237,3 +237,17 @@ def shadow_target(path: Path, name: str, base_url: str, tokenizer: Path) -> Path
     lines = [f"name: {name}", "kind: openai", f"base_url: {base_url}", "model: scripted", f"tokenizer: {tokenizer}"]
     path.write_text("\n".join([*lines, "timeouts: {connect_s: 5, first_token_s: 5, total_s: 10}"]) + "\n")
     return path
+
+
+def test_ctrl_c_during_start_up_exits_130_with_a_cancelled_row_for_every_request(tmp_path, replay_args):
+    process = start_cli(replay_args, tmp_path / "out.txt")
+    wait_for_workers(2, running=False)  # the actors exist; the run has not begun
+    process.send_signal(signal.SIGINT)
+    code = run_to_end(process, 90)
+    text = output(tmp_path / "out.txt")
+    assert code == 130 and "Traceback" not in text, text
+    run = tmp_path / "run"
+    pairs = finals(run)
+    assert len(pairs) == REQUESTS and set(by_status(pairs)) <= {"cancelled", "ok"}, by_status(pairs)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["counts"]["rows_by_status"] == by_status(pairs)
