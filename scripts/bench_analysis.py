@@ -138,6 +138,7 @@ def _shard(first: int, count: int, targets: list[str], tokens: int, rng: np.rand
             "final": pa.array(np.ones(count, bool)),
             "worker": pa.array([f"w{index}"] * count),
             "replica": pa.array(np.zeros(count, np.int16)),
+            "segment": pa.array(np.zeros(count, np.int16)),
             "scheduled_s": pa.array(scheduled),
             "sent_s": pa.array(sent),
             "first_token_s": when_ok(sent + np.nan_to_num(ttft) / 1000.0),
