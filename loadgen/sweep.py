@@ -16,12 +16,20 @@ capacity is never at or above a point that missed and was not found an outlier.
 Each load point is a complete run directory (results, manifest) under SWEEP_DIR/points/, so every
 figure of the curve is traceable to its rows and can be recomputed with `shadowreplay report`.
 The curve's figures come from analysis/summary/run_summary.py, the one place metrics are defined.
+
+A sweep that was killed or interrupted is taken up again (`LoadSweep(resume=True)`, `sweep --resume`):
+the search is run again from its first point with the settings the sweep's manifest recorded, and a
+point whose run directory finished (its manifest `completed`, the same index, phase and shape) is read
+back from its rows instead of measured: the search sees the same figures and takes the same path,
+because every point's requests and arrivals follow from the seed and its index. A point that did not
+finish is set aside under SWEEP_DIR/discarded/ and measured again from scratch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +43,7 @@ import ray
 
 from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
-from shadowreplay.analysis.metrics.slo import Slo, format_slos
+from shadowreplay.analysis.metrics.slo import Slo, format_slos, parse_slos
 from shadowreplay.analysis.summary.models import CurvePoint, SweepSummary
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.errors import ShadowReplayError
@@ -46,7 +54,7 @@ from shadowreplay.replay.run.runner import RunOutcome, RunSettings, run_plan
 from shadowreplay.replay.run.session import Session
 from shadowreplay.replay.schemas.contract import stamp
 from shadowreplay.replay.schemas.manifest import Counts, Manifest, Selection, SweepPoint
-from shadowreplay.replay.schemas.run_dir import CURVE_NAME, RunDir, SweepDir, write_text_atomically
+from shadowreplay.replay.schemas.run_dir import CURVE_NAME, RunDir, RunDirError, SweepDir, write_text_atomically
 
 
 class SweepError(ShadowReplayError, ValueError):
@@ -112,6 +120,20 @@ class SweepSettings:
     def open_loop(self) -> bool:
         """Whether a point offers a rate (Poisson arrivals, or the log's own pattern) rather than users."""
         return self.shape != "concurrency"
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a sweep's manifest keeps them for `sweep --resume` (SLOs as their text)."""
+        record = asdict(self)
+        record["slos"] = format_slos(self.slos) if self.slos else None
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SweepSettings:
+        """The settings `record()` wrote (a manifest's resume.sweep.settings)."""
+        fields = dict(record)
+        fields["slos"] = parse_slos(fields["slos"]) if fields.get("slos") else ()
+        fields["clamp"] = LengthClamp(**fields.get("clamp") or {})
+        return cls(**fields)
 
     def levels(self) -> list[float]:
         if self.points == 1:
@@ -519,10 +541,12 @@ class LoadSweep:
         sweep_dir: Path,
         on_point: Callable[[dict], None] | None = None,
         on_note: Callable[[str], None] | None = None,
+        resume: bool = False,
     ):
         """`session`: the entered Session of the sweep (its target, with any vLLM server it started,
         whose /metrics every load point scrapes; GPUs are sampled on every GPU node of its Ray cluster).
-        `on_point` sees each judged point, `on_note` each line about a repeat."""
+        `on_point` sees each judged point, `on_note` each line about a repeat or a point read back.
+        `resume`: take up a sweep that did not finish (the module docstring)."""
         if len(session.targets) != 1:
             raise ValueError("a sweep measures one target at a time")
         self.session = session
@@ -536,7 +560,10 @@ class LoadSweep:
         self.layout = SweepDir(sweep_dir)
         self.on_point = on_point
         self.on_note = on_note
+        self.resume = resume
         self.curve: list[dict] = []
+        self.reused: list[int] = []  # points read back from an earlier start's run directories
+        self.discarded: list[str] = []  # unfinished points set aside (SWEEP_DIR/discarded/), measured again
 
     def run(self) -> SweepOutcome:
         search = SweepSearch(self.settings, self._measure, on_point=self.on_point, on_note=self.on_note)
@@ -567,9 +594,55 @@ class LoadSweep:
         s = self.settings
         label = f"{int(level)}users" if s.shape == "concurrency" else f"{level:.3g}rps"
         point_dir = self.layout.point(index, label)
+        shape = self.shape_for(level, index)
+        sweep_point = SweepPoint(index=index, phase=phase, repeat_of=repeat_of, shape=shape_record(shape))
+        if self.resume and point_dir.path.exists():
+            if self._finished(point_dir, sweep_point):
+                self.reused.append(index)
+                if self.on_note:
+                    self.on_note(
+                        f"point {index} ({label}): finished in an earlier start, read back from {point_dir.path}"
+                    )
+                return self._point_of(index, level, phase, repeat_of, point_dir)
+            self._set_aside(point_dir, label)
+        self._run_point(index, label, shape, sweep_point, point_dir)
+        return self._point_of(index, level, phase, repeat_of, point_dir)
+
+    def _finished(self, point_dir: RunDir, sweep_point: SweepPoint) -> bool:
+        """Whether `point_dir` holds the finished measurement of `sweep_point` (its manifest written
+        `completed` after its run, for the same index, phase, repeat and shape, no request lost with a
+        worker)."""
+        try:
+            manifest = point_dir.read_manifest()
+        except RunDirError:
+            return False
+        return (
+            manifest is not None
+            and manifest.status == "completed"
+            and not manifest.counts.rows_by_status.get("worker_lost")
+            and manifest.sweep_point is not None
+            and manifest.sweep_point.model_dump() == json.loads(sweep_point.model_dump_json())
+        )
+
+    def _set_aside(self, point_dir: RunDir, label: str) -> None:
+        """Move an unfinished point's directory to SWEEP_DIR/discarded/ (kept, never read by the curve)."""
+        discarded = self.sweep_dir / "discarded"
+        discarded.mkdir(exist_ok=True)
+        destination = discarded / point_dir.path.name
+        turn = 1
+        while destination.exists():
+            turn += 1
+            destination = discarded / f"{point_dir.path.name}.{turn}"
+        shutil.move(point_dir.path, destination)
+        self.discarded.append(self.layout.relative(RunDir(destination)))
+        if self.on_note:
+            self.on_note(f"point {point_dir.path.name} did not finish in an earlier start: set aside in {destination}")
+
+    def _run_point(self, index: int, label: str, shape: LoadShape, sweep_point: SweepPoint, point_dir: RunDir) -> None:
+        """Replay one load point into `point_dir`, its manifest written `completed` at the end."""
+        s = self.settings
         run_dir = point_dir.path
         rng = np.random.default_rng(s.seed + index)
-        shape = self.shape_for(level, index)
         if isinstance(shape, FixedConcurrency):
             # Enough requests for the users to stay busy for the whole duration, at any speed.
             count = max(shape.users * 4, int(len(self.rows) if len(self.rows) < 10_000 else 10_000))
@@ -594,10 +667,11 @@ class LoadSweep:
             point_dir,
             Manifest(
                 run_id=outcome.run_id,
-                status="completed",
+                status="interrupted" if outcome.cancelled else "completed",
+                cancelled=outcome.cancelled,
                 epoch=outcome.epoch,
                 wall_s=outcome.wall_s,
-                sweep_point=SweepPoint(index=index, phase=phase, repeat_of=repeat_of, shape=shape_record(shape)),
+                sweep_point=sweep_point,
                 targets=[t.public_dict() for t in self.targets],
                 workers=outcome.workers,
                 busy_poll=s.busy_poll,
@@ -616,6 +690,19 @@ class LoadSweep:
                 telemetry=outcome.telemetry,
             ),
         )
+        if outcome.cancelled:  # Ctrl-C: the sweep stops here (its manifest `interrupted`; --resume goes on)
+            raise KeyboardInterrupt
+        if lost := outcome.by_status.get("worker_lost", 0):
+            print(
+                f"sweep: point {index}: {lost} request(s) ended worker_lost (their worker died); "
+                "a resumed sweep measures this point again",
+                flush=True,
+            )
+
+    def _point_of(self, index: int, level: float, phase: Phase, repeat_of: int | None, point_dir: RunDir) -> dict:
+        """The curve point of a measured load point, from its run directory's rows."""
+        s = self.settings
+        run_dir = point_dir.path
         run = load_run(run_dir, columns=ANALYSIS_COLUMNS)
         summary = summarize(run, slos=s.slos, warmup_fraction=s.warmup_fraction, telemetry=load_telemetry(run_dir))
         stats = summary.targets[self.targets[0].name].all
@@ -676,6 +763,8 @@ class LoadSweep:
                 "servers": self.session.servers or None,
                 "repeats": outcome.repeats,
                 "criteria": criteria_limits(self.settings),
+                "reused_points": self.reused,
+                "discarded_points": self.discarded,
             }
         )
         write_text_atomically(self.layout.summary_path, json.dumps(summary.json_dict(), indent=2) + "\n")

@@ -37,7 +37,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.replay.schemas.manifest import Counts, Manifest
 from shadowreplay.replay.schemas.results import RESULTS_SCHEMA
+from shadowreplay.replay.schemas.run_dir import RunDir
+from shadowreplay.replay.secrets import Scrubber
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_children import cli, run_child  # noqa: E402
@@ -179,6 +182,15 @@ def make_run_dir(run_dir: Path, rows: int, targets: int, tokens: int, seed: int 
         path = results / f"part-w{shard:03d}-00000.parquet"
         pq.write_table(table, path)
         paths.append(path)
+    # A finished run's manifest: `report` checks that the run is whole (every planned pair's final row)
+    # as it does for a user's run, and prints no warning.
+    manifest = Manifest(
+        run_id="bench-run",
+        status="completed",
+        targets=[{"name": name, "kind": "openai"} for name in names],
+        counts=Counts(requests=requests, scheduled=requests * targets),
+    )
+    RunDir(run_dir).write_manifest(manifest, Scrubber())
     return paths
 
 

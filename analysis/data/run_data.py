@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import polars as pl
@@ -84,6 +84,7 @@ class RunData:
     target_names: tuple[str, ...]  # sorted
     tags: tuple[str, ...]  # every tag a row has, sorted (none: an untagged run)
     replicas: int = 1  # 1 + the highest replica index of a row (1: every target one endpoint)
+    final_by_status: dict[str, int] = field(default_factory=dict)  # final rows per status (none: 0)
 
     @cached_property
     def scan(self) -> pl.LazyFrame:
@@ -270,11 +271,14 @@ def _check_statuses(path: Path, frame: pl.DataFrame) -> None:
         raise RunDataError(f"{path}: row {row}: field status is {status[row]!r}, not one of {', '.join(STATUSES)}")
 
 
-def read_manifest(run_dir: str | Path) -> Manifest | None:
-    """RUN_DIR/manifest.json as a Manifest, or None when the run has none."""
+def read_manifest(run_dir: str | Path, unreadable: Literal["raise", "none"] = "raise") -> Manifest | None:
+    """RUN_DIR/manifest.json as a Manifest, or None when the run has none (or, with `unreadable="none"`,
+    when it cannot be read)."""
     try:
         return RunDir(run_dir).read_manifest()
     except RunDirError as exc:
+        if unreadable == "none":
+            return None
         raise RunDataError(str(exc)) from None
 
 
@@ -296,10 +300,18 @@ def _shard_facts(scan: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("target").drop_nulls().unique().implode().alias("targets"),
         pl.col("tag").drop_nulls().unique().implode().alias("tags"),
         pl.col("replica").max().alias("max replica"),
+        *((pl.col("final") & (pl.col("status") == status)).sum().alias(f"final {status}") for status in STATUSES),
     )
 
 
-def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Sequence[str] | None = None) -> RunData:
+def load_run(
+    run_dir: str | Path,
+    include_output_text: bool = False,
+    columns: Sequence[str] | None = None,
+    *,
+    leave_out: Collection[str] = (),
+    unreadable_manifest: Literal["raise", "none"] = "raise",
+) -> RunData:
     """Check every results shard and read the manifest of a run directory; the rows stay in the files.
 
     `columns`: the result columns the scans hold (e.g. ANALYSIS_COLUMNS); default every column but
@@ -307,9 +319,15 @@ def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Se
     one pass over FACT_COLUMNS (a shard found bad is then read again to name its first bad row; rows are
     numbered from 0 within their file). Raises RunDataError when there are no shards, a shard breaks the
     contract, the shards mix runs, or a request has two final rows for one target.
+
+    For a report on an incomplete run (replay/schemas/run_completeness.py, which says what is missing):
+    `leave_out` names result shards (file names in RUN_DIR/results, the torn ones) not to read, and
+    `unreadable_manifest="none"` reads a manifest that cannot be read as none.
     """
     run_path = Path(run_dir)
-    files = result_files(run_path)
+    files = [path for path in result_files(run_path) if path.name not in leave_out]
+    if not files:
+        raise RunDataError(f"{RunDir(run_path).results_dir}: no readable result shards (every one is torn)")
     if columns is None:
         columns = [name for name in RESULTS_SCHEMA.names if include_output_text or name not in LARGE_COLUMNS]
     wanted = list(dict.fromkeys([*columns, *FACT_COLUMNS]))
@@ -334,13 +352,16 @@ def load_run(run_dir: str | Path, include_output_text: bool = False, columns: Se
         run_dir=run_path,
         files=tuple(files),
         shards=tuple(scan.select(columns) for scan in scans),
-        manifest=read_manifest(run_path),
+        manifest=read_manifest(run_path, unreadable=unreadable_manifest),
         run_ids=tuple(run_ids),
         row_count=sum(fact["rows"] for fact in facts),
         final_count=sum(fact["final"] for fact in facts),
         target_names=tuple(sorted({target for fact in facts for target in fact["targets"]})),
         tags=tuple(sorted({tag for fact in facts for tag in fact["tags"]})),
         replicas=1 + max((fact["max replica"] for fact in facts if fact["max replica"] is not None), default=0),
+        final_by_status={
+            status: count for status in STATUSES if (count := sum(fact[f"final {status}"] for fact in facts))
+        },
     )
 
 

@@ -35,7 +35,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class Text:
-    """A paragraph; `tone` "warning" draws it as a callout."""
+    """A paragraph; `tone` "warning" draws it as a callout, "alert" as a red one (an incomplete run)."""
 
     text: str
     tone: str = "plain"
@@ -81,6 +81,8 @@ h2 { font-size: 1.2em; border-bottom: 1px solid #d9dee3; padding-bottom: 4px; ma
 h3 { font-size: 1em; margin: 1.4em 0 0.4em; }
 p.subtitle { color: #52606d; margin-top: 0; }
 p.warning { background: #fff8e1; border-left: 4px solid #f0b429; padding: 6px 10px; }
+p.alert { background: #fdecea; border-left: 4px solid #c62828; color: #8e1b1b; font-weight: 600;
+          padding: 6px 10px; margin: 0.3em 0; }
 p.note { color: #52606d; font-size: 0.85em; margin-top: 0.3em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.3em 0; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #e4e7eb; text-align: left; white-space: nowrap; }

@@ -1,6 +1,7 @@
 """RUN_DIR/report.html: a run's load, latency, GPU and server telemetry, tables and cost in one offline page.
 
 Contents, top to bottom:
+- Incomplete run (only when it is: replay/schemas/run_completeness.py): what is missing, how to resume.
 - Over time (one shared time axis, run seconds, the steady window shaded): offered request rate
   (scheduled sends) and completions and errors per target; TTFT p50 and p95 per target by send
   time; when telemetry exists, GPU utilisation and power per GPU (NVML) and vLLM's KV-cache usage
@@ -278,6 +279,12 @@ def build_run_page(summary: RunSummary, run: RunData, telemetry: Telemetry | Non
             .item()
         )
         bin_s = time_bin_s(max((end or window.schedule_start_s) - window.schedule_start_s, 0.0))
+
+    incomplete = summary.incomplete_lines()
+    if incomplete:  # first, before any figure: what the page is drawn from is not the whole run
+        warning = page.section("Incomplete run")
+        for line in incomplete:
+            warning.add(Text(line, tone="alert"))
 
     over_time = page.section("Over time")
     panels = load_panels(final, run.targets, bin_s, colours, summary.timeline) + telemetry_panels(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from shadowreplay.analysis.metrics import table as metrics
+from shadowreplay.replay.schemas.run_completeness import RunCompleteness
 
 # The percentile fields below are the reported ones; a change there must change these models too.
 assert metrics.REPORTED_PERCENTILES == (50.0, 90.0, 95.0, 99.0), "LatencyStats names p50, p90, p95, p99"
@@ -200,6 +201,9 @@ class RunSummary(_Model):
     gpu: dict[str, Any]
     server_histograms: dict[str, Any]
     load_warnings: list[LoadWarning] = Field(default_factory=list)
+    completeness: RunCompleteness | None = None
+    """Whether the run is whole (replay/schemas/run_completeness.py), with the lines `report` prints first;
+    null where nobody checked (a sweep point's summary)."""
     distributions: dict[str, dict[str, list[float]]] = Field(default_factory=dict, exclude=True)
     """Percentile curves per target and metric (run_summary.Curves), for the report page; not in summary.json."""
     timeline: TtftTimeline | None = Field(default=None, exclude=True)
@@ -208,6 +212,11 @@ class RunSummary(_Model):
     def json_dict(self) -> dict[str, Any]:
         """The summary as the JSON object summary.json holds."""
         return self.model_dump(mode="json")
+
+    def incomplete_lines(self) -> list[str]:
+        """What a reader is told before any figure: the completeness's lines (empty for a whole run, or
+        where completeness was not checked)."""
+        return self.completeness.lines() if self.completeness is not None else []
 
 
 class CurvePoint(_Model):
@@ -285,6 +294,8 @@ class SweepSummary(BaseModel):
     servers: list[dict[str, Any]] | None = Field(default=None)
     repeats: list[SweepRepeat] = Field(default_factory=list)  # (schema_version 2)
     criteria: dict[str, float] = Field(default_factory=dict)  # the saturation criteria's limits (schema_version 2)
+    reused_points: list[int] = Field(default_factory=list)  # `sweep --resume`: points read back, not measured again
+    discarded_points: list[str] = Field(default_factory=list)  # unfinished points set aside (SWEEP_DIR/discarded/)
 
     @property
     def slo_capacity(self) -> float | None:

@@ -47,6 +47,13 @@ was computed from. Keys (summary `schema_version` 1; new keys may be added, none
     load_warnings        [{check, target, figure, value, limit, message}]: where the load was not offered as
                          recorded (analysis/summary/load_fidelity.py: send lateness p99 above 10 ms, most ITL
                          gaps exactly 0 ms while vLLM's ITL is not); empty when the client kept up
+    completeness         whether the run is whole (replay/schemas/run_completeness.py RunCompleteness):
+                         manifest (present | missing | unreadable), manifest_status, manifest_unreadable,
+                         run_error, driver_finished, planned_pairs, planned_from (manifest | plan |
+                         estimate), final_rows, final_pairs, final_rows_by_status, missing_pairs,
+                         duplicate_finals, attempted_without_final, torn_shards [{name, reason}],
+                         resumable_pairs, resume_command, not_resumable, complete, lines (what `report`
+                         prints first; empty for a complete run); null where not checked (sweep points)
 
 STATS (one slice: a target, or a target and tag):
     requests             final rows (one per scheduled request)
@@ -114,6 +121,7 @@ from shadowreplay.analysis.summary.models import RunSummary, TtftTimeline
 from shadowreplay.analysis.telemetry.energy import gpu_summary
 from shadowreplay.analysis.telemetry.server_histograms import server_histogram_summary
 from shadowreplay.replay.schemas.results import STATUSES
+from shadowreplay.replay.schemas.run_completeness import RunCompleteness
 from shadowreplay.replay.schemas.run_dir import MANIFEST_NAME, RunDir, write_text_atomically
 
 SUMMARY_KIND = "shadowreplay.summary"
@@ -563,8 +571,12 @@ def summarize(
     checks: Sequence[LoadCheck] = CHECKS,
     curves: Curves = NO_CURVES,
     send_time_bins: SendTimeBins | None = None,
+    completeness: RunCompleteness | None = None,
 ) -> RunSummary:
     """The summary of a run (keys in this module's docstring), typed; raises metrics.WindowError.
+
+    `completeness` (RunCompleteness.of the run directory, as `report` reads it) is kept, with the pairs
+    attempted but without a final row counted from the rows.
 
     Without `prices` the cost block says absent; without `telemetry` (analysis/data/telemetry_data.py
     load_telemetry) the gpu and server_histograms blocks do. `checks` are the load checks
@@ -633,6 +645,10 @@ def summarize(
         timelines = {target: found.timeline for target, found in slices.items() if found.timeline is not None}
         summary.timeline = TtftTimeline(bin_s=send_bin_s, targets=timelines)
     summary.load_warnings = load_warnings(summary.targets, summary.server_histograms, checks)
+    if completeness is not None:
+        summary.completeness = completeness.model_copy(
+            update={"attempted_without_final": run.requests_without_final_row}
+        )
     return summary
 
 

@@ -102,6 +102,7 @@ class ResumeFacts(_Part):
     busy_poll: bool = False
     worker_cpus: list[int] | None = None
     shadow: dict[str, Any] | None = None  # a shadow's own request (log, target files, selection): `shadow --resume`
+    sweep: dict[str, Any] | None = None  # a sweep's log, its row count and settings: `sweep --resume`
 
 
 class SweepPoint(_Part):

@@ -3,6 +3,11 @@
 Reads only RUN_DIR's Parquet results, telemetry and manifest (analysis/) and a price file, writes
 RUN_DIR/summary.json (keys documented in analysis/summary/run_summary.py) and RUN_DIR/report.html (analysis/
 html_report.py), and prints the summary as tables, or as JSON with --json.
+
+A run that is not whole (its driver killed, stopped by Ctrl-C, failed; pairs without a final row, torn
+shards, `worker_lost` rows: replay/schemas/run_completeness.py) is still reported, from the rows that can
+be read, after saying so first: in bold red before the tables (on stderr with --json), in summary.json
+(`completeness`) and at the top of report.html, with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from rich.table import Table
 
 from shadowreplay.analysis.cost.model import RUN_SPAN, CostError, MonthlyVolume
 from shadowreplay.analysis.cost.prices import DEFAULT_PRICES_PATH, chosen_prices
-from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, load_run
+from shadowreplay.analysis.data.run_data import ANALYSIS_COLUMNS, RunDataError, load_run
 from shadowreplay.analysis.data.telemetry_data import load_telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.metrics.slo import EXAMPLE, SLO_METRICS, parse_slos
@@ -29,6 +34,8 @@ from shadowreplay.analysis.summary.tables import SummaryTable, summary_tables
 from shadowreplay.analysis.summary.terminal_tables import terminal_table
 from shadowreplay.analysis.summary.traffic_stats import traffic_stats
 from shadowreplay.errors import UserError
+from shadowreplay.replay.schemas.run_completeness import RunCompleteness, unreadable_shards
+from shadowreplay.replay.schemas.run_dir import RunDir
 from shadowreplay.verbs.load_check_options import add_max_lateness, checks_from
 
 MET_STYLES = {"yes": "[green]yes[/green]", "no": "[red]no[/red]"}
@@ -147,7 +154,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--check needs at least one --slo to check (e.g. --slo {EXAMPLE}); nothing was checked")
     prices = chosen_prices(args.prices)
     monthly = _monthly_volume(args)
-    data = load_run(args.run_dir, columns=ANALYSIS_COLUMNS)
+    run_dir = RunDir(args.run_dir)
+    torn = unreadable_shards(run_dir)
+    try:
+        data = load_run(
+            args.run_dir,
+            columns=ANALYSIS_COLUMNS,
+            leave_out={shard.name for shard, _ in torn},  # what can be read is reported
+            unreadable_manifest="none",  # completeness says so
+        )
+    except RunDataError:
+        if run_dir.has_results():  # what the run directory holds (each shard read), then why it cannot be reported
+            print_incomplete(RunCompleteness.of(run_dir).lines(), Console(stderr=True))
+        raise
+    # Before the figures: is this the whole run? (from the check pass's own facts: no second read)
+    completeness = RunCompleteness.from_facts(run_dir, data.final_by_status, len(data.target_names), torn)
     telemetry = load_telemetry(args.run_dir)
     summary = summarize(
         data,
@@ -159,10 +180,12 @@ def run(args: argparse.Namespace) -> int:
         checks=checks_from(args),
         curves=DISTRIBUTION_CURVES,
         send_time_bins=SEND_TIME_BINS,
+        completeness=completeness,
     )
     path = write_summary(args.run_dir, summary)
     html = write_run_report(args.run_dir, summary, data, telemetry)
     if args.json:
+        print_incomplete(summary.incomplete_lines(), Console(stderr=True))  # the JSON has them too
         print(json.dumps(summary.json_dict(), indent=2, allow_nan=False))
     else:
         print_summary(summary, _console())
@@ -185,7 +208,7 @@ def print_check(summary: RunSummary, console: Console) -> int:
 
 def _is_sweep_dir(path: str | Path) -> bool:
     """A sweep directory: its curve, and no results of its own (its points are run directories)."""
-    from shadowreplay.replay.schemas.run_dir import RunDir, SweepDir
+    from shadowreplay.replay.schemas.run_dir import SweepDir
 
     return SweepDir(path).curve_path.is_file() and not RunDir(path).results_dir.is_dir()
 
@@ -236,8 +259,16 @@ def rich_table(table: SummaryTable, width: int = 120) -> Table:
     return terminal_table(table, width, lambda column, text: MET_STYLES.get(text, text) if column == "Met" else text)
 
 
+def print_incomplete(lines: list[str], console: Console) -> None:
+    """An incomplete run's lines (replay/schemas/run_completeness.py), in bold red: read before any figure."""
+    for line in lines:
+        console.print(line, style="bold red", highlight=False, markup=False, soft_wrap=True)
+
+
 def print_summary(summary: RunSummary, console: Console) -> None:
-    """The summary as rich tables: requests and rates, errors, latency per target, SLOs, cost, GPU."""
+    """The summary as rich tables: requests and rates, errors, latency per target, SLOs, cost, GPU; an
+    incomplete run says so first."""
+    print_incomplete(summary.incomplete_lines(), console)
     source, window = summary.source, summary.window
     console.print(f"[bold]Run {summary.run_id or '?'}[/bold]  {summary.run_dir}")
     console.print(
@@ -245,7 +276,7 @@ def print_summary(summary: RunSummary, console: Console) -> None:
         f"{window.kind} window {window.start_s:.2f}-{window.end_s:.2f} s "
         f"({window.duration_s:.2f} s, warm-up {window.warmup_s:.2f} s); percentiles: linear interpolation"
     )
-    if source.requests_without_final_row:
+    if source.requests_without_final_row and summary.completeness is None:  # else among its lines
         console.print(f"[yellow]{source.requests_without_final_row} request(s) have no final row[/yellow]")
     if summary.slos:
         console.print(f"SLOs: {', '.join(summary.slos)}")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shadowreplay.errors import UserError
 from shadowreplay.verbs.length_options import add_length_options
 from shadowreplay.verbs.worker_options import add_busy_poll, add_worker_cpus
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from rich.console import Console
 
     from shadowreplay.analysis.summary.models import SweepSummary
+    from shadowreplay.loadgen.sweep import SweepSettings
+    from shadowreplay.replay.schemas.manifest import Manifest
+    from shadowreplay.replay.targets.config import TargetConfig
 
 
 def add_parser(subparsers) -> None:
@@ -32,11 +36,20 @@ def add_parser(subparsers) -> None:
             "saturating, never above a confirmed miss (the replica's SLO capacity). "
             "Each point is a run directory under SWEEP_DIR/points/; the curve is "
             "SWEEP_DIR/curve.parquet, SWEEP_DIR/summary.json holds saturation and slo_capacity, and "
-            "SWEEP_DIR/report.html draws the curve (a self-contained page that opens with no network)."
+            "SWEEP_DIR/report.html draws the curve (a self-contained page that opens with no network). "
+            "`--resume SWEEP_DIR` (nothing else) takes up a sweep that was killed or interrupted, with the "
+            "settings its manifest recorded: points that finished are read back from their rows, the point "
+            "that did not is set aside (SWEEP_DIR/discarded/) and measured again, then the search goes on."
         ),
     )
-    parser.add_argument("log", type=Path, help="traffic log (Parquet) whose prompt/output mix is replayed")
-    parser.add_argument("--target", "-t", required=True, type=Path, metavar="T.yaml", help="the target to sweep")
+    parser.add_argument("log", type=Path, nargs="?", help="traffic log (Parquet) whose prompt/output mix is replayed")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="take up the sweep in SWEEP_DIR where it stopped (everything else from its manifest)",
+    )
+    parser.add_argument("--target", "-t", type=Path, metavar="T.yaml", help="the target to sweep")
     parser.add_argument(
         "--shape",
         choices=("poisson", "trace", "concurrency"),
@@ -45,12 +58,8 @@ def add_parser(subparsers) -> None:
         "its bursts kept, time-scaled to each rate (trace: each arrival with its own request, from the log's "
         "first arrival, played again from the top if the log is shorter); or closed-loop users",
     )
-    parser.add_argument(
-        "--from", dest="start", type=float, required=True, metavar="A", help="first load: requests/s, or users"
-    )
-    parser.add_argument(
-        "--to", dest="stop", type=float, required=True, metavar="B", help="last load of the rising series"
-    )
+    parser.add_argument("--from", dest="start", type=float, metavar="A", help="first load: requests/s, or users")
+    parser.add_argument("--to", dest="stop", type=float, metavar="B", help="last load of the rising series")
     parser.add_argument("--points", type=int, default=6, help="load points from A to B, geometric (default 6)")
     parser.add_argument("--duration", default="20s", help="length of each load point (default 20s)")
     parser.add_argument(
@@ -89,24 +98,26 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--address", metavar="RAY_ADDRESS", help="join this Ray cluster instead of starting a local instance"
     )
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("-o", "--output", type=Path, metavar="SWEEP_DIR")
     add_busy_poll(parser)
     add_worker_cpus(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+REQUIRED = {"log": "LOG", "target": "--target", "start": "--from", "stop": "--to", "output": "-o"}
 
-    from shadowreplay.analysis.data.sweep_data import read_sweep
+
+def run(args: argparse.Namespace) -> int:
     from shadowreplay.analysis.metrics.slo import parse_slos
-    from shadowreplay.analysis.report.sweep_page import write_sweep_report
-    from shadowreplay.loadgen.sweep import LoadSweep, SweepSettings
+    from shadowreplay.loadgen.sweep import SweepSettings
     from shadowreplay.replay.run.plan import LengthClamp, parse_duration_s, select_rows
-    from shadowreplay.replay.run.session import Session
-    from shadowreplay.replay.schemas.run_dir import RunDir
     from shadowreplay.replay.targets.config import load_targets
 
+    if args.resume is not None:
+        return _resume(args)
+    missing = [flag for name, flag in REQUIRED.items() if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"sweep needs {', '.join(missing)} (or --resume SWEEP_DIR)")
     if not 0 < args.start <= args.stop:
         raise UserError("--from must be positive and not above --to")
     slos = tuple(s for spec in args.slo for s in parse_slos(spec))
@@ -129,8 +140,64 @@ def run(args: argparse.Namespace) -> int:
     targets = load_targets([args.target])
     rows = select_rows(args.log)
     if args.output.exists() and any(args.output.iterdir()):
-        raise UserError(f"{args.output} is not empty; choose a new sweep directory")
+        raise UserError(
+            f"{args.output} is not empty; choose a new sweep directory (or take it up: sweep --resume {args.output})"
+        )
     args.output.mkdir(parents=True, exist_ok=True)
+    facts = {"log": str(args.log.resolve()), "log_rows": rows.num_rows, "settings": settings.record()}
+    return _sweep(targets, rows, settings, args.output, args.address, args.worker_cpus, facts)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """`sweep --resume SWEEP_DIR`: the settings, target and log from the sweep's manifest (resume.sweep)."""
+    from shadowreplay.loadgen.sweep import SweepSettings
+    from shadowreplay.replay.run.plan import select_rows
+    from shadowreplay.replay.schemas.run_dir import RunDir
+    from shadowreplay.replay.targets.config import target_from_public_dict
+
+    given = [flag for name, flag in REQUIRED.items() if getattr(args, name) is not None]
+    if given:
+        raise UserError(f"--resume SWEEP_DIR takes everything else from the sweep's manifest; drop {', '.join(given)}")
+    sweep_dir = RunDir(args.resume)
+    manifest = sweep_dir.read_manifest()
+    if manifest is None or manifest.resume is None or manifest.resume.sweep is None:
+        raise UserError(f"{args.resume}: not a sweep directory with resume facts (manifest.json resume.sweep)")
+    if manifest.status == "completed":
+        raise UserError(f"{args.resume}: the sweep completed; nothing to resume (shadowreplay report {args.resume})")
+    facts = manifest.resume
+    sweep = dict(facts.sweep or {})
+    targets = [target_from_public_dict(t, f"{sweep_dir.manifest_path} resume.targets") for t in facts.targets]
+    rows = select_rows(Path(sweep["log"]))
+    if rows.num_rows != sweep["log_rows"]:
+        raise UserError(
+            f"{sweep['log']}: {rows.num_rows:,} rows, but the sweep started from {sweep['log_rows']:,}: "
+            "the log changed; a resumed sweep must draw from the same log"
+        )
+    settings = SweepSettings.from_record(sweep["settings"])
+    manifest.error = None  # this start's own ending is written at its exit
+    return _sweep(targets, rows, settings, args.resume, facts.address, facts.worker_cpus, sweep, manifest)
+
+
+def _sweep(
+    targets: list[TargetConfig],
+    rows: pa.Table,
+    settings: SweepSettings,
+    output: Path,
+    address: str | None,
+    worker_cpus: list[int] | None,
+    facts: dict[str, Any],
+    manifest: Manifest | None = None,
+) -> int:
+    """Run (or, with the sweep's `manifest`, resume) the sweep into `output`; print the curve and findings."""
+    from rich.console import Console
+
+    from shadowreplay.analysis.data.sweep_data import read_sweep
+    from shadowreplay.analysis.report.sweep_page import write_sweep_report
+    from shadowreplay.loadgen.sweep import LoadSweep
+    from shadowreplay.replay.run.session import Session
+    from shadowreplay.replay.schemas.manifest import ResumeFacts
+    from shadowreplay.replay.schemas.run_dir import RunDir
+
     console = Console() if Console().is_terminal else Console(width=140)
 
     def show(point: dict) -> None:
@@ -149,16 +216,30 @@ def run(args: argparse.Namespace) -> int:
         console.print(text, highlight=False, soft_wrap=True)
 
     # The session reads the key (one clear line if it cannot), starts the server and Ray, and
-    # stops them and writes SWEEP_DIR/manifest.json on any exit.
-    with Session(targets, RunDir(args.output), ray_address=args.address, worker_cpus=args.worker_cpus) as session:
-        outcome = LoadSweep(rows, session, settings, args.output, on_point=show, on_note=note).run()
-    summary, curve = read_sweep(args.output)
+    # stops them and writes SWEEP_DIR/manifest.json on any exit; it is written `running` first, with
+    # what --resume needs, so a killed sweep can be taken up.
+    sweep_dir = RunDir(output)
+    with Session(targets, sweep_dir, ray_address=address, worker_cpus=worker_cpus, manifest=manifest) as session:
+        session.manifest.status = "running"
+        session.manifest.resume = ResumeFacts(
+            targets=[t.public_dict() for t in targets], address=address, worker_cpus=worker_cpus, sweep=facts
+        )
+        session.write_manifest(sweep_dir, session.manifest)
+        sweep = LoadSweep(rows, session, settings, output, on_point=show, on_note=note, resume=manifest is not None)
+        outcome = sweep.run()
+    if sweep.reused:
+        console.print(
+            f"resumed: points {', '.join(map(str, sweep.reused))} read back from an earlier start, "
+            f"{len(outcome.curve) - len(sweep.reused)} measured now",
+            highlight=False,
+        )
+    summary, curve = read_sweep(output)
     print_sweep(summary, curve.to_dicts(), console)
     if outcome.saturation is None:
         console.print("raise --to to find the saturation point", highlight=False)
-    report = write_sweep_report(args.output)
+    report = write_sweep_report(output)
     console.print(
-        f"curve: {args.output / 'curve.parquet'}; summary: {args.output / 'summary.json'}; report: {report}",
+        f"curve: {output / 'curve.parquet'}; summary: {output / 'summary.json'}; report: {report}",
         highlight=False,
         soft_wrap=True,
     )

@@ -24,6 +24,7 @@ from tests.support.telemetry_factory import gpu_samples, server_samples, write_t
 
 MANIFEST = {
     "run_id": "run-html",
+    "status": "completed",  # a finished run (one without says so first: replay/schemas/run_completeness.py)
     "targets": [
         {"name": "local", "kind": "vllm", "model": "tiny"},
         {"name": "hosted", "kind": "openai", "model": "gpt-4o-mini", "base_url": "https://api.openai.com/v1"},

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from shadowreplay.cli import main
 from tests.support.answer_server import AnswerServerThread, question_log
 from tests.support.faulty_server import FaultyServerThread, Script
 from tests.support.run_processes import kill, start_cli, wait_for_workers, worker_pids
@@ -100,8 +101,15 @@ def test_a_killed_worker_loses_only_what_was_in_flight_and_its_unsent_requests_g
         assert {r["segment"] for r in after.values() if r["status"] == "ok"} == {0, 1}
 
 
+def report_lines(run: Path, capsys) -> list[str]:
+    """`shadowreplay report RUN` as a user runs it: its exit code checked, its output's lines."""
+    capsys.readouterr()
+    assert main(["report", str(run), "--prices", "none"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
 def test_a_killed_driver_stops_its_workers_and_resume_replays_exactly_what_has_no_final_row(
-    tmp_path, replay_args, server
+    tmp_path, replay_args, server, capsys
 ):
     process = start_cli(replay_args, tmp_path / "out.txt")
     wait_for_workers(2)
@@ -126,6 +134,14 @@ def test_a_killed_driver_stops_its_workers_and_resume_replays_exactly_what_has_n
     assert set(cancelled) == {"the driver was lost before send", "the driver was lost while in flight"}, set(
         cancelled
     )  # unsent, in flight
+    # `report` on the killed run says first that it is not whole, and how to take it up.
+    lines = report_lines(run, capsys)
+    missing = REQUESTS - sum(1 for row in before.values() if row["status"] not in ("cancelled", "worker_lost"))
+    assert lines[0].startswith(f"INCOMPLETE: {len(before):,} of {REQUESTS:,} planned (request, target) pairs"), lines
+    assert "manifest status running: the run is still going, or its driver was killed" in lines[1], lines
+    assert f"resume: shadowreplay replay --resume {run}" in lines, lines
+    summary = json.loads((run / "summary.json").read_text())["completeness"]
+    assert summary["resumable_pairs"] == missing and not summary["complete"], summary
     deadline = killed + 60
     while worker_pids() and time.monotonic() < deadline:  # Ray ends the orphaned actors
         time.sleep(0.2)
@@ -144,6 +160,8 @@ def test_a_killed_driver_stops_its_workers_and_resume_replays_exactly_what_has_n
     table = pq.read_table(run / "results", columns=["segment", "lateness_ms", "final"])
     resumed_lateness = table.filter(pc.and_(table.column("final"), pc.equal(table.column("segment"), 1)))
     assert pc.max(resumed_lateness.column("lateness_ms")).as_py() < 1000, "the segment's own epoch: sends on time"
+    assert not any("INCOMPLETE" in line for line in report_lines(run, capsys)), "a whole run says nothing of it"
+    assert json.loads((run / "summary.json").read_text())["completeness"]["complete"] is True
 
 
 def test_ctrl_c_after_a_worker_died_exits_130_with_a_manifest_and_one_final_row_per_request(tmp_path, replay_args):
@@ -251,3 +269,44 @@ def test_ctrl_c_during_start_up_exits_130_with_a_cancelled_row_for_every_request
     assert len(pairs) == REQUESTS and set(by_status(pairs)) <= {"cancelled", "ok"}, by_status(pairs)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["counts"]["rows_by_status"] == by_status(pairs)
+
+
+def test_a_sweep_whose_driver_was_killed_resumes_reading_back_its_finished_points(tmp_path, server):
+    """`sweep` SIGKILLed during its second load point; `sweep --resume` reads the first back from its rows,
+    sets the unfinished one aside and measures it again, then goes on: the curve of an unbroken sweep."""
+    log = write_log(tmp_path / "log.parquet", [log_row(i, i / 10, max_tokens=6) for i in range(40)])
+    target = write_target(tmp_path / "t.yaml", server.base_url)
+    sweep = tmp_path / "sweep"
+    argv = ["sweep", str(log), "--target", str(target), "--from", "10", "--to", "20", "--points", "3"]
+    process = start_cli([*argv, "--duration", "4s", "--no-recheck", "-o", str(sweep)], tmp_path / "out.txt")
+    deadline = time.monotonic() + 180
+    while not list(sweep.glob("points/01-*/results/*.parquet")) and time.monotonic() < deadline:
+        assert process.poll() is None, output(tmp_path / "out.txt")
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    first = json.loads(next(sweep.glob("points/00-*/manifest.json")).read_text())
+    assert json.loads((sweep / "manifest.json").read_text())["status"] == "running"
+    assert not list(sweep.glob("points/01-*/manifest.json")), "killed before the point finished"
+    deadline = time.monotonic() + 60
+    while worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    resumed = start_cli(["sweep", "--resume", str(sweep)], tmp_path / "resume.txt")
+    code = run_to_end(resumed)
+    text = output(tmp_path / "resume.txt")
+    assert code == 0, text
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["reused_points"] == [0] and len(summary["discarded_points"]) == 1, summary
+    assert "resumed: points 0 read back from an earlier start, 2 measured now" in text, text
+    assert json.loads(next(sweep.glob("points/00-*/manifest.json")).read_text())["run_id"] == first["run_id"]
+    curve = pq.read_table(sweep / "curve.parquet").to_pylist()
+    assert [p["point"] for p in curve] == [0, 1, 2] and [round(p["offered_rps"], 2) for p in curve] == [
+        10.0,
+        14.14,
+        20.0,
+    ]
+    for point in curve:  # every point whole: one final row per planned request
+        manifest = json.loads((sweep / point["run_dir"] / "manifest.json").read_text())
+        assert manifest["status"] == "completed"
+        assert len(finals(sweep / point["run_dir"])) == manifest["counts"]["requests"] == point["requests"]
+    assert json.loads((sweep / "manifest.json").read_text())["status"] == "completed"

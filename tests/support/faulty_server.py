@@ -21,6 +21,7 @@ k / (ttft_ms + (tokens - 1) x itl_ms) requests a second.
 Use it in-process (`async with FaultyServer() as server: server.base_url`), in a background thread
 (`with FaultyServerThread() as server:`), or as its own process:
 `python tests/support/faulty_server.py --port 8123 --ttft-ms 50 --itl-ms 10`. It binds 127.0.0.1 only.
+GET /fault-log answers its own record of what it served (`FaultyServer.fault_log`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Script:
     then [DONE]), `eof` (the body ends cleanly: no finish reason, no [DONE]).
     `send_done` and `send_usage` switch off [DONE] and the usage chunk; `line_ending` is lf, crlf
     or cr; `comments` adds an SSE comment line before every event.
+    `tag` names the request in the server's fault log (`FaultyServer.fault_log`, GET /fault-log): what it
+    served to each tag, attempt by attempt; with a tag, `fault_attempts` N > 0 acts out `status` and
+    `fault` on the first N requests carrying it only (a 429 that its retry gets past), the later ones
+    stream normally.
     `answer_json` answers 200 with a plain JSON completion, as a server that ignores `stream: true`;
     `echo_headers_in_error` puts the request's Authorization header into the error message (a
     careless server), to prove the client scrubs the key.
@@ -90,6 +95,8 @@ class Script:
     echo_headers_in_error: bool = False
     token_texts: list[str] | None = None
     usage_error: float = 0.0
+    tag: str | None = None
+    fault_attempts: int = 0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -98,6 +105,13 @@ class Script:
             raise ValueError(f"line_ending must be one of {', '.join(LINE_ENDINGS)}")
         if self.tokens_per_chunk < 1 or self.tokens < 0:
             raise ValueError("tokens_per_chunk must be >= 1 and tokens >= 0")
+        if self.fault_attempts < 0:
+            raise ValueError("fault_attempts must be >= 0")
+
+    @property
+    def served_kind(self) -> str:
+        """What this script serves, as the fault log counts it: `status_<code>`, the fault, or `none`."""
+        return f"status_{self.status}" if self.status >= 400 else self.fault
 
     def updated(self, overrides: dict) -> Script:
         """This script with the fields of a request's `faulty` object replaced."""
@@ -167,6 +181,10 @@ class FaultyServer:
         self._slot_gate: asyncio.Semaphore | None = None
         self.requests_seen = 0
         self.client_ports: list[int] = []  # the client's port of each request, in arrival order
+        # The server's own fault log: requests served per kind (Script.served_kind; `bad_request` for a
+        # body it could not read), and per tagged request the kinds it got, attempt by attempt.
+        self.served: dict[str, int] = {}
+        self.served_by_tag: dict[str, list[str]] = {}
         self._runner: web.AppRunner | None = None
 
     @property
@@ -179,6 +197,7 @@ class FaultyServer:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/fault-log", self._fault_log)
         return app
 
     async def start(self) -> str:
@@ -203,7 +222,26 @@ class FaultyServer:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
+    def fault_log(self) -> dict:
+        """What the server served: `requests`, `served` (count per kind) and `by_tag` (tag -> kinds)."""
+        return {"requests": self.requests_seen, "served": dict(self.served), "by_tag": dict(self.served_by_tag)}
+
+    def _log_served(self, script: Script) -> Script:
+        """`script` as served to this request (a tagged one past its `fault_attempts` streams normally),
+        counted in the fault log."""
+        if script.tag is not None:
+            attempts = self.served_by_tag.setdefault(script.tag, [])
+            if script.fault_attempts and len(attempts) >= script.fault_attempts:
+                script = dataclasses.replace(script, status=200, retry_after=None, fault="none")
+            attempts.append(script.served_kind)
+        kind = script.served_kind
+        self.served[kind] = self.served.get(kind, 0) + 1
+        return script
+
     # -- handlers ----------------------------------------------------------------------------
+    async def _fault_log(self, request: web.Request) -> web.Response:
+        return web.json_response(self.fault_log())
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -235,7 +273,9 @@ class FaultyServer:
             body = await request.json()
             script = self.script_for(body, self.script.updated(body.get("faulty") or {}))
         except (ValueError, TypeError) as exc:
+            self.served["bad_request"] = self.served.get("bad_request", 0) + 1
             return _error_response(400, f"bad request for the faulty server: {exc}", "invalid_request_error")
+        script = self._log_served(script)
         if script.status >= 400:
             headers = {"Retry-After": script.retry_after} if script.retry_after is not None else None
             kind = "rate_limit_exceeded" if script.status == 429 else "server_error"

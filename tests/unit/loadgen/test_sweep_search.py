@@ -395,3 +395,27 @@ def test_the_summary_model_reads_version_1_and_version_2_sweeps():
     }
     summary = SweepSummary.model_validate(old)
     assert summary.saturation is not None and summary.saturation.criteria == [] and summary.repeats == []
+
+
+def test_sweep_settings_read_back_from_their_record_as_a_resumed_sweep_gets_them():
+    import json
+
+    from shadowreplay.analysis.metrics.slo import parse_slos
+    from shadowreplay.loadgen.sweep import SweepSettings
+    from shadowreplay.replay.run.plan import LengthClamp
+
+    settings = SweepSettings(
+        shape="trace",
+        start=2.0,
+        stop=9.5,
+        points=4,
+        duration_s=7.5,
+        slos=parse_slos("ttft_p95=500ms,tpot_p99=40ms"),
+        seed=11,
+        clamp=LengthClamp(max_prompt_tokens=900, max_completion_tokens=64, output_lengths="natural"),
+        recheck=False,
+    )
+    record = json.loads(json.dumps(settings.record()))  # as the manifest holds it
+    assert record["slos"] == "ttft_p95=500ms,tpot_p99=40ms"
+    assert SweepSettings.from_record(record) == settings
+    assert SweepSettings.from_record(SweepSettings(shape="poisson", start=1, stop=2).record()).slos == ()
