@@ -247,7 +247,8 @@ class RunDir(_OutputDir):
     def result_writer(
         self, worker: str, *, max_rows: int = 1000, max_age_s: float = 5.0, background: bool = False
     ) -> ShardWriter:
-        """The writer of one worker's result shards, `results/part-<worker>-<seq>.parquet`."""
+        """The writer of one worker's result shards, `results/part-<worker>-<seq>.parquet`, each grown
+        to `max_rows` rows (committed again every `max_age_s` until then: replay/schemas/shards.py)."""
         return ShardWriter(
             self.results_dir,
             RESULTS_SCHEMA,
@@ -256,6 +257,7 @@ class RunDir(_OutputDir):
             max_age_s,
             background=background,
             dictionary_columns=DICTIONARY_COLUMNS,
+            grow=True,  # a slow run commits every max_age_s without a file every max_age_s
         )
 
     def scan_results(self) -> ResultScan:

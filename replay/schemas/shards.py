@@ -2,7 +2,13 @@
 streamed to closed, self-contained Parquet shards, committed atomically.
 
 Rows (dicts keyed by the schema's names) are buffered and written as a shard every `max_rows` rows
-or `max_age_s` seconds, so memory stays bounded however long a run lasts. A shard is committed in
+or `max_age_s` seconds, so memory stays bounded however long a run lasts. A growing writer
+(`grow=True`, results) commits its rows every `max_age_s` too, but into the same shard, rewritten
+whole each time with what it held and the new rows, until the shard holds `max_rows` rows: a slow
+run of days commits every few seconds without leaving a file every few seconds (a 48-hour shadow
+at 5 requests/s would leave 170,000 of them), and a reader sees the shard's earlier or its later
+version, both whole. It keeps the open shard's rows in memory (at most `max_rows`); a rewrite
+costs the encoding of at most `max_rows` rows every `max_age_s`. A shard is committed in
 three steps: written under a hidden temporary name (`.NAME.tmp`, which no reader lists), flushed to
 the disk (fsync), then renamed into place. A crash, of the process or the machine, therefore never
 leaves a torn file that looks whole: a shard is on disk complete, or not at all.
@@ -143,10 +149,11 @@ class ShardWriter:
         background: bool = False,
         to_table: ToTable | None = None,
         dictionary_columns: Sequence[str] = (),
+        grow: bool = False,
     ):
         """`to_table` turns a buffer of rows into a `schema` table; by default rows are dicts keyed
         by the schema's names. A writer that buffers leaner rows (telemetry: tuples) gives its own.
-        `dictionary_columns`: see write_parquet."""
+        `dictionary_columns`: see write_parquet. `grow`: see the module docstring."""
         self.directory = Path(directory)
         self.to_table = to_table
         self.dictionary_columns = tuple(dictionary_columns)
@@ -156,6 +163,9 @@ class ShardWriter:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self.background = background
+        self.grow = grow
+        self._open_rows: list[Row] = []  # grow: the rows already committed to shard _seq, written again with the next
+        self._written: dict[int, int] = {}  # rows in each shard's committed version (guarded by _lock)
         self._buffer: list[Row] = []
         self._oldest: float | None = None
         self._seq = 0
@@ -181,7 +191,7 @@ class ShardWriter:
             if not self._buffer:
                 self._oldest = time.monotonic()
             self._buffer.append(row)
-            full = len(self._buffer) >= self.max_rows
+            full = len(self._open_rows) + len(self._buffer) >= self.max_rows
         if full:
             self._hand_off()
 
@@ -196,13 +206,13 @@ class ShardWriter:
         with self._buffer_lock:
             due = bool(self._buffer) and self._oldest is not None
             due = due and time.monotonic() - (self._oldest or 0.0) >= self.max_age_s
-        return self._hand_off() if due else 0
+        return self._hand_off(keep_open=self.grow) if due else 0
 
     def flush(self) -> int:
         """Commit every row added so far; returns when they are on disk, with the rows committed
         since the call began."""
         before = self.rows_written
-        self._hand_off()
+        self._hand_off(keep_open=self.grow)
         if self._thread is not None:
             self._queue.join()
         self._retry_failed()
@@ -211,7 +221,10 @@ class ShardWriter:
     def close(self) -> int:
         """Flush, then stop the writer thread; returns the rows committed by the final flush."""
         try:
-            return self.flush()
+            before = self.rows_written
+            self._hand_off()  # the open shard closed (grow) with the last rows
+            self.flush()
+            return self.rows_written - before
         finally:
             if self._thread is not None:
                 self._queue.put(None)
@@ -219,15 +232,20 @@ class ShardWriter:
                 self._thread = None
 
     # -- internals ------------------------------------------------------------------------------
-    def _hand_off(self) -> int:
+    def _hand_off(self, keep_open: bool = False) -> int:
         """Give the buffer a shard number and write it (inline) or queue it for the writer thread;
-        returns the rows written here (inline)."""
+        returns the rows written here (inline). `keep_open` (grow): the shard is written with the
+        rows it holds so far and stays open for more, under the same number."""
         with self._buffer_lock:
             if not self._buffer:
                 return 0
-            rows, seq = self._buffer, self._seq
+            rows, seq = self._open_rows + self._buffer, self._seq
             self._buffer, self._oldest = [], None
-            self._seq += 1
+            if keep_open and len(rows) < self.max_rows:
+                self._open_rows = rows
+            else:
+                self._open_rows = []
+                self._seq += 1
         if not self.background:
             try:
                 self._write(seq, rows)
@@ -264,15 +282,22 @@ class ShardWriter:
     def _write(self, seq: int, rows: list[Row], paced: bool = False) -> None:
         """One committed shard: encode, write under a temporary name, fsync, rename into place.
         `paced` (the writer thread): in pieces of about a millisecond with a pause after each, see
-        the module docstring."""
+        the module docstring. A version of a growing shard older than the one on disk (a failed
+        write retried after a later one) is not written again."""
+        with self._lock:
+            written = self._written.get(seq)
+        if written is not None and written >= len(rows):
+            return
         name = f"{self.shard_prefix}-{seq:05d}{SHARD_SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
         write_parquet(tmp, rows, self.schema, paced, self.to_table, self.dictionary_columns)
         final = self.directory / name
         commit_file(tmp, final)
         with self._lock:
-            self.files.append(final)
-            self.rows_written += len(rows)
+            if written is None:
+                self.files.append(final)
+            self._written[seq] = len(rows)
+            self.rows_written += len(rows) - (written or 0)
 
     def _retry_failed(self) -> None:
         """Write again, in this thread, the shards whose background write failed; raise if one

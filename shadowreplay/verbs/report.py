@@ -149,6 +149,11 @@ def _monthly_volume(args: argparse.Namespace) -> MonthlyVolume:
 def run(args: argparse.Namespace) -> int:
     if _is_sweep_dir(args.run_dir):
         return report_sweep(args)
+    if _is_unfinished_sweep(args.run_dir):
+        raise UserError(
+            f"{args.run_dir}: a sweep that did not finish (no curve.parquet); take it up with "
+            f"`shadowreplay sweep --resume {args.run_dir}`, or report one of its points (points/*)"
+        )
     slos = parse_slos(",".join(args.slo)) if args.slo else ()
     if args.check and not slos:
         raise UserError(f"--check needs at least one --slo to check (e.g. --slo {EXAMPLE}); nothing was checked")
@@ -211,6 +216,13 @@ def _is_sweep_dir(path: str | Path) -> bool:
     from shadowreplay.replay.schemas.run_dir import SweepDir
 
     return SweepDir(path).curve_path.is_file() and not RunDir(path).results_dir.is_dir()
+
+
+def _is_unfinished_sweep(path: str | Path) -> bool:
+    """A sweep directory without its curve: killed or interrupted before its end."""
+    from shadowreplay.replay.schemas.run_dir import POINTS_DIRNAME
+
+    return (Path(path) / POINTS_DIRNAME).is_dir() and not RunDir(path).results_dir.is_dir()
 
 
 def report_sweep(args: argparse.Namespace) -> int:

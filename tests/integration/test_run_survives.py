@@ -30,7 +30,8 @@ SCRIPT = Script(ttft_ms=20, itl_ms=15)  # each request streams for about 100 ms
 
 def finals(run_dir: Path) -> dict[tuple[str, str], dict]:
     """(request_id, target) -> its final row; asserts there is exactly one each."""
-    table = pq.read_table(run_dir / "results", columns=["request_id", "target", "final", "status", "worker", "segment"])
+    columns = ["request_id", "target", "final", "status", "worker", "segment", "scheduled_s"]
+    table = pq.read_table(run_dir / "results", columns=columns)
     rows = table.filter(table.column("final")).to_pylist()
     pairs = {(r["request_id"], r["target"]): r for r in rows}
     assert len(pairs) == len(rows), "two final rows for one pair"
@@ -72,6 +73,7 @@ def test_a_killed_worker_loses_only_what_was_in_flight_and_its_unsent_requests_g
     pids = wait_for_workers(2)
     time.sleep(5.0)
     kill(pids[0])
+    killed_at = time.time()
     code = run_to_end(process)
     text = output(tmp_path / "out.txt")
     run = tmp_path / "run"
@@ -81,11 +83,15 @@ def test_a_killed_worker_loses_only_what_was_in_flight_and_its_unsent_requests_g
     assert "cancelled" not in counts, (counts, text)
     lost = counts.get("worker_lost", 0)
     assert counts["ok"] + lost == REQUESTS, counts
-    # In flight when it died, or done within its last flush (2 s at 20 req/s per worker), at most.
-    assert lost <= 60, counts
+    # In flight when it died, or done within its last flush (2 s at 20 req/s per worker; more where the
+    # runner saw the death late: the requests due until then were the dead worker's), at most.
+    manifest = json.loads((run / "manifest.json").read_text())
+    killed_s = killed_at - manifest["segments"][0]["epoch"]
+    lost_scheduled = [r["scheduled_s"] for r in pairs.values() if r["status"] == "worker_lost"]
+    assert all(s >= killed_s - 3.0 for s in lost_scheduled), (killed_s, sorted(lost_scheduled)[:5])
+    assert lost <= 100, counts
     replaced = [r for r in pairs.values() if r["worker"] and ".r1" in r["worker"]]
     assert len(replaced) > 100, "the dead worker's unsent requests were sent by its replacement"
-    manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["counts"]["rows_by_status"] == counts
     (record,) = manifest["segments"][0]["lost_workers"]
     assert record["worker_lost"] == lost and record["replaced_by"].endswith(".r1")
@@ -271,7 +277,7 @@ def test_ctrl_c_during_start_up_exits_130_with_a_cancelled_row_for_every_request
     assert manifest["status"] == "interrupted" and manifest["counts"]["rows_by_status"] == by_status(pairs)
 
 
-def test_a_sweep_whose_driver_was_killed_resumes_reading_back_its_finished_points(tmp_path, server):
+def test_a_sweep_whose_driver_was_killed_resumes_reading_back_its_finished_points(tmp_path, server, capsys):
     """`sweep` SIGKILLed during its second load point; `sweep --resume` reads the first back from its rows,
     sets the unfinished one aside and measures it again, then goes on: the curve of an unbroken sweep."""
     log = write_log(tmp_path / "log.parquet", [log_row(i, i / 10, max_tokens=6) for i in range(40)])
@@ -288,6 +294,8 @@ def test_a_sweep_whose_driver_was_killed_resumes_reading_back_its_finished_point
     first = json.loads(next(sweep.glob("points/00-*/manifest.json")).read_text())
     assert json.loads((sweep / "manifest.json").read_text())["status"] == "running"
     assert not list(sweep.glob("points/01-*/manifest.json")), "killed before the point finished"
+    assert main(["report", str(sweep)]) == 2  # a sweep that did not finish: how to take it up
+    assert f"shadowreplay sweep --resume {sweep}" in capsys.readouterr().err
     deadline = time.monotonic() + 60
     while worker_pids() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -106,12 +106,43 @@ def test_an_old_buffer_is_handed_on_when_due(tmp_path):
     writer = result_writer(tmp_path, "w0", max_rows=1000, max_age_s=0.05, background=True)
     writer.add(result(0))
     writer.flush_if_due()
-    assert writer._seq == 0, "not due yet: still buffered"
+    writer.flush_if_due()
+    assert writer.buffered() == 1, "not due yet: still buffered"
     time.sleep(0.06)
     writer.flush_if_due()
-    assert writer._seq == 1
+    assert writer.buffered() == 0
     writer.close()
     assert len(read_rows(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_growing_shard_is_committed_when_due_and_rewritten_whole_until_it_is_full(tmp_path, background):
+    """Results every max_age_s into the same file until it holds max_rows: a slow run of days
+    leaves a file every max_rows rows, not every few seconds, and loses at most what is not yet due."""
+    writer = result_writer(tmp_path, "w0", max_rows=10, max_age_s=0.0, background=background)
+    rows = [result(i) for i in range(23)]
+    seen: list[list[int]] = []  # rows per shard on disk after each due flush
+    for row in rows:
+        writer.add(row)
+        writer.flush_if_due()
+        writer.flush() if background else None  # the writer thread done: what a reader sees now
+        shard_rows = [pq.read_metadata(p).num_rows for p in sorted((tmp_path / "results").glob("part-*.parquet"))]
+        seen.append(shard_rows)
+        assert sum(shard_rows) == len(seen), "every row added is committed once it is due"
+    assert seen[2] == [3] and seen[9] == [10] and seen[10] == [10, 1] and seen[-1] == [10, 10, 3]
+    writer.close()
+    assert read_rows(tmp_path) == rows
+    assert [p.name for p in writer.files] == [f"part-w0-{seq:05d}.parquet" for seq in range(3)]
+    assert writer.rows_written == 23
+    assert not list((tmp_path / "results").glob(".*.tmp"))
+
+
+def test_an_older_version_of_a_growing_shard_is_never_written_over_a_newer(tmp_path):
+    writer = result_writer(tmp_path, "w0", max_rows=10)
+    writer._write(0, [result(i) for i in range(4)])
+    writer._write(0, [result(i) for i in range(2)])  # a failed earlier version, retried late
+    assert [r["request_id"] for r in read_rows(tmp_path)] == [result(i)["request_id"] for i in range(4)]
+    assert writer.rows_written == 4 and len(writer.files) == 1
 
 
 def test_sliced_conversion_gives_the_same_table():
