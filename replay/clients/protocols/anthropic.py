@@ -110,7 +110,7 @@ _HANDLED = frozenset(
 )
 
 
-def _prompt_tokens(usage: dict) -> int | None:
+def anthropic_prompt_tokens(usage: dict) -> int | None:
     """All input tokens: uncached plus cache reads and cache writes (Anthropic counts them apart)."""
     parts = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
     if parts[0] is None:
@@ -265,7 +265,7 @@ class AnthropicMessages(WireProtocol):
             if not isinstance(message, dict):
                 raise WireProtocolError(f"message_start without a message: {event.data!r}")
             usage = message.get("usage")
-            return StreamEvent(usage=Usage(_prompt_tokens(usage), None)) if isinstance(usage, dict) else None
+            return StreamEvent(usage=Usage(anthropic_prompt_tokens(usage), None)) if isinstance(usage, dict) else None
         if kind == "message_delta":
             result = StreamEvent()
             delta = data.get("delta") or {}
@@ -273,7 +273,7 @@ class AnthropicMessages(WireProtocol):
                 result.finish_reason = STOP_REASONS.get(delta["stop_reason"], delta["stop_reason"])
             usage = data.get("usage")
             if isinstance(usage, dict):
-                result.usage = Usage(_prompt_tokens(usage), usage.get("output_tokens"))
+                result.usage = Usage(anthropic_prompt_tokens(usage), usage.get("output_tokens"))
             return result
         if kind == "message_stop":
             return StreamEvent(done=True)
