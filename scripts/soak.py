@@ -31,6 +31,7 @@ Only processes this script started (and their descendants) are signalled or samp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -335,8 +336,28 @@ def status_table(table: pa.Table, kinds: dict[str, str], fault_log: dict) -> boo
 
 
 # -- phase 1 -----------------------------------------------------------------------------------------
-def run_cli(args: list[str], out: Path, timeout_s: float) -> int:
+STARTED: list[subprocess.Popen] = []  # every CLI this script started, ended with it however it ends
+
+
+def start_replay(args: list[str], out: Path) -> subprocess.Popen:
+    """`shadowreplay ARGS` in its own process group (tests/support/run_processes.py), remembered."""
     process = start_cli(args, out)
+    STARTED.append(process)
+    return process
+
+
+def stop_started() -> None:
+    """SIGKILL the process group of every CLI still running (the script stopped early: Ctrl-C, an error)."""
+    for process in STARTED:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_cli(args: list[str], out: Path, timeout_s: float) -> int:
+    process = start_replay(args, out)
     try:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -352,7 +373,7 @@ def phase1(work: Path, server: Server, requests: int, rate: float, workers: int)
     schedule_s = requests / rate
     started = time.monotonic()
     out = work / "faults-replay.txt"
-    process = start_cli(
+    process = start_replay(
         ["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", str(workers)], out
     )
     pids = wait_for_workers(process.pid, workers, process)
@@ -403,7 +424,7 @@ def phase2(work: Path, server: Server, requests: int, rate: float, workers: int)
     schedule_s = requests / rate
     started = time.monotonic()
     out = work / "short-replay.txt"
-    process = start_cli(
+    process = start_replay(
         ["replay", str(log), "--target", str(target), "-o", str(run_dir), "--workers", str(workers)], out
     )
     wait_for_workers(process.pid, workers, process)
@@ -467,7 +488,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the logs and run directories here (default: a temp dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="soak-") as scratch, contextlib.ExitStack() as cleanup:
+        cleanup.callback(stop_started)
         work = args.workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         good = True
