@@ -604,7 +604,7 @@ class LoadSweep:
                         f"point {index} ({label}): finished in an earlier start, read back from {point_dir.path}"
                     )
                 return self._point_of(index, level, phase, repeat_of, point_dir)
-            self._set_aside(point_dir, label)
+            self._set_aside(point_dir)
         self._run_point(index, label, shape, sweep_point, point_dir)
         return self._point_of(index, level, phase, repeat_of, point_dir)
 
@@ -624,7 +624,7 @@ class LoadSweep:
             and manifest.sweep_point.model_dump() == json.loads(sweep_point.model_dump_json())
         )
 
-    def _set_aside(self, point_dir: RunDir, label: str) -> None:
+    def _set_aside(self, point_dir: RunDir) -> None:
         """Move an unfinished point's directory to SWEEP_DIR/discarded/ (kept, never read by the curve)."""
         discarded = self.sweep_dir / "discarded"
         discarded.mkdir(exist_ok=True)

@@ -13,27 +13,20 @@ is `cancelled` or `worker_lost`: RESUMABLE_STATUSES).
 `report` takes the final rows' counts from the check pass it makes anyway (analysis/data/run_data.py
 load_run, which refuses duplicate final rows) and finds torn shards by their footers
 (`unreadable_shards`), so the check costs no second read (`from_facts`). Alone (`of`, and `report`
-on a run it cannot read), the final rows' key columns are read one shard at a time and only counted:
-what is kept is a 64-bit hash of each final row's (request_id, target) (duplicates found by sorting
-them; equal hashes looked up exactly), so a run of millions of rows holds 8 bytes a final row and no
-Python object per row.
+on a run it cannot read), the final rows' key columns are read as `--resume` reads them
+(RunDir.scan_results), shards that cannot be read counted as torn.
 `lines()` are the warnings a user reads before any figure (empty for a complete run); summary.json
 keeps the whole model (`completeness`).
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, computed_field, model_serializer
 
@@ -41,9 +34,6 @@ from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import RESUMABLE_STATUSES
 from shadowreplay.replay.schemas.run_dir import MANIFEST_NAME, RunDir, RunDirError
 
-KEY_COLUMNS = ("request_id", "target", "final", "status")
-READ_THREADS = max(1, min(os.cpu_count() or 1, 4))
-"""Result shards read at once (pyarrow and polars release the GIL), each holding one shard's key columns."""
 MAX_REASON_CHARS = 160
 """A torn shard's reason is cut to this many characters in `lines()` (summary.json keeps it whole)."""
 CLOSED_LOOP_SHAPES = ("FixedConcurrency",)
@@ -99,8 +89,9 @@ class RunCompleteness(BaseModel):
     def of(cls, run_dir: RunDir) -> RunCompleteness:
         """The completeness of `run_dir`, from its manifest, plan shards and result shards (each read
         here: their key columns, one shard at a time)."""
-        keys = _FinalKeys.of(run_dir)
-        return cls.from_facts(run_dir, keys.by_status, len(keys.targets), keys.torn, keys.duplicates(run_dir))
+        scan = run_dir.scan_results()
+        targets = pc.count_distinct(scan.finals.column("target")).as_py()
+        return cls.from_facts(run_dir, scan.by_status(), targets, scan.torn, scan.duplicate_finals())
 
     @classmethod
     def from_facts(
@@ -238,52 +229,6 @@ class RunCompleteness(BaseModel):
         return text
 
 
-@dataclass
-class _FinalKeys:
-    """What the completeness needs of the final rows, read one result shard at a time (its key columns,
-    as RunDir.scan_results reads them; a shard that cannot be read is torn, as there): final rows by
-    status, the targets seen, and a 64-bit hash of each final row's (request_id, target), so memory holds
-    8 bytes a final row, not the run's request ids."""
-
-    by_status: Counter[str]
-    targets: set[str]
-    hashes: np.ndarray  # uint64, one per final row, sorted
-    torn: list[tuple[Path, str]]
-
-    @classmethod
-    def of(cls, run_dir: RunDir) -> _FinalKeys:
-        found = cls(Counter(), set(), np.empty(0, dtype=np.uint64), [])
-        hashes = [found.hashes]
-
-        def take(shard: Path, keys: pl.DataFrame | str) -> None:
-            if isinstance(keys, str):
-                found.torn.append((shard, keys))
-                return
-            hashes.append(keys.get_column("key").to_numpy())
-            found.targets.update(keys.get_column("target").unique().to_list())
-            found.by_status.update(dict(keys.group_by("status").len().iter_rows()))
-
-        with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="final-keys") as readers:
-            pending: deque[tuple[Path, Future[pl.DataFrame | str]]] = deque()
-            for shard in run_dir.result_shards():  # READ_THREADS shards read at once, taken in order
-                pending.append((shard, readers.submit(_shard_keys, shard)))
-                if len(pending) > READ_THREADS:
-                    done, future = pending.popleft()
-                    take(done, future.result())
-            while pending:
-                done, future = pending.popleft()
-                take(done, future.result())
-        found.hashes = np.sort(np.concatenate(hashes))
-        return found
-
-    def duplicates(self, run_dir: RunDir) -> int:
-        """Final rows beyond the first of their (request_id, target): two equal hashes are looked up
-        exactly (RunDir.scan_results), a rare path: a run with duplicates, or a collision."""
-        if not (self.hashes[1:] == self.hashes[:-1]).any():
-            return 0
-        return run_dir.scan_results().duplicate_finals()
-
-
 def unreadable_shards(run_dir: RunDir) -> list[tuple[Path, str]]:
     """The result shards whose Parquet footer cannot be read, and why: the torn ones, found without
     reading a column (a shard is committed whole or not at all, so only a damaged disk makes one)."""
@@ -294,20 +239,6 @@ def unreadable_shards(run_dir: RunDir) -> list[tuple[Path, str]]:
         except (OSError, pa.ArrowException) as exc:
             torn.append((shard, f"{type(exc).__name__}: {exc}"))
     return torn
-
-
-def _shard_keys(shard: Path) -> pl.DataFrame | str:
-    """A result shard's final rows as (key hash, target, status), or why the shard cannot be read."""
-    try:
-        table = pq.read_table(shard, columns=list(KEY_COLUMNS))
-    except (OSError, pa.ArrowException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finals = cast(pl.DataFrame, pl.from_arrow(table.filter(table.column("final"))))
-    return finals.select(
-        pl.struct(pl.col("request_id").cast(pl.String), pl.col("target").cast(pl.String)).hash().alias("key"),
-        pl.col("target").cast(pl.String),
-        pl.col("status").cast(pl.String),
-    )
 
 
 def _driver_finished(manifest: Manifest) -> bool:
