@@ -37,13 +37,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from shadowreplay.analysis.capacity.traffic_volume import LogVolume, TrafficVolume
 from shadowreplay.analysis.metrics.slo import Slo
 from shadowreplay.analysis.summary.traffic_stats import SECONDS_PER_MONTH
 from shadowreplay.errors import UserError
-from shadowreplay.replay.schemas.traffic_log import arrival_time_ranges, open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import TrafficLog, open_traffic_log
 
 SUB_BINS = 10  # window steps per window length
 OVERLOAD = 0.10  # the overload the default window lets the SLO notice (default_window_s)
@@ -147,12 +146,12 @@ def sliding_peaks(sub_counts: np.ndarray, sub_bins: int) -> np.ndarray:
 BATCH_ROWS = 1 << 20  # rows read at a time: the pass holds one batch of three columns, not the log
 
 
-def _arrival_counts(pf: pq.ParquetFile, sub_us: int) -> tuple[int, int, int, int, int, np.ndarray]:
+def _arrival_counts(pf: TrafficLog, sub_us: int) -> tuple[int, int, int, int, int, np.ndarray]:
     """(rows, first and last arrival in us, prompt and completion tokens, arrivals per sub-bin of `sub_us`
     from the first arrival), in one pass over the three columns, batch by batch (numpy's bincount of each
     batch's sub-bins). The first arrival comes from the row groups' statistics where the file has them,
     else from a pass over arrival_time alone."""
-    ranges = arrival_time_ranges(pf) if pf.schema_arrow.field("arrival_time").type.unit == "us" else None
+    ranges = pf.arrival_time_ranges() if pf.schema_arrow.field("arrival_time").type.unit == "us" else None
     known = [r for r in ranges or [] if r is not None]
     if ranges is not None and known:
         first = min(low for low, _ in known)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from shadowreplay.replay.schemas.traffic_log import open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import COLUMNS, open_traffic_log
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
 PERCENTILES = (50, 90, 99)
@@ -127,8 +127,10 @@ def _stats(frame: pl.LazyFrame) -> dict:
 def traffic_stats(path: str | Path) -> dict:
     """Statistics of the traffic log at `path` (checked for its schema first), with a per-tag
     breakdown when any row has a tag."""
-    open_traffic_log(path)  # raises TrafficLogError for a file that is not a traffic log
-    frame = pl.scan_parquet(path).sort("arrival_time", maintain_order=True)  # ties: file order
+    log = open_traffic_log(path)  # raises TrafficLogError for a file that is not a traffic log
+    # A capture's directory: its shards in name order, the contract's columns of each (ties: file order)
+    shards = [pl.scan_parquet(shard).select(COLUMNS) for shard in log.paths]
+    frame = pl.concat(shards).sort("arrival_time", maintain_order=True)
     stats = _stats(frame)
     stats["definitions"] = __doc__.split("Definitions\n", 1)[1].strip()
     tags = frame.select(pl.col("tag").drop_nulls().unique()).collect().to_series().sort().to_list()

@@ -34,11 +34,10 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.durations import DurationError, parse_duration_s
-from shadowreplay.replay.schemas.traffic_log import arrival_time_ranges, open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import TrafficLog, open_traffic_log
 
 
 class PlanError(ShadowReplayError, ValueError):
@@ -119,7 +118,7 @@ def select_rows(
     return table
 
 
-def _read_selected(pf: pq.ParquetFile, window: Window | None, limit: int | None) -> pa.Table:
+def _read_selected(pf: TrafficLog, window: Window | None, limit: int | None) -> pa.Table:
     """select_rows with a window or a limit, reading only the row groups that can hold its rows.
 
     The result is the one of sorting the whole log and then filtering and slicing it: the window
@@ -127,8 +126,8 @@ def _read_selected(pf: pq.ParquetFile, window: Window | None, limit: int | None)
     group is skipped only when that (monotone) expression on its statistics' min/max puts every
     one of its rows outside."""
     if limit is not None and limit <= 0:
-        return pf.schema_arrow.empty_table()
-    ranges = arrival_time_ranges(pf)
+        return pf.empty_table()
+    ranges = pf.arrival_time_ranges()
     times: dict[int, np.ndarray] = {}
     if ranges is None:  # no usable statistics: one read of the arrival_time column alone
         column = pf.read(columns=["arrival_time"]).column("arrival_time")
@@ -137,14 +136,14 @@ def _read_selected(pf: pq.ParquetFile, window: Window | None, limit: int | None)
         all_times = column.cast(pa.int64()).to_numpy()
         ranges = []
         at = 0
-        for g in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
+        for g in range(pf.num_row_groups):
+            n = pf.row_group_rows(g)
             times[g] = all_times[at : at + n]
             ranges.append((int(times[g].min()), int(times[g].max())) if n else None)
             at += n
     nonempty = [(r, g) for g, r in enumerate(ranges) if r is not None]
     if not nonempty:
-        return pf.schema_arrow.empty_table()
+        return pf.empty_table()
     first = np.int64(min(r[0] for r, _ in nonempty))
 
     def inside(micros: np.ndarray) -> np.ndarray:
@@ -191,7 +190,7 @@ def _read_selected(pf: pq.ParquetFile, window: Window | None, limit: int | None)
         for g, start, end in zip(groups, starts, ends, strict=True)
     ]
     if not pieces:
-        return pf.schema_arrow.empty_table()
+        return pf.empty_table()
     # Pieces in file order, so the stable sort orders equal times as the whole log's sort does.
     table = pa.concat_tables(pieces).sort_by([("arrival_time", "ascending")])
     return table.slice(0, limit) if limit is not None else table

@@ -52,12 +52,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.requests.prompt_synthesis import PromptSynthesisError, load_hf_tokenizer
-from shadowreplay.replay.schemas.shards import is_committed_shard
-from shadowreplay.replay.schemas.traffic_log import TrafficLogError, open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import TrafficLog, open_traffic_log
 from shadowreplay.replay.targets.config import TargetConfig
 from shadowreplay.replay.targets.vllm_replicas import flag_value
 
@@ -362,17 +360,7 @@ class _LogScan:
     sampled: bool
 
 
-def _log_files(log: Path) -> list[Path]:
-    """The Parquet file `log`, or the committed shards of the directory `log`, by name."""
-    if not log.is_dir():
-        return [log]
-    shards = sorted(p for p in log.iterdir() if p.is_file() and is_committed_shard(p))
-    if not shards:
-        raise TrafficLogError(f"{log}: a directory without Parquet shards")
-    return shards
-
-
-def _chat_mask(pf: pq.ParquetFile, request_ids: pa.Array | None) -> np.ndarray:
+def _chat_mask(pf: TrafficLog, request_ids: pa.Array | None) -> np.ndarray:
     """Which rows of the file are chat rows (among `request_ids` where given), read from two columns."""
     table = pf.read(columns=["request_id", "api"])
     mask = pc.fill_null(pc.equal(table.column("api"), "chat"), False)
@@ -388,11 +376,11 @@ def _sample_positions(total: int, max_requests: int | None) -> np.ndarray | None
     return (np.arange(max_requests, dtype=np.int64) * total) // max_requests
 
 
-def _selected_batches(pf: pq.ParquetFile, mask: np.ndarray) -> Iterator[tuple[int, pa.RecordBatch]]:
+def _selected_batches(pf: TrafficLog, mask: np.ndarray) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row index, batch of request_id, messages, params) of the row groups holding selected rows."""
     start = 0
-    for group in range(pf.metadata.num_row_groups):
-        rows = pf.metadata.row_group(group).num_rows
+    for group in range(pf.num_row_groups):
+        rows = pf.row_group_rows(group)
         if mask[start : start + rows].any():
             offset = start
             for batch in pf.iter_batches(
@@ -435,45 +423,45 @@ def structure_of(messages: list[dict[str, Any]], tools: list[Any] | None) -> Str
 def _scan_log(log: Path, request_ids: Collection[str] | None, max_requests: int | None) -> _LogScan:
     """Every selected chat row's structure, and the parsed rows of the sample, in log order."""
     ids = pa.array(sorted(set(request_ids)), type=pa.string()) if request_ids is not None else None
-    files = [(pf, _chat_mask(pf, ids)) for pf in (open_traffic_log(p) for p in _log_files(log))]
-    total = sum(int(mask.sum()) for _, mask in files)
+    log_file = open_traffic_log(log)
+    mask = _chat_mask(log_file, ids)
+    total = int(mask.sum())
     picks = _sample_positions(total, max_requests)
     structures: dict[StructureKey, _Structure] = {}
     rows: list[_Row] = []
     chat = without = 0
     position = 0  # among selected chat rows
-    for pf, mask in files:
-        for offset, batch in _selected_batches(pf, mask):
-            selected = np.flatnonzero(mask[offset : offset + batch.num_rows])
-            if not selected.size:
+    for offset, batch in _selected_batches(log_file, mask):
+        selected = np.flatnonzero(mask[offset : offset + batch.num_rows])
+        if not selected.size:
+            continue
+        request_column = batch.column("request_id").to_pylist()
+        messages_column = batch.column("messages").to_pylist()
+        params_column = batch.column("params").to_pylist()
+        keep = np.ones(selected.size, dtype=bool)
+        if picks is not None:
+            keep = np.isin(np.arange(position, position + selected.size), picks, assume_unique=True)
+        position += selected.size
+        for index, sampled in zip(selected.tolist(), keep.tolist()):
+            if messages_column[index] is None:
+                without += 1
                 continue
-            request_column = batch.column("request_id").to_pylist()
-            messages_column = batch.column("messages").to_pylist()
-            params_column = batch.column("params").to_pylist()
-            keep = np.ones(selected.size, dtype=bool)
-            if picks is not None:
-                keep = np.isin(np.arange(position, position + selected.size), picks, assume_unique=True)
-            position += selected.size
-            for index, sampled in zip(selected.tolist(), keep.tolist()):
-                if messages_column[index] is None:
-                    without += 1
-                    continue
-                chat += 1
-                request_id = str(request_column[index])
-                try:
-                    messages, tools = parse_chat(messages_column[index], params_column[index])
-                except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                    unparseable = _count(structures, _UNPARSEABLE_KEY, request_id)
-                    if unparseable.error is None:
-                        json_error = isinstance(exc, json.JSONDecodeError)
-                        unparseable.error = _one_line(f"{type(exc).__name__}: {exc}" if json_error else str(exc))
-                    continue
-                row = _Row(request_id, messages, tools, structure_of(messages, tools))
-                structure = _count(structures, row.key, request_id)
-                if structure.representative is None:
-                    structure.representative = row
-                if sampled:
-                    rows.append(row)
+            chat += 1
+            request_id = str(request_column[index])
+            try:
+                messages, tools = parse_chat(messages_column[index], params_column[index])
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                unparseable = _count(structures, _UNPARSEABLE_KEY, request_id)
+                if unparseable.error is None:
+                    json_error = isinstance(exc, json.JSONDecodeError)
+                    unparseable.error = _one_line(f"{type(exc).__name__}: {exc}" if json_error else str(exc))
+                continue
+            row = _Row(request_id, messages, tools, structure_of(messages, tools))
+            structure = _count(structures, row.key, request_id)
+            if structure.representative is None:
+                structure.representative = row
+            if sampled:
+                rows.append(row)
     return _LogScan(structures, rows, chat, without, picks is not None)
 
 
