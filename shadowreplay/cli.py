@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from shadowreplay import __version__
 from shadowreplay.errors import ShadowReplayError
 
-VERBS = ("ingest", "inspect", "replay", "report", "sweep", "capacity", "shadow", "gate", "locust", "demo")
+VERBS = ("ingest", "inspect", "replay", "report", "sweep", "capacity", "shadow", "gate", "locust", "capture", "demo")
 
 
 def build_parser(verbs: Sequence[str] = VERBS) -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ passed them on, into one traffic-log row with production's own timings.
 The proxy (replay/capture/proxy.py) owns the sockets and the clock; a `CapturedExchange` is made
 from the request (its path, headers and body), fed each response chunk with the moment it was
 passed on, and finished with the status: `row()` is then the traffic-log row (replay/schemas/
-traffic_log.py) plus `prod_ttft_ms`, `prod_e2e_ms` and `prod_status` (CAPTURE_COLUMNS). What it
+traffic_log.py) plus `prod_ttft_ms`, `prod_e2e_ms`, `prod_status` and `prod_http_status`
+(CAPTURE_COLUMNS). The chunks are only kept while the response streams (the proxy's event loop
+does nothing else with them) and read when the row is made, in the recorder's thread. What it
 reads of the response, through the same SSE parser and wire protocols the replay clients use
 (replay/clients/sse.py, replay/clients/protocols/): the answer text (`response_text`), production's
 usage as token counts, the first output token's time. Requests it does not record (other paths,
@@ -33,8 +35,13 @@ from shadowreplay.replay.clients.protocols.anthropic import anthropic_prompt_tok
 from shadowreplay.replay.clients.protocols.base import WireProtocolError
 from shadowreplay.replay.clients.sse import SSEParser
 
-CAPTURE_COLUMNS = ("prod_ttft_ms", "prod_e2e_ms", "prod_status")
-"""Production's own timings, beside the traffic log's columns (readers ignore columns they do not know)."""
+CAPTURE_COLUMNS = ("prod_ttft_ms", "prod_e2e_ms", "prod_status", "prod_http_status")
+"""Production's own timings and outcome, beside the traffic log's columns (readers ignore columns they do
+not know). `prod_status` is in the results' vocabulary (replay/schemas/results.py STATUSES), so that
+`--baseline production` reads production as it reads a replayed side: `ok` (a whole answer),
+`http_error` (the upstream answered 4xx/5xx), `connection_error` (the upstream could not be reached),
+`stream_error` (its answer broke off), `cancelled` (the client left first); `prod_http_status` is the
+status line the client got (502 and 499 where the proxy answered or the client left)."""
 
 ROUTES: dict[str, tuple[str, type[WireProtocol]]] = {
     "/chat/completions": ("chat", OpenAIChat),
@@ -139,6 +146,9 @@ class CapturedExchange:
     received_s: float  # monotonic, when the request was read
     fields: CaptureFields = field(default_factory=CaptureFields)
     status: int | None = None
+    broken: str | None = None  # the proxy's word when the exchange did not end normally (CAPTURE_COLUMNS)
+    sampled: bool = True  # kept by the capture's sampling (decided when the request arrived)
+    request_id: str = field(default="", init=False)
     first_token_s: float | None = None
     done_s: float | None = None
     _parsed: dict[str, Any] | None = field(default=None, init=False)
@@ -148,6 +158,8 @@ class CapturedExchange:
     _streamed: bool = field(default=False, init=False)
     _decoder: Any = field(default=None, init=False)  # zlib decompressor of a compressed response
     _unreadable: bool = field(default=False, init=False)  # an encoding we do not read: no answer recorded
+    _chunks: list[tuple[bytes, float]] = field(default_factory=list, init=False)  # as passed on, with when
+    _response_read: bool = field(default=False, init=False)
     _plain: list[bytes] = field(default_factory=list, init=False)  # a response that is not a stream
     _text: list[str] = field(default_factory=list, init=False)
     _prompt_tokens: int | None = field(default=None, init=False)
@@ -155,6 +167,7 @@ class CapturedExchange:
 
     def __post_init__(self) -> None:
         self.headers = {name: value for name, value in self.headers.items() if name not in KEY_HEADERS}
+        self.request_id = self.headers.get("x-request-id") or uuid.uuid4().hex
         self._route = route_of(self.path)
         if self._route is None:
             return
@@ -184,19 +197,38 @@ class CapturedExchange:
             self._unreadable = True
 
     def feed(self, chunk: bytes, now_s: float) -> None:
-        """A response chunk as it was passed on to the client, at `now_s`."""
-        if not self.recordable or self._unreadable:
+        """A response chunk as it was passed on to the client, at `now_s`: kept, read later (`row`), so the
+        proxy's event loop spends nothing on it beyond a list append."""
+        if self.recordable and not self._unreadable:
+            self._chunks.append((chunk, now_s))
+
+    def finish(self, now_s: float) -> None:
+        """The response ended (its last byte passed on, or the upstream's connection lost) at `now_s`."""
+        self.done_s = now_s
+
+    def _read_response(self) -> None:
+        """The kept chunks read, once: decoded, parsed as SSE events through the wire protocol (answer,
+        usage, the first output token's time: the time its chunk was passed on), or as a JSON body."""
+        if self._response_read:
             return
-        if self._decoder is not None:
-            try:
-                chunk = self._decoder.decompress(chunk)
-            except zlib.error:
-                self._unreadable = True
-                return
-        if self._sse is None:
-            self._plain.append(chunk)
-            return
-        assert self._protocol is not None
+        self._response_read = True
+        for chunk, at_s in self._chunks:
+            if self._decoder is not None:
+                try:
+                    chunk = self._decoder.decompress(chunk)
+                except zlib.error:
+                    self._unreadable = True
+                    break
+            if self._sse is None:
+                self._plain.append(chunk)
+            else:
+                self._read_events(chunk, at_s)
+        self._chunks = []
+        if self._sse is None and self._plain and not self._unreadable and self.status is not None and self.status < 400:
+            self._read_plain(b"".join(self._plain))
+
+    def _read_events(self, chunk: bytes, at_s: float) -> None:
+        assert self._sse is not None and self._protocol is not None
         for event in self._sse.feed(chunk):
             try:
                 found = self._protocol.interpret(event)
@@ -205,18 +237,12 @@ class CapturedExchange:
             if found is None:
                 continue
             if found.carries_output and found.output_text and self.first_token_s is None:
-                self.first_token_s = now_s
+                self.first_token_s = at_s
             if found.content:
                 self._text.append(found.content)
             if found.usage is not None:
                 self._prompt_tokens = found.usage.prompt_tokens or self._prompt_tokens
                 self._completion_tokens = found.usage.completion_tokens or self._completion_tokens
-
-    def finish(self, now_s: float) -> None:
-        """The response ended (its last byte passed on, or the upstream's connection lost) at `now_s`."""
-        self.done_s = now_s
-        if self.recordable and self._sse is None and self._plain and self.status is not None and self.status < 400:
-            self._read_plain(b"".join(self._plain))
 
     def _read_plain(self, body: bytes) -> None:
         """A response that is not a stream: the answer and usage of an OpenAI or Anthropic JSON body."""
@@ -240,8 +266,8 @@ class CapturedExchange:
         self._text = [text] if isinstance(text, str) else []
         self._prompt_tokens, self._completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
 
-    def row(self) -> dict[str, Any]:
-        """The traffic-log row with production's timings (call after `finish`)."""
+    def request_fields(self) -> dict[str, Any]:
+        """The request's own columns of its traffic-log row (known when it arrives: what `--mirror` sends)."""
         assert self._parsed is not None and self._route is not None, "not a recordable exchange"
         body = self._parsed
         api, protocol = self._route
@@ -251,26 +277,39 @@ class CapturedExchange:
             messages = body.get("messages") if api == "chat" else None
         prompt = body.get("prompt") if api == "completions" else None
         params = {k: v for k, v in body.items() if k not in DROPPED_PARAMS}
-        ok = self.status is not None and self.status < 400
         return {
-            "request_id": self.headers.get("x-request-id") or uuid.uuid4().hex,
+            "request_id": self.request_id,
             "arrival_time": self.arrival_us,
-            "session_id": self.fields.session_of(self.headers, body),
+            "session_id": self.session_id,
             "api": api,
             "messages": json.dumps(messages, ensure_ascii=False) if messages is not None else None,
             "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt) if prompt is not None else None,
             "params": json.dumps(params, ensure_ascii=False) if params else None,
-            "prompt_tokens": _count(self._prompt_tokens),
-            "completion_tokens": _count(self._completion_tokens),
             "prefix_block_ids": None,
             "tag": self.fields.tag_of(self.headers, body, self.path),
+        }
+
+    @property
+    def session_id(self) -> str | None:
+        return self.fields.session_of(self.headers, self._parsed) if self._parsed is not None else None
+
+    def row(self) -> dict[str, Any]:
+        """The traffic-log row with production's timings (call after `finish`; the recorder's thread
+        does: the response is read here)."""
+        self._read_response()
+        ok = self.status is not None and self.status < 400
+        return {
+            **self.request_fields(),
+            "prompt_tokens": _count(self._prompt_tokens),
+            "completion_tokens": _count(self._completion_tokens),
             "response_text": "".join(self._text)
             if ok and not self._unreadable and (self._text or self._streamed)
             else None,
             "reference": None,
             "prod_ttft_ms": _ms(self.first_token_s, self.received_s),
             "prod_e2e_ms": _ms(self.done_s, self.received_s),
-            "prod_status": self.status,
+            "prod_status": self.broken or ("ok" if ok else "http_error"),
+            "prod_http_status": self.status,
         }
 
 

@@ -13,8 +13,9 @@ stay compressed). Every path is proxied (`/v1/models`, `/health`, ...); only rec
 When the upstream cannot be reached the client gets a 502 with an OpenAI-shaped JSON error naming
 the upstream and the reason (`upstream_unavailable`), never a traceback. When a stream breaks after
 it began (the upstream's connection lost, or the client gone), the response is cut where it broke,
-as a direct connection would be, and the exchange is recorded with `prod_status` 502 (upstream) or
-499 (the client closed the request, nginx's convention).
+as a direct connection would be, and the exchange is recorded with `prod_http_status` 502 (upstream)
+or 499 (the client closed the request, nginx's convention) and `prod_status` `stream_error` or
+`cancelled` (`connection_error` where the upstream could not be reached).
 
 The recorder is called in the proxy's event loop after the response ended, so it must only queue
 (replay/capture's recorder hands rows to the one shard writer's background thread).
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from shadowreplay.replay.capture.exchange import CapturedExchange, CaptureFields
 
@@ -48,6 +50,8 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+"""Headers aiohttp's client would add to a request that lacks them: skipped, the request goes on as sent."""
 UPSTREAM_LOST_STATUS = 502
 CLIENT_CLOSED_STATUS = 499
 CONNECT_TIMEOUT_S = 10.0
@@ -74,11 +78,13 @@ class ProxyCounts:
 @dataclass
 class CaptureProxy:
     """Serves `app()`; each request goes to `upstream` (scheme, host and any path prefix: the request's
-    path is appended); `record` gets each finished exchange of a recorded API."""
+    path is appended); `admit` each exchange of a recorded API when its request arrived, before it is
+    passed on; `record` each finished one."""
 
     upstream: str
     record: Callable[[CapturedExchange], None]
     fields: CaptureFields = field(default_factory=CaptureFields)
+    admit: Callable[[CapturedExchange], None] | None = None  # a recordable request arrived (sampling, mirror)
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     counts: ProxyCounts = field(default_factory=ProxyCounts)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
@@ -106,7 +112,13 @@ class CaptureProxy:
     async def _start(self, app: web.Application) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=None)
         connector = aiohttp.TCPConnector(limit=0)  # production's concurrency is the client's, not ours
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            auto_decompress=False,  # compressed bodies pass on compressed
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another's request
+            skip_auto_headers=AUTO_HEADERS,  # no header the client did not send
+        )
 
     async def _stop(self, app: web.Application) -> None:
         if self._session is not None:
@@ -133,7 +145,9 @@ class CaptureProxy:
             received_s=time.monotonic(),
             fields=self.fields,
         )
-        url = self.upstream.rstrip("/") + request.rel_url.raw_path_qs
+        if self.admit is not None and exchange.recordable:
+            self.admit(exchange)
+        url = URL(self.upstream.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)  # as sent, not requoted
         response: web.StreamResponse | None = None
         try:
             async with session.request(
@@ -158,21 +172,21 @@ class CaptureProxy:
                 await response.write_eof()
         except ConnectionResetError:  # the client went away mid-response: nothing left to answer
             self.counts.client_closed += 1
-            exchange.status = CLIENT_CLOSED_STATUS
+            exchange.status, exchange.broken = CLIENT_CLOSED_STATUS, "cancelled"
             if request.transport is not None:
                 request.transport.abort()
             return response if response is not None else web.Response(status=CLIENT_CLOSED_STATUS)
         except asyncio.CancelledError:  # the server stopping (or the client gone, where it cancels handlers)
             self.counts.client_closed += 1
-            exchange.status = CLIENT_CLOSED_STATUS
+            exchange.status, exchange.broken = CLIENT_CLOSED_STATUS, "cancelled"
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             if response is None:  # nothing sent yet: the client gets a clean error
                 self.counts.upstream_unavailable += 1
-                exchange.status = UPSTREAM_LOST_STATUS
+                exchange.status, exchange.broken = UPSTREAM_LOST_STATUS, "connection_error"
                 return self._unavailable(exc)
             self.counts.upstream_lost += 1  # the stream broke after it began: cut it, as the upstream did
-            exchange.status = UPSTREAM_LOST_STATUS
+            exchange.status, exchange.broken = UPSTREAM_LOST_STATUS, "stream_error"
             if request.transport is not None:
                 request.transport.abort()  # no clean end of the body: the client sees the break
             return response

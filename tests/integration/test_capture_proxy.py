@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from shadowreplay.replay.capture.exchange import CapturedExchange, CaptureFields
 from shadowreplay.replay.capture.proxy import CaptureProxy
@@ -116,7 +117,10 @@ class Upstream:
         )
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "scripted"}]})
+        self.seen.append({"headers": dict(request.headers), "raw_path": request.raw_path})
+        response = web.json_response({"object": "list", "data": [{"id": "scripted"}]})
+        response.set_cookie("upstream-session", "for-the-first-client-only")
+        return response
 
 
 async def serve(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
@@ -134,7 +138,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def fetch(session: aiohttp.ClientSession, method: str, url: str, **options: Any) -> dict[str, Any]:
+async def fetch(session: aiohttp.ClientSession, method: str, url: str | URL, **options: Any) -> dict[str, Any]:
     """A request's status, headers, body bytes and when its first and last chunks arrived."""
     started = time.monotonic()
     first = None
@@ -214,7 +218,8 @@ def test_a_streamed_chat_passes_through_byte_for_byte_as_it_streams_and_becomes_
         "temperature": 0.2,
     }
     assert row["response_text"] == "Hello there, friend."
-    assert (row["prompt_tokens"], row["completion_tokens"], row["prod_status"]) == (17, 4, 200)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["prod_status"]) == (17, 4, "ok")
+    assert row["prod_http_status"] == 200
     # The first token is the second event (the first only names the role): one gap after the request.
     assert GAP_S * 0.8 <= row["prod_ttft_ms"] / 1000 < row["prod_e2e_ms"] / 1000
     assert row["prod_e2e_ms"] / 1000 >= streamed_s * 0.9
@@ -280,8 +285,33 @@ def test_a_429_passes_through_with_its_headers_and_other_paths_are_proxied_unrec
     assert models["status"] == 200 and json.loads(models["body"])["data"][0]["id"] == "scripted"
     (exchange,) = recorded  # /v1/models is not an exchange to replay
     row = exchange.row()
-    assert row["prod_status"] == 429 and row["response_text"] is None and row["prod_ttft_ms"] is None
+    assert (
+        (row["prod_status"], row["prod_http_status"]) == ("http_error", 429)
+        and row["response_text"] is None
+        and row["prod_ttft_ms"] is None
+    )
     assert proxy.counts.requests == 2 and proxy.counts.recorded == 1
+
+
+def test_requests_go_on_as_sent_no_header_added_no_cookie_kept_the_path_not_requoted():
+    """The proxy's own HTTP client adds nothing: no User-Agent or Accept the client did not send, no
+    cookie one client's response set on another client's request, the path and query byte for byte."""
+    path = "/v1/models?name=a%2Fb&q=%7Ex+y&empty="
+
+    async def scenario(session, up_url, proxy_url, proxy):
+        raw = URL(f"{proxy_url}{path}", encoded=True)  # our client must not requote it either
+        first = await fetch(session, "GET", raw, skip_auto_headers=["User-Agent", "Accept"])
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as other:
+            second = await fetch(other, "GET", f"{proxy_url}/v1/models", headers={"User-Agent": "client/2"})
+        return first, second
+
+    (first, second), _, upstream, _ = run_with_proxy(scenario)
+    assert first["status"] == second["status"] == 200
+    assert "upstream-session=for-the-first-client-only" in first["headers"]["Set-Cookie"]  # passed back
+    sent_first, sent_second = upstream.seen
+    assert sent_first["raw_path"] == path
+    assert "User-Agent" not in sent_first["headers"] and "Accept" not in sent_first["headers"]
+    assert sent_second["headers"]["User-Agent"] == "client/2" and "Cookie" not in sent_second["headers"]
 
 
 def test_an_upstream_that_is_down_gives_one_clean_502_and_a_cut_stream_is_cut():
@@ -298,7 +328,8 @@ def test_an_upstream_that_is_down_gives_one_clean_502_and_a_cut_stream_is_cut():
         and dead in error["message"]
         and "Traceback" not in answer["body"].decode()
     )
-    assert recorded[0].row()["prod_status"] == 502 and proxy.counts.upstream_unavailable == 1
+    assert recorded[0].row()["prod_status"] == "connection_error" and recorded[0].row()["prod_http_status"] == 502
+    assert proxy.counts.upstream_unavailable == 1
 
     async def cut(session, up_url, proxy_url, proxy):
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -306,7 +337,11 @@ def test_an_upstream_that_is_down_gives_one_clean_502_and_a_cut_stream_is_cut():
 
     _, recorded, _, proxy = run_with_proxy(cut)
     row = recorded[0].row()
-    assert row["prod_status"] == 502 and row["response_text"] is None and proxy.counts.upstream_lost == 1
+    assert (
+        (row["prod_status"], row["prod_http_status"]) == ("stream_error", 502)
+        and row["response_text"] is None
+        and proxy.counts.upstream_lost == 1
+    )
 
 
 def test_a_key_header_cannot_be_chosen_as_the_session_or_tag():
@@ -326,4 +361,4 @@ def test_a_client_that_leaves_mid_stream_is_recorded_as_499():
 
     _, recorded, _, proxy = run_with_proxy(scenario)
     assert proxy.counts.client_closed == 1
-    assert recorded[0].row()["prod_status"] == 499
+    assert (recorded[0].row()["prod_status"], recorded[0].row()["prod_http_status"]) == ("cancelled", 499)

@@ -36,8 +36,10 @@ def test_a_plain_anthropic_answer_with_cache_tokens():
     found.finish(10.25)
     row = found.row()
     assert row["response_text"] == "Hello" and (row["prompt_tokens"], row["completion_tokens"]) == (43, 2)
-    assert row["prod_e2e_ms"] == 250.0 and row["prod_ttft_ms"] is None and row["prod_status"] == 200
-    assert row["arrival_time"] == 1_700_000_000_000_000 and len(row["request_id"]) == 32
+    assert row["prod_e2e_ms"] == 250.0 and row["prod_ttft_ms"] is None and row["prod_status"] == "ok"
+    assert (
+        row["prod_http_status"] == 200 and row["arrival_time"] == 1_700_000_000_000_000 and len(row["request_id"]) == 32
+    )
 
 
 def test_malformed_events_are_passed_over_and_the_rest_recorded():
@@ -55,7 +57,7 @@ def test_an_encoding_it_cannot_read_records_no_answer():
     found.response_started(200, "application/json", "br")
     found.feed(b"\x8b\x02\x80binary", 10.1)
     found.finish(10.2)
-    assert found.row()["response_text"] is None and found.row()["prod_status"] == 200
+    assert found.row()["response_text"] is None and found.row()["prod_status"] == "ok"
 
 
 def test_key_headers_are_never_kept_and_fields_come_from_headers_or_the_body():
@@ -67,4 +69,5 @@ def test_key_headers_are_never_kept_and_fields_come_from_headers_or_the_body():
     found.response_started(500, "application/json")
     found.finish(10.3)
     row = found.row()
-    assert (row["tag"], row["session_id"], row["prod_status"], row["response_text"]) == ("search", "7", 500, None)
+    assert (row["tag"], row["session_id"], row["prod_http_status"], row["response_text"]) == ("search", "7", 500, None)
+    assert row["prod_status"] == "http_error"

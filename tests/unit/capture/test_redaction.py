@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,16 @@ def test_without_a_tokenizer_the_drift_stays_small(hf_tokenizer):
 
 def test_every_builtin_rule_has_samples():
     assert set(SAMPLES) == set(BUILTIN_RULES)
+
+
+def test_the_example_rules_file_loads_and_applies():
+    example = Path(__file__).resolve().parents[3] / "configs" / "redaction.example.yaml"
+    redactor = Redactor.from_file(example)
+    assert redactor.names == ["email", "thai_national_id", "card", "iban", "phone", "employee_id", "order_number"]
+    text = redactor.text("EMP-123456 asked about Order #123456789 from a@b.co")
+    assert (
+        "123456" not in text
+        and "a@b.co" not in text
+        and len(text) == len("EMP-123456 asked about Order #123456789 from a@b.co")
+    )
+    assert redactor.counts == {"employee_id": 1, "order_number": 1, "email": 1}

@@ -54,13 +54,13 @@ def test_parts_a_merged_shard_covers_are_not_read(tmp_path):
     """A crash between a rotation's merge and the deletion of its parts leaves both: rows once."""
     directory = tmp_path / "capture"
     directory.mkdir()
-    make_log(directory / "capture-20261203T100000Z-00000.parquet", [0, 1], row_group_size=10)
-    make_log(directory / "capture-20261203T100000Z-00001.parquet", [2, 3], row_group_size=10)
-    make_log(directory / "capture-20261203T100000Z.parquet", [0, 1, 2, 3], row_group_size=10)
-    make_log(directory / "capture-20261203T101000Z-00000.parquet", [5], row_group_size=10)  # not merged yet
-    (directory / ".capture-20261203T101000Z-00001.parquet.tmp").write_bytes(b"half a file")
+    make_log(directory / "capture-20261203T100000.000Z-00000.parquet", [0, 1], row_group_size=10)
+    make_log(directory / "capture-20261203T100000.000Z-00001.parquet", [2, 3], row_group_size=10)
+    make_log(directory / "capture-20261203T100000.000Z.parquet", [0, 1, 2, 3], row_group_size=10)
+    make_log(directory / "capture-20261203T101000.000Z-00000.parquet", [5], row_group_size=10)  # not merged yet
+    (directory / ".capture-20261203T101000.000Z-00001.parquet.tmp").write_bytes(b"half a file")
     names = [p.name for p in log_files(directory)]
-    assert names == ["capture-20261203T100000Z.parquet", "capture-20261203T101000Z-00000.parquet"]
+    assert names == ["capture-20261203T100000.000Z.parquet", "capture-20261203T101000.000Z-00000.parquet"]
     assert open_traffic_log(directory).num_rows == 5
 
 
