@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=500.0)
     parser.add_argument("--soak-s", type=float, default=60.0, help="the issue's target: 600")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--keep", action="store_true", help="keep the capture's directory (else removed)")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r]
 
@@ -255,6 +257,10 @@ def main() -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        if args.keep:
+            print(f"the capture's directory: {work / 'log'}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def judge_run(run_dir: Path, sides: Sides, gates: GatesFile, out: Path, prices: 
     summary.html written to `out` (created)."""
     run = RunDir(run_dir)
     data = load_run(run_dir, include_output_text=True)
-    requests = read_shadow_requests(run.shadow_requests_path)
+    requests = read_shadow_requests(run.shadow_request_files())
     verdicts = None
     judge_cost = None
     if gates.uses_judge:

@@ -96,18 +96,23 @@ class Sides:
         return found
 
 
-def read_shadow_requests(path: Path) -> pl.DataFrame | None:
-    """RUN_DIR/requests.parquet as polars, checked for its kind; None where the file is absent."""
-    if not path.is_file():
+def read_shadow_requests(paths: Path | Sequence[Path]) -> pl.DataFrame | None:
+    """The run's request facts (RUN_DIR/requests.parquet, or the files RunDir.shadow_request_files lists) as
+    one polars frame, each file checked for its kind; None where there is none."""
+    files = [p for p in ([paths] if isinstance(paths, Path) else paths) if p.is_file()]
+    if not files:
         return None
-    schema = pq.read_schema(path)
-    kind = (schema.metadata or {}).get(METADATA_KIND_KEY)
-    if kind != REQUESTS_KIND.encode():
-        raise ShadowDataError(f"{path}: not a shadow requests file (kind {kind!r})")
-    missing = [name for name in SHADOW_REQUESTS_SCHEMA.names if name not in schema.names]
-    if missing:
-        raise ShadowDataError(f"{path}: lacks columns {missing}")
-    return pl.read_parquet(path, columns=SHADOW_REQUESTS_SCHEMA.names)
+    frames = []
+    for path in files:
+        schema = pq.read_schema(path)
+        kind = (schema.metadata or {}).get(METADATA_KIND_KEY)
+        if kind != REQUESTS_KIND.encode():
+            raise ShadowDataError(f"{path}: not a shadow requests file (kind {kind!r})")
+        missing = [name for name in SHADOW_REQUESTS_SCHEMA.names if name not in schema.names]
+        if missing:
+            raise ShadowDataError(f"{path}: lacks columns {missing}")
+        frames.append(pl.read_parquet(path, columns=SHADOW_REQUESTS_SCHEMA.names))
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
 def _side_frame(

@@ -18,9 +18,9 @@ Load shedding: a candidate that is slow or down holds at most `MIRROR_SLOTS` req
 queue fills (`max_queued`), and a request that finds it full is dropped and counted (`dropped`,
 never a wait), production's response is never held. At the end the mirror waits for its requests in
 flight up to the drain time; what is still queued or in flight then gets a `cancelled` final row,
-so every request handed to the mirror has exactly one final row. `RUN_DIR/requests.parquet` (the
-facts `gate --baseline production` judges against: production's answer, status and timings, from
-the captured rows) is written by the recorder when a rotation ends and when the capture stops.
+so every request handed to the mirror has exactly one final row. The facts `gate --baseline
+production` judges against (production's answer, status and timings, from the captured rows) are
+written by the recorder, one file a rotation once it is merged: `RUN_DIR/requests/<rotation>.parquet`.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +60,7 @@ from shadowreplay.replay.schemas.durations import DurationError, parse_duration_
 from shadowreplay.replay.schemas.run_dir import write_text_atomically
 from shadowreplay.replay.schemas.shadow_requests import SHADOW_REQUESTS_SCHEMA, shadow_requests, write_shadow_requests
 from shadowreplay.replay.schemas.shards import COMPRESSION, SHARD_SUFFIX, ShardWriter, commit_file, is_committed_shard
-from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA, TrafficLogError, open_traffic_log
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
 
 CAPTURE_SCHEMA = pa.schema(
     [
@@ -184,9 +184,16 @@ class CaptureLog:
     Used from one thread (the recorder's); the merges run on a thread of their own."""
 
     def __init__(
-        self, directory: Path, rotation: Rotation, flush_s: float = FLUSH_S, counts: RecorderCounts | None = None
+        self,
+        directory: Path,
+        rotation: Rotation,
+        flush_s: float = FLUSH_S,
+        counts: RecorderCounts | None = None,
+        on_merged: Callable[[Path], None] | None = None,
     ):
+        """`on_merged(shard)`: called on the merge thread after each of this capture's rotations is merged."""
         self.directory = Path(directory)
+        self.on_merged = on_merged
         self.rotation = rotation
         self.flush_s = flush_s
         self.counts = counts if counts is not None else RecorderCounts()
@@ -200,6 +207,7 @@ class CaptureLog:
         self._merger.start()
         self._recover()
         self._writer: ShardWriter | None = None
+        self._unclosed: list[tuple[str, ShardWriter]] = []  # ended rotations whose last write failed
         self._rotation_name = ""
         self._rotation_started = 0.0
         self._rotation_rows = 0
@@ -243,7 +251,9 @@ class CaptureLog:
             self._end_rotation()
 
     def tick(self) -> None:
-        """Called at least every flush_s: commits the part that is due, ends the rotation that is due."""
+        """Called at least every flush_s: commits the part that is due, ends the rotation that is due, and
+        tries again to close a rotation whose last write failed."""
+        self._close_unclosed()
         if self._writer is None:
             return
         if self.rotation.every_s is not None and time.monotonic() - self._rotation_started >= self.rotation.every_s:
@@ -256,6 +266,7 @@ class CaptureLog:
         try:
             if self._writer is not None:
                 self._end_rotation()
+            self._close_unclosed()
             self._merges.put(None)
             self._merger.join()
         finally:
@@ -273,9 +284,25 @@ class CaptureLog:
     def _end_rotation(self) -> None:
         writer, self._writer = self._writer, None
         assert writer is not None
-        self._guarded(writer.close)
         self.shards.append(self._rotation_name + SHARD_SUFFIX)
-        self._merges.put((self._rotation_name, list(writer.files)))
+        self._unclosed.append((self._rotation_name, writer))
+        self._close_unclosed()
+
+    def _close_unclosed(self) -> None:
+        """Close the ended rotations' writers (their last rows committed) and queue their merges; a writer
+        whose write fails keeps its rows and stays here for the next tick (the directory meanwhile holds
+        the rotation's committed parts, a valid log)."""
+        still = []
+        for name, writer in self._unclosed:
+            try:
+                writer.close()
+            except Exception as exc:
+                self.counts.write_failures += 1
+                self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+                still.append((name, writer))
+                continue
+            self._merges.put((name, list(writer.files)))
+        self._unclosed = still
 
     def _guarded(self, write) -> None:
         """A failed write keeps its rows in the writer (retried at the next flush); counted, remembered."""
@@ -292,8 +319,10 @@ class CaptureLog:
                 return
             whole, parts = item
             try:
-                merge_parts(self.directory, whole, parts)
+                merged = merge_parts(self.directory, whole, parts)
                 self.counts.merges += 1
+                if merged is not None and self.on_merged is not None and merged.name in self.shards:
+                    self.on_merged(merged)
             except Exception as exc:  # the parts stay: the directory is still a whole log
                 self.counts.write_failures += 1
                 self.first_error = self.first_error or f"merging {whole}: {type(exc).__name__}: {exc}"
@@ -367,7 +396,6 @@ class CaptureRecorder:
     manifest_path: Path = field(default=Path(), init=False)
     _salt: bytes = field(default_factory=lambda: secrets.token_bytes(16), init=False)
     _sampler: random.Random = field(default_factory=random.Random, init=False)
-    _facts_at_merges: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.sample <= 1:
@@ -387,7 +415,7 @@ class CaptureRecorder:
 
     def start(self) -> None:
         self._started = time.time()
-        self._log = CaptureLog(self.directory, self.rotation, self.flush_s, self.counts)
+        self._log = CaptureLog(self.directory, self.rotation, self.flush_s, self.counts, self._write_mirror_facts)
         name = unused_name(self.directory, self._started)
         self.manifest_path = self.directory / f"{name}.json"
         self._write_manifest()
@@ -419,7 +447,6 @@ class CaptureRecorder:
             self._thread = None
         assert self._log is not None
         self._log.close()
-        self._write_mirror_facts()
         self._write_manifest(stopped=True)
 
     def _record_forever(self) -> None:
@@ -436,9 +463,6 @@ class CaptureRecorder:
                     return
                 self._record_one(log, item)
             log.tick()
-            if self.mirror is not None and self.counts.merges != self._facts_at_merges:
-                self._facts_at_merges = self.counts.merges  # a rotation merged: the mirror's facts again
-                self._write_mirror_facts()
             if time.monotonic() - last_manifest >= self.flush_s:
                 self._write_manifest()
                 last_manifest = time.monotonic()
@@ -478,25 +502,16 @@ class CaptureRecorder:
             digest = hashlib.blake2b(session.encode(), key=self._salt, digest_size=8).hexdigest()
             row["session_id"] = f"redacted-{digest}"
 
-    def _write_mirror_facts(self) -> None:
-        """LOG_DIR/mirror/requests.parquet: what the captured rows say of each request (production's
-        answer, status, timings: replay/schemas/shadow_requests.py), for `gate --baseline production`."""
+    def _write_mirror_facts(self, shard: Path) -> None:
+        """LOG_DIR/mirror/requests/<rotation>.parquet (the merge thread, once a rotation is merged): what
+        the captured rows say of each request (production's answer, status, timings:
+        replay/schemas/shadow_requests.py), on the capture's timeline, for `gate --baseline production`."""
         if self.mirror is None:
             return
-        try:
-            rows = open_traffic_log(self.directory).read(columns=FACT_COLUMNS)
-        except TrafficLogError:  # nothing captured yet
-            return
-        rows = rows.sort_by([("arrival_time", "ascending")])
-        try:
-            write_shadow_requests(shadow_requests(rows), self.mirror.run_dir.shadow_requests_path)
-        except OSError as exc:
-            self.counts.write_failures += 1
-            self._log_error(f"writing the mirror's requests: {exc}")
-
-    def _log_error(self, text: str) -> None:
-        if self._log is not None:
-            self._log.first_error = self._log.first_error or text
+        rows = pq.read_table(shard, columns=FACT_COLUMNS).sort_by([("arrival_time", "ascending")])
+        facts = self.mirror.run_dir.shadow_requests_dir
+        facts.mkdir(parents=True, exist_ok=True)
+        write_shadow_requests(shadow_requests(rows, origin_us=int(self._started * 1e6)), facts / shard.name)
 
     def _write_manifest(self, stopped: bool = False) -> None:
         assert self._log is not None

@@ -61,6 +61,7 @@ REPORT_NAME = "report.html"
 CURVE_NAME = "curve.parquet"
 POINTS_DIRNAME = "points"
 SHADOW_REQUESTS_NAME = "requests.parquet"
+SHADOW_REQUESTS_DIRNAME = "requests"
 JUDGE_DIRNAME = "judge"
 JUDGE_LOG_NAME = "judge-log.parquet"
 GATES_NAME = "gates.json"
@@ -212,6 +213,17 @@ class RunDir(_OutputDir):
     @property
     def shadow_requests_path(self) -> Path:
         return self.path / SHADOW_REQUESTS_NAME
+
+    @property
+    def shadow_requests_dir(self) -> Path:
+        """A live shadow's request facts, one file a capture rotation (replay/capture/mirror.py)."""
+        return self.path / SHADOW_REQUESTS_DIRNAME
+
+    def shadow_request_files(self) -> list[Path]:
+        """The run's request facts: requests.parquet (a shadow's) and the committed files of requests/ (a
+        capture mirror's), by name."""
+        whole = [self.shadow_requests_path] if self.shadow_requests_path.is_file() else []
+        return whole + committed_shards(self.shadow_requests_dir)
 
     @property
     def judge_dir(self) -> RunDir:

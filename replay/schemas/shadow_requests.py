@@ -7,7 +7,8 @@ answer, for task accuracy), `response_text` (production's answer: the baseline o
 production`), `params` (the request's other fields as JSON: whether it asked for JSON), and
 production's own figures where the log holds them (`completion_tokens`, `prod_ttft_ms`,
 `prod_e2e_ms`, `prod_status`). The file outlives the log: the judgement can be recomputed from the run
-directory alone.
+directory alone. A capture's mirror (replay/capture/mirror.py) writes the same rows as one file a
+rotation, `RUN_DIR/requests/<rotation>.parquet`, as its rotations are merged (RunDir.shadow_request_files).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ SHADOW_REQUESTS_SCHEMA = pa.schema(
 )
 
 
-def shadow_requests(rows: pa.Table) -> pa.Table:
+def shadow_requests(rows: pa.Table, origin_us: int | None = None) -> pa.Table:
     """The shadow requests of the traffic-log rows a replay selected (a log's columns; production's own
-    timings where present, null where not)."""
+    timings where present, null where not). `arrival_s` counts from `origin_us` (microseconds since the
+    epoch; default: the rows' first arrival)."""
     micros = rows.column("arrival_time").cast(pa.int64())
-    first = pc.min(micros).as_py() if rows.num_rows else 0
+    first = origin_us if origin_us is not None else pc.min(micros).as_py() if rows.num_rows else 0
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         "request_id": rows.column("request_id"),
         "arrival_s": pc.divide(pc.cast(pc.subtract(micros, first or 0), pa.float64()), 1e6),

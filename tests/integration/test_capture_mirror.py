@@ -97,6 +97,8 @@ def test_every_kept_request_is_mirrored_paired_and_judged(tmp_path, capsys):
         assert 0 <= r["scheduled_s"] <= r["sent_s"] and r["lateness_ms"] < 1000
     manifest = json.loads(next(log_dir.glob("capture-*.json")).read_text())
     assert manifest["mirror"]["target"] == "faulty" and manifest["mirror"]["by_status"] == {"ok": 30}
+    rotations = sorted(p.name for p in log_dir.glob("capture-*.parquet"))
+    assert sorted(p.name for p in (log_dir / "mirror" / "requests").glob("*.parquet")) == rotations  # the facts
     run_manifest = json.loads((log_dir / "mirror" / "manifest.json").read_text())
     assert run_manifest["status"] == "completed" and run_manifest["targets"][0]["name"] == "faulty"
 

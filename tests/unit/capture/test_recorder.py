@@ -212,3 +212,26 @@ def test_a_row_that_cannot_be_built_is_counted_not_fatal(tmp_path, monkeypatch):
     recorder.close()
     assert recorder.counts.unrecordable == 1 and select_rows(tmp_path).num_rows == 1
     assert "ZeroDivisionError" in json.loads(Path(recorder.manifest_path).read_text())["first_error"]
+
+
+def test_a_failed_write_keeps_its_rows_and_is_tried_again(tmp_path, monkeypatch):
+    from shadowreplay.replay.schemas import shards
+
+    real = shards.commit_file
+    failures = [OSError(28, "No space left on device")]
+
+    def flaky(tmp, final):
+        if failures:
+            raise failures.pop()
+        real(tmp, final)
+
+    monkeypatch.setattr(shards, "commit_file", flaky)
+    log = CaptureLog(tmp_path, Rotation(every_s=None, every_rows=3), flush_s=60)
+    for i in range(3):
+        log.add(row(i))  # the rotation ends at 3 rows; its write fails: the rows stay in memory
+    assert log.counts.write_failures == 1 and list(tmp_path.glob("*.parquet")) == []
+    log.add(row(3))
+    log.tick()  # tried again: committed, then merged
+    log.close()
+    assert select_rows(tmp_path).column("request_id").to_pylist() == ["r0", "r1", "r2", "r3"]
+    assert "No space left on device" in (log.first_error or "")
