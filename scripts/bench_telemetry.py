@@ -88,6 +88,7 @@ class StandInNvml:
     NVML_CLOCK_SM = 1
     NVML_TEMPERATURE_GPU = 0
     MEMORY_TOTAL = 85_899_345_920
+    nvmlMemory_v2 = 0x02000028  # the calls of a current driver and nvidia-ml-py: memory v2, TemperatureV
 
     def __init__(self, gpus: int):
         self.gpus = gpus
@@ -118,9 +119,13 @@ class StandInNvml:
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
         return SimpleNamespace(gpu=self.random.randint(60, 100), memory=self.random.randint(20, 60))
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
-        used = 60_000_000_000 + self.random.randint(0, 10**9)
-        return SimpleNamespace(total=self.MEMORY_TOTAL, used=used, free=self.MEMORY_TOTAL - used)
+    def nvmlDeviceGetMemoryInfo(self, handle: int, version: int | None = None) -> SimpleNamespace:
+        used, reserved = 60_000_000_000 + self.random.randint(0, 10**9), 536_870_912
+        free = self.MEMORY_TOTAL - used - reserved
+        return SimpleNamespace(total=self.MEMORY_TOTAL, reserved=reserved, used=used, free=free)
+
+    def nvmlDeviceGetPciInfo(self, handle: int) -> SimpleNamespace:
+        return SimpleNamespace(busId=f"00000000:{0x18 + 0x10 * handle:02X}:00.0".encode())
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         return self.random.randint(300_000, 700_000)  # milliwatts
@@ -132,7 +137,7 @@ class StandInNvml:
     def nvmlDeviceGetClockInfo(self, handle: int, clock_type: int) -> int:
         return 1980
 
-    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
+    def nvmlDeviceGetTemperatureV(self, handle: int, sensor: int) -> int:
         return self.random.randint(55, 75)
 
 

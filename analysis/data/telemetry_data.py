@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY
 from shadowreplay.replay.schemas.run_dir import RunDir
-from shadowreplay.replay.schemas.telemetry import KIND, SCHEMA_VERSION, TELEMETRY_SCHEMA
+from shadowreplay.replay.schemas.telemetry import ADDED_COLUMNS, KIND, READABLE_VERSIONS, TELEMETRY_SCHEMA
 
 COLUMN_TYPES: dict[str, pl.DataType] = {
     # a pa.Array reads as a Series
@@ -65,19 +65,23 @@ def _read_file(path: Path) -> pl.DataFrame:
     if kind != KIND.encode():
         raise TelemetryDataError(f"{path}: not a telemetry file (file metadata kind {kind!r}, expected {KIND!r})")
     version = meta.get(METADATA_VERSION_KEY)
-    if version is None or version.decode() != str(SCHEMA_VERSION):
+    readable = [str(v) for v in READABLE_VERSIONS]
+    if version is None or version.decode() not in readable:
         raise TelemetryDataError(
-            f"{path}: telemetry schema_version {version!r}, this shadowreplay reads {SCHEMA_VERSION}"
+            f"{path}: telemetry schema_version {version!r}, this shadowreplay reads {', '.join(readable)}"
         )
-    missing = [name for name in COLUMN_TYPES if name not in parquet_file.schema_arrow.names]
+    later = [name for name, added in ADDED_COLUMNS.items() if added > int(version.decode())]
+    missing = [name for name in COLUMN_TYPES if name not in parquet_file.schema_arrow.names and name not in later]
     if missing:
         raise TelemetryDataError(
             f"{path}: telemetry file lacks columns {missing} (long form: {', '.join(COLUMN_TYPES)})"
         )
     try:
-        table = parquet_file.read(columns=list(COLUMN_TYPES))
+        table = parquet_file.read(columns=[name for name in COLUMN_TYPES if name not in later])
     except (OSError, pa.ArrowException) as exc:
         raise TelemetryDataError(f"{path}: cannot read: {exc}") from None
+    for name in later:  # an older file: the columns added since read as null
+        table = table.append_column(TELEMETRY_SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))
     for name in REQUIRED_FIELDS:
         column = table.column(name)
         if column.null_count:

@@ -330,7 +330,9 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
     for device in gpu["devices"]:
         rows.append(
             [
-                f"{device['host']}:{device['device']}",
+                f"{device['host']}:{device['device']}"
+                + (f" {device['gpu_uuid']}" if device.get("gpu_uuid") else "")
+                + (" LOST" if device.get("lost_at_s") is not None else ""),
                 str(device["samples"]),
                 number(device["gpu_util_pct"]["mean"]),
                 number(device["gpu_util_pct"]["p95"]),
@@ -366,10 +368,16 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
         "Method",
         "J/output token",
     ]
+    per_token = (
+        f"J/output token withheld: {energy['withheld']}"
+        if energy.get("withheld")
+        else f"J/output token over the {energy['output_tokens']:,} output tokens of "
+        f"{', '.join(energy['targets'])} completed in the window"
+    )
+    lost = f"; lost: {', '.join(gpu['lost_devices'])}" if gpu.get("lost_devices") else ""
     note = (
         f"Steady window ({energy['window_s']:.1f} s, energy measured over {energy['covered_s']:.1f} s); "
-        f"J/output token over the {energy['output_tokens']:,} output tokens of {', '.join(energy['targets'])} "
-        "completed in the window; memory peak over the whole run; total power = sum of the GPUs' means."
+        f"{per_token}; memory peak over the whole run; total power = sum of the GPUs' means{lost}."
     )
     return SummaryTable(
         "GPU utilisation and energy",

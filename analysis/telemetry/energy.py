@@ -13,7 +13,10 @@ Definitions (`DEFINITIONS` carries them into summary.json):
   (`covered_s` says how much of the window was measured).
 - Joules per output token = the devices' energy in the window / output tokens completed in the
   window (analysis/metrics/table.py) by the targets the GPUs served: targets of kind `vllm` in the
-  manifest (started on this node), or every target when none is.
+  manifest (started by the run on its GPU nodes). Withheld (null, with `withheld` saying why) when
+  no such target ran (the GPUs' energy is not a hosted API's tokens' cost) or when a device's energy
+  does not cover the whole window (its samples stop early, or it fell off the bus: its `lost_at_s`,
+  from the sampler's `gpu_lost` row).
 No NVML samples: the block says absent, with the reason; nothing is estimated.
 """
 
@@ -28,6 +31,7 @@ from shadowreplay.analysis.data.telemetry_data import Telemetry
 from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
+    NVML_GPU_LOST,
     NVML_GPU_UTIL,
     NVML_MEM_TOTAL,
     NVML_MEM_USED,
@@ -43,17 +47,18 @@ DEFINITIONS = {
     "energy": "per device: energy_j counter at the window end - at its start (linear interpolation between "
     "samples); without a counter, the trapezoid integral of power_w over the same interval",
     "joules_per_output_token": "sum of the devices' energy in the window / output tokens completed in the "
-    "window by the targets the GPUs served (kind vllm in the manifest, else every target)",
+    "window by the targets the GPUs served (kind vllm in the manifest); withheld without such a target or "
+    "when a device's energy does not cover the whole window",
 }
+COVERED_SHARE = 0.99
+"""A device's energy covers the window when it was measured over at least this share of it."""
 
 EnergyMethod = Literal["counter", "power_integral"]
 
 
 def served_targets(targets: Iterable[str], target_configs: dict[str, dict[str, Any]]) -> list[str]:
-    """The targets whose tokens the GPUs produced: those of kind `vllm` in the manifest, else all of them."""
-    names = sorted(targets)
-    local = [name for name in names if (target_configs.get(name) or {}).get("kind") == "vllm"]
-    return local or names
+    """The targets whose tokens the GPUs produced: those of kind `vllm` in the manifest (none: none)."""
+    return [name for name in sorted(targets) if (target_configs.get(name) or {}).get("kind") == "vllm"]
 
 
 def window_series(series: pl.DataFrame, window: metrics.Window) -> pl.DataFrame:
@@ -99,8 +104,15 @@ def device_energy(device: pl.DataFrame, window: metrics.Window) -> tuple[float |
 
 
 def _device_summary(device: pl.DataFrame, in_window: pl.DataFrame, window: metrics.Window) -> dict[str, Any]:
+    lost = device.filter(pl.col("metric") == NVML_GPU_LOST).select(pl.col("t_s").min()).item()
+    device = device.filter(pl.col("metric") != NVML_GPU_LOST)
     joules, method, covered = device_energy(device, window)
+    uuid = device.select(pl.col("gpu_uuid").drop_nulls().first()).item() if device.height else None
+    bus = device.select(pl.col("pci_bus_id").drop_nulls().first()).item() if device.height else None
     return {
+        "gpu_uuid": uuid,  # the GPU's stable identity (telemetry version 2; null in older runs)
+        "pci_bus_id": bus,
+        "lost_at_s": lost,
         "samples": device.height,
         "gpu_util_pct": _stats(in_window, NVML_GPU_UTIL),
         "mem_util_pct": _stats(in_window, NVML_MEM_UTIL),
@@ -142,6 +154,17 @@ def gpu_summary(
     )
     measured = [d for d in devices if d["energy_j"] is not None]
     joules = sum(d["energy_j"] for d in measured) if measured else None
+    short = [d for d in devices if d["energy_covered_s"] < COVERED_SHARE * window.duration_s]
+    withheld = None
+    if not served:
+        withheld = "no target of kind vllm ran: the GPUs' energy is not the cost of these targets' tokens"
+    elif short:
+        withheld = "; ".join(
+            f"GPU {d['host']}:{d['device']} "
+            + (f"lost at t={d['lost_at_s']:.1f} s, " if d["lost_at_s"] is not None else "")
+            + f"measured over {d['energy_covered_s']:.1f} s of the {window.duration_s:.1f} s window"
+            for d in short
+        )
     methods = sorted({d["energy_method"] for d in measured})
     power_means = [d["power_w"]["mean"] for d in devices if d["power_w"]["mean"] is not None]
     high_water = [d["mem_used_high_water_bytes"] for d in devices if d["mem_used_high_water_bytes"] is not None]
@@ -165,7 +188,9 @@ def gpu_summary(
             "covered_s": min((d["energy_covered_s"] for d in measured), default=0.0),
             "targets": served,
             "output_tokens": tokens,
-            "joules_per_output_token": joules / tokens if joules is not None and tokens else None,
+            "joules_per_output_token": joules / tokens if joules is not None and tokens and not withheld else None,
+            "withheld": withheld,
         },
+        "lost_devices": [f"{d['host']}:{d['device']}" for d in devices if d["lost_at_s"] is not None],
         "devices": devices,
     }

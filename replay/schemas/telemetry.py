@@ -1,9 +1,11 @@
-"""Telemetry rows (docs/DESIGN.md, telemetry schema_version 1) and the shard writer the samplers use.
+"""Telemetry rows (docs/DESIGN.md, telemetry schema_version 2) and the shard writer the samplers use.
 
 One row per sample, long form: `run_id`, `source` (`nvml` or `prometheus`), `host`, `device` (GPU
 index, or the server scraped: its target's name, `target#i` for replica i of a target of several,
 see `server_device`), `t_s` (seconds on the run's timeline, the results' clock),
-`metric`, `value`. A new metric needs no schema change. Metric names:
+`metric`, `value`, and for a GPU its stable identity (version 2): `gpu_uuid` and `pci_bus_id`
+(NVML's index need not match CUDA's nor survive a reboot; null for servers, and in version 1
+files, which are still read). A new metric needs no schema change. Metric names:
 - NVML: the `NVML_*` names below, in SI-like units (bytes, watts, joules, MHz, degrees C, percent).
 - Prometheus: vLLM's sample names as exposed (`vllm:num_requests_running`,
   `vllm:prefix_cache_hits_total`, `vllm:time_to_first_token_seconds_sum`); a histogram bucket
@@ -25,7 +27,10 @@ import pyarrow as pa
 from shadowreplay.replay.schemas.contract import stamp
 from shadowreplay.replay.schemas.shards import ShardWriter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ADDED_COLUMNS = {"gpu_uuid": 2, "pci_bus_id": 2}
+"""Columns added after version 1, with the version that added them (read as null in older files)."""
 KIND = "telemetry"
 
 SOURCE_NVML = "nvml"
@@ -36,6 +41,8 @@ NVML_GPU_UTIL = "gpu_util_pct"
 NVML_MEM_UTIL = "mem_util_pct"
 NVML_MEM_USED = "mem_used_bytes"
 NVML_MEM_TOTAL = "mem_total_bytes"
+NVML_MEM_RESERVED = "mem_reserved_bytes"  # the driver's reservation (memory info version 2), not in `used`
+NVML_GPU_LOST = "gpu_lost"  # value 1 at the moment a GPU fell off the bus; it has no sample after it
 NVML_POWER = "power_w"
 NVML_ENERGY = "energy_j"  # the GPU's total energy counter since the driver loaded
 NVML_SM_CLOCK = "sm_clock_mhz"
@@ -50,6 +57,8 @@ TELEMETRY_SCHEMA = pa.schema(
         pa.field("t_s", pa.float64(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
         pa.field("value", pa.float64(), nullable=False),
+        pa.field("gpu_uuid", pa.string()),
+        pa.field("pci_bus_id", pa.string()),
     ],
     metadata=stamp(KIND, SCHEMA_VERSION),
 )
@@ -112,14 +121,25 @@ class TelemetryShardWriter:
     def files(self) -> list[Path]:
         return self._shards.files
 
-    def add(self, source: str, device: str, t_s: float, metric: str, value: float) -> None:
-        """Queue one sample; writes a shard when the buffer reaches `max_rows`."""
-        self._shards.add((source, device, t_s, metric, value))  # a tuple: samplers add thousands a second
+    def add(
+        self,
+        source: str,
+        device: str,
+        t_s: float,
+        metric: str,
+        value: float,
+        gpu_uuid: str | None = None,
+        pci_bus_id: str | None = None,
+    ) -> None:
+        """Queue one sample (a GPU's with its identity); writes a shard when the buffer reaches `max_rows`."""
+        # a tuple: samplers add thousands a second
+        self._shards.add((source, device, t_s, metric, value, gpu_uuid, pci_bus_id))
 
-    def _to_table(self, rows: list[tuple[str, str, float, str, float]]) -> pa.Table:
+    def _to_table(self, rows: list[tuple]) -> pa.Table:
         """The samples as TELEMETRY_SCHEMA columns, run_id and host filled in."""
         n = len(rows)
-        source, device, t_s, metric, value = zip(*rows) if rows else ((), (), (), (), ())
+        empty: tuple = ((),) * 7
+        source, device, t_s, metric, value, gpu_uuid, pci_bus_id = zip(*rows) if rows else empty
         columns = [
             pa.array([self.run_id] * n, pa.string()),
             pa.array(source, pa.string()),
@@ -128,6 +148,8 @@ class TelemetryShardWriter:
             pa.array(t_s, pa.float64()),
             pa.array(metric, pa.string()),
             pa.array(value, pa.float64()),
+            pa.array(gpu_uuid, pa.string()),
+            pa.array(pci_bus_id, pa.string()),
         ]
         return pa.Table.from_arrays(columns, schema=TELEMETRY_SCHEMA)
 

@@ -1,10 +1,25 @@
 """GPU telemetry through NVML (nvidia-ml-py, `import pynvml`): every GPU of this host at 10 Hz.
 
 Each sample of each GPU gives the NVML_* metrics of replay/schemas/telemetry.py: GPU and memory
-utilisation (percent), memory used and total (bytes), power (watts), the total energy counter
-(joules since the driver loaded), SM clock (MHz) and temperature (degrees C). A reading the GPU
-does not support (NVML_ERROR_NOT_SUPPORTED) is dropped for that GPU after the first try; any other
-NVML error is counted and the reading is tried again next time. Nothing a GPU does stops the sampler.
+utilisation (percent), memory used, reserved and total (bytes: `nvmlDeviceGetMemoryInfo` version 2,
+whose `used` leaves out the driver's reservation as nvidia-smi does; version 1, without `reserved`,
+where the driver or nvidia-ml-py has no version 2), power (watts), the total energy counter
+(joules since the driver loaded), SM clock (MHz) and temperature (degrees C:
+`nvmlDeviceGetTemperatureV`, the old `nvmlDeviceGetTemperature` where it is absent).
+
+Faults, each confined to its GPU:
+- A reading the GPU does not offer (NOT_SUPPORTED, NO_PERMISSION: a MIG parent's memory without
+  privileges; FUNCTION_NOT_FOUND, DEPRECATED) moves to its older call where it has one (memory v1,
+  the old temperature call) or is dropped for that GPU after the first try.
+- A GPU that falls off the bus (GPU_IS_LOST, RESET_REQUIRED) is sampled no more: the moment is kept
+  (`lost` in stats, and one `gpu_lost` row at that t_s, so the analysis sees where its series ends);
+  the other GPUs go on.
+- Any other error is counted and the reading tried again next time.
+- Start-up is per GPU: one whose handle cannot be had (NO_PERMISSION, ...) is left out (`skipped`),
+  the others sampled.
+- `stop()` waits at most `stop_timeout_s` for the thread (a hung driver call), then writes what is
+  buffered all the same and says so; nvmlShutdown's own failure is logged, never raised.
+Nothing a GPU does stops the sampler.
 
 With no nvidia-ml-py, no NVML library (no driver) or no GPU, `check_nvml()` says why in one line and
 `NvmlSampler.start()` samples nothing: the caller says telemetry is off and why, and goes on.
@@ -30,7 +45,9 @@ from typing import Any
 
 from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
+    NVML_GPU_LOST,
     NVML_GPU_UTIL,
+    NVML_MEM_RESERVED,
     NVML_MEM_TOTAL,
     NVML_MEM_USED,
     NVML_MEM_UTIL,
@@ -48,8 +65,32 @@ DEFAULT_INTERVAL_S = 0.1  # 10 Hz
 DEFAULT_NVML_MODULE = "pynvml"  # nvidia-ml-py
 NOT_INSTALLED = "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
 
+STOP_TIMEOUT_S = 5.0
+_CODES = {
+    "NVML_ERROR_NOT_SUPPORTED": 3,
+    "NVML_ERROR_NO_PERMISSION": 4,
+    "NVML_ERROR_FUNCTION_NOT_FOUND": 13,
+    "NVML_ERROR_GPU_IS_LOST": 15,
+    "NVML_ERROR_RESET_REQUIRED": 16,
+    "NVML_ERROR_DEPRECATED": 26,
+}
+"""NVML's return codes (nvml.h) by name, where the module lacks a name (its own value wins)."""
+NOT_OFFERED = (
+    "NVML_ERROR_NOT_SUPPORTED",
+    "NVML_ERROR_NO_PERMISSION",
+    "NVML_ERROR_FUNCTION_NOT_FOUND",
+    "NVML_ERROR_DEPRECATED",
+)
+"""A reading the GPU does not offer: its older call, or dropped for that GPU."""
+LOST = ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED")
+"""The GPU fell off the bus: sampled no more."""
+
 # One NVML call each; a reading gives one or more (metric, value) pairs in the schema's units.
 Reading = Callable[[Any, Any], list[tuple[str, float]]]
+
+
+def _codes(nvml: Any, names: Sequence[str]) -> frozenset[int]:
+    return frozenset(int(getattr(nvml, name, _CODES[name])) for name in names)
 
 
 def _utilisation(nvml: Any, handle: Any) -> list[tuple[str, float]]:
@@ -58,6 +99,19 @@ def _utilisation(nvml: Any, handle: Any) -> list[tuple[str, float]]:
 
 
 def _memory(nvml: Any, handle: Any) -> list[tuple[str, float]]:
+    """Version 2: `used` without the driver's reservation (as nvidia-smi shows it), `reserved` apart."""
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is None:
+        raise AttributeError("nvidia-ml-py without nvmlMemory_v2")
+    info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+    return [
+        (NVML_MEM_USED, float(info.used)),
+        (NVML_MEM_RESERVED, float(info.reserved)),
+        (NVML_MEM_TOTAL, float(info.total)),
+    ]
+
+
+def _memory_v1(nvml: Any, handle: Any) -> list[tuple[str, float]]:
     info = nvml.nvmlDeviceGetMemoryInfo(handle)
     return [(NVML_MEM_USED, float(info.used)), (NVML_MEM_TOTAL, float(info.total))]
 
@@ -75,6 +129,11 @@ def _sm_clock(nvml: Any, handle: Any) -> list[tuple[str, float]]:
 
 
 def _temperature(nvml: Any, handle: Any) -> list[tuple[str, float]]:
+    return [(NVML_TEMPERATURE, float(nvml.nvmlDeviceGetTemperatureV(handle, nvml.NVML_TEMPERATURE_GPU)))]
+
+
+def _temperature_v0(nvml: Any, handle: Any) -> list[tuple[str, float]]:
+    """The deprecated call (due to answer NVML_ERROR_DEPRECATED), where the driver has no other."""
     return [(NVML_TEMPERATURE, float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))]
 
 
@@ -86,6 +145,8 @@ READINGS: dict[str, Reading] = {
     "sm_clock": _sm_clock,
     "temperature": _temperature,
 }
+OLDER_CALLS: dict[str, Reading] = {"memory": _memory_v1, "temperature": _temperature_v0}
+"""Where the driver or nvidia-ml-py lacks a reading's current call, the call it falls back to."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +181,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def pci_bus_id(nvml: Any, handle: Any) -> str | None:
+    """The GPU's PCI bus id (`00000000:1A:00.0`), or None where NVML cannot say."""
+    try:
+        return _text(nvml.nvmlDeviceGetPciInfo(handle).busId)
+    except Exception:  # an identity we lack is null in the rows, never a reason to stop
+        return None
+
+
 def check_nvml(nvml: Any | None = None) -> NvmlStatus:
     """Can this process sample NVML? One call to nvmlInit and nvmlShutdown; never raises for an
     NVML error. `nvml`: the module object, or an import spec for load_nvml (default pynvml)."""
@@ -140,22 +209,33 @@ def check_nvml(nvml: Any | None = None) -> NvmlStatus:
         if count == 0:
             return NvmlStatus(False, "NVML sees no GPU on this host")
         gpus: list[dict[str, Any]] = []
+        unusable: list[str] = []
         for index in range(count):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": _text(nvml.nvmlDeviceGetName(handle)),
-                    "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
-                }
-            )
+            try:  # each GPU on its own: one that cannot be opened leaves the others sampled
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpus.append(
+                    {
+                        "index": index,
+                        "name": _text(nvml.nvmlDeviceGetName(handle)),
+                        "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+                        "pci_bus_id": pci_bus_id(nvml, handle),
+                    }
+                )
+            except nvml.NVMLError as exc:
+                unusable.append(f"GPU {index}: {exc}")
+        if not gpus:
+            return NvmlStatus(False, f"NVML cannot open any of the {count} GPU(s): {'; '.join(unusable)}")
         driver = _text(nvml.nvmlSystemGetDriverVersion())
         names = ", ".join(sorted({g["name"] for g in gpus}))
-        return NvmlStatus(True, f"{count} GPU(s) ({names}), driver {driver}", tuple(gpus))
+        left_out = f"; left out {'; '.join(unusable)}" if unusable else ""
+        return NvmlStatus(True, f"{len(gpus)} GPU(s) ({names}), driver {driver}{left_out}", tuple(gpus))
     except nvml.NVMLError as exc:
         return NvmlStatus(False, f"NVML cannot list the GPUs: {exc}")
     finally:
-        nvml.nvmlShutdown()
+        try:
+            nvml.nvmlShutdown()
+        except Exception as exc:  # the answer above stands; a driver in trouble says so in the log
+            log.warning("nvmlShutdown failed: %s", exc)
 
 
 @dataclass
@@ -164,6 +244,9 @@ class _Device:
     label: str
     handle: Any
     readings: dict[str, Reading] = field(default_factory=dict)
+    lost_at_s: float | None = None  # when it fell off the bus: sampled no more
+    uuid: str | None = None  # its stable identity, on every row (NVML's index need not survive a reboot)
+    pci_bus_id: str | None = None
 
 
 class NvmlSampler:
@@ -184,6 +267,7 @@ class NvmlSampler:
         nvml: Any | str | None = None,
         max_rows: int = 50_000,
         max_age_s: float = 30.0,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -202,11 +286,18 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._round = threading.Lock()  # one sampling round at a time (the thread, or a direct call)
         self._initialised = False
+        self._not_offered: frozenset[int] = frozenset()
+        self._lost_codes: frozenset[int] = frozenset()
         self.status: NvmlStatus | None = None
         self.samples = 0  # sampling rounds (every GPU once)
         self.late_ticks = 0  # rounds skipped because a round overran its interval
         self.errors: Counter[str] = Counter()  # "GPU/reading: error" -> count
         self.unsupported: dict[str, list[str]] = {}  # GPU label -> readings it does not support
+        self.older_calls: dict[str, list[str]] = {}  # GPU label -> readings read by their older call
+        self.lost: dict[str, dict[str, Any]] = {}  # GPU label -> {"t_s", "error"}: it fell off the bus
+        self.skipped: dict[str, str] = {}  # GPU index -> why it could not be opened
+        self.stop_timeout_s = stop_timeout_s
+        self.stop_timed_out = False
         self.thread_cpu_s = 0.0
 
     def start(self, clock: RunClock) -> NvmlStatus:
@@ -226,7 +317,8 @@ class NvmlSampler:
         nvml = self._nvml
         nvml.nvmlInit()
         self._initialised = True
-        indices = [g["index"] for g in self.status.gpus]
+        identity = {g["index"]: (g["uuid"], g.get("pci_bus_id")) for g in self.status.gpus}
+        indices = list(identity)
         if self.wanted_devices is not None:
             missing = sorted(set(self.wanted_devices) - set(indices))
             if missing:
@@ -234,7 +326,21 @@ class NvmlSampler:
                 self.status = NvmlStatus(False, f"GPU(s) {missing} not found (this host has {indices})")
                 return self.status
             indices = [i for i in indices if i in self.wanted_devices]
-        self._devices = [_Device(i, str(i), nvml.nvmlDeviceGetHandleByIndex(i), dict(READINGS)) for i in indices]
+        self._devices = []
+        for index in indices:
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            except nvml.NVMLError as exc:  # this GPU only
+                self.skipped[str(index)] = str(exc)
+                continue
+            uuid, bus = identity[index]
+            self._devices.append(_Device(index, str(index), handle, dict(READINGS), uuid=uuid, pci_bus_id=bus))
+        if not self._devices:
+            self._shutdown()
+            self.status = NvmlStatus(False, f"no GPU could be opened: {self.skipped}", self.status.gpus)
+            return self.status
+        self._not_offered = _codes(nvml, NOT_OFFERED)
+        self._lost_codes = _codes(nvml, LOST)
         self._writer = TelemetryShardWriter(
             self.telemetry_dir,
             self.run_id,
@@ -257,25 +363,54 @@ class NvmlSampler:
 
     def _sample_round(self) -> int:
         assert self._writer is not None and self._clock is not None
-        nvml, rows = self._nvml, 0
+        rows = 0
         for device in self._devices:
+            if device.lost_at_s is not None:
+                continue
             t_s = self._clock.to_run_s(time.perf_counter())
             for name, reading in list(device.readings.items()):
-                try:
-                    values = reading(nvml, device.handle)
-                except Exception as exc:  # NVMLError mostly; nothing one reading does stops the others
-                    if isinstance(exc, nvml.NVMLError) and getattr(exc, "value", None) == nvml.NVML_ERROR_NOT_SUPPORTED:
-                        del device.readings[name]
-                        self.unsupported.setdefault(device.label, []).append(name)
-                        log.info("GPU %s does not support %s; not sampled", device.label, name)
-                    else:
-                        self.errors[f"GPU {device.label}/{name}: {exc}"] += 1
-                    continue
-                for metric, value in values:
-                    self._writer.add(SOURCE_NVML, device.label, t_s, metric, value)
-                    rows += 1
+                rows += self._read(device, name, reading, t_s)
+                if device.lost_at_s is not None:
+                    break
         self.samples += 1
         return rows
+
+    def _read(self, device: _Device, name: str, reading: Reading, t_s: float) -> int:
+        """One reading of one GPU into rows (the module docstring's faults); returns the rows queued."""
+        assert self._writer is not None
+        nvml = self._nvml
+        try:
+            values = reading(nvml, device.handle)
+        except Exception as exc:  # NVMLError mostly; nothing one reading does stops the others
+            code = getattr(exc, "value", None) if isinstance(exc, nvml.NVMLError) else None
+            if code in self._lost_codes:
+                self._lose(device, t_s, f"{name}: {exc}")
+                return 1
+            older = OLDER_CALLS.get(name)
+            not_offered = code in self._not_offered or isinstance(exc, (AttributeError, TypeError))
+            if not_offered and older is not None and reading is not older:
+                device.readings[name] = older
+                self.older_calls.setdefault(device.label, []).append(name)
+                log.info("GPU %s: %s read by its older call (%s)", device.label, name, exc)
+                return self._read(device, name, older, t_s)  # now: no gap in the series
+            if code in self._not_offered:
+                del device.readings[name]
+                self.unsupported.setdefault(device.label, []).append(name)
+                log.info("GPU %s does not offer %s (%s); not sampled", device.label, name, exc)
+            else:
+                self.errors[f"GPU {device.label}/{name}: {exc}"] += 1
+            return 0
+        for metric, value in values:
+            self._writer.add(SOURCE_NVML, device.label, t_s, metric, value, device.uuid, device.pci_bus_id)
+        return len(values)
+
+    def _lose(self, device: _Device, t_s: float, error: str) -> None:
+        """The GPU fell off the bus at `t_s`: one `gpu_lost` row, and it is sampled no more."""
+        assert self._writer is not None
+        device.lost_at_s = t_s
+        self.lost[device.label] = {"t_s": t_s, "error": error}
+        self._writer.add(SOURCE_NVML, device.label, t_s, NVML_GPU_LOST, 1.0, device.uuid, device.pci_bus_id)
+        log.warning("GPU %s lost at t=%.1f s (%s); the other GPUs are still sampled", device.label, t_s, error)
 
     def _run(self) -> None:
         assert self._writer is not None
@@ -300,13 +435,26 @@ class NvmlSampler:
         return self._writer.flush() if self._writer is not None else 0
 
     def stop(self) -> dict:
-        """Stop sampling, write what is buffered, close NVML; returns stats()."""
+        """Stop sampling (waiting at most stop_timeout_s for the thread), write what is buffered, close
+        NVML (not while the thread is still inside a call); returns stats()."""
+        hung = False
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
-            self._thread = None
-        self.flush()
-        self._shutdown()
+            self._thread.join(self.stop_timeout_s)
+            hung = self._thread.is_alive()
+            if hung:
+                self.stop_timed_out = True
+                self.errors[
+                    f"sampler: the thread did not stop within {self.stop_timeout_s:g} s (a hung NVML call)"
+                ] += 1
+                log.warning("the NVML sampler's thread is stuck in a driver call; its rows so far are written")
+            else:
+                self._thread = None
+        try:
+            self.flush()
+        finally:
+            if not hung:
+                self._shutdown()
         return self.stats()
 
     def _shutdown(self) -> None:
@@ -314,7 +462,7 @@ class NvmlSampler:
             self._initialised = False
             try:
                 self._nvml.nvmlShutdown()
-            except self._nvml.NVMLError as exc:
+            except Exception as exc:  # a driver in trouble: the rows are what matters, and they are written
                 log.warning("nvmlShutdown failed: %s", exc)
 
     def stats(self) -> dict:
@@ -331,6 +479,10 @@ class NvmlSampler:
             "rows_written": self._writer.rows_written if self._writer else 0,
             "files": [str(p) for p in self._writer.files] if self._writer else [],
             "unsupported": {k: list(v) for k, v in self.unsupported.items()},
+            "older_calls": {k: list(v) for k, v in self.older_calls.items()},
+            "lost": {k: dict(v) for k, v in self.lost.items()},
+            "skipped": dict(self.skipped),
+            "stop_timed_out": self.stop_timed_out,
             "errors": dict(self.errors),
             "thread_cpu_s": self.thread_cpu_s,
         }

@@ -43,6 +43,8 @@ def sample(
     device: str = "0",
     host: str = "node-a",
     run_id: str = RUN_ID,
+    gpu_uuid: str | None = None,
+    pci_bus_id: str | None = None,
 ) -> dict:
     """One telemetry row."""
     return {
@@ -53,6 +55,8 @@ def sample(
         "t_s": t_s,
         "metric": metric,
         "value": value,
+        "gpu_uuid": gpu_uuid,
+        "pci_bus_id": pci_bus_id,
     }
 
 

@@ -16,7 +16,13 @@ from shadowreplay.analysis.metrics import table as metrics
 from shadowreplay.analysis.summary.run_summary import summarize
 from shadowreplay.analysis.telemetry.energy import device_energy
 from shadowreplay.cli import main
-from shadowreplay.replay.schemas.telemetry import NVML_ENERGY, NVML_POWER, TELEMETRY_SCHEMA, TelemetryShardWriter
+from shadowreplay.replay.schemas.telemetry import (
+    NVML_ENERGY,
+    NVML_GPU_LOST,
+    NVML_POWER,
+    TELEMETRY_SCHEMA,
+    TelemetryShardWriter,
+)
 from tests.support.results_factory import result_row, write_results
 from tests.support.telemetry_factory import gpu_samples, sample, server_samples, write_telemetry
 
@@ -171,15 +177,32 @@ def test_without_gpu_samples_the_block_is_absent(tmp_path, rows):
     assert gpu["status"] == "absent" and "no NVML" in gpu["reason"]
 
 
-def test_every_target_counts_when_none_is_local(tmp_path, rows, gpus):
+def test_no_joules_per_token_when_no_local_target_served_the_tokens(tmp_path, rows, gpus):
+    """The GPUs' energy over a hosted API's tokens would be a figure of nothing: withheld, and said why."""
     manifest = {"run_id": "run-factory", "targets": [{**t, "kind": "openai"} for t in MANIFEST["targets"]]}
     write_results(tmp_path, rows, manifest=manifest)
     s = gpus["0"]
     write_telemetry(tmp_path, gpu_samples(s["t"], s["util"], s["power"], s["mem"]))
     energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu["energy"]
-    start, end = WINDOW
-    tokens = sum(r["completion_tokens"] for r in rows if r["status"] == "ok" and start <= r["done_s"] <= end)
-    assert energy["targets"] == ["hosted", "local"] and energy["output_tokens"] == tokens
+    assert energy["targets"] == [] and energy["output_tokens"] == 0 and energy["joules"] > 0
+    assert energy["joules_per_output_token"] is None and "no target of kind vllm" in energy["withheld"]
+
+
+def test_a_lost_gpu_withholds_joules_per_token_and_says_when(tmp_path, rows, gpus):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    s = gpus["0"]
+    t = np.asarray(s["t"])
+    lost_at = float(t[len(t) // 2])  # in the middle of the steady window
+    kept = t <= lost_at
+    series = gpu_samples(t[kept], np.asarray(s["util"])[kept], np.asarray(s["power"])[kept], np.asarray(s["mem"])[kept])
+    other = gpu_samples(s["t"], s["util"], s["power"], s["mem"], device="1")
+    write_telemetry(tmp_path, series + other + [sample(NVML_GPU_LOST, lost_at, 1.0)])
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu
+    assert gpu["lost_devices"] == ["node-a:0"]
+    assert gpu["energy"]["joules_per_output_token"] is None
+    assert f"lost at t={lost_at:.1f} s" in gpu["energy"]["withheld"]
+    by_device = {d["device"]: d for d in gpu["devices"]}
+    assert by_device["0"]["lost_at_s"] == lost_at and by_device["1"]["lost_at_s"] is None
 
 
 def _loose_schema(columns, metadata=TELEMETRY_SCHEMA.metadata) -> pa.Schema:
@@ -196,8 +219,8 @@ def _loose_schema(columns, metadata=TELEMETRY_SCHEMA.metadata) -> pa.Schema:
          "row 1: field value is null"),
         ([sample("power_w", 0.0, 1.0)], {b"shadowreplay.kind": b"results", b"shadowreplay.schema_version": b"1"},
          "not a telemetry file (file metadata kind b'results'"),
-        ([sample("power_w", 0.0, 1.0)], {b"shadowreplay.kind": b"telemetry", b"shadowreplay.schema_version": b"2"},
-         "telemetry schema_version b'2', this shadowreplay reads 1"),
+        ([sample("power_w", 0.0, 1.0)], {b"shadowreplay.kind": b"telemetry", b"shadowreplay.schema_version": b"3"},
+         "telemetry schema_version b'3', this shadowreplay reads 1, 2"),
     ],
 )  # fmt: skip
 def test_bad_telemetry_files_name_file_row_and_field(tmp_path, rows, metadata, fragment):

@@ -1,7 +1,9 @@
-"""The telemetry contract (long form, schema_version 1) and its bounded-memory shard writer."""
+"""The telemetry contract (long form, schema_version 2; version 1 files still read) and its bounded-memory
+shard writer."""
 
 import math
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,8 +17,11 @@ from shadowreplay.replay.schemas.telemetry import (
 
 
 def test_schema_has_designs_columns_and_version_metadata():
-    assert TELEMETRY_SCHEMA.names == ["run_id", "source", "host", "device", "t_s", "metric", "value"]
-    assert TELEMETRY_SCHEMA.metadata[b"shadowreplay.schema_version"] == b"1"
+    assert TELEMETRY_SCHEMA.names == [
+        *("run_id", "source", "host", "device", "t_s", "metric", "value"),
+        *("gpu_uuid", "pci_bus_id"),  # version 2: a GPU's stable identity on every row
+    ]
+    assert TELEMETRY_SCHEMA.metadata[b"shadowreplay.schema_version"] == b"2"
     assert TELEMETRY_SCHEMA.metadata[b"shadowreplay.kind"] == b"telemetry"
 
 
@@ -40,9 +45,27 @@ def test_writer_rotates_closed_shards_and_keeps_every_row(tmp_path):
         "t_s": pytest.approx(0.7),
         "metric": "power_w",
         "value": 107.0,
+        "gpu_uuid": None,
+        "pci_bus_id": None,
     }
     loaded = reader.load_telemetry(tmp_path)  # what analysis reads back
     assert loaded is not None and loaded.samples.height == 100
+
+
+def test_a_gpus_identity_is_on_its_rows_and_version_1_files_still_read(tmp_path):
+    writer = TelemetryShardWriter(tmp_path / "telemetry", "run-1", "node-a", "nvml-a")
+    writer.add("nvml", "0", 0.5, "power_w", 300.0, "GPU-1234", "00000000:18:00.0")
+    writer.close()
+    old = pa.schema(
+        list(TELEMETRY_SCHEMA)[:7], metadata={**TELEMETRY_SCHEMA.metadata, b"shadowreplay.schema_version": b"1"}
+    )
+    row = {"run_id": "run-1", "source": "nvml", "host": "node-b", "device": "3", "t_s": 1.0, "metric": "power_w"}
+    pq.write_table(pa.Table.from_pylist([{**row, "value": 200.0}], schema=old), tmp_path / "telemetry" / "v1.parquet")
+    samples = reader.load_telemetry(tmp_path).samples.sort("t_s")
+    assert samples.select("device", "gpu_uuid", "pci_bus_id").rows() == [
+        ("0", "GPU-1234", "00000000:18:00.0"),
+        ("3", None, None),  # a version 1 file: no identity, read as null
+    ]
 
 
 def test_writer_flushes_by_age(tmp_path):
