@@ -89,6 +89,7 @@ class StandInNvml:
     NVML_TEMPERATURE_GPU = 0
     MEMORY_TOTAL = 85_899_345_920
     nvmlMemory_v2 = 0x02000028  # the calls of a current driver and nvidia-ml-py: memory v2, TemperatureV
+    NVML_FI_DEV_POWER_INSTANT = 186  # and the instantaneous power field
 
     def __init__(self, gpus: int):
         self.gpus = gpus
@@ -129,6 +130,10 @@ class StandInNvml:
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         return self.random.randint(300_000, 700_000)  # milliwatts
+
+    def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[int]) -> list[SimpleNamespace]:
+        milliwatts = SimpleNamespace(uiVal=self.random.randint(250_000, 750_000))
+        return [SimpleNamespace(nvmlReturn=0, valueType=1, value=milliwatts) for _ in field_ids]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
         self.energy_mj[handle] += 50_000

@@ -24,13 +24,17 @@ was computed from. Keys (summary `schema_version` 1; new keys may be added, none
                          description, schedule_span_s}, example_prices (any entry used is an example),
                          definitions, targets {name: COST}
     gpu                  {"status": "absent", "reason"} without NVML telemetry, else (analysis/telemetry/energy.py):
-                         status "measured", source, definitions, devices_count, gpu_util_pct {mean, p95},
-                         mem_util_pct {mean, p95}, mem_used_high_water_bytes, power_w {mean_per_gpu,
-                         mean_total}, energy {joules, method (counter | power_integral | mixed), devices_measured,
-                         window_s, covered_s, targets, output_tokens, joules_per_output_token},
-                         devices [{host, device, samples, gpu_util_pct, mem_util_pct,
-                         mem_used_high_water_bytes, mem_total_bytes, power_w {mean, p95}, energy_j,
-                         energy_method, energy_covered_s}]
+                         status "measured", source, definitions, serving {devices, how}, resolution
+                         {metric: what the driver's figure resolves}, and over the serving GPUs:
+                         devices_count, gpu_util_pct {mean, p95}, mem_util_pct {mean, p95}, power_instant_w
+                         {mean, p95},
+                         mem_used_high_water_bytes, power_w {mean_per_gpu, mean_total}, energy {joules,
+                         method (counter | power_integral | mixed), devices_measured, window_s, covered_s,
+                         targets, output_tokens, joules_per_output_token, withheld}; all_sampled
+                         {devices_count, gpu_util_pct, power_w_mean_total, energy_joules}, lost_devices,
+                         devices [{host, device, gpu_uuid, pci_bus_id, lost_at_s, serving, samples,
+                         gpu_util_pct, mem_util_pct, mem_used_high_water_bytes, mem_total_bytes,
+                         power_w {mean, p95}, energy_j, energy_method, energy_covered_s}]
     server_histograms    {"status": "absent", "reason"} without scraped vLLM histograms, else
                          (analysis/telemetry/server_histograms.py): status "compared", definitions, quantiles,
                          targets {name: {scrapes {first_send_s, baseline_t_s, end_t_s, baseline
@@ -636,7 +640,9 @@ def summarize(
                 {name: entry["all"]["throughput"]["output_tokens_per_s"] for name, entry in targets.items()},
                 monthly,
             ),
-            "gpu": gpu_summary(telemetry, final, run.targets, window, run.target_configs),
+            "gpu": gpu_summary(
+                telemetry, final, run.targets, window, run.target_configs, run.manifest.servers if run.manifest else ()
+            ),
             "server_histograms": server_histogram_summary(telemetry, run.scan, run.targets),
         }
     )

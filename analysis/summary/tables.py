@@ -332,7 +332,8 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
             [
                 f"{device['host']}:{device['device']}"
                 + (f" {device['gpu_uuid']}" if device.get("gpu_uuid") else "")
-                + (" LOST" if device.get("lost_at_s") is not None else ""),
+                + (" LOST" if device.get("lost_at_s") is not None else "")
+                + ("" if device.get("serving", True) else " (not serving)"),
                 str(device["samples"]),
                 number(device["gpu_util_pct"]["mean"]),
                 number(device["gpu_util_pct"]["p95"]),
@@ -346,7 +347,9 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
     energy = gpu["energy"]
     rows.append(
         [
-            f"all ({gpu['devices_count']} GPU{'s' if gpu['devices_count'] != 1 else ''})",
+            f"serving ({gpu['devices_count']} of {gpu['all_sampled']['devices_count']} GPUs)"
+            if gpu["devices_count"] != gpu["all_sampled"]["devices_count"]
+            else f"all ({gpu['devices_count']} GPU{'s' if gpu['devices_count'] != 1 else ''})",
             "",
             number(gpu["gpu_util_pct"]["mean"]),
             number(gpu["gpu_util_pct"]["p95"]),
@@ -357,6 +360,21 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
             number(energy["joules_per_output_token"], 4),
         ]
     )
+    every = gpu["all_sampled"]
+    if every["devices_count"] != gpu["devices_count"]:  # NVML sees every GPU of a host: the others apart
+        rows.append(
+            [
+                f"all sampled ({every['devices_count']} GPUs)",
+                "",
+                number(every["gpu_util_pct"]["mean"]),
+                number(every["gpu_util_pct"]["p95"]),
+                "",
+                number(every["power_w_mean_total"]),
+                number(every["energy_joules"], 0),
+                "",
+                "",
+            ]
+        )
     columns = [
         "GPU",
         "Samples",
@@ -375,6 +393,7 @@ def gpu_table(summary: RunSummary) -> SummaryTable | None:
         f"{', '.join(energy['targets'])} completed in the window"
     )
     lost = f"; lost: {', '.join(gpu['lost_devices'])}" if gpu.get("lost_devices") else ""
+    lost += f"; serving GPUs: {gpu['serving']['how']}"
     note = (
         f"Steady window ({energy['window_s']:.1f} s, energy measured over {energy['covered_s']:.1f} s); "
         f"{per_token}; memory peak over the whole run; total power = sum of the GPUs' means{lost}."

@@ -432,6 +432,9 @@ class CaptureRecorder:
     def record(self, exchange: CapturedExchange) -> None:
         """Queue a finished exchange (the proxy's event loop): never waits; a full queue drops it, counted."""
         self.counts.received += 1
+        if not exchange.sampled:  # left out by --sample when it arrived: nothing to queue
+            self.counts.sampled_out += 1
+            return
         try:
             self._queue.put_nowait(exchange)
         except queue.Full:
@@ -468,9 +471,6 @@ class CaptureRecorder:
                 last_manifest = time.monotonic()
 
     def _record_one(self, log: CaptureLog, exchange: CapturedExchange) -> None:
-        if not exchange.sampled:
-            self.counts.sampled_out += 1
-            return
         try:
             row = exchange.row()
         except Exception:  # a bug of ours must not stop the capture; the text may hold personal data

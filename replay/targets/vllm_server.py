@@ -52,6 +52,7 @@ from shadowreplay.replay.secrets import SECRET_NAME, Scrubber
 from shadowreplay.replay.targets.vllm_replicas import CUDA_DEVICES_ENV
 
 VLLM_PYTHON_ENV = "SHADOWREPLAY_VLLM_PYTHON"
+CUDA_ORDER_ENV = "CUDA_DEVICE_ORDER"
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # Always set: no usage reports leave the machine.
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
@@ -246,6 +247,10 @@ class VllmServer:
         offline = {"HF_HUB_OFFLINE": "1"} if Path(self.model).is_dir() else {}
         bind = {OMP_BIND_ENV: cpu_list(self.cpus)} if self.cpus else {}
         devices = {CUDA_DEVICES_ENV: ",".join(self.gpus)} if self.gpus is not None else {}
+        if self.gpus is not None and CUDA_ORDER_ENV not in os.environ:
+            # CUDA's own order is fastest-first; in PCI bus order its indices are NVML's and nvidia-smi's
+            # (the telemetry's devices). A user's own CUDA_DEVICE_ORDER stands.
+            devices[CUDA_ORDER_ENV] = "PCI_BUS_ID"
         return BASE_ENV | offline | bind | devices | self.env
 
     def environment(self) -> dict[str, str]:
@@ -390,6 +395,8 @@ class VllmServer:
             "log": str(self.log_path) if self.log_path else None,
             "cpus": cpu_list(self.cpus) if self.cpus else None,
             "gpus": self.explicit_env().get(CUDA_DEVICES_ENV),
+            "host": socket.gethostname(),  # where its GPUs are (the telemetry's `host`)
+            "cuda_device_order": self.environment().get(CUDA_ORDER_ENV, "FASTEST_FIRST"),
             "nice": self._nice(),
         }
 

@@ -3,8 +3,9 @@
 Each sample of each GPU gives the NVML_* metrics of replay/schemas/telemetry.py: GPU and memory
 utilisation (percent), memory used, reserved and total (bytes: `nvmlDeviceGetMemoryInfo` version 2,
 whose `used` leaves out the driver's reservation as nvidia-smi does; version 1, without `reserved`,
-where the driver or nvidia-ml-py has no version 2), power (watts), the total energy counter
-(joules since the driver loaded), SM clock (MHz) and temperature (degrees C:
+where the driver or nvidia-ml-py has no version 2), power (watts: `nvmlDeviceGetPowerUsage`, a 1 s average on Ampere
+and newer, and the instantaneous draw `NVML_FI_DEV_POWER_INSTANT` where the GPU offers it), the total
+energy counter (joules since the driver loaded), SM clock (MHz) and temperature (degrees C:
 `nvmlDeviceGetTemperatureV`, the old `nvmlDeviceGetTemperature` where it is absent).
 
 Faults, each confined to its GPU:
@@ -52,6 +53,7 @@ from shadowreplay.replay.schemas.telemetry import (
     NVML_MEM_USED,
     NVML_MEM_UTIL,
     NVML_POWER,
+    NVML_POWER_INSTANT,
     NVML_SM_CLOCK,
     NVML_TEMPERATURE,
     SOURCE_NVML,
@@ -120,6 +122,20 @@ def _power(nvml: Any, handle: Any) -> list[tuple[str, float]]:
     return [(NVML_POWER, nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)]  # milliwatts
 
 
+_FIELD_VALUES = ("dval", "uiVal", "ulVal", "ullVal", "sllVal", "siVal")  # nvmlValueType_t 0..5
+
+
+def _power_instant(nvml: Any, handle: Any) -> list[tuple[str, float]]:
+    """The instantaneous draw (a field value, Hopper and newer), beside power_w's driver average."""
+    field_id = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
+    if field_id is None:
+        raise AttributeError("nvidia-ml-py without NVML_FI_DEV_POWER_INSTANT")
+    (value,) = nvml.nvmlDeviceGetFieldValues(handle, [field_id])
+    if value.nvmlReturn != 0:
+        raise nvml.NVMLError(value.nvmlReturn)
+    return [(NVML_POWER_INSTANT, getattr(value.value, _FIELD_VALUES[value.valueType]) / 1000.0)]  # milliwatts
+
+
 def _energy(nvml: Any, handle: Any) -> list[tuple[str, float]]:
     return [(NVML_ENERGY, nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0)]  # millijoules
 
@@ -141,6 +157,7 @@ READINGS: dict[str, Reading] = {
     "utilisation": _utilisation,
     "memory": _memory,
     "power": _power,
+    "power_instant": _power_instant,
     "energy": _energy,
     "sm_clock": _sm_clock,
     "temperature": _temperature,
@@ -387,13 +404,14 @@ class NvmlSampler:
                 self._lose(device, t_s, f"{name}: {exc}")
                 return 1
             older = OLDER_CALLS.get(name)
-            not_offered = code in self._not_offered or isinstance(exc, (AttributeError, TypeError))
-            if not_offered and older is not None and reading is not older:
+            missing = isinstance(exc, AttributeError)  # the library lacks the call or its constant
+            not_offered = code in self._not_offered or missing
+            if (not_offered or isinstance(exc, TypeError)) and older is not None and reading is not older:
                 device.readings[name] = older
                 self.older_calls.setdefault(device.label, []).append(name)
                 log.info("GPU %s: %s read by its older call (%s)", device.label, name, exc)
                 return self._read(device, name, older, t_s)  # now: no gap in the series
-            if code in self._not_offered:
+            if not_offered:
                 del device.readings[name]
                 self.unsupported.setdefault(device.label, []).append(name)
                 log.info("GPU %s does not offer %s (%s); not sampled", device.label, name, exc)

@@ -44,7 +44,7 @@ def test_json_figures_come_from_real_sampling():
 
     assert nvml["gpus"] == 4 and nvml["nvml"] == "in-process stand-in" and not nvml["errors"]
     assert 10 <= nvml["rounds"] + nvml["late_ticks"] <= 30  # 10 Hz for ~2 s
-    assert nvml["rows_written"] == nvml["rounds"] * 4 * 9  # 9 metrics per GPU per round
+    assert nvml["rows_written"] == nvml["rounds"] * 4 * 10  # 10 metrics per GPU per round
     assert nvml["cpu_s"] > 0
 
     assert prom["servers"] == 3 and prom["scrapes"] == {"ok": 3 * prom["rounds"]} and prom["rounds"] >= 2

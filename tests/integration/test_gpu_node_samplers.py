@@ -31,6 +31,7 @@ from shadowreplay.replay.schemas.telemetry import (
     NVML_MEM_USED,
     NVML_MEM_UTIL,
     NVML_POWER,
+    NVML_POWER_INSTANT,
     NVML_SM_CLOCK,
     NVML_TEMPERATURE,
     TELEMETRY_SCHEMA,
@@ -49,6 +50,7 @@ NVML_METRICS = {
     NVML_MEM_RESERVED,
     NVML_MEM_TOTAL,
     NVML_POWER,
+    NVML_POWER_INSTANT,
     NVML_ENERGY,
     NVML_SM_CLOCK,
     NVML_TEMPERATURE,
@@ -158,7 +160,7 @@ def test_an_actor_on_the_gpu_node_writes_10_hz_rows_on_the_run_timeline(tmp_path
     assert sampler_actors() == []  # killed after stop
 
     rows = telemetry_rows(telemetry_dir)
-    assert len(rows) == stats["rows_written"] == 18 * stats["samples"]  # 9 metrics x 2 GPUs a round
+    assert len(rows) == stats["rows_written"] == 20 * stats["samples"]  # 10 metrics x 2 GPUs a round
     assert {(r["run_id"], r["source"], r["host"]) for r in rows} == {("run-1", "nvml", HOST)}
     assert {r["device"] for r in rows} == {"0", "1"} and {r["metric"] for r in rows} == NVML_METRICS
     assert {r["value"] for r in rows if r["metric"] == NVML_POWER and r["device"] == "1"} == {350.501}

@@ -50,6 +50,7 @@ class StandInNvml:
     NVML_CLOCK_SM = 1
     NVML_TEMPERATURE_GPU = 0
     nvmlMemory_v2: object | None = 0x02000028  # pynvml's version constant (a struct size and version)
+    NVML_FI_DEV_POWER_INSTANT: int | None = 186
 
     def __init__(self, gpus: int = 2, library: bool = True, old_api: bool = False):
         self.gpus = gpus
@@ -67,6 +68,7 @@ class StandInNvml:
         if old_api:
             self.nvmlMemory_v2 = None
             self.nvmlDeviceGetTemperatureV = None  # type: ignore[assignment]
+            self.NVML_FI_DEV_POWER_INSTANT = None
         self.calls: Counter[str] = Counter()
         self.inits = 0
         self.shutdowns = 0
@@ -141,6 +143,13 @@ class StandInNvml:
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         self._call(handle, "nvmlDeviceGetPowerUsage")
         return 350_500 + handle  # milliwatts
+
+    def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[int]) -> list[SimpleNamespace]:
+        """NVML_FI_DEV_POWER_INSTANT only: an unsigned int (valueType 1) of milliwatts, or a per-field error."""
+        self._call(handle, "nvmlDeviceGetFieldValues")
+        assert field_ids == [self.NVML_FI_DEV_POWER_INSTANT]
+        status = NVML_ERROR_NOT_SUPPORTED if (handle, "power_instant") in self.unsupported else 0
+        return [SimpleNamespace(nvmlReturn=status, valueType=1, value=SimpleNamespace(uiVal=412_250 + handle))]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
         self._call(handle, "nvmlDeviceGetTotalEnergyConsumption")

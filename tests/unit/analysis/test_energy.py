@@ -20,6 +20,7 @@ from shadowreplay.replay.schemas.telemetry import (
     NVML_ENERGY,
     NVML_GPU_LOST,
     NVML_POWER,
+    NVML_POWER_INSTANT,
     TELEMETRY_SCHEMA,
     TelemetryShardWriter,
 )
@@ -253,3 +254,62 @@ def test_shards_of_the_samplers_writer_are_read(tmp_path, rows):
     assert len(writer.files) > 1
     energy = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu["energy"]
     assert energy["method"] == "power_integral" and energy["joules"] == pytest.approx(300.0 * 9.0)
+
+
+def _eight_gpu_node(tmp_path, rows, servers: list[dict]) -> dict:
+    """An 8-GPU node (every GPU sampled: NVML sees them all) and a run whose vLLM server used some."""
+    write_results(tmp_path, rows, manifest={**MANIFEST, "servers": servers})
+    t = np.arange(0.0, 12.01, 0.1)
+    telemetry = []
+    for gpu in range(8):
+        busy = gpu in (2, 3)
+        util, power = (
+            (np.full(t.size, 95.0), np.full(t.size, 650.0)) if busy else (np.zeros(t.size), np.full(t.size, 70.0))
+        )
+        for row in gpu_samples(t, util, power, np.full(t.size, 60e9), device=str(gpu)):
+            telemetry.append({**row, "gpu_uuid": f"GPU-uuid-{gpu}", "pci_bus_id": f"00000000:{0x18 + gpu:02X}:00.0"})
+    write_telemetry(tmp_path, telemetry)
+    return summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu
+
+
+@pytest.mark.parametrize("visible", ["2,3", "GPU-uuid-2,GPU-uuid-3"])
+def test_on_an_8_gpu_node_with_tensor_parallel_2_only_the_two_serving_gpus_count(tmp_path, rows, visible):
+    server = {"target": "local", "kind": "vllm", "host": "node-a", "gpus": visible}
+    gpu = _eight_gpu_node(tmp_path, rows, [server])
+    start, end = WINDOW
+    assert gpu["serving"] == {"devices": ["node-a:2", "node-a:3"], "how": "CUDA_VISIBLE_DEVICES of the servers"}
+    energy = gpu["energy"]
+    assert energy["joules"] == pytest.approx(2 * 650.0 * (end - start))  # the six idle GPUs' 70 W left out
+    tokens = sum(r["completion_tokens"] for r in rows if r["target"] == "local" and start <= r["done_s"] <= end)
+    assert energy["output_tokens"] == tokens and energy["joules_per_output_token"] == pytest.approx(
+        2 * 650.0 * (end - start) / tokens
+    )
+    assert gpu["devices_count"] == 2 and gpu["gpu_util_pct"]["mean"] == pytest.approx(95.0)  # not diluted
+    every = gpu["all_sampled"]
+    assert every["devices_count"] == 8 and every["power_w_mean_total"] == pytest.approx(2 * 650 + 6 * 70)
+    assert every["gpu_util_pct"]["mean"] == pytest.approx(95.0 * 2 / 8)
+    assert [d["serving"] for d in gpu["devices"]] == [g in (2, 3) for g in range(8)]
+
+
+def test_a_server_given_no_gpus_uses_every_gpu_of_its_host_and_says_so(tmp_path, rows):
+    gpu = _eight_gpu_node(tmp_path, rows, [{"target": "local", "kind": "vllm", "host": "node-a", "gpus": None}])
+    assert gpu["devices_count"] == 8 and "given no CUDA_VISIBLE_DEVICES" in gpu["serving"]["how"]
+    gpu = _eight_gpu_node(tmp_path / "old", rows, [])  # an older manifest without server identities
+    assert gpu["devices_count"] == 8 and "names no server" in gpu["serving"]["how"]
+
+
+def test_indices_under_cuda_s_own_order_are_used_with_a_caveat(tmp_path, rows):
+    server = {"target": "local", "kind": "vllm", "host": "node-a", "gpus": "2,3", "cuda_device_order": "FASTEST_FIRST"}
+    gpu = _eight_gpu_node(tmp_path, rows, [server])
+    assert gpu["serving"]["devices"] == ["node-a:2", "node-a:3"]
+    assert "CUDA_DEVICE_ORDER=FASTEST_FIRST: CUDA's index may not be NVML's" in gpu["serving"]["how"]
+
+
+def test_the_summary_says_what_each_figure_resolves_and_gives_instantaneous_power(tmp_path, rows, gpus):
+    write_results(tmp_path, rows, manifest=MANIFEST)
+    s = gpus["0"]
+    instant = [sample(NVML_POWER_INSTANT, t, 600.0 if i % 2 else 200.0) for i, t in enumerate(s["t"])]
+    write_telemetry(tmp_path, gpu_samples(s["t"], s["util"], s["power"], s["mem"]) + instant)
+    gpu = summarize(load_run(tmp_path), telemetry=load_telemetry(tmp_path)).gpu
+    assert "1 s average" in gpu["resolution"]["power_w"] and "1/6 s to 1 s" in gpu["resolution"]["gpu_util_pct"]
+    assert gpu["power_instant_w"]["mean"] == pytest.approx(400.0, abs=20) and gpu["power_instant_w"]["p95"] == 600.0

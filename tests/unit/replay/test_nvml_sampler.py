@@ -41,7 +41,7 @@ def test_one_round_gives_every_metric_of_every_gpu_in_schema_units(tmp_path):
     sampler = NvmlSampler("run-7", tmp_path, nvml=nvml, host="gpu-node-1", interval_s=3600)
     status = sampler.start(clock())
     assert status.available and "2 GPU(s) (NVIDIA H100 80GB HBM3), driver 550.54.15" == status.reason
-    assert sampler.sample_once() == 18  # 9 metrics x 2 GPUs, beside the thread's own first round
+    assert sampler.sample_once() == 20  # 10 metrics x 2 GPUs, beside the thread's own first round
     stats = sampler.stop()
     assert nvml.inits == nvml.shutdowns  # every nvmlInit has its nvmlShutdown
     files = stats["files"]
@@ -49,12 +49,13 @@ def test_one_round_gives_every_metric_of_every_gpu_in_schema_units(tmp_path):
     rows = read_rows(files)
     assert {(r["run_id"], r["source"], r["host"]) for r in rows} == {("run-7", "nvml", "gpu-node-1")}
     samples = stats["samples"]  # ours, and the thread's first round if it got to it before stop()
-    assert samples in (1, 2) and len(rows) == 18 * samples
+    assert samples in (1, 2) and len(rows) == 20 * samples
     gpu1 = by_metric(rows, "1")
     assert gpu1["gpu_util_pct"] == [91.0] * samples and gpu1["mem_util_pct"] == [41.0] * samples
     assert gpu1["mem_used_bytes"][0] == 60_000_000_001 and gpu1["mem_total_bytes"][0] == 85_899_345_920
     assert gpu1["mem_reserved_bytes"][0] == RESERVED_BYTES  # version 2: the driver's reservation apart
-    assert gpu1["power_w"][0] == pytest.approx(350.501)
+    assert gpu1["power_w"][0] == pytest.approx(350.501)  # the driver's average
+    assert gpu1["power_instant_w"][0] == pytest.approx(412.251)  # NVML_FI_DEV_POWER_INSTANT
     assert gpu1["energy_j"] == pytest.approx([9_000 + 35.05 * (i + 1) for i in range(samples)])  # mJ -> J
     assert gpu1["sm_clock_mhz"][0] == 1980 and gpu1["temperature_c"][0] == 62
     t = [r["t_s"] for r in rows]
@@ -109,10 +110,10 @@ def test_the_thread_samples_until_stopped_and_writes_everything(tmp_path):
         time.sleep(0.01)
     stats = sampler.stop()
     samples = stats["samples"]
-    assert samples >= 10 and stats["rows_written"] == samples * 18
+    assert samples >= 10 and stats["rows_written"] == samples * 20
     assert len(stats["files"]) >= 3  # shards of at most 50 rows
     rows = read_rows(stats["files"])
-    assert len(rows) == samples * 18
+    assert len(rows) == samples * 20
     for device in ("0", "1"):
         times = [r["t_s"] for r in rows if r["device"] == device and r["metric"] == "power_w"]
         assert times == sorted(times) and len(set(times)) == samples
@@ -258,7 +259,8 @@ def test_current_calls_with_the_older_ones_where_the_library_lacks_them(tmp_path
         sampler.sample_once()
     stats = sampler.stop()
     assert stats["older_calls"] == {"0": ["memory", "temperature"]}
-    assert stats["unsupported"] == {"0": ["temperature"]}  # DEPRECATED: not sampled, said once
+    assert stats["unsupported"] == {"0": ["power_instant", "temperature"]}  # absent, DEPRECATED: said once
+    assert stats["errors"] == {}
     rows = by_metric(read_rows(stats["files"]), "0")
     assert rows["mem_used_bytes"][-1] == 60_000_000_000 + RESERVED_BYTES  # v1's used holds the reservation
     assert "mem_reserved_bytes" not in rows and "temperature_c" not in rows

@@ -103,6 +103,18 @@ def test_a_server_sees_only_its_gpus_unless_its_env_says_otherwise():
     assert told.explicit_env()["CUDA_VISIBLE_DEVICES"] == "7"
 
 
+def test_a_server_given_gpus_counts_them_in_nvml_s_order_unless_the_user_chose_one(monkeypatch):
+    """CUDA numbers GPUs fastest first; in PCI bus order its indices are NVML's (the telemetry's devices)."""
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    server = VllmServer(model="/m", python="/usr/bin/python3", gpus=["2", "3"])
+    assert server.explicit_env()["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert server.identity()["cuda_device_order"] == "PCI_BUS_ID" and server.identity()["gpus"] == "2,3"
+    assert "CUDA_DEVICE_ORDER" not in VllmServer(model="/m", python="/usr/bin/python3").explicit_env()
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    assert "CUDA_DEVICE_ORDER" not in server.explicit_env()  # the user's own order stands
+    assert server.identity()["cuda_device_order"] == "FASTEST_FIRST"
+
+
 def test_ports_chosen_together_differ():
     ports = free_ports(8)
     assert len(set(ports)) == 8
