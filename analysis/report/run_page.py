@@ -31,7 +31,15 @@ from shadowreplay.analysis.summary.models import RunSummary, TtftTimeline
 from shadowreplay.analysis.summary.run_summary import Curves, SendTimeBins
 from shadowreplay.analysis.summary.tables import summary_tables
 from shadowreplay.replay.schemas.run_dir import RunDir
-from shadowreplay.replay.schemas.telemetry import NVML_GPU_UTIL, NVML_POWER, SOURCE_NVML, SOURCE_PROMETHEUS
+from shadowreplay.replay.schemas.telemetry import (
+    NVML_GPU_LOST,
+    NVML_GPU_UTIL,
+    NVML_POWER,
+    SOURCE_NVML,
+    SOURCE_PROMETHEUS,
+)
+
+UUID_HEAD = 12  # `GPU-` and the first 8 hex digits of a GPU's UUID: enough to tell a node's GPUs apart
 
 SeriesLabel = Callable[[str, str], str]
 """Names a telemetry series from its (host, device); both are non-null (telemetry_data rejects nulls)."""
@@ -189,9 +197,18 @@ def telemetry_panels(telemetry: Telemetry | None, bin_s: float, colours: ColourM
     nvml = telemetry.source(SOURCE_NVML)
     if nvml.height:
         hosts = nvml.get_column("host").n_unique()
+        identities = nvml.group_by("host", "device").agg(
+            pl.col("gpu_uuid").drop_nulls().first().alias("uuid"),
+            pl.col("t_s").filter(pl.col("metric") == NVML_GPU_LOST).min().alias("lost_at_s"),
+        )
+        known = {(host, device): (uuid, lost) for host, device, uuid, lost in identities.iter_rows()}
 
         def gpu_label(host: str, device: str) -> str:
-            return f"GPU {host}:{device}" if hosts > 1 else f"GPU {device}"
+            """`GPU 3 GPU-2b7c2c4e` (its index and the head of its UUID), `(lost at 123 s)` where it fell off."""
+            uuid, lost = known.get((host, device), (None, None))
+            name = f"GPU {host}:{device}" if hosts > 1 else f"GPU {device}"
+            name += f" {uuid[:UUID_HEAD]}" if uuid else ""
+            return name + (f" (lost at {lost:.1f} s)" if lost is not None else "")
 
         util = _telemetry_series(nvml, NVML_GPU_UTIL, bin_s, gpu_label, colours)
         power = _telemetry_series(nvml, NVML_POWER, bin_s, gpu_label, colours)

@@ -65,3 +65,20 @@ def test_the_summarys_timeline_draws_the_same_ttft_lines_as_the_rows(tmp_path):
         assert drawn.name == again.name and list(drawn.x) == list(again.x)
         assert list(drawn.y) == [None if y is None else pytest.approx(y, rel=1e-12) for y in again.y]
         assert any(y is not None for y in drawn.y)
+
+
+def test_gpu_lines_are_named_by_uuid_and_a_lost_gpu_says_when(tmp_path):
+    from shadowreplay.analysis.data.telemetry_data import load_telemetry
+    from shadowreplay.analysis.report.run_page import telemetry_panels
+    from tests.support.telemetry_factory import sample, write_telemetry
+
+    write_results(tmp_path, [result_row("r0")])
+    rows = []
+    for gpu in ("0", "1"):
+        uuid = f"GPU-{gpu}a2b3c4d-0000-1111-2222-333344445555"
+        times = [0.0, 1.0, 2.0] if gpu == "0" else [0.0, 1.0]
+        rows += [sample("gpu_util_pct", t, 50.0, device=gpu, gpu_uuid=uuid) for t in times]
+    rows.append(sample("gpu_lost", 1.5, 1.0, device="1", gpu_uuid="GPU-1a2b3c4d-0000-1111-2222-333344445555"))
+    write_telemetry(tmp_path, rows)
+    (util,) = telemetry_panels(load_telemetry(tmp_path), 1.0, ColourMap())
+    assert [s.name for s in util.series] == ["GPU 0 GPU-0a2b3c4d", "GPU 1 GPU-1a2b3c4d (lost at 1.5 s)"]
