@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shadowreplay.replay.run.plan import select_rows  # noqa: E402
+from tests.support.run_processes import free_port, wait_listening  # noqa: E402
 
 HOST = "127.0.0.1"
 TTFT_MS, ITL_MS, TOKENS = 20, 2, 8
@@ -52,25 +52,6 @@ TEXT = (
     "Our order arrived damaged and the replacement never came. Please check ticket 4471 and call me back "
     "on +66 81 234 5678 or write to the address on file. "
 ) * 7  # about 1 KB, with a phone number the default redaction masks
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited before it listened")
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} not listening on {port}")
 
 
 def cpu_s(pid: int) -> float:

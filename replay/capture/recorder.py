@@ -59,8 +59,8 @@ from shadowreplay.replay.capture.redaction import Redactor
 from shadowreplay.replay.schemas.durations import DurationError, parse_duration_s
 from shadowreplay.replay.schemas.run_dir import write_text_atomically
 from shadowreplay.replay.schemas.shadow_requests import SHADOW_REQUESTS_SCHEMA, shadow_requests, write_shadow_requests
-from shadowreplay.replay.schemas.shards import COMPRESSION, SHARD_SUFFIX, ShardWriter, commit_file, is_committed_shard
-from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA
+from shadowreplay.replay.schemas.shards import COMPRESSION, SHARD_SUFFIX, ShardWriter, commit_file, committed_shards
+from shadowreplay.replay.schemas.traffic_log import TRAFFIC_LOG_SCHEMA, part_of
 
 CAPTURE_SCHEMA = pa.schema(
     [
@@ -83,7 +83,6 @@ MAX_QUEUED = 10_000  # exchanges waiting for the recorder thread, at most; beyon
 MERGED_ROW_GROUP_ROWS = 10_000  # rows per row group of a merged rotation (replay's window reads by row group)
 PART_MAX_ROWS = 50_000  # a part is committed at this many rows even before flush_s (a burst stays bounded)
 _ROWS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKM]?)\s*$")
-_PART = re.compile(r"^(?P<whole>.+)-\d+$")
 
 
 class CaptureError(ShadowReplayError):
@@ -226,13 +225,13 @@ class CaptureLog:
         one are merged; hidden temporary files (never committed) are removed."""
         for stale in self.directory.glob(f".{ROTATION_PREFIX}*.tmp"):
             stale.unlink(missing_ok=True)
-        committed = sorted(p for p in self.directory.iterdir() if p.is_file() and is_committed_shard(p))
+        committed = committed_shards(self.directory)
         names = {p.name for p in committed}
         parts: dict[str, list[Path]] = {}
         for shard in committed:
-            found = _PART.match(shard.stem)
-            if found is not None and shard.name.startswith(ROTATION_PREFIX):
-                parts.setdefault(found["whole"], []).append(shard)
+            whole = part_of(shard)
+            if whole is not None and shard.name.startswith(ROTATION_PREFIX):
+                parts.setdefault(whole, []).append(shard)
         for whole, pieces in sorted(parts.items()):
             self.recovered.append(whole + SHARD_SUFFIX)
             if whole + SHARD_SUFFIX in names:

@@ -48,7 +48,13 @@ import pyarrow.parquet as pq
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.manifest import Manifest
 from shadowreplay.replay.schemas.results import DICTIONARY_COLUMNS, RESULTS_SCHEMA
-from shadowreplay.replay.schemas.shards import COMPRESSION, SHARD_SUFFIX, ShardWriter, commit_file, is_committed_shard
+from shadowreplay.replay.schemas.shards import (
+    COMPRESSION,
+    SHARD_SUFFIX,
+    ShardWriter,
+    commit_file,
+    committed_shards,
+)
 from shadowreplay.replay.secrets import Scrubber
 
 RESULTS_DIRNAME = "results"
@@ -82,13 +88,6 @@ def write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def committed_shards(directory: Path) -> list[Path]:
-    """The committed Parquet shards in `directory`, by name (temporary files are not listed)."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.is_file() and is_committed_shard(p))
 
 
 FINAL_KEYS = pa.schema([("request_id", pa.string()), ("target", pa.string()), ("status", pa.string())])

@@ -134,6 +134,13 @@ def is_committed_shard(path: Path) -> bool:
     return path.suffix == SHARD_SUFFIX and not path.name.startswith(".")
 
 
+def committed_shards(directory: Path) -> list[Path]:
+    """The committed Parquet shards in `directory`, by name (temporary files are not listed)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and is_committed_shard(p))
+
+
 class ShardWriter:
     """Buffers rows of one schema and commits closed Parquet shards `<shard_prefix>-<seq>.parquet`
     in `directory`; give each writer of a run its own prefix."""

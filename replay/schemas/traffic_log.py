@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from shadowreplay.errors import ShadowReplayError
 from shadowreplay.replay.schemas.contract import METADATA_KIND_KEY, METADATA_VERSION_KEY, stamp
-from shadowreplay.replay.schemas.shards import SHARD_SUFFIX, is_committed_shard
+from shadowreplay.replay.schemas.shards import SHARD_SUFFIX, committed_shards
 
 SCHEMA_VERSION = 1
 KIND = "traffic_log"
@@ -77,20 +77,21 @@ def check_schema(path: str | Path, schema: pa.Schema) -> None:
 _PART_NAME = re.compile(r"^(?P<whole>.+)-\d+$")
 
 
+def part_of(shard: Path) -> str | None:
+    """The name (without suffix) of the merged shard that `NAME-NNNNN.parquet` is a part of, else None."""
+    part = _PART_NAME.match(shard.stem)
+    return part["whole"] if part is not None else None
+
+
 def log_files(path: str | Path) -> list[Path]:
     """The Parquet files of the traffic log at `path`: the file itself, or a directory's committed
     shards in name order, less the parts a merged shard covers (module docstring)."""
     path = Path(path)
     if not path.is_dir():
         return [path]
-    shards = sorted(p for p in path.iterdir() if p.is_file() and is_committed_shard(p))
+    shards = committed_shards(path)
     names = {p.name for p in shards}
-
-    def covered(shard: Path) -> bool:
-        part = _PART_NAME.match(shard.stem)
-        return part is not None and f"{part['whole']}{SHARD_SUFFIX}" in names
-
-    files = [p for p in shards if not covered(p)]
+    files = [p for p in shards if (whole := part_of(p)) is None or f"{whole}{SHARD_SUFFIX}" not in names]
     if not files:
         raise TrafficLogError(f"{path}: a directory without committed Parquet shards ({SHARD_SUFFIX})")
     return files

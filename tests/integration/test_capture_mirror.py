@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from shadowreplay.cli import main
 from shadowreplay.replay.run.plan import select_rows
-from tests.integration.test_capture_vllm import HOST, free_port, wait_listening
+from tests.integration.test_capture_vllm import HOST
 from tests.support.faulty_server import FaultyServerThread, Script
-from tests.support.run_processes import start_cli
+from tests.support.run_processes import free_port, start_cli, wait_listening
 from tests.support.target_files import write_target
 
 GATES = """

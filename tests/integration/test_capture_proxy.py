@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from yarl import URL
 
 from shadowreplay.replay.capture.exchange import CapturedExchange, CaptureFields
 from shadowreplay.replay.capture.proxy import CaptureProxy
+from tests.support.run_processes import free_port
 
 HOST = "127.0.0.1"
 GAP_S = 0.04
@@ -130,12 +130,6 @@ async def serve(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"http://{HOST}:{bound}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 async def fetch(session: aiohttp.ClientSession, method: str, url: str | URL, **options: Any) -> dict[str, Any]:

@@ -10,39 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
-import time
 
 import aiohttp
 import pyarrow.parquet as pq
 
 from shadowreplay.cli import main
 from shadowreplay.replay.run.plan import select_rows
-from tests.support.run_processes import start_cli
+from tests.support.run_processes import free_port, start_cli, wait_listening
 from tests.support.target_files import vllm_openai_target
 
 KEY = "sk-capture-canary-0123456789abcdef"
 EMAIL = "ploy.s@example.co.th"
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the capture exited before it listened"
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"capture not listening on {port} after {timeout_s} s")
 
 
 def chat_body(model: str, i: int, stream: bool) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,30 @@ from pathlib import Path
 
 CLI = [sys.executable, "-c", "import sys; from shadowreplay.cli import main; sys.exit(main(sys.argv[1:]))"]
 WORKER_TITLE = "ReplayWorkerActor"
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, what: str = "the process", timeout_s: float = 60.0) -> None:
+    """Return once `process` listens on 127.0.0.1:`port`; RuntimeError if it exits first or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited (status {process.returncode}) before it listened on {port}")
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} not listening on {port} after {timeout_s:g} s")
 
 
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
